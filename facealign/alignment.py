@@ -1,0 +1,430 @@
+"""Similarity alignment of faces to 5-point templates.
+
+Conventions (as in :mod:`facealign.constants`)
+----------------------------------------------
+* Points are ``(N, 2)`` arrays of ``(x, y)``, x before y, in pixels, with
+  pixel centres at integer coordinates (OpenCV ``warpAffine`` convention).
+* A transform is a ``(2, 3)`` ``float64`` matrix ``M = [A | t]`` acting on
+  column vectors: ``p' = A @ p + t``. This is the *forward* map from source
+  (image) coordinates to destination (crop) coordinates, the matrix that
+  :func:`cv2.warpAffine` expects without ``WARP_INVERSE_MAP``.
+* A similarity is ``A = s * R`` with scale ``s > 0`` and a rotation ``R``
+  (``det R = +1``): reflections are never produced, so a face is never
+  mirrored by alignment.
+* A template's ``size`` is ``(width, height)``, width first, like the points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import cv2
+import numpy as np
+
+from facealign.constants import ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_SIZE, NUM_POINTS
+
+__all__ = [
+    "LOOSE_SHRINK",
+    "LOOSE_SIZE",
+    "TEMPLATES",
+    "Template",
+    "estimate_similarity",
+    "get_template",
+    "invert_affine",
+    "transform_points",
+    "warp_face",
+]
+
+
+def _as_points(points: Any, name: str, min_points: int = 1) -> np.ndarray:
+    """Validate an ``(N, 2)`` array of finite points and return it as ``float64``."""
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2), got {array.shape}")
+    if array.shape[0] < min_points:
+        raise ValueError(f"{name} needs at least {min_points} points, got {array.shape[0]}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains non-finite values")
+    return array
+
+
+def _as_affine(matrix: Any) -> np.ndarray:
+    """Validate a ``(2, 3)`` or ``(3, 3)`` affine matrix; return its ``(2, 3)`` part."""
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.shape == (3, 3):
+        if not np.allclose(array[2], (0.0, 0.0, 1.0)):
+            raise ValueError(f"a (3, 3) matrix must be affine (last row 0 0 1), got {array[2]}")
+        array = array[:2]
+    if array.shape != (2, 3):
+        raise ValueError(f"matrix must have shape (2, 3) or (3, 3), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("matrix contains non-finite values")
+    return array
+
+
+def estimate_similarity(src: Any, dst: Any) -> np.ndarray:
+    """Least-squares non-reflective similarity mapping ``src`` onto ``dst``.
+
+    Minimises ``sum_i || s R src_i + t - dst_i ||^2`` over the scale ``s > 0``,
+    the rotation ``R`` (``det R = +1``) and the translation ``t``, in closed
+    form (Umeyama 1991, "Least-squares estimation of transformation parameters
+    between two point patterns", with the reflection case excluded: the sign
+    correction ``D = diag(1, sign(det(U V^T)))`` is always applied).
+
+    Parameters
+    ----------
+    src : array_like, shape (N, 2)
+        Source points ``(x, y)``, ``N >= 2``.
+    dst : array_like, shape (N, 2)
+        Corresponding destination points.
+
+    Returns
+    -------
+    numpy.ndarray, shape (2, 3), float64
+        ``M = [s R | t]`` with ``dst_i ~= M @ [x_i, y_i, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or are not ``(N, 2)`` with ``N >= 2``, a value is
+        not finite, or either point set is degenerate (all points identical).
+    """
+    src = _as_points(src, "src", min_points=2)
+    dst = _as_points(dst, "dst", min_points=2)
+    if src.shape != dst.shape:
+        raise ValueError(f"src and dst must have the same shape, got {src.shape} and {dst.shape}")
+    src_mean = src.mean(axis=0)
+    dst_mean = dst.mean(axis=0)
+    src_c = src - src_mean
+    dst_c = dst - dst_mean
+    src_var = float(np.mean(np.sum(src_c**2, axis=1)))
+    dst_var = float(np.mean(np.sum(dst_c**2, axis=1)))
+    for label, var, mean in (("src", src_var, src_mean), ("dst", dst_var, dst_mean)):
+        if var <= 1e-20 * max(1.0, float(mean @ mean)):
+            raise ValueError(f"degenerate {label}: all points are identical")
+    covariance = dst_c.T @ src_c / src.shape[0]
+    u, singular, vt = np.linalg.svd(covariance)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    scale = float(singular @ d) / src_var
+    if scale <= 0.0:
+        raise ValueError("degenerate correspondence: no similarity with positive scale fits")
+    matrix = np.empty((2, 3), dtype=np.float64)
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def transform_points(matrix: Any, points: Any) -> np.ndarray:
+    """Apply an affine transform to points.
+
+    Parameters
+    ----------
+    matrix : array_like, shape (2, 3) or (3, 3)
+        Affine matrix ``[A | t]`` (a ``(3, 3)`` matrix must have last row ``0 0 1``).
+    points : array_like, shape (..., 2)
+        Points ``(x, y)``; any leading shape.
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., 2), float64
+        ``A @ p + t`` for every point.
+    """
+    affine = _as_affine(matrix)
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim < 1 or array.shape[-1] != 2:
+        raise ValueError(f"points must have shape (..., 2), got {array.shape}")
+    return array @ affine[:, :2].T + affine[:, 2]
+
+
+def invert_affine(matrix: Any) -> np.ndarray:
+    """Invert an affine transform.
+
+    Parameters
+    ----------
+    matrix : array_like, shape (2, 3) or (3, 3)
+        Affine matrix ``[A | t]``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (2, 3), float64
+        ``[A^-1 | -A^-1 t]``, so that ``transform_points(invert_affine(M),
+        transform_points(M, p)) == p``.
+
+    Raises
+    ------
+    ValueError
+        If the linear part is singular.
+    """
+    affine = _as_affine(matrix)
+    linear = affine[:, :2]
+    det = float(np.linalg.det(linear))
+    if abs(det) <= 1e-12 * max(1.0, float(np.abs(linear).max()) ** 2):
+        raise ValueError(f"matrix is not invertible (det of linear part = {det:g})")
+    inverse_linear = np.linalg.inv(linear)
+    inverse = np.empty((2, 3), dtype=np.float64)
+    inverse[:, :2] = inverse_linear
+    inverse[:, 2] = -inverse_linear @ affine[:, 2]
+    return inverse
+
+
+def _as_size(size: Any) -> tuple[int, int]:
+    """Normalise an ``int`` (square) or ``(width, height)`` output size."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    else:
+        try:
+            values = tuple(size)
+        except TypeError:
+            raise ValueError(f"size must be an int or (width, height), got {size!r}") from None
+        if len(values) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+        ):
+            raise ValueError(f"size must be an int or (width, height) of ints, got {size!r}")
+        pair = (int(values[0]), int(values[1]))
+    if pair[0] <= 0 or pair[1] <= 0:
+        raise ValueError(f"size must be positive, got {pair}")
+    return pair
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """Destination landmark positions of an aligned crop.
+
+    Parameters
+    ----------
+    name : str
+        Label (built-in name, JSON file stem, or ``"custom"``).
+    points : numpy.ndarray, shape (5, 2), float64
+        Where the five MTFL-order landmarks go, in pixel-centre coordinates of
+        the crop. Stored as a read-only copy.
+    size : tuple of int
+        Crop ``(width, height)`` in pixels.
+
+    Notes
+    -----
+    Equality compares name, size and points exactly; instances are hashable.
+    """
+
+    name: str
+    points: np.ndarray
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        points = _as_points(self.points, f"template {self.name!r} points").copy()
+        if points.shape != (NUM_POINTS, 2):
+            raise ValueError(
+                f"template {self.name!r} needs {NUM_POINTS} points, got {points.shape[0]}"
+            )
+        points.flags.writeable = False
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "size", _as_size(self.size))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Template):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.size == other.size
+            and bool(np.array_equal(self.points, other.points))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.size, self.points.tobytes()))
+
+    @property
+    def width(self) -> int:
+        """Crop width in pixels."""
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        """Crop height in pixels."""
+        return self.size[1]
+
+    def scaled(self, size: int | tuple[int, int]) -> Template:
+        """The same template for another output size.
+
+        Points are scaled about the image frame, not the pixel centres: with
+        ``s = new / old`` per axis, ``p' = (p + 0.5) * s - 0.5``, so every
+        landmark keeps its position relative to the crop's extent
+        ``[-0.5, W - 0.5]``.
+
+        Parameters
+        ----------
+        size : int or tuple of int
+            New ``(width, height)``; an int means a square crop.
+
+        Returns
+        -------
+        Template
+            Same name, rescaled points, new size.
+        """
+        new_size = _as_size(size)
+        factor = np.array(new_size, dtype=np.float64) / np.array(self.size, dtype=np.float64)
+        return Template(self.name, (self.points + 0.5) * factor - 0.5, new_size)
+
+
+#: Side of the built-in ``loose`` template.
+LOOSE_SIZE: int = 224
+
+#: Factor by which the ``loose`` template shrinks the ArcFace layout about the
+#: crop centre. ArcFace places the eye centres 35.2 px apart in 112 px, i.e.
+#: 0.315 of the crop width. An adult face (bizygomatic width about 140 mm) is
+#: about 2.2 times the inter-pupillary distance (about 63 mm), so with
+#: ``0.8 * 0.315 = 0.252`` of the width between the eyes the face spans about
+#: ``2.2 * 0.252 = 0.55`` of the crop width, leaving hair, ears and chin in the
+#: crop (AlexNet-style context).
+LOOSE_SHRINK: float = 0.8
+
+
+def _loose_points() -> np.ndarray:
+    arcface = Template("arcface", ARCFACE_TEMPLATE_112, (ARCFACE_TEMPLATE_SIZE,) * 2)
+    relative = (arcface.points + 0.5) / ARCFACE_TEMPLATE_SIZE  # in [0, 1] of the crop
+    shrunk = 0.5 + LOOSE_SHRINK * (relative - 0.5)
+    return shrunk * LOOSE_SIZE - 0.5
+
+
+#: Built-in templates by name.
+TEMPLATES: Mapping[str, Template] = {
+    "arcface": Template("arcface", ARCFACE_TEMPLATE_112, (ARCFACE_TEMPLATE_SIZE,) * 2),
+    "loose": Template("loose", _loose_points(), (LOOSE_SIZE, LOOSE_SIZE)),
+}
+
+TemplateSpec = Union[Template, str, "os.PathLike[str]", np.ndarray, list, tuple]
+
+
+def _load_template_json(path: Path) -> Template:
+    names = ", ".join(sorted(TEMPLATES))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"cannot read template file {str(path)!r}: {exc} "
+            f"(expected JSON {{\"size\": [w, h], \"points\": [[x, y] x 5]}}; "
+            f"built-in templates: {names})"
+        ) from exc
+    if not isinstance(data, dict) or "size" not in data or "points" not in data:
+        raise ValueError(
+            f"template file {str(path)!r} must hold a JSON object with keys "
+            f"\"size\" and \"points\""
+        )
+    try:
+        return Template(path.stem, np.asarray(data["points"], dtype=np.float64), data["size"])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid template file {str(path)!r}: {exc}") from exc
+
+
+def get_template(spec: TemplateSpec, size: int | tuple[int, int] | None = None) -> Template:
+    """Resolve a template specification.
+
+    Parameters
+    ----------
+    spec : Template, str, os.PathLike or array_like
+        A :class:`Template`; a built-in name (see :data:`TEMPLATES`); a path to
+        a JSON file ``{"size": [w, h], "points": [[x, y], ... 5 rows]}``; or a
+        ``(5, 2)`` array of points, which requires ``size`` (its own size).
+    size : int or tuple of int, optional
+        Output ``(width, height)`` (int: square). For named, file and
+        :class:`Template` specs, the template is rescaled to it with
+        :meth:`Template.scaled`; for an array it is the size the points are
+        given in.
+
+    Returns
+    -------
+    Template
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or missing file (the message lists the built-in
+        names), a malformed file or array, or an array without ``size``.
+    """
+    if isinstance(spec, Template):
+        template = spec
+    elif isinstance(spec, (str, os.PathLike)):
+        key = os.fspath(spec)
+        if isinstance(spec, str) and key in TEMPLATES:
+            template = TEMPLATES[key]
+        elif Path(key).is_file():
+            template = _load_template_json(Path(key))
+        else:
+            raise ValueError(
+                f"unknown template {key!r}: not a built-in name "
+                f"({', '.join(sorted(TEMPLATES))}) nor an existing JSON file"
+            )
+    else:
+        if size is None:
+            raise ValueError("a template given as a point array needs size=(width, height)")
+        try:
+            return Template("custom", np.asarray(spec, dtype=np.float64), size)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid template points: {exc}") from exc
+    if size is not None and _as_size(size) != template.size:
+        template = template.scaled(size)
+    return template
+
+
+def warp_face(
+    image: np.ndarray,
+    landmarks: Any,
+    template: TemplateSpec,
+    border_mode: int = cv2.BORDER_CONSTANT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a face so that its landmarks land on a template.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, 3)`` (or ``(H, W)``) ``uint8`` image.
+    landmarks : array_like, shape (5, 2)
+        The face's five points in ``image``, MTFL order, ``(x, y)``.
+    template : Template or str or os.PathLike
+        Destination template (anything :func:`get_template` accepts without
+        a size).
+    border_mode : int, optional
+        OpenCV border mode for pixels outside ``image`` (default: black
+        ``BORDER_CONSTANT``; ``cv2.BORDER_REPLICATE`` or ``BORDER_REFLECT``
+        avoid black corners).
+
+    Returns
+    -------
+    crop : numpy.ndarray
+        ``(template.height, template.width, 3)`` ``uint8`` crop (bilinear).
+    matrix : numpy.ndarray, shape (2, 3)
+        Forward similarity from ``image`` to ``crop`` coordinates; map crop
+        points back with ``transform_points(invert_affine(matrix), q)``.
+
+    Raises
+    ------
+    ValueError
+        For a malformed image, landmarks or template, or degenerate landmarks.
+    """
+    resolved = get_template(template)
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("image is empty")
+    points = _as_points(landmarks, "landmarks")
+    if points.shape != resolved.points.shape:
+        raise ValueError(
+            f"landmarks must have shape {resolved.points.shape}, got {points.shape}"
+        )
+    matrix = estimate_similarity(points, resolved.points)
+    crop = cv2.warpAffine(
+        array,
+        matrix,
+        resolved.size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=border_mode,
+        borderValue=0,
+    )
+    return crop, matrix

@@ -1,0 +1,64 @@
+"""Conventions shared by every module of facealign, named once.
+
+Coordinate conventions
+----------------------
+* Images are ``H x W x 3`` ``uint8`` arrays in **RGB** channel order (never BGR;
+  OpenCV's BGR is converted at the I/O boundary in :mod:`facealign.imageio`).
+* Points are ``(x, y)`` pairs, **x before y**, in pixels.
+* Pixel centres sit at integer coordinates: the centre of the top-left pixel is
+  ``(0, 0)`` and the image spans ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``. This is
+  the convention of OpenCV's ``warpAffine`` and of the MTFL annotations.
+* Boxes are ``(x1, y1, x2, y2)`` in the same pixel frame, ``x2 > x1``, ``y2 > y1``;
+  the box covers the continuous region between the corners (so its width is
+  ``x2 - x1``).
+* "Left" and "right" are the **image's** left and right (the subject's right eye
+  is the image-left eye), as in MTFL.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+#: Number of landmarks predicted by the engines.
+NUM_POINTS: Final[int] = 5
+
+#: Point order used everywhere (MTFL order). Image-left first.
+POINT_NAMES: Final[tuple[str, ...]] = (
+    "left_eye",
+    "right_eye",
+    "nose",
+    "left_mouth",
+    "right_mouth",
+)
+
+#: Index permutation that maps the points of a horizontally mirrored face back to
+#: MTFL order: after flipping, the image-left eye becomes the image-right eye.
+MIRROR_PERMUTATION: Final[tuple[int, ...]] = (1, 0, 2, 4, 3)
+
+#: Indices of the two eye centres, used for the inter-ocular normalisation.
+LEFT_EYE: Final[int] = 0
+RIGHT_EYE: Final[int] = 1
+
+#: Side of the square RGB network input, in pixels (paper, section 2.1).
+INPUT_SIZE: Final[int] = 40
+
+#: Image file extensions that the batch tools pick up (lower case, with dot).
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2"}
+)
+
+#: ArcFace-family 5-point template for a 112 x 112 crop (insightface
+#: ``arcface_dst``), in MTFL order and pixel-centre coordinates.
+ARCFACE_TEMPLATE_112: Final[np.ndarray] = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+ARCFACE_TEMPLATE_SIZE: Final[int] = 112

@@ -1,0 +1,183 @@
+"""The MTFL landmark data set, its fixed train/validation split, and its detector boxes.
+
+MTFL (Zhang et al., ECCV 2014) ships 80 x 80 RGB images with five points in
+MTFL order (:data:`facealign.constants.POINT_NAMES`), pixel-centre coordinates.
+``train.txt`` rows read ``path x1..x5 y1..y5 gender smile glasses pose``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .constants import NUM_POINTS
+from .detection import Detector, get_detector
+from .imageio import read_image
+
+#: Attribute columns of MTFL, in file order. Values: gender 1 male / 2 female;
+#: smile, glasses 1 yes / 2 no; pose 1..5 (left profile .. right profile); -1 unknown.
+ATTRIBUTE_NAMES: tuple[str, ...] = ("gender", "smile", "glasses", "pose")
+
+SPLIT_FILES = {"train": "train.txt", "test": "test_aflw.txt"}
+
+#: Fraction of the training faces held out for validation (paper: 90/10).
+VALIDATION_FRACTION = 0.1
+#: Seed of the fixed train/validation split.
+SPLIT_SEED = 20160101
+
+
+@dataclass
+class LandmarkSet:
+    """Faces with ground-truth landmarks.
+
+    Attributes
+    ----------
+    root : Path
+        Folder the image paths are relative to.
+    paths : list of str
+    points : ndarray, shape (N, 5, 2), float64 -- (x, y) pixel coordinates.
+    attributes : ndarray, shape (N, 4), int -- see :data:`ATTRIBUTE_NAMES`.
+    """
+
+    root: Path
+    paths: list[str]
+    points: np.ndarray
+    attributes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: np.ndarray) -> "LandmarkSet":
+        index = np.asarray(index)
+        return LandmarkSet(self.root, [self.paths[i] for i in index], self.points[index], self.attributes[index])
+
+    def load_images(self) -> np.ndarray:
+        """Decode every image once; returns ``N x H x W x 3`` uint8 RGB (MTFL images are all 80 x 80)."""
+        images = [read_image(self.root / p) for p in self.paths]
+        return np.stack(images)
+
+    def fingerprint(self) -> str:
+        """Short hash of the paths, to key caches."""
+        return hashlib.sha1("\n".join(self.paths).encode()).hexdigest()[:12]
+
+
+def default_mtfl_root() -> Path:
+    """``$FACEALIGN_MTFL`` or ``../shared/datasets/mtfl`` beside the current directory."""
+    env = os.environ.get("FACEALIGN_MTFL")
+    return Path(env) if env else Path.cwd().parent / "shared" / "datasets" / "mtfl"
+
+
+def load_mtfl(root: "str | Path", split: str = "train") -> LandmarkSet:
+    """Read ``train.txt`` (``split="train"``) or ``test_aflw.txt`` (``split="test"``)."""
+    root = Path(root)
+    try:
+        listing = root / SPLIT_FILES[split]
+    except KeyError:
+        raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}") from None
+    if not listing.is_file():
+        raise FileNotFoundError(f"no MTFL listing at {listing}")
+    paths, coords, attrs = [], [], []
+    for line in listing.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        paths.append(parts[0])
+        coords.append([float(v) for v in parts[1 : 1 + 2 * NUM_POINTS]])
+        attrs.append([int(v) for v in parts[1 + 2 * NUM_POINTS : 5 + 2 * NUM_POINTS]])
+    xy = np.asarray(coords, np.float64).reshape(-1, 2, NUM_POINTS).transpose(0, 2, 1)
+    return LandmarkSet(root, paths, np.ascontiguousarray(xy), np.asarray(attrs, np.int64))
+
+
+def train_validation_split(n: int, fraction: float = VALIDATION_FRACTION, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, seeded split of ``range(n)`` into sorted train and validation indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def match_detection(boxes: np.ndarray, points: np.ndarray) -> int:
+    """Index of the box that holds the face annotated by ``points``, or -1.
+
+    A box matches when it contains the centroid of the five points; among several,
+    the one whose centre is closest to that centroid wins.
+    """
+    if len(boxes) == 0:
+        return -1
+    c = points.mean(0)
+    inside = (boxes[:, 0] < c[0]) & (c[0] < boxes[:, 2]) & (boxes[:, 1] < c[1]) & (c[1] < boxes[:, 3])
+    if not inside.any():
+        return -1
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    dist = np.where(inside, np.linalg.norm(centres - c, axis=1), np.inf)
+    return int(np.argmin(dist))
+
+
+def _detect_chunk(detector: Detector, images: np.ndarray, points: np.ndarray) -> np.ndarray:
+    out = np.full((len(images), 5), np.nan, np.float64)
+    for i, (image, pts) in enumerate(zip(images, points)):
+        det = detector.detect(image)
+        k = match_detection(det.boxes, pts)
+        if k >= 0:
+            out[i, :4] = det.boxes[k]
+            out[i, 4] = det.scores[k]
+    return out
+
+
+def detect_boxes(
+    images: np.ndarray,
+    points: np.ndarray,
+    detector: "str | Detector | None" = None,
+    jobs: int = -1,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Run the detector on every image and keep the box of the annotated face.
+
+    Returns
+    -------
+    ndarray, shape (N, 5)
+        ``x1, y1, x2, y2, score`` per image; NaN where the detector missed the face
+        (such faces are dropped from training and count as failures in evaluation).
+    """
+    from joblib import Parallel, delayed
+
+    detector = get_detector(detector)
+    chunk = 256
+    starts = list(range(0, len(images), chunk))
+    parts: list[np.ndarray] = []
+    runner = Parallel(n_jobs=jobs, return_as="generator")
+    for part in runner(delayed(_detect_chunk)(detector, images[s : s + chunk], points[s : s + chunk]) for s in starts):
+        parts.append(part)
+        if progress is not None:
+            progress(len(part))
+    return np.concatenate(parts) if parts else np.zeros((0, 5))
+
+
+def cached_boxes(
+    data: LandmarkSet,
+    images: np.ndarray,
+    cache_dir: "str | Path",
+    detector_name: str,
+    jobs: int = -1,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """:func:`detect_boxes` with the result cached in ``cache_dir`` by data set and detector."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"boxes-{detector_name}-{data.fingerprint()}.npy"
+    if path.exists():
+        return np.load(path)
+    boxes = detect_boxes(images, data.points, detector_name, jobs=jobs, progress=progress)
+    tmp = path.with_suffix(".part.npy")
+    np.save(tmp, boxes)
+    os.replace(tmp, path)
+    return boxes
+
+
+def iter_batches(n: int, batch_size: int) -> Iterable[slice]:
+    for s in range(0, n, batch_size):
+        yield slice(s, min(n, s + batch_size))

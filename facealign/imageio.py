@@ -1,0 +1,434 @@
+"""Image input and output at the package boundary.
+
+Everything inside :mod:`facealign` works on ``H x W x 3`` ``uint8`` **RGB**
+arrays (see :mod:`facealign.constants`). This module is the only place where
+files are decoded (with Pillow, which understands EXIF orientation, palettes,
+CMYK, 16-bit data and multi-frame files) or encoded (with OpenCV, whose BGR
+order is converted here).
+
+Decoding is strict: a zero-byte, truncated or non-image file raises
+:class:`ImageReadError` instead of returning a partly grey picture. Pillow's
+decompression-bomb guard (a process-wide setting) is replaced by the explicit
+``max_pixels`` argument of :func:`read_image`, so very large photographs are
+read without changing Pillow's global configuration for other code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from facealign.constants import IMAGE_EXTENSIONS
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageReadError",
+    "find_images",
+    "read_image",
+    "read_image_reduced",
+    "write_image_atomic",
+]
+
+#: Default upper bound on the number of pixels of an image to decode
+#: (250 megapixels: a 20000 x 12500 photograph, about 750 MB as RGB).
+DEFAULT_MAX_PIXELS: int = 250_000_000
+
+#: Suffix of the temporary files written by :func:`write_image_atomic`.
+PART_SUFFIX: str = ".part"
+
+# Pillow reads ``Image.MAX_IMAGE_PIXELS`` and ``ImageFile.LOAD_TRUNCATED_IMAGES``
+# as module globals, both when a file is opened and while it is decoded (GIF
+# frames are checked on load). They are overridden only for the duration of one
+# decode, under this lock, so decodes in one process are serialised (parallel
+# batch jobs use processes, each with its own lock).
+_PILLOW_SETTINGS_LOCK = threading.RLock()
+
+# OpenCV encoder parameters per extension; the quality argument is inserted.
+_QUALITY_PARAM: dict[str, int] = {
+    ".jpg": cv2.IMWRITE_JPEG_QUALITY,
+    ".jpeg": cv2.IMWRITE_JPEG_QUALITY,
+    ".webp": cv2.IMWRITE_WEBP_QUALITY,
+}
+_WRITABLE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+)
+
+
+class ImageReadError(Exception):
+    """A file could not be decoded as an image.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file that failed.
+    reason : str
+        Why it failed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {str(self.path)!r}: {reason}")
+
+
+@contextmanager
+def _strict_pillow() -> Iterator[None]:
+    """Disable Pillow's bomb guard and enable strict truncation checks, locally.
+
+    The size limit is enforced by the caller instead (``max_pixels``).
+    """
+    with _PILLOW_SETTINGS_LOCK:
+        saved_max, saved_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS = None
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_max
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageReadError(path, f"empty image ({width} x {height})")
+    if width * height > max_pixels:
+        raise ImageReadError(
+            path,
+            f"{width} x {height} = {width * height} pixels exceeds max_pixels={max_pixels}",
+        )
+
+
+def _to_uint8_gray(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel high-bit-depth array to ``uint8``.
+
+    Integer data are scaled by the range of their storage type (16-bit: the
+    top byte, ``v >> 8``), never clipped. Pillow's 32-bit ``I`` mode mostly
+    holds 16-bit samples (``0..65535``) and is treated as such; values outside
+    that range are mapped linearly from ``[min, max]``. Floating-point (``F``)
+    data in ``[0, 1]`` are scaled by 255; other ranges are mapped linearly from
+    ``[min, max]``.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        return (array.astype(np.uint16) >> 8).astype(np.uint8)
+    if array.dtype.kind == "i" and array.dtype.itemsize == 2:
+        return ((array.astype(np.int32) + 32768) >> 8).astype(np.uint8)
+    if array.dtype.kind in "iu":
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if lo >= 0 and hi <= 65535:
+            return (array.astype(np.int64) >> 8).astype(np.uint8)
+        return _stretch(array.astype(np.float64), lo, hi)
+    if array.dtype.kind == "f":
+        data = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+        if lo >= 0.0 and hi <= 1.0:
+            return np.rint(data * 255.0).astype(np.uint8)
+        return _stretch(data, lo, hi)
+    raise ValueError(f"unsupported sample type {array.dtype} for Pillow mode {mode!r}")
+
+
+def _stretch(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(data.shape, np.uint8)
+    return np.rint((data - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Blend an ``H x W x 4`` ``uint8`` RGBA array onto white, rounding."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert a loaded Pillow image of any mode to ``H x W x 3`` ``uint8`` RGB."""
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;"):
+        gray = _to_uint8_gray(np.asarray(image), mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = "A" in image.getbands() or "a" in mode or "transparency" in image.info
+    if has_alpha:
+        return _composite_on_white(np.asarray(image.convert("RGBA")))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def _decode(
+    path: str | os.PathLike[str],
+    max_pixels: int,
+    max_side: int | None,
+) -> tuple[np.ndarray, float]:
+    """Decode ``path``; with ``max_side``, use JPEG draft mode and return the DCT scale."""
+    path = Path(path)
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    scale = 1.0
+    try:
+        with _strict_pillow(), Image.open(path) as image:
+            if max_side is not None:
+                width, height = image.size
+                target = max_side / max(width, height)
+                if target < 1.0:
+                    request = (
+                        max(1, math.ceil(width * target)),
+                        max(1, math.ceil(height * target)),
+                    )
+                    drafted = image.draft("RGB", request)
+                    if drafted is not None:
+                        scale = drafted[1][2] / width  # box = (0, 0, width / s, height / s)
+            _check_pixels(path, image.size, max_pixels)
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            rgb = _pil_to_rgb(oriented)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Image.UnidentifiedImageError):
+            reason = "not a recognised image format"
+        raise ImageReadError(path, reason) from exc
+    return np.ascontiguousarray(rgb, dtype=np.uint8), scale
+
+
+def read_image(
+    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode an image file into an ``H x W x 3`` ``uint8`` RGB array.
+
+    The file is decoded once with Pillow and its EXIF orientation applied, so
+    the array is upright as a viewer shows it. Every Pillow mode is converted
+    to RGB: grey and 1-bit images are replicated to three channels, palettes
+    expanded, CMYK converted, transparency (alpha, palette or ``tRNS``)
+    composited onto white, and 16-bit / 32-bit / float samples scaled to
+    8 bits by their type's range (16-bit: ``v >> 8``). Of a multi-frame file
+    (animated GIF, multi-page TIFF), the first frame is returned.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Image file.
+    max_pixels : int, optional
+        Largest accepted ``width * height`` before decoding; larger files
+        raise :class:`ImageReadError` without allocating the pixels. This
+        replaces Pillow's global decompression-bomb limit for this call.
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous ``(H, W, 3)`` ``uint8`` array in RGB order.
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, empty, truncated, not an image, or larger than
+        ``max_pixels``.
+    """
+    return _decode(path, max_pixels, None)[0]
+
+
+def read_image_reduced(
+    path: str | os.PathLike[str],
+    max_side: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, float]:
+    """Decode an image so that its longer side is at most ``max_side`` pixels.
+
+    JPEG files are decoded directly at a reduced DCT scale (1/2, 1/4 or 1/8,
+    Pillow's draft mode), so a huge photograph never exists in memory at full
+    resolution; the result is then resampled (area average) to the exact
+    uniform scale ``max_side / max(W, H)``. Images already small enough are
+    returned unchanged with scale 1.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Image file.
+    max_side : int
+        Largest side of the returned image, in pixels (positive).
+    max_pixels : int, optional
+        Largest accepted number of pixels *decoded* (after the DCT reduction).
+
+    Returns
+    -------
+    rgb : numpy.ndarray
+        ``(h, w, 3)`` ``uint8`` RGB array with ``max(h, w) <= max_side``.
+    scale : float
+        Uniform factor from the full-resolution (EXIF-oriented) image to the
+        returned one, in the pixel-centre convention: a point ``p`` of the full
+        image is at ``(p + 0.5) * scale - 0.5`` in ``rgb``, and a point ``q``
+        of ``rgb`` is at ``(q + 0.5) / scale - 0.5`` in the full image. At the
+        right and bottom edges less than one output pixel may be cut off.
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_image`.
+    ValueError
+        If ``max_side`` is not positive.
+    """
+    if max_side <= 0:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    rgb, draft_scale = _decode(path, max_pixels, max_side)
+    height, width = rgb.shape[:2]
+    # Full-resolution size (EXIF orientation swaps both sides alike).
+    full_w, full_h = width / draft_scale, height / draft_scale
+    target = max_side / max(full_w, full_h)
+    if target >= 1.0:
+        return rgb, 1.0
+    out_w = max(1, min(max_side, math.floor(full_w * target + 1e-9)))
+    out_h = max(1, min(max_side, math.floor(full_h * target + 1e-9)))
+    if (out_w, out_h) == (width, height) and math.isclose(draft_scale, target):
+        return rgb, draft_scale
+    # Exact uniform scale: the source box is the output size divided by the
+    # residual factor, in the (continuous) coordinates of the drafted image.
+    residual = target / draft_scale
+    box = (0.0, 0.0, min(width, out_w / residual), min(height, out_h / residual))
+    resized = Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.BOX, box=box)
+    return np.ascontiguousarray(np.asarray(resized)), target
+
+
+def _encode_params(extension: str, quality: int) -> list[int]:
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality must be in [0, 100], got {quality}")
+    param = _QUALITY_PARAM.get(extension)
+    return [param, int(quality)] if param is not None else []
+
+
+def write_image_atomic(
+    path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95
+) -> Path:
+    """Encode an RGB image and write it so that the file appears all at once.
+
+    The image is encoded in memory with OpenCV (format from the extension of
+    ``path``), written to a hidden temporary file ``.<name>.<random>.part`` in
+    the destination directory, flushed to disk with ``fsync`` and renamed onto
+    ``path`` with :func:`os.replace`. An interrupted job therefore leaves
+    either the previous file or no file, plus at worst a ``.part`` file that
+    :func:`find_images` ignores, never a truncated image under the final name.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination; parent directories are created.
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` ``uint8`` RGB array (or ``(H, W)`` grey).
+    quality : int, optional
+        JPEG / WebP quality in ``[0, 100]``; ignored by lossless formats.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the array is not ``uint8`` ``(H, W, 3)`` / ``(H, W)``, the extension
+        is not a writable image type, or OpenCV fails to encode.
+    """
+    path = Path(path)
+    extension = path.suffix.lower()
+    if extension not in _WRITABLE_EXTENSIONS:
+        raise ValueError(
+            f"cannot write {str(path)!r}: extension {extension!r} is not one of "
+            f"{sorted(_WRITABLE_EXTENSIONS)}"
+        )
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or not (
+        array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)
+    ) or array.size == 0:
+        raise ValueError(
+            f"expected a non-empty (H, W, 3) or (H, W) uint8 array, got shape "
+            f"{array.shape} dtype {array.dtype}"
+        )
+    bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, encoded = cv2.imencode(extension, bgr, _encode_params(extension, quality))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {str(path)!r} as {extension}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _is_image_name(name: str) -> bool:
+    return (
+        not name.startswith(".")
+        and not name.endswith(PART_SUFFIX)
+        and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    )
+
+
+def find_images(root: str | os.PathLike[str]) -> list[Path]:
+    """List the image files under a directory, recursively, in sorted order.
+
+    A file counts as an image when its extension, compared case-insensitively,
+    is in :data:`facealign.constants.IMAGE_EXTENSIONS`. Hidden files and
+    directories (names starting with ``.``) and ``.part`` temporaries of
+    :func:`write_image_atomic` are skipped; symbolic links to directories are
+    not followed.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Directory to search; a single image file is returned as a one-element
+        list.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Paths (``root`` joined with the relative path), sorted by their
+        components.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root] if _is_image_name(root.name) else []
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such directory: {str(root)!r}")
+    found: list[Path] = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        base = Path(directory)
+        found.extend(base / name for name in files if _is_image_name(name))
+    return sorted(found, key=lambda p: p.relative_to(root).parts)

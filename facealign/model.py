@@ -1,0 +1,133 @@
+"""Network definitions: the paper's vanilla CNN (section 2.1) and TCNN heads (section 3.1).
+
+The vanilla CNN maps a normalised ``3 x 40 x 40`` RGB crop of a face box to 10
+numbers, the ``(x, y)`` of the five MTFL points in box-normalised coordinates
+(``0`` at the box's left/top edge, ``1`` at its right/bottom edge), laid out
+``x1, y1, ..., x5, y5``.
+
+Layer sizes follow Fig. 2 of the paper::
+
+    RGB 40x40x3 -> CL1 conv5x5x16 -> pool -> 18x18x16
+                -> CL2 conv3x3x48 -> pool -> 8x8x48
+                -> CL3 conv3x3x64 -> pool -> 3x3x64
+                -> CL4 conv2x2x64         -> 2x2x64 (256 values: the FC5 input)
+                -> FC5 100 -> FC6 10
+
+Every layer but FC6 is followed by ``abs(tanh(.))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .constants import INPUT_SIZE, NUM_POINTS
+
+#: Names of the layers whose *inputs* :meth:`VanillaCNN.layer_inputs` returns,
+#: in network order (paper section 2.2); the input of CL1 is the RGB crop.
+LAYER_NAMES: tuple[str, ...] = ("CL1", "CL2", "CL3", "CL4", "FC5", "FC6")
+
+#: Size of the FC5 input (the CL4 output, flattened).
+FC5_INPUT_DIM: int = 64 * 2 * 2
+FC5_DIM: int = 100
+OUTPUT_DIM: int = 2 * NUM_POINTS
+
+
+class AbsTanh(nn.Module):
+    """``abs(tanh(x))``, the paper's activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x).abs()
+
+
+def _conv_block(cin: int, cout: int, kernel: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel), AbsTanh()]
+    if pool:
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+class VanillaCNN(nn.Module):
+    """The vanilla landmark CNN of section 2.1.
+
+    Parameters
+    ----------
+    fc5_dim : int
+        Width of FC5 (100 in the paper).
+    """
+
+    def __init__(self, fc5_dim: int = FC5_DIM) -> None:
+        super().__init__()
+        self.cl1 = _conv_block(3, 16, 5, pool=True)
+        self.cl2 = _conv_block(16, 48, 3, pool=True)
+        self.cl3 = _conv_block(48, 64, 3, pool=True)
+        self.cl4 = _conv_block(64, 64, 2, pool=False)
+        self.fc5 = nn.Sequential(nn.Linear(FC5_INPUT_DIM, fc5_dim), AbsTanh())
+        self.fc6 = nn.Linear(fc5_dim, OUTPUT_DIM)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the FC5 input (``N x 256``) for normalised crops ``x`` (``N x 3 x 40 x 40``)."""
+        if x.ndim != 4 or x.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected N x 3 x {INPUT_SIZE} x {INPUT_SIZE} input, got {tuple(x.shape)}")
+        return self.cl4(self.cl3(self.cl2(self.cl1(x)))).flatten(1)
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """Map FC5 inputs to the 10 box-normalised coordinates."""
+        return self.fc6(self.fc5(f))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def layer_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Representations at the *input* of every layer (section 2.2), flattened to ``N x D``.
+
+        Keys are the names of the layer each representation feeds (:data:`LAYER_NAMES`):
+        ``"CL1"`` is the normalised RGB crop, ``"FC5"`` the CL4 output that TCNN
+        clusters, ``"FC6"`` the FC5 output.
+        """
+        out = {"CL1": x.flatten(1)}
+        h = self.cl1(x)
+        out["CL2"] = h.flatten(1)
+        h = self.cl2(h)
+        out["CL3"] = h.flatten(1)
+        h = self.cl3(h)
+        out["CL4"] = h.flatten(1)
+        h = self.cl4(h).flatten(1)
+        out["FC5"] = h
+        out["FC6"] = self.fc5(h)
+        return out
+
+
+class TweakedHeads(nn.Module):
+    """K copies of FC5+FC6 (section 3.1), evaluated in one batched pass.
+
+    Each face carries the index of its cluster; the per-face weights are gathered
+    and applied with batched matrix products, so a batch of mixed clusters never
+    falls back to a Python loop over faces.
+    """
+
+    def __init__(self, num_clusters: int, fc5_dim: int = FC5_DIM) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.w5 = nn.Parameter(torch.zeros(num_clusters, FC5_INPUT_DIM, fc5_dim))
+        self.b5 = nn.Parameter(torch.zeros(num_clusters, fc5_dim))
+        self.w6 = nn.Parameter(torch.zeros(num_clusters, fc5_dim, OUTPUT_DIM))
+        self.b6 = nn.Parameter(torch.zeros(num_clusters, OUTPUT_DIM))
+
+    @classmethod
+    def from_vanilla(cls, model: VanillaCNN, num_clusters: int) -> "TweakedHeads":
+        """Initialise every head with the vanilla FC5 and FC6 weights."""
+        fc5: nn.Linear = model.fc5[0]  # type: ignore[assignment]
+        heads = cls(num_clusters, fc5.out_features)
+        with torch.no_grad():
+            heads.w5.copy_(fc5.weight.t().unsqueeze(0).expand_as(heads.w5))
+            heads.b5.copy_(fc5.bias.unsqueeze(0).expand_as(heads.b5))
+            heads.w6.copy_(model.fc6.weight.t().unsqueeze(0).expand_as(heads.w6))
+            heads.b6.copy_(model.fc6.bias.unsqueeze(0).expand_as(heads.b6))
+        return heads
+
+    def forward(self, f: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
+        """Apply head ``cluster[i]`` to feature ``f[i]`` for every face ``i``."""
+        h = torch.bmm(f.unsqueeze(1), self.w5[cluster]).squeeze(1) + self.b5[cluster]
+        h = torch.tanh(h).abs()
+        return torch.bmm(h.unsqueeze(1), self.w6[cluster]).squeeze(1) + self.b6[cluster]

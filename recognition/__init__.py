@@ -1,0 +1,23 @@
+"""Face-verification benchmark that measures what an alignment is worth.
+
+Modules
+-------
+protocol
+    IJB-A / Janus CS2 style protocol files: reader and a seeded writer
+    (:func:`~recognition.protocol.make_protocol`) for any identity-labelled
+    image collection.
+matching
+    Power normalisation, PCA fitted on training features, Pearson correlation
+    and SoftMax template fusion (paper, section 5.2).
+metrics
+    ROC, TAR at a given FAR, LFW-style 10-fold verification accuracy and the
+    LFW ``pairs.txt`` reader.
+backbone
+    The :class:`~recognition.backbone.Backbone` protocol and an AlexNet defined
+    in this package, with a wrapper that embeds aligned RGB crops.
+training
+    Identity-classification training of the AlexNet on aligned crops, with
+    resumable per-epoch checkpoints.
+"""
+
+__version__ = "0.1.0"
