@@ -1,0 +1,98 @@
+"""The public face of facealign: detect, landmark and align in a few calls.
+
+>>> from facealign import FaceAligner, read_image
+>>> aligner = FaceAligner()                      # dlib detector, TCNN, arcface 112
+>>> image = read_image("photo.jpg")              # H x W x 3 uint8 RGB
+>>> faces = aligner.process(image)               # boxes, scores, 5 points each
+>>> crop, matrix = aligner.align(image, faces[0].landmarks)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .alignment import Template, get_template, warp_face
+from .detection import Detections, Detector, get_detector
+from .engine import DEFAULT_ENGINE, LandmarkEngine
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face.
+
+    Attributes
+    ----------
+    box : ndarray (4,) -- ``x1, y1, x2, y2`` in pixels of the source image.
+    score : float -- detector confidence.
+    landmarks : ndarray (5, 2) -- MTFL-order points, pixels of the source image.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    def to_json(self) -> dict:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+
+
+class FaceAligner:
+    """Face detection, five-point landmarks and similarity alignment.
+
+    Parameters
+    ----------
+    detector : str or Detector
+        ``"dlib"`` (default), ``"haar"``, a registered plug-in name, or any object
+        with ``detect(image) -> Detections``.
+    engine : {"tcnn", "vanilla"} or LandmarkEngine
+        Landmark engine; TCNN by default.
+    template : str, path, Template or (5, 2) array
+        Alignment target: ``"arcface"`` (default), ``"loose"``, a JSON file, or points.
+    size : int or (width, height), optional
+        Output crop size; the template is rescaled to it. Defaults to the
+        template's own size (112 for ``arcface``).
+    """
+
+    def __init__(
+        self,
+        detector: "str | Detector | None" = None,
+        engine: "str | LandmarkEngine" = DEFAULT_ENGINE,
+        template: "str | Path | Template | np.ndarray" = "arcface",
+        size: "int | tuple[int, int] | None" = None,
+    ) -> None:
+        self.detector = get_detector(detector)
+        self.engine = engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine)
+        self.template = get_template(template, size)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Face boxes and scores in an RGB image, largest first."""
+        return self.detector.detect(image)
+
+    def landmarks(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Five points (``N x 5 x 2``, pixels) for caller-supplied ``N x 4`` boxes, in one batch."""
+        return self.engine.predict(image, boxes)
+
+    def process(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
+        """Detect every face and put five landmarks on each."""
+        det = self.detect(image)
+        if largest_only:
+            det = Detections(det.boxes[:1], det.scores[:1])
+        pts = self.landmarks(image, det.boxes)
+        return [Face(b.astype(np.float64), float(s), p) for b, s, p in zip(det.boxes, det.scores, pts)]
+
+    def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Warp the face with these five points onto the template.
+
+        Returns the crop (``H x W x 3`` uint8 RGB) and the 2 x 3 image-to-crop matrix.
+        """
+        return warp_face(image, landmarks, self.template)
+
+    def align_all(self, image: np.ndarray, largest_only: bool = False) -> list[tuple[Face, np.ndarray, np.ndarray]]:
+        """:meth:`process` then :meth:`align` each face: ``(face, crop, matrix)`` tuples."""
+        return [(f, *self.align(image, f.landmarks)) for f in self.process(image, largest_only)]

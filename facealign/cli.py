@@ -1,0 +1,242 @@
+"""The ``facealign`` command line.
+
+Commands defined here: ``crop`` (batch alignment, :mod:`facealign.batch`) and
+``landmarks``. Other commands live in their own modules and are attached with
+``main.add_command(...)`` at the bottom of this file.
+
+Heavy modules (torch, the engines) are imported inside the commands, so
+``facealign --help`` stays fast. User errors exit non-zero with a one-line
+message (:class:`click.ClickException`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+# Names only; kept here so that --help does not import torch.
+DETECTOR_CHOICES = ("dlib", "haar")
+ENGINE_CHOICES = ("tcnn", "vanilla")
+#: Images per landmark-network batch in ``facealign landmarks``.
+LANDMARKS_CHUNK = 64
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="facealign", message="%(prog)s %(version)s")
+def main() -> None:
+    """Face detection, five TCNN landmarks and aligned face crops."""
+
+
+def _detector_option(f):
+    return click.option(
+        "--detector",
+        type=click.Choice(DETECTOR_CHOICES),
+        default="dlib",
+        show_default=True,
+        help="Face detector.",
+    )(f)
+
+
+def _engine_option(f):
+    return click.option(
+        "--engine",
+        type=click.Choice(ENGINE_CHOICES),
+        default="tcnn",
+        show_default=True,
+        help="Landmark network.",
+    )(f)
+
+
+class _ProgressBar:
+    """Adapter from ``progress(done, total)`` callbacks to a ``click.progressbar`` on stderr."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.bar = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@main.command()
+@click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@_detector_option
+@_engine_option
+@click.option(
+    "--template",
+    default="arcface",
+    show_default=True,
+    help="Alignment template: 'arcface', 'loose', or a JSON file {\"size\": [w, h], \"points\": [[x, y] x 5]}.",
+)
+@click.option("--size", type=click.IntRange(min=8), default=None, help="Crop side in pixels [default: the template's, 112 for arcface].")
+@click.option("--largest-only", is_flag=True, help="Crop only the largest face of each image.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=int,
+    default=-1,
+    help="Worker processes; -1 (default) uses all cores.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jpg", "png"]),
+    default=None,
+    help="Crop file format [default: jpg for JPEG sources, png otherwise].",
+)
+@click.option(
+    "--manifest-format",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="Format of OUT_DIR/manifest.*.",
+)
+@click.option("--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume).")
+@click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar or summary; only errors.")
+def crop(
+    in_dir: Path,
+    out_dir: Path,
+    detector: str,
+    engine: str,
+    template: str,
+    size: int | None,
+    largest_only: bool,
+    jobs: int,
+    fmt: str | None,
+    manifest_format: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Align every face of every image under IN_DIR into OUT_DIR.
+
+    Sub-folders are mirrored: face k (largest first) of IN_DIR/a/photo.jpg becomes
+    OUT_DIR/a/photo_k.jpg. OUT_DIR/manifest.jsonl lists every crop with its box,
+    score, five landmarks and source-to-crop transform in original-image pixels;
+    OUT_DIR/failures.jsonl lists the images that gave no crop and why. A rerun
+    skips the images already recorded, so an interrupted job resumes.
+    """
+    from .batch import CropJobError, run_crop_job
+
+    bar = _ProgressBar("Cropping", enabled=not quiet)
+    try:
+        summary = run_crop_job(
+            in_dir,
+            out_dir,
+            detector=detector,
+            engine=engine,
+            template=template,
+            size=size,
+            largest_only=largest_only,
+            jobs=jobs,
+            fmt=fmt,
+            overwrite=overwrite,
+            manifest_format=manifest_format,
+            progress=bar,
+        )
+    except CropJobError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
+    if not quiet:
+        click.echo(summary.line(), err=True)
+        if summary.failures:
+            click.echo(f"failures are listed in {summary.failures_file}", err=True)
+
+
+def _expand(inputs: tuple[Path, ...]) -> list[Path]:
+    """Folders become their images (sorted); files are taken as given."""
+    from .imageio import find_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths.extend(find_images(item))
+        else:
+            paths.append(item)
+    return paths
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _format_point(point) -> str:
+    return f"({point[0]:.1f}, {point[1]:.1f})"
+
+
+@main.command()
+@click.argument("inputs", metavar="IMAGE_OR_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_detector_option
+@_engine_option
+@click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+def landmarks(inputs: tuple[Path, ...], detector: str, engine: str, largest_only: bool, as_json: bool) -> None:
+    """Print face boxes, scores and five landmarks for images or folders of images.
+
+    Coordinates are pixels of the original image (EXIF orientation applied);
+    points are in MTFL order: image-left eye, image-right eye, nose, image-left
+    and image-right mouth corners. With --json each line is
+    {"image": PATH, "faces": [{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5]}]},
+    or {"image": PATH, "error": MESSAGE} for an unreadable image.
+    """
+    from .batch import CropSettings, get_aligner, iter_image_faces
+
+    try:
+        aligner = get_aligner(CropSettings(detector=detector, engine=engine))
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    paths = _expand(inputs)
+    for chunk in _chunks(paths, LANDMARKS_CHUNK):
+        for item in iter_image_faces(aligner, chunk, largest_only=largest_only):
+            name = str(item.path)
+            if item.error is not None:
+                if as_json:
+                    click.echo(json.dumps({"image": name, "error": item.error}))
+                else:
+                    click.echo(f"{name}\terror: {item.error}")
+                continue
+            faces = item.faces()
+            if as_json:
+                click.echo(json.dumps({"image": name, "faces": [f.to_json() for f in faces]}))
+            elif not faces:
+                click.echo(f"{name}\tno face found")
+            else:
+                for k, face in enumerate(faces):
+                    box = ", ".join(f"{v:.1f}" for v in face.box)
+                    points = " ".join(_format_point(p) for p in face.landmarks)
+                    click.echo(f"{name}\tface {k}\tscore {face.score:.3f}\tbox ({box})\tlandmarks {points}")
+    if not paths:
+        raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
+
+
+# --------------------------------------------------------------------------- #
+# Commands defined in other modules are registered here, e.g.
+#   from .training import train_command
+#   main.add_command(train_command, "train")
+# (train, tweak, evaluate, analyze, bench).
+# --------------------------------------------------------------------------- #
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

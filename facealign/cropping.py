@@ -1,0 +1,87 @@
+"""Cut the network's square input crops out of images, given face boxes.
+
+A box ``(x1, y1, x2, y2)`` is mapped onto the ``S x S`` crop (``S`` =
+:data:`~facealign.constants.INPUT_SIZE`) so that its edges meet the crop's outer
+pixel edges: with pixel centres at integer coordinates,
+``x_crop = (x - x1) * S / (x2 - x1) - 0.5``. Box-normalised coordinates, the
+network's output frame, are ``u = (x - x1) / (x2 - x1)`` so that
+``u = (x_crop + 0.5) / S``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .constants import INPUT_SIZE
+
+
+def box_matrices(boxes: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """2 x 3 affine maps from image pixels to crop pixels, one per box (``N x 2 x 3``)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    if np.any(w <= 0) or np.any(h <= 0) or not np.all(np.isfinite(boxes)):
+        raise ValueError("boxes must be finite with x2 > x1 and y2 > y1")
+    sx, sy = size / w, size / h
+    m = np.zeros((len(boxes), 2, 3))
+    m[:, 0, 0] = sx
+    m[:, 0, 2] = -boxes[:, 0] * sx - 0.5
+    m[:, 1, 1] = sy
+    m[:, 1, 2] = -boxes[:, 1] * sy - 0.5
+    return m
+
+
+def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Warp ``image`` by the 2 x 3 ``matrix`` into an ``size x size`` crop, anti-aliased.
+
+    When the map shrinks the image by more than 2x, the image region is first
+    reduced with area averaging so that bilinear sampling does not alias.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 0.5:
+        # Reduce the region that the crop reads to about twice the crop size.
+        inv = cv2.invertAffineTransform(matrix)
+        corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
+        src = corners @ inv.T
+        h, w = image.shape[:2]
+        x0 = int(np.clip(np.floor(src[:, 0].min()) - 1, 0, w - 1))
+        y0 = int(np.clip(np.floor(src[:, 1].min()) - 1, 0, h - 1))
+        x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, w))
+        y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, h))
+        roi = image[y0:y1, x0:x1]
+        f = 0.5 / scale
+        rw, rh = max(1, round(roi.shape[1] / f)), max(1, round(roi.shape[0] / f))
+        small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
+        fx, fy = rw / roi.shape[1], rh / roi.shape[0]
+        # small pixel (u, v) <- roi pixel ((u + .5) / fx - .5, ...) <- image pixel (+x0, +y0)
+        to_image = np.array([[1 / fx, 0, 0.5 / fx - 0.5 + x0], [0, 1 / fy, 0.5 / fy - 0.5 + y0]])
+        matrix = matrix @ np.vstack([to_image, [0, 0, 1]])
+        image = small
+    return cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """The ``N x size x size x 3`` uint8 crops of ``boxes`` in one RGB image."""
+    mats = box_matrices(boxes, size)
+    out = np.empty((len(mats), size, size, 3), np.uint8)
+    for i, m in enumerate(mats):
+        out[i] = warp_crop(image, m, size)
+    return out
+
+
+def to_box_coordinates(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Pixel points ``N x P x 2`` to box-normalised ``u = (x - x1) / (x2 - x1)``."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 1, 4)
+    wh = boxes[..., 2:4] - boxes[..., 0:2]
+    return (np.asarray(points, np.float64) - boxes[..., 0:2]) / wh
+
+
+def from_box_coordinates(coords: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_box_coordinates`."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 1, 4)
+    wh = boxes[..., 2:4] - boxes[..., 0:2]
+    return np.asarray(coords, np.float64) * wh + boxes[..., 0:2]

@@ -1,0 +1,209 @@
+"""Landmark engines: the vanilla CNN and the Tweaked CNN, batched, with shipped weights.
+
+An engine turns face boxes into five points. It crops every box to the
+``40 x 40`` network input (:mod:`facealign.cropping`), normalises the crops by the
+training mean and std images, and runs the network on the whole batch at once.
+
+* ``vanilla``: the paper's CNN (section 2.1).
+* ``tcnn``: the vanilla convolutional layers, then a Gaussian-mixture router on
+  the FC5 input picks one of K tweaked FC5+FC6 heads per face (section 3.1). By
+  default the prediction is averaged with the one on the mirrored crop.
+
+Weights are plain ``torch.save`` dictionaries of tensors and numbers, loaded with
+``weights_only=True``; the ones we trained ship in ``facealign/weights``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
+from .cropping import crop_boxes, from_box_coordinates
+from .model import TweakedHeads, VanillaCNN
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ENGINES = ("tcnn", "vanilla")
+DEFAULT_ENGINE = "tcnn"
+WEIGHTS_FORMAT_VERSION = 1
+
+
+def shipped_weights(engine: str) -> Path:
+    """Path of the weights file shipped for ``engine``."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    return WEIGHTS_DIR / f"{engine}.pt"
+
+
+def load_weights(path: "str | Path") -> dict[str, Any]:
+    """Load a weights dictionary safely (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "vanilla" not in state or "mean" not in state:
+        raise ValueError(f"{path} is not a facealign weights file")
+    if state.get("format", 0) > WEIGHTS_FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer facealign (format {state['format']})")
+    return state
+
+
+class GaussianRouter(nn.Module):
+    """Most probable component of a diagonal-covariance Gaussian mixture (Eq. 2).
+
+    The log posterior, up to a per-face constant, is
+    ``log w_k - sum_d log sigma_kd - 0.5 * sum_d (f_d - mu_kd)^2 / sigma_kd^2``;
+    expanding the square gives two matrix products for a whole batch.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> None:
+        super().__init__()
+        prec = 1.0 / variances
+        self.register_buffer("prec", prec)  # K x D
+        self.register_buffer("mean_prec", means * prec)  # K x D
+        const = torch.log(weights) - 0.5 * torch.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)
+        self.register_buffer("const", const)  # K
+
+    def log_posterior(self, f: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log posteriors, ``N x K``."""
+        return f @ self.mean_prec.t() - 0.5 * (f * f) @ self.prec.t() + self.const
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.log_posterior(f).argmax(1)
+
+
+def mirror_coordinates(coords: torch.Tensor) -> torch.Tensor:
+    """Map box-normalised points predicted on a mirrored crop back to the original.
+
+    ``coords`` is ``N x 5 x 2``; x becomes ``1 - x`` and left/right points swap.
+    """
+    out = coords[:, list(MIRROR_PERMUTATION)].clone()
+    out[..., 0] = 1.0 - out[..., 0]
+    return out
+
+
+class LandmarkEngine:
+    """Five-point landmarks for face boxes.
+
+    Parameters
+    ----------
+    engine : {"tcnn", "vanilla"}
+        Which network to run.
+    weights : path, optional
+        A weights file; defaults to the shipped one for ``engine``.
+    mirror : bool, optional
+        Average with the prediction on the mirrored crop. Defaults to True for
+        ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
+    batch_size : int
+        Faces per network pass.
+    """
+
+    def __init__(
+        self,
+        engine: str = DEFAULT_ENGINE,
+        weights: "str | Path | None" = None,
+        mirror: bool | None = None,
+        batch_size: int = 2048,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+        self.engine = engine
+        self.weights_path = Path(weights) if weights is not None else shipped_weights(engine)
+        state = load_weights(self.weights_path)
+        self.meta: dict[str, Any] = dict(state.get("meta", {}))
+        self.model = VanillaCNN(int(state.get("fc5_dim", 100)))
+        self.model.load_state_dict(state["vanilla"])
+        self.model.eval()
+        self.mean = state["mean"].float()  # 3 x 40 x 40, RGB in [0, 255]
+        self.std = state["std"].float()
+        self.heads: TweakedHeads | None = None
+        self.router: GaussianRouter | None = None
+        if engine == "tcnn":
+            if "heads" not in state:
+                raise ValueError(f"{self.weights_path} holds no TCNN heads; use engine='vanilla'")
+            gmm = state["gmm"]
+            self.heads = TweakedHeads(gmm["means"].shape[0], int(state.get("fc5_dim", 100)))
+            self.heads.load_state_dict(state["heads"])
+            self.heads.eval()
+            self.router = GaussianRouter(gmm["weights"], gmm["means"], gmm["variances"])
+        self.mirror = (engine == "tcnn") if mirror is None else bool(mirror)
+        self.batch_size = int(batch_size)
+
+    @property
+    def num_clusters(self) -> int:
+        return 1 if self.heads is None else self.heads.num_clusters
+
+    def normalize(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 ``N x 40 x 40 x 3`` RGB crops to normalised ``N x 3 x 40 x 40`` floats."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise ValueError(f"expected N x {INPUT_SIZE} x {INPUT_SIZE} x 3 crops, got {crops.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.model.features(x)
+        if self.heads is None:
+            return self.model.head(f), torch.zeros(len(f), dtype=torch.long)
+        cluster = self.router(f)
+        return self.heads(f, cluster), cluster
+
+    @torch.inference_mode()
+    def predict_normalized(self, x: torch.Tensor, return_clusters: bool = False):
+        """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``."""
+        outs, clusters = [], []
+        for s in range(0, len(x), self.batch_size):
+            xb = x[s : s + self.batch_size]
+            if self.mirror:
+                both, cl = self._forward(torch.cat([xb, self._mirror_input(xb)]))
+                n = len(xb)
+                direct = both[:n].view(n, NUM_POINTS, 2)
+                flipped = mirror_coordinates(both[n:].view(n, NUM_POINTS, 2))
+                outs.append(0.5 * (direct + flipped))
+                clusters.append(cl[:n])
+            else:
+                out, cl = self._forward(xb)
+                outs.append(out.view(-1, NUM_POINTS, 2))
+                clusters.append(cl)
+        pts = torch.cat(outs) if outs else torch.zeros(0, NUM_POINTS, 2)
+        cl = torch.cat(clusters) if clusters else torch.zeros(0, dtype=torch.long)
+        return (pts, cl) if return_clusters else pts
+
+    def _mirror_input(self, x: torch.Tensor) -> torch.Tensor:
+        # Mirror the raw crop, then normalise: the mean image is not symmetric.
+        raw = x * self.std + self.mean
+        return (raw.flip(-1) - self.mean) / self.std
+
+    def predict_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops."""
+        return self.predict_normalized(self.normalize(crops)).double().numpy()
+
+    def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Points ``N x 5 x 2`` in pixels of ``image`` for the face ``boxes`` (``N x 4``)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros((0, NUM_POINTS, 2))
+        return from_box_coordinates(self.predict_crops(crop_boxes(image, boxes)), boxes)
+
+    def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`predict` for many images with one batched network pass."""
+        if len(images) != len(boxes):
+            raise ValueError("need one box array per image")
+        boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
+        crops = [crop_boxes(im, b) for im, b in zip(images, boxes) if len(b)]
+        if not crops:
+            return [np.zeros((0, NUM_POINTS, 2)) for _ in images]
+        coords = self.predict_crops(np.concatenate(crops))
+        out, s = [], 0
+        for b in boxes:
+            out.append(from_box_coordinates(coords[s : s + len(b)], b))
+            s += len(b)
+        return out
+
+    def __repr__(self) -> str:
+        return f"LandmarkEngine(engine={self.engine!r}, clusters={self.num_clusters}, mirror={self.mirror})"

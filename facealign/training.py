@@ -1,0 +1,308 @@
+"""Training the vanilla CNN (paper section 2.1) on MTFL, resumable, on CPU.
+
+Recipe (``facealign train``):
+
+* Faces: MTFL ``train.txt`` with the fixed 90/10 split of
+  :func:`facealign.data.train_validation_split`; boxes from the default detector
+  (faces it misses are dropped, as in the paper).
+* Input: the box cropped to 40 x 40 RGB, minus the training mean image, divided
+  by the training std image.
+* Loss: Eq. 1, squared L2 over all points over the squared ground-truth
+  inter-ocular distance. Adam.
+* Augmentation: random box jitter (shift and scale) so that the engine tolerates
+  boxes from other detectors. ``augment="full"`` (our default) adds horizontal
+  mirroring with left/right swap, small rotations and brightness/contrast
+  changes; ``augment="paper"`` keeps to the jitter alone.
+* Model selection: the epoch with the lowest validation error is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
+from .cropping import box_matrices, to_box_coordinates, warp_crop
+from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
+from .engine import WEIGHTS_FORMAT_VERSION
+from .evaluation import normalized_errors
+from .model import VanillaCNN
+
+AUGMENTATIONS = ("paper", "full")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_vanilla` (all recorded in the weights' ``meta``)."""
+
+    epochs: int = 120
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    augment: str = "full"
+    jitter_shift: float = 0.05  # fraction of the box size
+    jitter_scale: float = 0.07  # relative
+    rotation_deg: float = 12.0  # "full" only
+    seed: int = 0
+    detector: str = "dlib"
+    threads: int = 0  # 0: torch default
+
+
+# ---------------------------------------------------------------- data preparation
+
+
+@dataclass
+class PreparedFaces:
+    """Decoded images, matched detector boxes and ground truth of the faces kept."""
+
+    images: np.ndarray  # N x H x W x 3 uint8
+    boxes: np.ndarray  # N x 4
+    points: np.ndarray  # N x 5 x 2
+    index: np.ndarray  # rows of the original listing
+
+
+def prepare_faces(
+    data: LandmarkSet,
+    cache_dir: "str | Path",
+    detector: str = "dlib",
+    rows: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[PreparedFaces, np.ndarray]:
+    """Decode, detect (cached) and keep the faces the detector found.
+
+    Returns the kept faces and the full ``N x 5`` box array (NaN rows are misses).
+    """
+    if images is None:
+        images = data.load_images()
+    boxes = cached_boxes(data, images, cache_dir, detector)
+    found = np.isfinite(boxes[:, 0])
+    log(f"{detector} found {found.sum()} of {len(found)} faces ({100 * found.mean():.1f}%)")
+    keep = np.arange(len(data)) if rows is None else np.asarray(rows)
+    keep = keep[found[keep]]
+    return PreparedFaces(images[keep], boxes[keep, :4], data.points[keep], keep), boxes
+
+
+def crop_faces(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Crop every ``images[i]`` by ``boxes[i]``: ``N x 40 x 40 x 3`` uint8."""
+    mats = box_matrices(boxes)
+    return np.stack([warp_crop(im, m) for im, m in zip(images, mats)])
+
+
+def augmented_batch(
+    faces: PreparedFaces, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crops and box-normalised targets for the faces ``idx``, randomly perturbed."""
+    n = len(idx)
+    boxes = faces.boxes[idx].astype(np.float64)
+    pts = faces.points[idx].astype(np.float64)
+    size = boxes[:, 2] - boxes[:, 0]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    centre = centre + rng.uniform(-cfg.jitter_shift, cfg.jitter_shift, (n, 2)) * size[:, None]
+    size = size * np.exp(rng.uniform(-cfg.jitter_scale, cfg.jitter_scale, n))
+    jittered = np.concatenate([centre - size[:, None] / 2, centre + size[:, None] / 2], 1)
+    mats = box_matrices(jittered)
+    crops = np.empty((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    if cfg.augment == "full":
+        angles = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, n)
+        for i in range(n):
+            rot = np.vstack([cv2.getRotationMatrix2D(tuple(centre[i]), angles[i], 1.0), [0, 0, 1]])
+            m = mats[i] @ rot
+            crops[i] = warp_crop(faces.images[idx[i]], m)
+            pts[i] = pts[i] @ rot[:2, :2].T + rot[:2, 2]
+    else:
+        for i in range(n):
+            crops[i] = warp_crop(faces.images[idx[i]], mats[i])
+    target = to_box_coordinates(pts, jittered)
+    if cfg.augment == "full":
+        flip = rng.random(n) < 0.5
+        crops[flip] = crops[flip, :, ::-1]
+        t = target[flip][:, list(MIRROR_PERMUTATION)]
+        t[..., 0] = 1.0 - t[..., 0]
+        target[flip] = t
+        gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1))
+        bias = rng.uniform(-20, 20, (n, 1, 1, 1))
+        crops = np.clip(crops * gain + bias, 0, 255).astype(np.uint8)
+    return crops, target
+
+
+def mean_std_images(crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and std images (``3 x 40 x 40``) of uint8 crops."""
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).double()
+    return x.mean(0).float(), x.std(0).clamp_min(1.0).float()
+
+
+def to_tensor(crops: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+    return (x - mean) / std
+
+
+def interocular_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: ``||P - P_hat||^2 / ||p_hat_1 - p_hat_2||^2``, averaged over the batch.
+
+    ``pred`` and ``target`` are ``N x 10`` (``x1, y1, ..., x5, y5``).
+    """
+    t = target.view(-1, NUM_POINTS, 2)
+    iod2 = ((t[:, 0] - t[:, 1]) ** 2).sum(1).clamp_min(1e-6)
+    return (((pred - target) ** 2).sum(1) / iod2).mean()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def weights_dict(model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta: dict) -> dict:
+    """The shipped weights format (see :func:`facealign.engine.load_weights`)."""
+    return {
+        "format": WEIGHTS_FORMAT_VERSION,
+        "fc5_dim": model.fc6.in_features,
+        "vanilla": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "mean": mean.clone(),
+        "std": std.clone(),
+        "meta": meta,
+    }
+
+
+def train_vanilla(
+    mtfl_root: "str | Path",
+    out: "str | Path",
+    work_dir: "str | Path",
+    config: TrainConfig | None = None,
+    resume: bool = True,
+    limit: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the vanilla CNN and write its weights to ``out``.
+
+    Parameters
+    ----------
+    mtfl_root : path
+        The MTFL folder (``train.txt`` and images).
+    out : path
+        Weights file to write (the best validation epoch).
+    work_dir : path
+        Holds the detector-box cache and ``vanilla-checkpoint.pt``; a run with the
+        same ``work_dir`` resumes from the last finished epoch.
+    limit : int, optional
+        Use only the first ``limit`` training faces (for quick tests).
+
+    Returns
+    -------
+    dict
+        Summary: epochs run, best epoch, best validation error (% IOD).
+    """
+    cfg = config or TrainConfig()
+    if cfg.augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    work_dir = Path(work_dir)
+    out = Path(out)
+    data = load_mtfl(mtfl_root, "train")
+    if limit is not None:
+        data = data.subset(np.arange(min(limit, len(data))))
+    train_rows, val_rows = train_validation_split(len(data))
+    images = data.load_images()
+    train, _ = prepare_faces(data, work_dir, cfg.detector, train_rows, images, log)
+    val, _ = prepare_faces(data, work_dir, cfg.detector, val_rows, images, log=lambda s: None)
+    log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
+
+    mean, std = mean_std_images(crop_faces(train.images, train.boxes))
+    val_x = to_tensor(crop_faces(val.images, val.boxes), mean, std)
+
+    torch.manual_seed(cfg.seed)
+    model = VanillaCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    rng = np.random.default_rng(cfg.seed)
+    ckpt_path = work_dir / "vanilla-checkpoint.pt"
+    start, best, best_epoch, history = 0, float("inf"), -1, []
+    best_state = None
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["config"] != asdict(cfg) or ck["n_train"] != len(train.index):
+            raise ValueError(f"{ckpt_path} was made with other settings; remove it or use another work dir")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        start, best, best_epoch, history, best_state = (
+            ck["epoch"], ck["best"], ck["best_epoch"], ck["history"], ck["best_state"]
+        )
+        log(f"resuming after epoch {start}")
+
+    n = len(train.index)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = rng.permutation(n)
+        total = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            crops, target = augmented_batch(train, idx, cfg, rng)
+            x = to_tensor(crops, mean, std)
+            y = torch.from_numpy(target.reshape(len(idx), -1)).float()
+            loss = interocular_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        model.eval()
+        with torch.inference_mode():
+            pred = model(val_x).view(-1, NUM_POINTS, 2).double().numpy()
+        val_err = float(np.mean(normalized_errors(pred, to_box_coordinates(val.points, val.boxes)))) * 100
+        history.append({"epoch": epoch + 1, "train_loss": total / n, "val_nme": val_err})
+        if val_err < best:
+            best, best_epoch = val_err, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs} loss {total / n:.5f} val NME {val_err:.3f}% "
+            f"(best {best:.3f}% @ {best_epoch}) {time.perf_counter() - t0:.1f}s"
+        )
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "best": best,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "history": history,
+                "config": asdict(cfg),
+                "n_train": n,
+            },
+            ckpt_path,
+        )
+
+    model.load_state_dict(best_state)
+    meta = {
+        "engine": "vanilla",
+        "config": json.dumps(asdict(cfg)),
+        "best_epoch": best_epoch,
+        "val_nme": best,
+        "n_train": n,
+        "n_val": len(val.index),
+    }
+    atomic_save(weights_dict(model, mean, std, meta), out)
+    log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch})")
+    return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -1,0 +1,328 @@
+"""The ``facealign`` command line: ``--version``, ``crop`` and ``landmarks``.
+
+The shipped weights may be untrained placeholders, so landmark *accuracy* is
+never asserted here; structure, file handling and geometry are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import facealign
+from facealign.alignment import estimate_similarity, get_template, transform_points
+from facealign.cli import main
+from facealign.imageio import read_image
+
+from conftest import two_face_photo
+
+MANIFEST_KEYS = {
+    "source", "face", "num_faces", "box", "score", "landmarks", "transform", "output",
+    "size", "template", "engine", "detector", "decode_scale", "source_bytes", "source_mtime_ns",
+}  # fmt: skip
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"facealign {facealign.__version__}"
+
+
+def test_help_lists_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "crop" in result.output and "landmarks" in result.output
+
+
+@pytest.fixture(scope="module")
+def cropped(crop_input, tmp_path_factory):
+    """One ``facealign crop`` run over the shared input folder (read by several tests)."""
+    in_dir, expect = crop_input
+    out_dir = tmp_path_factory.mktemp("cropped") / "out"
+    before = sorted(p.relative_to(in_dir) for p in in_dir.rglob("*"))
+    result = run("crop", in_dir, out_dir, "--jobs", "1")
+    assert sorted(p.relative_to(in_dir) for p in in_dir.rglob("*")) == before, "IN_DIR was modified"
+    return in_dir, out_dir, expect, result
+
+
+def test_crop_exit_code_and_summary(cropped) -> None:
+    in_dir, out_dir, expect, result = cropped
+    assert result.exit_code == 0, result.output
+    n = len(expect)
+    faces = sum(1 for r in read_jsonl(out_dir / "manifest.jsonl"))
+    failures = sum(1 for k in expect.values() if k != "face")
+    assert f"{n} images: {n} processed, 0 skipped; {faces} faces cropped, {failures} failures" in result.stderr
+    assert result.stdout == ""
+
+
+def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
+    in_dir, out_dir, expect, _ = cropped
+    rows = read_jsonl(out_dir / "manifest.jsonl")
+    sources = {r["source"] for r in rows}
+    assert sources == {s for s, kind in expect.items() if kind == "face"}
+    assert sorted(r["face"] for r in rows if r["source"] == "two.jpg") == [0, 1]
+    for r in rows:
+        assert set(r) == MANIFEST_KEYS
+        out = out_dir / r["output"]
+        assert out.is_file()
+        with Image.open(out) as im:
+            assert im.size == (112, 112)
+        stem, ext = os.path.splitext(r["source"])
+        assert r["output"] == f"{stem}_{r['face']}{'.jpg' if ext == '.jpg' else '.png'}"
+        assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", "dlib")
+        assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
+    # Only crops, the two record files and the lock: nothing else (no .part temporaries).
+    written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert written == {r["output"] for r in rows} | {"manifest.jsonl", "failures.jsonl", ".facealign-crop.lock"}
+
+
+def test_crop_manifest_geometry_in_original_pixels(cropped) -> None:
+    in_dir, out_dir, _, _ = cropped
+    template = get_template("arcface")
+    for r in read_jsonl(out_dir / "manifest.jsonl"):
+        image = read_image(in_dir / r["source"])  # upright, EXIF applied
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = r["box"]
+        assert -1 <= x1 < x2 <= w + 1 and -1 <= y1 < y2 <= h + 1, r
+        # Landmarks near the box (untrained weights: only roughly).
+        pts = np.array(r["landmarks"])
+        bw, bh = x2 - x1, y2 - y1
+        assert pts.shape == (5, 2)
+        assert np.all((pts[:, 0] > x1 - bw) & (pts[:, 0] < x2 + bw) & (pts[:, 1] > y1 - bh) & (pts[:, 1] < y2 + bh))
+        # The transform is the least-squares similarity from these landmarks to the template:
+        # landmarks are rounded to 0.005 px, moving crop points by at most 0.005 * scale.
+        matrix = np.array(r["transform"])
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        best = estimate_similarity(pts, template.points)
+        mapped = transform_points(matrix, pts)
+        assert np.abs(mapped - transform_points(best, pts)).max() < 0.02 * scale + 1e-6
+        residual = np.linalg.norm(mapped - template.points, axis=1).mean()
+        best_residual = np.linalg.norm(transform_points(best, pts) - template.points, axis=1).mean()
+        assert residual <= best_residual + 0.02 * scale + 1e-6
+    # The transform reproduces the crop from the original image (PNG crop: lossless).
+    row = next(r for r in read_jsonl(out_dir / "manifest.jsonl") if r["source"] == "sub/odd/rgba.png")
+    import cv2
+
+    expected = cv2.warpAffine(read_image(in_dir / row["source"]), np.array(row["transform"]), (112, 112),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)  # fmt: skip
+    assert np.abs(read_image(out_dir / row["output"]).astype(int) - expected).mean() < 0.5
+
+
+def test_crop_exif_coordinates_are_upright(cropped) -> None:
+    in_dir, out_dir, _, _ = cropped
+    rows = {r["source"]: r for r in read_jsonl(out_dir / "manifest.jsonl")}
+    # exif_rotated.jpg stores the photo turned sideways with orientation 6: the
+    # face is found, at the same place as in the upright PNG copy.
+    np.testing.assert_allclose(rows["sub/odd/exif_rotated.jpg"]["box"], rows["sub/odd/rgba.png"]["box"], atol=2)
+
+
+def test_crop_failures_name_each_bad_file(cropped) -> None:
+    _, out_dir, expect, _ = cropped
+    failures = {r["source"]: r for r in read_jsonl(out_dir / "failures.jsonl")}
+    assert set(failures) == {s for s, kind in expect.items() if kind != "face"}
+    for source, row in failures.items():
+        assert set(row) == {"source", "reason", "source_bytes", "source_mtime_ns"}
+        if expect[source] == "noface":
+            assert row["reason"] == "no face found"
+        else:
+            assert row["reason"].startswith("unreadable image: ")
+    assert "empty" in failures["sub/odd/zero.jpg"]["reason"]
+    assert "truncated" in failures["sub/odd/truncated.jpg"]["reason"]
+    assert "not a recognised image format" in failures["sub/odd/text.png"]["reason"]
+
+
+def test_crop_rerun_skips_everything(cropped) -> None:
+    in_dir, out_dir, expect, _ = cropped
+    manifest = (out_dir / "manifest.jsonl").read_text()
+    failures = (out_dir / "failures.jsonl").read_text()
+    result = run("crop", in_dir, out_dir, "--jobs", "1")
+    assert result.exit_code == 0
+    n = len(expect)
+    assert f"{n} images: 0 processed, {n} skipped; 0 faces cropped, 0 failures" in result.stderr
+    assert (out_dir / "manifest.jsonl").read_text() == manifest
+    assert (out_dir / "failures.jsonl").read_text() == failures
+
+
+def test_crop_quiet_prints_nothing(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir)
+    result = run("crop", in_dir, tmp_path / "out", "--jobs", "1", "--quiet")
+    assert result.exit_code == 0
+    assert result.output == ""
+    assert (tmp_path / "out" / f"{face_photos[0].stem}_0.jpg").is_file()
+
+
+def test_crop_largest_only(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    two_face_photo(face_photos, in_dir / "two.jpg")
+    all_rows = (tmp_path / "all" / "manifest.jsonl", tmp_path / "one" / "manifest.jsonl")
+    assert run("crop", in_dir, tmp_path / "all", "-j", "1", "-q").exit_code == 0
+    assert run("crop", in_dir, tmp_path / "one", "-j", "1", "-q", "--largest-only").exit_code == 0
+    everything, largest = read_jsonl(all_rows[0]), read_jsonl(all_rows[1])
+    assert len(everything) == 2 and len(largest) == 1
+    area = [(b[2] - b[0]) * (b[3] - b[1]) for b in (r["box"] for r in everything)]
+    assert area[0] > area[1]  # largest first
+    assert largest[0]["box"] == everything[0]["box"] and largest[0]["num_faces"] == 1
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.jpg")) == ["two_0.jpg"]
+
+
+def test_crop_loose_template_224_png(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[1], in_dir)
+    out_dir = tmp_path / "out"
+    result = run("crop", in_dir, out_dir, "-j", "1", "--template", "loose", "--size", "224", "--format", "png")
+    assert result.exit_code == 0, result.output
+    (row,) = read_jsonl(out_dir / "manifest.jsonl")
+    assert (row["template"], row["size"]) == ("loose", [224, 224])
+    with Image.open(out_dir / row["output"]) as im:
+        assert im.size == (224, 224) and im.format == "PNG"
+    matrix = np.array(row["transform"])
+    best = estimate_similarity(np.array(row["landmarks"]), get_template("loose", 224).points)
+    np.testing.assert_allclose(matrix, best, atol=0.02 * abs(matrix).max())
+
+
+def test_crop_template_json_file(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[1], in_dir)
+    points = (get_template("arcface").points * 0.5).tolist()
+    (tmp_path / "half.json").write_text(json.dumps({"size": [56, 64], "points": points}))
+    result = run("crop", in_dir, tmp_path / "out", "-j", "1", "--template", tmp_path / "half.json")
+    assert result.exit_code == 0, result.output
+    (row,) = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert (row["template"], row["size"]) == ("half", [56, 64])
+    with Image.open(tmp_path / "out" / row["output"]) as im:
+        assert im.size == (56, 64)
+    bad = run("crop", in_dir, tmp_path / "out2", "--template", tmp_path / "nope.json")
+    assert bad.exit_code != 0 and "unknown template" in bad.output
+
+
+@pytest.mark.parametrize("inside", ["same", "inside"])
+def test_crop_refuses_out_dir_in_in_dir(face_photos, tmp_path, inside) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir)
+    out_dir = in_dir if inside == "same" else in_dir / "crops" / "x"
+    result = run("crop", in_dir, out_dir, "-j", "1")
+    assert result.exit_code != 0
+    assert "IN_DIR" in result.output and "Error" in result.output
+    assert sorted(p.name for p in in_dir.rglob("*")) == [face_photos[0].name]
+
+
+def test_crop_refuses_out_dir_inside_in_dir_through_symlink(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir)
+    (tmp_path / "link").symlink_to(in_dir)
+    result = run("crop", in_dir, tmp_path / "link" / "out", "-j", "1")
+    assert result.exit_code != 0 and "inside IN_DIR" in result.output
+    assert not (in_dir / "out").exists()
+
+
+def test_crop_missing_in_dir(tmp_path) -> None:
+    result = run("crop", tmp_path / "missing", tmp_path / "out")
+    assert result.exit_code != 0
+    assert "does not exist" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_crop_unwritable_out_dir(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    result = run("crop", in_dir, a_file, "-j", "1")
+    assert result.exit_code != 0 and "not a folder" in result.output
+    result = run("crop", in_dir, a_file / "sub", "-j", "1")
+    assert result.exit_code != 0 and "cannot write to OUT_DIR" in result.output
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_crop_read_only_out_dir(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir)
+    out_dir = tmp_path / "ro"
+    out_dir.mkdir()
+    out_dir.chmod(0o555)
+    try:
+        result = run("crop", in_dir, out_dir, "-j", "1")
+    finally:
+        out_dir.chmod(0o755)
+    assert result.exit_code != 0 and "cannot write to OUT_DIR" in result.output
+
+
+def test_crop_large_jpeg(face_photos, tmp_path) -> None:
+    """A 12000 x 9000 photo is decoded reduced; its coordinates are still full-size pixels."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    big = Image.new("RGB", (12000, 9000), (120, 110, 100))
+    face = Image.open(face_photos[0]).convert("RGB")
+    factor, offset = 8, (5000, 3000)
+    big.paste(face.resize((face.width * factor, face.height * factor)), offset)
+    big.save(in_dir / "big.jpg", quality=80)
+    del big
+    result = run("crop", in_dir, tmp_path / "out", "-j", "1")
+    assert result.exit_code == 0, result.output
+    (row,) = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert row["decode_scale"] < 0.5
+    # The same face found in the small photo, mapped into the big one.
+    small = run("landmarks", "--json", face_photos[0])
+    small_box = np.array(json.loads(small.stdout)["faces"][0]["box"])
+    expected = (small_box + 0.5) * factor - 0.5 + np.array(offset * 2)
+    box = np.array(row["box"])
+    assert np.abs(box - expected).max() < 0.1 * (expected[2] - expected[0])
+    with Image.open(tmp_path / "out" / row["output"]) as im:
+        assert im.size == (112, 112)
+
+
+def test_landmarks_json(face_photos, tmp_path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    result = run("landmarks", "--json", face_photos[0], bad)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2
+    good, broken = lines
+    assert set(good) == {"image", "faces"} and good["image"] == str(face_photos[0])
+    assert len(good["faces"]) == 1
+    (face,) = good["faces"]
+    assert set(face) == {"box", "score", "landmarks"}
+    assert len(face["box"]) == 4 and isinstance(face["score"], float)
+    assert np.array(face["landmarks"]).shape == (5, 2)
+    h, w = read_image(face_photos[0]).shape[:2]
+    x1, y1, x2, y2 = face["box"]
+    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+    assert set(broken) == {"image", "error"} and broken["image"] == str(bad)
+    assert broken["error"].startswith("unreadable image")
+
+
+def test_landmarks_folder_and_table(crop_input) -> None:
+    in_dir, expect = crop_input
+    result = run("landmarks", "--json", in_dir / "sub")
+    assert result.exit_code == 0
+    images = [json.loads(line)["image"] for line in result.stdout.splitlines()]
+    assert images == [str(in_dir / s) for s in sorted(expect, key=lambda s: s.split("/")) if s.startswith("sub/")]
+    table = run("landmarks", in_dir / "two.jpg", in_dir / "sub" / "odd" / "blank.png")
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert len(lines) == 3
+    assert "face 0" in lines[0] and "face 1" in lines[1] and "no face found" in lines[2]
