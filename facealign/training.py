@@ -43,8 +43,8 @@ AUGMENTATIONS = ("paper", "full")
 class TrainConfig:
     """Hyper-parameters of :func:`train_vanilla` (all recorded in the weights' ``meta``)."""
 
-    epochs: int = 120
-    batch_size: int = 64
+    epochs: int = 150
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
     augment: str = "full"
@@ -53,7 +53,7 @@ class TrainConfig:
     rotation_deg: float = 12.0  # "full" only
     seed: int = 0
     detector: str = "dlib"
-    threads: int = 0  # 0: torch default
+    threads: int = 1  # torch threads; 0: torch default
 
 
 # ---------------------------------------------------------------- data preparation

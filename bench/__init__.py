@@ -1,0 +1,1 @@
+"""Speed and comparison scripts for facealign (``bench/speed.py``, ``bench/compare.py``)."""

@@ -1,0 +1,397 @@
+"""What ``bench/speed.py`` and ``bench/compare.py`` share.
+
+* :class:`PipelineSpec` / :func:`get_pipeline` -- a detector plus a landmark
+  step (one of our engines or the dlib 68-point peer), built once per process.
+* :func:`process_images` -- the crop pipeline of :mod:`facealign.batch`
+  (decode at the working resolution, detect, landmark the faces of a chunk of
+  images in one batch, warp onto the template, encode), written out as a loop
+  with a timer around each stage.
+* Timing helpers, the celeba_wild sample, machine information, markdown tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The read-only data sets beside the checkout (``$FACEALIGN_DATASETS`` overrides).
+DATASETS = Path(os.environ.get("FACEALIGN_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+CELEBA_IMAGES = DATASETS / "celeba_wild" / "images"
+MTFL_ROOT = DATASETS / "mtfl"
+DEFAULT_CACHE = REPO_ROOT / "cache"
+
+#: Landmark steps: our two engines and dlib's 68-point ERT reduced to 5 points.
+DLIB_ERT = "dlib-ert68"
+LANDMARK_KINDS = ("tcnn", "vanilla", DLIB_ERT)
+
+
+# --------------------------------------------------------------------------- #
+# Threads, timing, statistics
+# --------------------------------------------------------------------------- #
+
+
+def set_threads(n: int) -> None:
+    """Compute threads of torch and OpenCV in this process (dlib is single-threaded)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(int(n))
+    cv2.setNumThreads(int(n))
+
+
+def timed_runs(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if len(values) else float("nan")
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median of repeated timings: how noisy they were."""
+    m = median(values)
+    return float((max(values) - min(values)) / m) if len(values) and m > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+
+
+def sample_paths(folder: "str | Path", n: int | None) -> list[Path]:
+    """``n`` images spread evenly over the sorted listing of ``folder`` (all when ``n`` is None)."""
+    from facealign.imageio import find_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no image folder at {folder}; set FACEALIGN_DATASETS or pass the folder")
+    paths = find_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}")
+    if n is None or n >= len(paths):
+        return paths
+    if n < 1:
+        raise ValueError(f"sample size must be positive, got {n}")
+    index = np.unique(np.linspace(0, len(paths) - 1, n).round().astype(int))
+    return [paths[i] for i in index]
+
+
+def decode_and_detect(paths: Sequence[Path], detector) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Working-resolution images (as the batch job decodes them) and their detected boxes."""
+    from facealign.batch import WORK_MAX_SIDE
+    from facealign.imageio import read_image_reduced
+
+    images, boxes = [], []
+    for p in paths:
+        image, _ = read_image_reduced(p, WORK_MAX_SIDE)
+        images.append(image)
+        boxes.append(detector.detect(image).boxes.astype(np.float64))
+    return images, boxes
+
+
+def face_crops(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], count: int) -> np.ndarray:
+    """``count`` network-input crops of the detected faces, repeated cyclically to fill the batch."""
+    from facealign.cropping import crop_boxes
+
+    crops = [crop_boxes(im, b) for im, b in zip(images, boxes) if len(b)]
+    if not crops:
+        raise RuntimeError("no face was detected in the sample; cannot build a batch of face crops")
+    crops = np.concatenate(crops)
+    return crops[np.arange(count) % len(crops)]
+
+
+def repeat_to_faces(
+    images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], count: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images with faces, repeated until they hold at least ``count`` faces (for batched timing)."""
+    pairs = [(im, b) for im, b in zip(images, boxes) if len(b)]
+    if not pairs:
+        raise RuntimeError("no face was detected in the sample")
+    out_im, out_b, faces = [], [], 0
+    while faces < count:
+        for im, b in pairs:
+            out_im.append(im)
+            out_b.append(b)
+            faces += len(b)
+            if faces >= count:
+                break
+    return out_im, out_b
+
+
+# --------------------------------------------------------------------------- #
+# Pipelines
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A detector and a landmark step.
+
+    ``landmarks`` is ``"tcnn"``, ``"vanilla"`` (our engines; ``mirror`` None is the
+    engine default) or ``"dlib-ert68"`` (:class:`facealign.peers.DlibShapePredictor`).
+    """
+
+    name: str
+    detector: str
+    landmarks: str
+    mirror: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.landmarks not in LANDMARK_KINDS:
+            raise ValueError(f"unknown landmark step {self.landmarks!r}; choose one of {list(LANDMARK_KINDS)}")
+
+    @property
+    def is_peer(self) -> bool:
+        return self.landmarks == DLIB_ERT
+
+
+def build_landmarker(kind: str, mirror: bool | None = None):
+    """A landmark step with ``predict_many(images, boxes)``: a LandmarkEngine or the dlib peer."""
+    if kind == DLIB_ERT:
+        from facealign.peers import DlibShapePredictor
+
+        return DlibShapePredictor()
+    from facealign.engine import LandmarkEngine
+
+    return LandmarkEngine(kind, mirror=mirror)
+
+
+_PIPELINES: dict[PipelineSpec, tuple[Any, Any, Any]] = {}
+
+
+def get_pipeline(spec: PipelineSpec, template: str = "arcface"):
+    """``(detector, landmarker, template)`` for ``spec``, built once per process."""
+    built = _PIPELINES.get(spec)
+    if built is None:
+        from facealign.alignment import get_template
+        from facealign.detection import get_detector
+
+        built = (get_detector(spec.detector), build_landmarker(spec.landmarks, spec.mirror), get_template(template))
+        _PIPELINES[spec] = built
+    return built
+
+
+STAGES = ("decode", "detect", "landmarks", "warp", "encode")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage by :func:`process_images`, and what was processed."""
+
+    images: int = 0
+    faces: int = 0
+    failures: int = 0
+    decode: float = 0.0
+    detect: float = 0.0
+    landmarks: float = 0.0
+    warp: float = 0.0
+    encode: float = 0.0
+    wall: float = 0.0
+
+    def add(self, other: "StageTimes") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, s) for s in STAGES)
+
+
+def process_images(
+    spec: PipelineSpec,
+    paths: Sequence["str | Path"],
+    out_dir: "str | Path | None" = None,
+    chunk_size: int | None = None,
+) -> StageTimes:
+    """Crop every face of ``paths`` as the batch job does, timing each stage.
+
+    The stages use the batch job's functions: ``read_image_reduced`` at
+    ``WORK_MAX_SIDE`` (decode), the detector (detect), ``predict_many`` once per
+    chunk of ``chunk_size`` images (landmarks; the job's ``CHUNK_SIZE`` by
+    default), ``warp_face`` (warp), and ``write_image_atomic`` into ``out_dir``
+    or, without one, JPEG encoding in memory (encode).
+    """
+    import cv2
+
+    from facealign.alignment import warp_face
+    from facealign.batch import CHUNK_SIZE, WORK_MAX_SIDE
+    from facealign.imageio import ImageReadError, read_image_reduced, write_image_atomic
+
+    detector, landmarker, template = get_pipeline(spec)
+    chunk_size = chunk_size or CHUNK_SIZE
+    st = StageTimes()
+    start = time.perf_counter()
+    clock = time.perf_counter
+    for s in range(0, len(paths), chunk_size):
+        images, boxes, names = [], [], []
+        for p in paths[s : s + chunk_size]:
+            t0 = clock()
+            try:
+                image, _ = read_image_reduced(p, WORK_MAX_SIDE)
+            except ImageReadError:
+                st.failures += 1
+                st.decode += clock() - t0
+                continue
+            t1 = clock()
+            det = detector.detect(image)
+            t2 = clock()
+            st.decode += t1 - t0
+            st.detect += t2 - t1
+            st.images += 1
+            if len(det):
+                images.append(image)
+                boxes.append(det.boxes.astype(np.float64))
+                names.append(Path(p).stem)
+            else:
+                st.failures += 1
+        if not images:
+            continue
+        t0 = clock()
+        points = landmarker.predict_many(images, boxes)
+        st.landmarks += clock() - t0
+        for image, pts, name in zip(images, points, names):
+            for k, p5 in enumerate(pts):
+                t0 = clock()
+                crop, _ = warp_face(image, p5, template)
+                t1 = clock()
+                if out_dir is None:
+                    ok, _ = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    if not ok:
+                        raise RuntimeError("OpenCV could not encode a crop")
+                else:
+                    write_image_atomic(Path(out_dir) / f"{name}_{k}.jpg", crop)
+                t2 = clock()
+                st.warp += t1 - t0
+                st.encode += t2 - t1
+                st.faces += 1
+    st.wall = time.perf_counter() - start
+    return st
+
+
+# --------------------------------------------------------------------------- #
+# Reporting
+# --------------------------------------------------------------------------- #
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return str(getattr(mod, "__version__", getattr(mod, "DLIB_VERSION", "?")))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info() -> dict[str, Any]:
+    """Date, CPU, cores, load and library versions, for the JSON and markdown headers."""
+    import torch
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "opencv": _version("cv2"),
+        "dlib": _version("dlib"),
+    }
+    try:
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A table cell: numbers rounded, NaN/None as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "—"
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are converted with :func:`fmt` unless already strings."""
+    cells = [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def machine_lines(info: dict[str, Any]) -> str:
+    load = info.get("load_average")
+    return (
+        f"- date: {info['date']}\n"
+        f"- CPU: {info['cpu']} ({info['usable_cores']} usable cores of {info['cpu_count']})\n"
+        f"- torch {info['torch']}, numpy {info['numpy']}, OpenCV {info['opencv']}, dlib {info['dlib']}, "
+        f"Python {info['python']}\n"
+        + (f"- load average at start (1, 5, 15 min): {load}\n" if load else "")
+    )
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, numpy scalars and arrays, paths -> plain JSON values."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+

@@ -1,0 +1,205 @@
+"""Commands that build and measure the landmark engines: ``train``, ``tweak``, ``evaluate``.
+
+The shipped weights are reproduced from scratch on CPU with::
+
+    facealign train --out runs/vanilla.pt --work-dir runs/vanilla
+    facealign tweak --vanilla runs/vanilla.pt --out runs/tcnn.pt --work-dir runs/tcnn
+
+Both resume where they stopped when run again with the same ``--work-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA = "../shared/datasets/mtfl"
+
+
+def _logger(quiet: bool):
+    return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+
+
+def _data_option(f):
+    return click.option(
+        "--data",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="MTFL folder (train.txt, test_aflw.txt and images).",
+    )(f)
+
+
+def _check_data(data: Path) -> None:
+    if not (data / "train.txt").is_file():
+        raise click.ClickException(f"{data} is not an MTFL folder (no train.txt); pass --data")
+
+
+@click.command("train")
+@_data_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate (cosine decay).")
+@click.option(
+    "--augment",
+    type=click.Choice(["full", "paper"]),
+    default="full",
+    show_default=True,
+    help="'paper': box jitter only; 'full': also mirroring, rotation and brightness.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, limit, threads, quiet) -> None:
+    """Train the vanilla CNN (paper section 2.1) on MTFL, resumable."""
+    from .training import TrainConfig, train_vanilla
+
+    _check_data(data)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads)
+    try:
+        train_vanilla(data, out, work_dir, cfg, resume=True, limit=limit, log=_logger(quiet))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+
+
+@click.command("tweak")
+@_data_option
+@click.option("--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TCNN weights file to write.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
+@click.option("--clusters", "-k", type=click.IntRange(min=1), default=48, show_default=True, help="K, GMM components.")
+@click.option(
+    "--target", type=click.IntRange(min=0), default=5000, show_default=True, help="Faces per cluster after augmentation (0: none)."
+)
+@click.option("--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Clusters tweaked in parallel (-1: all cores).")
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
+@click.option("--quiet", "-q", is_flag=True)
+def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, patience, max_epochs, lr, seed, jobs, limit, quiet):
+    """Build the Tweaked CNN (paper section 3) from vanilla weights, resumable."""
+    from .tweak import TweakConfig, tweak
+
+    _check_data(data)
+    cfg = TweakConfig(clusters=clusters, target=target, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed)
+    tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit, log=_logger(quiet))
+
+
+@click.command("evaluate")
+@_data_option
+@click.option(
+    "--engine",
+    "engines",
+    multiple=True,
+    type=click.Choice(["tcnn", "vanilla"]),
+    default=("tcnn",),
+    show_default=True,
+    help="Engine(s) to evaluate on the same faces; repeatable.",
+)
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (one engine only).")
+@click.option("--no-mirror", is_flag=True, help="TCNN without the mirrored-image average.")
+@click.option("--detector", type=click.Choice(["dlib", "haar"]), default="dlib", show_default=True)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="test: the AFLW test set.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+@click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
+def evaluate_command(data, engines, weights, no_mirror, detector, split, cache_dir, curve, as_json) -> None:
+    """Mean error (% inter-ocular distance) and failure rate on the MTFL AFLW test set.
+
+    Faces the detector misses count as failures; the mean error is over the
+    detected faces.
+    """
+    from .engine import LandmarkEngine
+    from .evaluation import evaluate_engines, plot_cumulative_error
+
+    _check_data(data)
+    if weights is not None and len(engines) != 1:
+        raise click.ClickException("--weights needs exactly one --engine")
+    models = {}
+    for name in dict.fromkeys(engines):
+        mirror = False if no_mirror else None
+        try:
+            models[name] = LandmarkEngine(name, weights=weights, mirror=mirror)
+        except (ValueError, FileNotFoundError) as err:
+            raise click.ClickException(str(err)) from err
+    results = evaluate_engines(models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True))
+    if curve is not None:
+        plot_cumulative_error({k: (v["errors"], v["n"]) for k, v in results.items()}, curve)
+    public = {k: {kk: vv for kk, vv in v.items() if kk != "errors"} for k, v in results.items()}
+    for v in public.values():
+        v["detector"] = detector
+    if as_json:
+        click.echo(json.dumps(public[engines[0]] if len(public) == 1 else public))
+    else:
+        for name, r in public.items():
+            click.echo(
+                f"{name}: NME {r['nme']:.2f}% (median {r['median']:.2f}%), failure rate {100 * r['failure_rate']:.2f}% "
+                f"(>10% or missed), {r['misses']} of {r['n']} faces missed by the detector"
+            )
+
+
+@click.command("sweep-k")
+@_data_option
+@click.option("--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
+@click.option("--ks", default="1,8,16,32,48,64", show_default=True, help="Comma-separated values of K.")
+@click.option("--target", type=click.IntRange(min=0), default=5000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for sweep-k.json and .png.")
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def sweep_k_command(data, vanilla_weights, work_dir, ks, target, out, jobs, quiet) -> None:
+    """Sweep K, the number of clusters (paper Fig. 7): tweak per K, test on AFLW.
+
+    Slow (one full tweak per K); resumable through --work-dir. K was fixed to 48
+    from the paper, not chosen with this sweep.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .engine import LandmarkEngine
+    from .evaluation import evaluate_engines, write_json
+    from .tweak import TweakConfig, tweak
+
+    _check_data(data)
+    try:
+        values = sorted({int(k) for k in ks.split(",") if k.strip()})
+    except ValueError:
+        raise click.ClickException(f"--ks must be integers separated by commas, got {ks!r}") from None
+    log = _logger(quiet)
+    rows = []
+    for k in values:
+        weights = work_dir / f"tcnn-K{k}.pt"
+        if not weights.exists():
+            tweak(vanilla_weights, data, weights, work_dir, TweakConfig(clusters=k, target=target), jobs=jobs, log=log)
+        engines = {"mirror": LandmarkEngine("tcnn", weights=weights), "no_mirror": LandmarkEngine("tcnn", weights=weights, mirror=False)}
+        res = evaluate_engines(engines, data, work_dir, log=log)
+        rows.append({"K": k, **{f"nme_{m}": r["nme"] for m, r in res.items()}, "failure_rate": res["mirror"]["failure_rate"]})
+        log(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"target": target, "rows": rows}, out / "sweep-k.json")
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    ax.plot([r["K"] for r in rows], [r["nme_mirror"] for r in rows], "o-", label="TCNN with mirroring")
+    ax.plot([r["K"] for r in rows], [r["nme_no_mirror"] for r in rows], "s--", label="TCNN without mirroring")
+    ax.set_xlabel("number of clusters K")
+    ax.set_ylabel("AFLW mean error (% IOD)")
+    ax.set_title("Effect of K (MTFL AFLW test set)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep-k.png")
+    plt.close(fig)
+    click.echo(json.dumps(rows))

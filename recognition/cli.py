@@ -1,0 +1,534 @@
+"""The ``recognition`` command line: what an alignment is worth for face verification.
+
+Commands
+--------
+``make-protocol``     write a Janus CS2 style protocol for an identity-labelled image set
+``prepare-lfw``       align the LFW training identities into crops + a sample list
+``train``             train the AlexNet backbone on aligned crops (resumable)
+``export-weights``    write a small inference-only copy of a checkpoint (ship it)
+``verify``            TAR at FAR 1e-2 / 1e-1 (mean ± std over splits) and the ROC, one aligner
+``compare-aligners``  the same for several aligners, as a Table 2 style table
+``lfw-accuracy``      LFW View 2 10-fold accuracy (secondary; see recognition.lfw)
+
+Heavy modules (torch, dlib) are imported inside the commands. User errors exit
+non-zero with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+ALIGNER_HELP = "'tcnn', 'vanilla', 'box' or 'manifest:PATH' (JSON lines with five landmarks per image)."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="recognition", message="%(prog)s %(version)s")
+def main() -> None:
+    """Face verification benchmark that measures what an alignment is worth (paper, section 5.2)."""
+
+
+class _Progress:
+    """``progress(done, total)`` callback printing a line to stderr at most every few seconds."""
+
+    def __init__(self, label: str, enabled: bool = True, every: float = 10.0) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.enabled and total and (done == total or now - self.last >= self.every):
+            self.last = now
+            click.echo(f"{self.label}: {done}/{total}", err=True)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--backbone", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="AlexNet weights [default: recognition/weights/alexnet.pt]."),
+        click.option("--detector", type=click.Choice(["dlib", "haar"]), default="dlib", show_default=True,
+                     help="Face detector (run once per image, cached)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Detection and feature caches [default: $RECOGNITION_CACHE or ./cache/recognition]."),
+        click.option("--tcnn-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                     help="Weights of the tcnn aligner [default: shipped]."),
+        click.option("--vanilla-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     default=None, help="Weights of the vanilla aligner [default: shipped]."),
+        click.option("--pca-components", type=click.IntRange(min=1), default=4000, show_default=True,
+                     help="PCA dimension (capped by the number of training images)."),
+        click.option("--jobs", "-j", type=int, default=1, show_default=True,
+                     help="Detection worker processes (-1: all cores)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress lines."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--beta", "betas", type=float, multiple=True,
+        help="SoftMax fusion temperature; repeat to average several [default: 0, 1, ..., 20].",
+    )(f)
+
+
+# --------------------------------------------------------------------------- make-protocol
+
+
+@main.command("make-protocol")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Protocol folder to write.")
+@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Root of the paths of an 'image identity' list (checked; recorded in protocol.json).")
+@click.option("--splits", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--train-fraction", type=click.FloatRange(0, 1, max_open=True), default=1 / 3, show_default=True,
+              help="Fraction of subjects used to fit the PCA (CS2: 333 of 500).")
+@click.option("--template-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Target images per test template.")
+@click.option("--max-templates", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Most templates per test subject.")
+@click.option("--impostor-ratio", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Impostor comparisons per genuine comparison.")
+def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None, splits: int, seed: int,
+                          train_fraction: float, template_size: int, max_templates: int,
+                          impostor_ratio: float) -> None:
+    """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
+    or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
+    from .protocol import items_from_folders, items_from_identity_list, make_protocol
+
+    try:
+        if source.is_dir():
+            items = items_from_folders(source)
+            root = source
+        else:
+            items = items_from_identity_list(source)
+            root = images_root
+        if root is not None:
+            missing = [p for p, _ in items if not (root / p).is_file()]
+            if missing:
+                raise ValueError(f"{len(missing)} listed image(s) not found under {root}, e.g. {missing[:3]}")
+        summary = make_protocol(items, out_dir, splits, seed, train_fraction=train_fraction,
+                                template_size=template_size, max_templates_per_subject=max_templates,
+                                impostor_ratio=impostor_ratio)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    summary["source"] = str(source.resolve())
+    if root is not None:
+        summary["images_root"] = str(root.resolve())
+    (out_dir / "protocol.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    first = summary["splits"][0]
+    click.echo(f"{summary['images']} images of {summary['subjects']} subjects -> {splits} splits in {out_dir}; "
+               f"split 1: {first['train_subjects']} training subjects ({first['train_images']} images), "
+               f"{first['test_subjects']} test subjects in {first['test_templates']} templates, "
+               f"{first['genuine']} genuine + {first['impostor']} impostor comparisons")
+
+
+# --------------------------------------------------------------------------- prepare-lfw / train / export
+
+
+@main.command("prepare-lfw")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--lfw-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Folder holding lfw-deepfunneled/ [default: ../shared/datasets/lfw].")
+@click.option("--size", type=click.IntRange(min=63), default=112, show_default=True,
+              help="Crop side: the backbone input size.")
+@click.option("--detector", type=click.Choice(["dlib", "haar"]), default="dlib", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Vanilla landmark engine weights [default: shipped].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Detection worker processes.")
+@click.option("--min-images", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N people (trials).")
+def prepare_lfw_command(out_dir: Path, lfw_root: Path | None, size: int, detector: str, weights: Path | None,
+                        cache_dir: Path | None, jobs: int, min_images: int, limit: int | None) -> None:
+    """Align the LFW people with >= 2 images (dlib, vanilla, 'loose' template) for training.
+
+    Writes OUT/crops/<Name>/<Name>_NNNN.jpg and OUT/samples.txt; existing crops are kept (resumable).
+    """
+    from .lfw import prepare_lfw
+
+    progress = {"detect": _Progress("detect"), "align": _Progress("align")}
+    try:
+        summary = prepare_lfw(out_dir, lfw_root, size=size, detector=detector, weights=weights,
+                              cache_dir=cache_dir, jobs=jobs, min_images=min_images, limit=limit,
+                              progress=lambda stage, d, t: progress[stage](d, t))
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    click.echo(summary.line())
+
+
+def _log_line(line: str) -> None:
+    click.echo(f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')} {line}")
+
+
+@main.command("train")
+@click.option("--samples", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="'path identity' list of aligned crops (e.g. from prepare-lfw).")
+@click.option("--out", "checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint, rewritten after every epoch; an existing one is resumed.")
+@click.option("--input-size", type=click.IntRange(min=63), default=112, show_default=True)
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Channel width multiplier of AlexNet.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--jitter", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start afresh.")
+@click.option("--time-batches", type=click.IntRange(min=1), default=None,
+              help="Only time N batches (one epoch on N random batches, in a temporary file) and estimate "
+                   "the epoch time.")
+def train_command(samples: Path, checkpoint: Path, input_size: int, width: float, dropout: float, epochs: int,
+                  batch_size: int, optimizer: str, lr: float, weight_decay: float, jitter: int,
+                  threads: int | None, workers: int, seed: int, log_every: int, restart: bool,
+                  time_batches: int | None) -> None:
+    """Train the AlexNet backbone to classify the identities of aligned crops (resumable)."""
+    from .training import TrainingConfig, read_sample_list, train_alexnet
+
+    try:
+        rows = read_sample_list(samples)
+        config = TrainingConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                weight_decay=weight_decay, jitter=jitter, log_every=log_every,
+                                num_threads=threads, num_workers=workers, seed=seed)
+        if time_batches is not None:
+            subset = random.Random(seed).sample(rows, min(len(rows), time_batches * batch_size))
+            with tempfile.TemporaryDirectory() as tmp:
+                result = train_alexnet(subset, Path(tmp) / "timing.pt", input_size=input_size, width=width,
+                                       dropout=dropout, resume=False, log=_log_line,
+                                       config=TrainingConfig(**{**config.__dict__, "epochs": 1}))
+            seconds = result.history[0]["seconds"]
+            per_epoch = seconds / len(subset) * len(rows)
+            click.echo(f"{len(subset)} images in {seconds:.1f} s ({len(subset) / seconds:.1f} img/s); "
+                       f"estimated epoch over {len(rows)} images: {per_epoch / 60:.1f} min")
+            return
+        _log_line(f"training on {len(rows)} crops of {len({i for _, i in rows})} identities: input {input_size}, "
+                  f"width {width}, {config}")
+        result = train_alexnet(rows, checkpoint, input_size=input_size, width=width, dropout=dropout,
+                               config=config, resume=not restart, log=_log_line)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    _log_line(f"finished: {result.epochs_completed} epochs; checkpoint {result.checkpoint}")
+
+
+@main.command("export-weights")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Destination [default: recognition/weights/alexnet.pt].")
+@click.option("--fp32", is_flag=True, help="Store float32 tensors (default: float16, half the size).")
+@click.option("--keep-classifier", is_flag=True, help="Keep the identity classifier (not used for features).")
+def export_weights_command(checkpoint: Path, out: Path | None, fp32: bool, keep_classifier: bool) -> None:
+    """Write a small inference-only copy of a training CHECKPOINT (the weights to ship)."""
+    from .pipeline import default_backbone_path, export_backbone
+
+    try:
+        info = export_backbone(checkpoint, out or default_backbone_path(), half=not fp32,
+                               keep_classifier=keep_classifier)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    click.echo(f"wrote {info['path']}: {info['parameters']:,} parameters, {info['bytes'] / 2**20:.1f} MiB "
+               f"({'float16' if info['half'] else 'float32'})")
+
+
+# --------------------------------------------------------------------------- verify / compare
+
+
+def _images_root(protocol_dir: Path, images_root: Path | None) -> Path:
+    if images_root is not None:
+        return images_root
+    summary = protocol_dir / "protocol.json"
+    if summary.is_file():
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("images_root")
+        if recorded:
+            return Path(recorded)
+    raise click.UsageError("--images-root is required (the protocol does not record one)")
+
+
+def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_dir: Path | None, jobs: int,
+           quiet: bool) -> tuple[Any, Any, Any, Path]:
+    """Read the protocol, detect (cached) and choose the face boxes."""
+    from .pipeline import DetectionCache, choose_face_boxes, default_cache_dir, protocol_boxes, protocol_files
+    from .protocol import read_protocol
+
+    root = _images_root(protocol_dir, images_root)
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    protocol = read_protocol(protocol_dir)
+    detections = DetectionCache(root, detector, cache)
+    files = protocol_files(protocol)
+    records = detections.ensure(files, jobs=jobs, progress=_Progress("detect", not quiet))
+    faces = choose_face_boxes(records, protocol_boxes(protocol))
+    return protocol, detections, faces, cache
+
+
+def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None, backbone: Path | None,
+         detector: str, cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
+         pca_components: int, jobs: int, threads: int | None, quiet: bool, betas: tuple[float, ...]
+         ) -> tuple[Any, Any, list[Any], Path]:
+    from .pipeline import DEFAULT_BETAS, default_backbone_path, get_aligner, load_backbone, run_aligner
+
+    _set_threads(threads)
+    try:
+        backbone_path = backbone or default_backbone_path()
+        net = load_backbone(backbone_path)
+        aligners = [get_aligner(spec, net.input_size, images_root=_images_root(protocol_dir, images_root),
+                                weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
+                    for spec in aligner_specs]
+        protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
+        runs = [run_aligner(protocol, faces, a, net, backbone_path, detections, cache, betas or DEFAULT_BETAS,
+                            pca_components, _Progress(f"features {a.name}", not quiet))
+                for a in aligners]
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    return protocol, faces, runs, backbone_path
+
+
+def _context(protocol: Any, faces: Any, backbone_path: Path, detector: str, pca_components: int,
+             images_root: Path) -> dict[str, Any]:
+    from .pipeline import file_digest, protocol_sizes
+
+    return {
+        "protocol": str(protocol.root),
+        "images_root": str(images_root),
+        "protocol_sizes": protocol_sizes(protocol),
+        "face_boxes": faces.counts(),
+        "detector": detector,
+        "backbone": {"path": str(backbone_path), "sha1": file_digest(backbone_path)},
+        "pca_components_requested": pca_components,
+    }
+
+
+def _tar_line(run: Any) -> str:
+    from .pipeline import FAR_TARGETS
+
+    mean, std = run.result.tar_mean, run.result.tar_std
+    return ", ".join(f"TAR@FAR={far:.0e} {mean[far]:.3f} ± {std[far]:.3f}" for far in FAR_TARGETS)
+
+
+def _boxes_line(faces: Any) -> str:
+    c = faces.counts()
+    return (f"face boxes: {c['detector']} detected, {c['protocol']} protocol box (no detection), "
+            f"{c['image']} whole image (no detection, no protocol box); {c['multiple_faces']} images with "
+            f"several faces (largest taken)")
+
+
+@main.command("verify")
+@click.option("--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              required=True)
+@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Root of the protocol's FILE paths [default: recorded in protocol.json].")
+@click.option("--aligner", "aligner_spec", required=True, help=ALIGNER_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Writes results.json, roc.json and roc.png.")
+@_beta_option
+@_shared_options
+def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: str, out_dir: Path,
+                   betas: tuple[float, ...], backbone: Path | None, detector: str, cache_dir: Path | None,
+                   tcnn_weights: Path | None, vanilla_weights: Path | None, pca_components: int, jobs: int,
+                   threads: int | None, quiet: bool) -> None:
+    """TAR at FAR 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
+    from .pipeline import plot_rocs, write_json
+
+    protocol, faces, runs, backbone_path = _run(
+        [aligner_spec], protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights,
+        vanilla_weights, pca_components, jobs, threads, quiet, betas)
+    run = runs[0]
+    root = _images_root(protocol_dir, images_root)
+    record = {**run.record(), **_context(protocol, faces, backbone_path, detector, pca_components, root)}
+    write_json(out_dir / "results.json", record)
+    write_json(out_dir / "roc.json", {"aligner": run.aligner, **run.result.roc()})
+    plot_rocs({run.aligner: run.result.roc()}, out_dir / "roc.png", title=f"{protocol_dir.name}: {run.aligner}")
+    click.echo(f"{run.aligner}: {_tar_line(run)} over {len(protocol.splits)} splits")
+    click.echo(_boxes_line(faces))
+    if run.manifest_missing:
+        click.echo(f"{run.manifest_missing} images had no landmarks in the manifest (box alignment used)")
+    click.echo(f"results in {out_dir}")
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+
+
+def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float, ...]) -> str:
+    from .pipeline import FAR_TARGETS, format_tar
+
+    names = [r.aligner for r in runs]
+    lines = [
+        f"# Verification: {Path(context['protocol']).name}",
+        "",
+        "Same recognition pipeline, different alignments (paper, Table 2). "
+        f"TAR at FAR, mean ± std over {context['protocol_sizes']['splits']} splits.",
+        "",
+        "| TAR @ | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for far in FAR_TARGETS:
+        cells = [format_tar(r.result.tar_mean[far], r.result.tar_std[far]) for r in runs]
+        lines.append(f"| FAR={far:.0e} | " + " | ".join(cells) + " |")
+    sizes = context["protocol_sizes"]["mean"]
+    boxes = context["face_boxes"]
+    lines += [
+        "",
+        "Protocol (per split, mean over splits): "
+        f"{sizes['train_subjects']:.0f} training subjects / {sizes['train_images']:.0f} images (PCA only); "
+        f"{sizes['test_subjects']:.0f} test subjects, {sizes['test_images']:.0f} images in "
+        f"{sizes['test_templates']:.0f} templates; {sizes['genuine']:.0f} genuine and "
+        f"{sizes['impostor']:.0f} impostor comparisons. {context['protocol_sizes']['images']} images in all.",
+        "",
+        f"Face boxes ({context['detector']}, shared by all aligners): {boxes['detector']} detected, "
+        f"{boxes['protocol']} from the protocol box, {boxes['image']} whole image (no detection); "
+        f"{boxes['multiple_faces']} images with several faces (largest taken).",
+        "",
+        f"Backbone: {context['backbone']['path']} (sha1 {context['backbone']['sha1']}); power normalisation, "
+        f"PCA ({context['pca_components_requested']} requested, capped by the training images), Pearson, "
+        f"SoftMax fusion averaged over beta = {', '.join(f'{b:g}' for b in betas)}.",
+    ]
+    missing = [f"{r.aligner}: {r.manifest_missing}" for r in runs if r.manifest_missing]
+    if missing:
+        lines += ["", "Images without manifest landmarks (box alignment used): " + "; ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+@main.command("compare-aligners")
+@click.option("--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              required=True)
+@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Root of the protocol's FILE paths [default: recorded in protocol.json].")
+@click.option("--aligners", default="tcnn,vanilla,box", show_default=True,
+              help="Comma-separated aligners: " + ALIGNER_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Writes table.md, table.json, roc.json, roc.png and one folder per aligner.")
+@_beta_option
+@_shared_options
+def compare_aligners_command(protocol_dir: Path, images_root: Path | None, aligners: str, out_dir: Path,
+                             betas: tuple[float, ...], backbone: Path | None, detector: str,
+                             cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
+                             pca_components: int, jobs: int, threads: int | None, quiet: bool) -> None:
+    """Run the same protocol for several aligners; write a Table 2 style table."""
+    from .pipeline import DEFAULT_BETAS, plot_rocs, write_json
+
+    specs = [s.strip() for s in aligners.split(",") if s.strip()]
+    if not specs:
+        raise click.UsageError("--aligners is empty")
+    if len(set(specs)) != len(specs):
+        raise click.UsageError(f"--aligners lists an aligner twice: {specs}")
+    protocol, faces, runs, backbone_path = _run(
+        specs, protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights, vanilla_weights,
+        pca_components, jobs, threads, quiet, betas)
+    root = _images_root(protocol_dir, images_root)
+    context = _context(protocol, faces, backbone_path, detector, pca_components, root)
+    used_betas = betas or DEFAULT_BETAS
+    for run in runs:
+        folder = out_dir / _safe_name(run.aligner)
+        write_json(folder / "results.json", {**run.record(), **context})
+        write_json(folder / "roc.json", {"aligner": run.aligner, **run.result.roc()})
+    write_json(out_dir / "table.json", {"aligners": [r.record() for r in runs], **context})
+    write_json(out_dir / "roc.json", {r.aligner: r.result.roc() for r in runs})
+    plot_rocs({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png", title=protocol_dir.name)
+    table = _table_markdown(runs, context, tuple(used_betas))
+    (out_dir / "table.md").write_text(table, encoding="utf-8")
+    click.echo(table)
+
+
+# --------------------------------------------------------------------------- lfw-accuracy
+
+
+@main.command("lfw-accuracy")
+@click.option("--aligner", "aligner_spec", required=True, help=ALIGNER_HELP)
+@click.option("--lfw-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Folder holding lfw-deepfunneled/ and pairs.txt [default: ../shared/datasets/lfw].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write lfw_accuracy.json here.")
+@_shared_options
+def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path | None, backbone: Path | None,
+                         detector: str, cache_dir: Path | None, tcnn_weights: Path | None,
+                         vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
+                         quiet: bool) -> None:
+    """LFW View 2 10-fold accuracy (secondary figure).
+
+    Not independent of training when the backbone was trained on prepare-lfw crops:
+    those identities include the people of pairs.txt.
+    """
+    from .lfw import default_lfw_root, lfw_accuracy
+    from .metrics import read_lfw_pairs
+    from .pipeline import (
+        DetectionCache,
+        choose_face_boxes,
+        default_backbone_path,
+        default_cache_dir,
+        extract_features,
+        feature_cache_path,
+        file_digest,
+        get_aligner,
+        load_backbone,
+        write_json,
+    )
+
+    _set_threads(threads)
+    root = lfw_root or default_lfw_root()
+    pairs_path = root / "pairs.txt"
+    try:
+        backbone_path = backbone or default_backbone_path()
+        net = load_backbone(backbone_path)
+        aligner = get_aligner(aligner_spec, net.input_size, images_root=root,
+                              weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
+        cache = cache_dir if cache_dir is not None else default_cache_dir()
+        detections = DetectionCache(root, detector, cache)
+        files = sorted({p for pair in read_lfw_pairs(pairs_path) for p in (pair.path1, pair.path2)})
+        faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=_Progress("detect", not quiet)))
+        table = extract_features(files, root, faces.boxes, aligner, net,
+                                 feature_cache_path(cache, aligner, backbone_path, detections),
+                                 _Progress(f"features {aligner.name}", not quiet))
+        accuracy, info = lfw_accuracy(table.rows, pairs_path, pca_components)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    click.echo(f"LFW View 2 ({info['pairs']} pairs, 10 folds), aligner {aligner.name}: "
+               f"accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f}")
+    click.echo(_boxes_line(faces))
+    click.echo("caveat: not an independent figure if the backbone was trained on LFW identities "
+               "(recognition prepare-lfw includes the pairs.txt people)")
+    if out_dir is not None:
+        write_json(out_dir / "lfw_accuracy.json", {
+            "aligner": aligner.name, "key": aligner.key, "mean": accuracy.mean, "std": accuracy.std,
+            "folds": accuracy.accuracies.tolist(), "thresholds": accuracy.thresholds.tolist(), **info,
+            "face_boxes": faces.counts(), "backbone": {"path": str(backbone_path), "sha1": file_digest(backbone_path)},
+            "caveat": "backbone trained on LFW identities that include the pairs.txt people: not independent",
+        })
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

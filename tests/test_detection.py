@@ -1,0 +1,80 @@
+"""Detector back-ends (facealign.detection)."""
+
+import numpy as np
+import pytest
+
+from facealign.data import load_mtfl, match_detection
+from facealign.detection import DETECTORS, Detections, ScaledDetector, get_detector, register_detector
+from facealign.imageio import read_image
+
+
+def test_scale_policy():
+    d = ScaledDetector(min_side=480, max_side=1280)
+    assert d.scale_for(80, 80) == pytest.approx(6.0)  # small images are upscaled
+    assert d.scale_for(9000, 12000) == pytest.approx(1280 / 12000)  # huge ones are reduced
+    assert d.scale_for(600, 800) == 1.0
+
+
+@pytest.mark.parametrize("name", ["dlib", "haar"])
+def test_finds_the_face_in_80px_mtfl_images(shared_datasets, name):
+    # Faces in 80x80 MTFL images are ~35 px wide: the detector must upscale to find them.
+    data = load_mtfl(shared_datasets / "mtfl", "train").subset(np.arange(20))
+    det = get_detector(name)
+    hits = 0
+    for path, pts in zip(data.paths, data.points):
+        d = det.detect(read_image(data.root / path))
+        hits += match_detection(d.boxes, pts) >= 0
+    assert hits >= 16, f"{name} found {hits} of 20 MTFL faces"
+
+
+def test_dlib_box_covers_the_landmarks(shared_datasets):
+    data = load_mtfl(shared_datasets / "mtfl", "train").subset(np.arange(5))
+    det = get_detector("dlib")
+    for path, pts in zip(data.paths, data.points):
+        d = det.detect(read_image(data.root / path))
+        k = match_detection(d.boxes, pts)
+        assert k >= 0
+        x1, y1, x2, y2 = d.boxes[k]
+        assert x1 < pts[:, 0].min() and pts[:, 0].max() < x2
+        assert y1 < pts[:, 1].min() and pts[:, 1].max() < y2
+
+
+def test_blank_image_has_no_face():
+    img = np.full((240, 320, 3), 127, np.uint8)
+    assert len(get_detector("dlib").detect(img)) == 0
+
+
+def test_rejects_bad_images_and_names():
+    det = get_detector("dlib")
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        det.detect(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        det.detect(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="unknown detector"):
+        get_detector("nope")
+    with pytest.raises(TypeError):
+        get_detector(42)
+
+
+def test_plugin_detector_and_sorting():
+    class Fixed:
+        name = "fixed"
+
+        def detect(self, image):
+            return Detections(np.array([[0, 0, 10, 10], [0, 0, 50, 50]]), np.array([1.0, 0.5])).sorted_by_area()
+
+    register_detector("fixed", Fixed)
+    try:
+        d = get_detector("fixed").detect(np.zeros((60, 60, 3), np.uint8))
+        assert d.boxes[0].tolist() == [0, 0, 50, 50]  # largest first
+        assert d.scores.tolist() == [0.5, 1.0]
+    finally:
+        DETECTORS.pop("fixed")
+
+
+def test_match_detection_picks_the_box_holding_the_face():
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 60, 60], [15, 15, 70, 70]], float)
+    pts = np.array([[38, 38], [42, 38], [40, 40], [38, 42], [42, 42]], float)
+    assert match_detection(boxes, pts) == 1  # both contain it; box 1's centre is closer
+    assert match_detection(boxes[:1], pts) == -1
+    assert match_detection(np.zeros((0, 4)), pts) == -1
