@@ -333,10 +333,7 @@ def machine_info() -> dict[str, Any]:
         "opencv": _version("cv2"),
         "dlib": _version("dlib"),
     }
-    try:
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
+    info["load_average"] = load_average()
     return info
 
 

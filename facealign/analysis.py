@@ -806,6 +806,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
             f"**Measured ratio of mean landmark variance FC5 / RGB: {_fmt(r40, 3)}** "
             f"(mean variance {_fmt(lv['CL1']['mean'])} -> {_fmt(lv['FC5']['mean'])} px²; "
             f"in 80 x 80 image pixels: {_fmt(r80, 3)}). The paper reports that it roughly halves (ratio about {PAPER_RATIO}).",
+            "In 80 x 80 image pixels the variances also hold where the detector put the face box and how large it "
+            "made it, which no layer sees: every layer works on the box crop.",
         ]
     lines += ["", f"![Fig. 3 scatter]({FIG3_SCATTER})", ""]
     lines.append(

@@ -81,6 +81,13 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
 @click.option(
     "--target", type=click.IntRange(min=0), default=5000, show_default=True, help="Faces per cluster after augmentation (0: none)."
 )
+@click.option(
+    "--labels",
+    type=click.Choice(["warped", "paper"]),
+    default="warped",
+    show_default=True,
+    help="Label of an augmented face: A's landmarks warped by H (exact), or B's landmarks (paper).",
+)
 @click.option("--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -88,12 +95,14 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Clusters tweaked in parallel (-1: all cores).")
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option("--quiet", "-q", is_flag=True)
-def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, patience, max_epochs, lr, seed, jobs, limit, quiet):
+def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels, patience, max_epochs, lr, seed, jobs, limit, quiet):
     """Build the Tweaked CNN (paper section 3) from vanilla weights, resumable."""
     from .tweak import TweakConfig, tweak
 
     _check_data(data)
-    cfg = TweakConfig(clusters=clusters, target=target, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed)
+    cfg = TweakConfig(
+        clusters=clusters, target=target, labels=labels, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed
+    )
     tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit, log=_logger(quiet))
 
 

@@ -60,6 +60,7 @@ class TweakConfig:
     seed: int = 0
     detector: str = "dlib"
     reg_covar: float = 1e-3
+    labels: str = "warped"  # "warped": A's landmarks warped by H (exact); "paper": B's landmarks
 
 
 # ---------------------------------------------------------------- features and clusters
@@ -96,14 +97,25 @@ def route(router: GaussianRouter, features: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- augmentation
 
 
-def warp_pair(image_a: np.ndarray, points_a: np.ndarray, points_b: np.ndarray, box_b: np.ndarray) -> np.ndarray:
-    """Eq. 5: warp image A into face B's frame and crop it by B's box (40 x 40 crop).
+def warp_pair(
+    image_a: np.ndarray, points_a: np.ndarray, points_b: np.ndarray, box_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 5: warp image A into face B's frame and crop it by B's box.
 
-    The similarity ``H`` maps A's landmarks onto B's; the crop's label is B's landmarks.
+    The least-squares non-reflective similarity ``H`` maps A's landmarks onto B's.
+
+    Returns
+    -------
+    crop : ndarray (40, 40, 3) uint8
+    warped_points : ndarray (5, 2)
+        ``H(points_a)``: where A's landmarks really are in B's frame. The paper
+        labels the crop with ``points_b`` instead; the two differ by the residual
+        of the similarity fit.
     """
     h = estimate_similarity(points_a, points_b)
     m = box_matrices(box_b[None])[0]
-    return warp_crop(image_a, m @ np.vstack([h, [0, 0, 1]]))
+    crop = warp_crop(image_a, m @ np.vstack([h, [0, 0, 1]]))
+    return crop, points_a @ h[:, :2].T + h[:, 2]
 
 
 @dataclass
@@ -126,9 +138,14 @@ def augment_cluster(
     router: GaussianRouter,
     target: int,
     rng: np.random.Generator,
+    warped_labels: bool = True,
     max_rounds: int = 8,
 ) -> AugmentedCluster:
-    """Grow cluster ``k`` (faces ``members``) to ``target`` faces by Eq. 5 with the same-cluster check."""
+    """Grow cluster ``k`` (faces ``members``) to ``target`` faces by Eq. 5 with the same-cluster check.
+
+    ``warped_labels`` labels each new crop with A's warped landmarks (exact);
+    otherwise with B's landmarks, as in the paper.
+    """
     need = target - len(members)
     feats, targs = [], []
     proposed = accepted = 0
@@ -140,14 +157,16 @@ def augment_cluster(
         b = rng.choice(members, n)
         ok = a != b
         a, b = a[ok], b[ok]
-        crops = np.stack([warp_pair(images[i], points[i], points[j], boxes[j]) for i, j in zip(a, b)])
+        pairs = [warp_pair(images[i], points[i], points[j], boxes[j]) for i, j in zip(a, b)]
+        crops = np.stack([c for c, _ in pairs])
+        labels = np.stack([p for _, p in pairs]) if warped_labels else points[b]
         f = fc5_inputs(model, crops, mean, std)
         keep = route(router, f) == k
         proposed += len(a)
         accepted += int(keep.sum())
         idx = np.flatnonzero(keep)[:need]
         feats.append(f[idx])
-        targs.append(to_box_coordinates(points[b[idx]], boxes[b[idx]]).reshape(len(idx), -1))
+        targs.append(to_box_coordinates(labels[idx], boxes[b[idx]]).reshape(len(idx), -1))
         need -= len(idx)
     if feats:
         return AugmentedCluster(np.concatenate(feats), np.concatenate(targs), proposed, accepted)
@@ -174,7 +193,7 @@ def cross_cluster_acceptance(
     b = rng.integers(0, len(labels), n)
     ok = labels[a] != labels[b]
     a, b = a[ok], b[ok]
-    crops = np.stack([warp_pair(images[i], points[i], points[j], boxes[j]) for i, j in zip(a, b)])
+    crops = np.stack([warp_pair(images[i], points[i], points[j], boxes[j])[0] for i, j in zip(a, b)])
     return float((route(router, fc5_inputs(model, crops, mean, std)) == labels[b]).mean())
 
 
@@ -196,9 +215,9 @@ def finetune_head(
     model = VanillaCNN()
     model.load_state_dict(vanilla_state)
     head = torch.nn.Sequential(model.fc5, model.fc6)
-    xf = torch.from_numpy(np.ascontiguousarray(train_f, np.float32))
-    xt = torch.from_numpy(np.ascontiguousarray(train_t, np.float32))
-    vf = torch.from_numpy(np.ascontiguousarray(val_f, np.float32))
+    xf = torch.tensor(train_f, dtype=torch.float32)
+    xt = torch.tensor(train_t, dtype=torch.float32)
+    vf = torch.tensor(val_f, dtype=torch.float32)
     vt = val_t.reshape(-1, NUM_POINTS, 2)
 
     def val_error() -> float:
@@ -244,11 +263,39 @@ def heads_from_states(vanilla: VanillaCNN, states: list[dict]) -> TweakedHeads:
     return heads
 
 
-def _tweak_cluster(path: Path, vanilla_state: dict, data: tuple, cfg: TweakConfig, seed: int) -> dict:
-    """Fine-tune one cluster's head, or load it if an earlier run finished it."""
+@dataclass
+class ClusterData:
+    """Everything one cluster's tweak needs (shipped to a worker process)."""
+
+    k: int
+    images: np.ndarray
+    points: np.ndarray
+    boxes: np.ndarray
+    features: np.ndarray
+    targets: np.ndarray
+    val_features: np.ndarray
+    val_targets: np.ndarray
+
+
+def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
+    """Augment and fine-tune one cluster's head, or load it if an earlier run finished it."""
     if path.exists():
         return torch.load(path, weights_only=True)
-    st, rec = finetune_head(vanilla_state, *data, cfg, seed)
+    torch.set_num_threads(1)
+    model = VanillaCNN(int(state.get("fc5_dim", 100)))
+    model.load_state_dict(state["vanilla"])
+    model.eval()
+    f, t = c.features, c.targets
+    proposed = accepted = 0
+    if cfg.target > len(f):
+        aug = augment_cluster(
+            c.k, np.arange(len(f)), c.images, c.points, c.boxes, model, state["mean"].float(), state["std"].float(),
+            make_router(gmm), cfg.target, np.random.default_rng([cfg.seed, c.k]), warped_labels=cfg.labels == "warped",
+        )
+        f, t = np.concatenate([f, aug.features]), np.concatenate([t, aug.targets])
+        proposed, accepted = aug.proposed, aug.accepted
+    st, rec = finetune_head(state["vanilla"], f, t, c.val_features, c.val_targets, cfg, cfg.seed * 1000 + c.k)
+    rec.update(proposed=proposed, accepted=accepted, n_original=len(c.features))
     res = {"state": st, "record": rec}
     atomic_save(res, path)
     return res
@@ -277,7 +324,7 @@ def tweak(
 
     cfg = config or TweakConfig()
     work_dir = Path(work_dir)
-    heads_dir = work_dir / f"heads-K{cfg.clusters}-T{cfg.target}-s{cfg.seed}"
+    heads_dir = work_dir / f"heads-K{cfg.clusters}-T{cfg.target}-{cfg.labels}-s{cfg.seed}"
     heads_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     state = load_weights(vanilla_weights)
@@ -311,38 +358,30 @@ def tweak(
     sizes = np.bincount(tr_k, minlength=cfg.clusters)
     log(f"cluster sizes: median {np.median(sizes):.0f}, min {sizes.min()}, max {sizes.max()}")
 
-    rng = np.random.default_rng(cfg.seed)
-    aug_stats = {"proposed": 0, "accepted": 0}
-    datasets = []
+    log(f"augmenting and fine-tuning {cfg.clusters} heads (target {cfg.target} faces, patience {cfg.patience})")
+    tasks = []
     for k in range(cfg.clusters):
         members = np.flatnonzero(tr_k == k)
-        f, t = tr_f[members], tr_t[members]
-        if cfg.target > len(members) and not (heads_dir / f"head-{k}.pt").exists():
-            aug = augment_cluster(
-                k, members, train.images, train.points, train.boxes, model, mean, std, router, cfg.target,
-                np.random.default_rng([cfg.seed, k]),
-            )
-            aug_stats["proposed"] += aug.proposed
-            aug_stats["accepted"] += aug.accepted
-            f, t = np.concatenate([f, aug.features]), np.concatenate([t, aug.targets])
-        datasets.append((f, t, va_f[va_k == k], va_t[va_k == k]))
-    same_rate = aug_stats["accepted"] / max(aug_stats["proposed"], 1)
+        cluster = ClusterData(
+            k, train.images[members], train.points[members], train.boxes[members], tr_f[members], tr_t[members],
+            va_f[va_k == k], va_t[va_k == k],
+        )
+        tasks.append(delayed(_tweak_cluster)(heads_dir / f"head-{k}.pt", cluster, state, gmm, cfg))
+    results = Parallel(n_jobs=jobs)(tasks)
+    proposed = sum(r["record"]["proposed"] for r in results)
+    same_rate = sum(r["record"]["accepted"] for r in results) / max(proposed, 1)
     cross_rate = (
-        cross_cluster_acceptance(tr_k, train.images, train.points, train.boxes, model, mean, std, router, 2000, rng)
+        cross_cluster_acceptance(
+            tr_k, train.images, train.points, train.boxes, model, mean, std, router, 2000, np.random.default_rng(cfg.seed)
+        )
         if cfg.clusters > 1
         else float("nan")
     )
-    if aug_stats["proposed"]:
+    if proposed:
         log(
             f"augmentation: {100 * (1 - same_rate):.1f}% of same-cluster warps rejected, "
             f"{100 * (1 - cross_rate):.1f}% of cross-cluster warps rejected"
         )
-
-    log(f"fine-tuning {cfg.clusters} heads (patience {cfg.patience})")
-    results = Parallel(n_jobs=jobs)(
-        delayed(_tweak_cluster)(heads_dir / f"head-{k}.pt", state["vanilla"], datasets[k], cfg, cfg.seed * 1000 + k)
-        for k in range(cfg.clusters)
-    )
     heads = heads_from_states(model, [r["state"] for r in results])
     records = [r["record"] for r in results]
 
@@ -370,7 +409,7 @@ def tweak(
         "validation_sizes": np.bincount(va_k, minlength=cfg.clusters).tolist(),
         "same_cluster_acceptance": same_rate,
         "cross_cluster_acceptance": cross_rate,
-        "augmentation_proposed": aug_stats["proposed"],
+        "augmentation_proposed": proposed,
         "clusters": records,
         "seconds": time.perf_counter() - t0,
     }

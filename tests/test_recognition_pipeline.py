@@ -323,3 +323,27 @@ def test_cli_errors(protocol: Path, bench: dict[str, Path]) -> None:
                                   str(bench["base"] / "x"), "--backbone", str(bench["base"] / "none.pt")])
     assert result.exit_code != 0 and "no backbone weights" in result.output
     assert runner.invoke(main, ["--version"]).output.startswith("recognition ")
+
+
+def test_lfw_accuracy_cli(shared_datasets: Path, bench: dict[str, Path]) -> None:
+    """A miniature LFW root (10 folds of 1 matched + 1 mismatched pair) through the CLI."""
+    lfw = shared_datasets / "lfw" / "lfw-deepfunneled"
+    people = sorted(p.name for p in lfw.iterdir() if len(list(p.glob("*.jpg"))) >= 2)[:20]
+    root = bench["base"] / "lfw"
+    lines = ["10 1"]
+    for fold in range(10):
+        a, b = people[2 * fold], people[2 * fold + 1]
+        lines += [f"{a} 1 2", f"{a} 1 {b} 1"]
+        for name, numbers in ((a, (1, 2)), (b, (1,))):
+            (root / "lfw-deepfunneled" / name).mkdir(parents=True, exist_ok=True)
+            for n in numbers:
+                os.symlink(lfw / name / f"{name}_{n:04d}.jpg", root / "lfw-deepfunneled" / name / f"{name}_{n:04d}.jpg")
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    out = bench["base"] / "lfw_out"
+    text = invoke(["lfw-accuracy", "--aligner", "box", "--lfw-root", root, "--out", out,
+                   "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--quiet"])
+    assert "caveat" in text
+    result = json.loads((out / "lfw_accuracy.json").read_text())
+    assert result["pairs"] == 20 and result["images"] == 30 and len(result["folds"]) == 10
+    assert all(acc in (0.0, 0.5, 1.0) for acc in result["folds"])  # two pairs per fold
+    assert result["mean"] == pytest.approx(np.mean(result["folds"]))

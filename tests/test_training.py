@@ -35,7 +35,9 @@ def test_augmentation_warp_lands_landmarks_where_the_transform_says():
     for k, (x, y) in enumerate(np.round(pts_a).astype(int)):
         img = np.zeros((80, 80, 3), np.uint8)
         img[y - 1 : y + 2, x - 1 : x + 2] = 255
-        crop = warp_pair(img, np.round(pts_a), pts_b, box_b)[..., 0].astype(float)
+        crop, warped = warp_pair(img, np.round(pts_a), pts_b, box_b)
+        np.testing.assert_allclose(warped, pts_b, atol=0.6)  # exact up to the rounding of A's dots
+        crop = crop[..., 0].astype(float)
         ys, xs = np.indices(crop.shape)
         cx, cy = (xs * crop).sum() / crop.sum(), (ys * crop).sum() / crop.sum()
         assert abs(cx - expected[k, 0]) < 0.5 and abs(cy - expected[k, 1]) < 0.5, (k, cx, cy, expected[k])
