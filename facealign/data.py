@@ -157,6 +157,12 @@ def detect_boxes(
     return np.concatenate(parts) if parts else np.zeros((0, 5))
 
 
+def _detector_fingerprint(name: str) -> str:
+    """Short hash of a detector's settings, so that changed settings never reuse stale boxes."""
+    settings = {k: v for k, v in sorted(vars(get_detector(name)).items()) if not k.startswith("_")}
+    return hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
+
+
 def cached_boxes(
     data: LandmarkSet,
     images: np.ndarray,
@@ -168,7 +174,7 @@ def cached_boxes(
     """:func:`detect_boxes` with the result cached in ``cache_dir`` by data set and detector."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"boxes-{detector_name}-{data.fingerprint()}.npy"
+    path = cache_dir / f"boxes-{detector_name}-{_detector_fingerprint(detector_name)}-{data.fingerprint()}.npy"
     if path.exists():
         return np.load(path)
     boxes = detect_boxes(images, data.points, detector_name, jobs=jobs, progress=progress)

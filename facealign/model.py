@@ -127,7 +127,19 @@ class TweakedHeads(nn.Module):
         return heads
 
     def forward(self, f: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
-        """Apply head ``cluster[i]`` to feature ``f[i]`` for every face ``i``."""
-        h = torch.bmm(f.unsqueeze(1), self.w5[cluster]).squeeze(1) + self.b5[cluster]
-        h = torch.tanh(h).abs()
-        return torch.bmm(h.unsqueeze(1), self.w6[cluster]).squeeze(1) + self.b6[cluster]
+        """Apply head ``cluster[i]`` to feature ``f[i]`` for every face ``i``.
+
+        Faces are grouped by cluster and each group goes through its head in one
+        matrix product, so the cost is one product per cluster present in the
+        batch (at most K), never a Python step per face.
+        """
+        out = f.new_empty(len(f), self.w6.shape[2])
+        order = torch.argsort(cluster, stable=True)
+        present, counts = torch.unique_consecutive(cluster[order], return_counts=True)
+        start = 0
+        for k, n in zip(present.tolist(), counts.tolist()):
+            idx = order[start : start + n]
+            start += n
+            h = torch.tanh(torch.addmm(self.b5[k], f[idx], self.w5[k])).abs()
+            out[idx] = torch.addmm(self.b6[k], h, self.w6[k])
+        return out

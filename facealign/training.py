@@ -178,6 +178,20 @@ def weights_dict(model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta:
     }
 
 
+def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
+    """Measure the mirror shift on validation crops and store it in the weights at ``path``.
+
+    See :func:`facealign.engine.estimate_mirror_shift`.
+    """
+    from .engine import LandmarkEngine, estimate_mirror_shift, load_weights
+
+    shift = estimate_mirror_shift(*LandmarkEngine(engine, weights=path).predict_pair(crops))
+    state = load_weights(path)
+    state["mirror_shift"] = shift
+    atomic_save(state, path)
+    return shift
+
+
 def train_vanilla(
     mtfl_root: "str | Path",
     out: "str | Path",
@@ -304,5 +318,6 @@ def train_vanilla(
         "n_val": len(val.index),
     }
     atomic_save(weights_dict(model, mean, std, meta), out)
-    log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch})")
+    shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images, val.boxes))
+    log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

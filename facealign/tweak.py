@@ -44,7 +44,7 @@ from .data import load_mtfl, train_validation_split
 from .engine import GaussianRouter, load_weights
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
-from .training import atomic_save, crop_faces, interocular_loss, prepare_faces, to_tensor
+from .training import atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, prepare_faces, to_tensor
 
 
 @dataclass
@@ -403,12 +403,14 @@ def tweak(
         "meta": meta,
     }
     atomic_save(weights, Path(out))
+    shift = calibrate_mirror_shift(Path(out), "tcnn", crop_faces(val.images, val.boxes))
     report = {
         "config": asdict(cfg),
         "cluster_sizes": sizes.tolist(),
         "validation_sizes": np.bincount(va_k, minlength=cfg.clusters).tolist(),
         "same_cluster_acceptance": same_rate,
         "cross_cluster_acceptance": cross_rate,
+        "mirror_shift": shift,
         "augmentation_proposed": proposed,
         "clusters": records,
         "seconds": time.perf_counter() - t0,
