@@ -120,7 +120,7 @@ class LandmarkEngine:
         engine: str = DEFAULT_ENGINE,
         weights: "str | Path | None" = None,
         mirror: bool | None = None,
-        batch_size: int = 2048,
+        batch_size: int = 256,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -159,7 +159,7 @@ class LandmarkEngine:
         if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
             raise ValueError(f"expected N x {INPUT_SIZE} x {INPUT_SIZE} x 3 crops, got {crops.shape}")
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std).contiguous()
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,13 +171,18 @@ class LandmarkEngine:
 
     @torch.inference_mode()
     def predict_normalized(self, x: torch.Tensor, return_clusters: bool = False):
-        """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``."""
+        """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``.
+
+        Faces go through the network ``batch_size`` at a time (small batches keep
+        the convolutions in cache: 256 was about twice as fast as 2048 on our
+        2-core machines).
+        """
         outs, clusters = [], []
         for s in range(0, len(x), self.batch_size):
             xb = x[s : s + self.batch_size]
             if self.mirror:
-                both, cl = self._forward(torch.cat([xb, self._mirror_input(xb)]))
                 n = len(xb)
+                both, cl = self._forward(torch.cat([xb, self._mirror_input(xb)]))
                 direct = both[:n].view(n, NUM_POINTS, 2)
                 flipped = mirror_coordinates(both[n:].view(n, NUM_POINTS, 2))
                 flipped[..., 0] += self.mirror_shift
@@ -192,9 +197,10 @@ class LandmarkEngine:
         return (pts, cl) if return_clusters else pts
 
     def _mirror_input(self, x: torch.Tensor) -> torch.Tensor:
-        # Mirror the raw crop, then normalise: the mean image is not symmetric.
-        raw = x * self.std + self.mean
-        return (raw.flip(-1) - self.mean) / self.std
+        # The normalised mirror image: mirror the raw crop, then normalise (the
+        # mean image is not symmetric): (flip(raw) - mean) / std, with
+        # raw = x * std + mean.
+        return (x * self.std + self.mean).flip(-1).sub_(self.mean).div_(self.std)
 
     def predict_pair(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Box-normalised points on the crops and, un-mirrored, on their mirror images.

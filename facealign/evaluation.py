@@ -120,7 +120,6 @@ def evaluate_engines(
         res = summarize(errors, misses)
         res["errors"] = errors.tolist()
         results[label] = res
-        log(f"{label}: NME {res['nme']:.2f}%  failures {100 * res['failure_rate']:.2f}%  misses {misses}")
     return results
 
 

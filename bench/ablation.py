@@ -1,0 +1,92 @@
+"""Ablation of the TCNN ingredients on the same faces (README table).
+
+    python bench/ablation.py --vanilla runs/final/vanilla.pt --noaug runs/tcnn/tcnn-noaug.pt \
+        --paper-labels runs/final/tcnn-paperlabels.pt --tcnn facealign/weights/tcnn.pt --out runs/ablation
+
+Each row adds one ingredient. Columns: mean error (% inter-ocular distance) on the
+MTFL validation split (faces the detector found) and on the MTFL AFLW test set
+(detector misses are listed, and count as failures in the failure rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import MTFL_ROOT  # noqa: E402
+from facealign.cropping import crop_boxes, from_box_coordinates  # noqa: E402
+from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
+from facealign.engine import LandmarkEngine  # noqa: E402
+from facealign.evaluation import normalized_errors, summarize  # noqa: E402
+
+
+def faces(split: str, cache: Path):
+    data = load_mtfl(MTFL_ROOT, split)
+    images = data.load_images()
+    boxes = cached_boxes(data, images, cache, "dlib")
+    rows = np.arange(len(data)) if split == "test" else train_validation_split(len(data))[1]
+    found = rows[np.isfinite(boxes[rows, 0])]
+    crops = np.concatenate([crop_boxes(images[i], boxes[i, :4]) for i in found])
+    return crops, boxes[found, :4], data.points[found], len(rows) - len(found)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vanilla", type=Path, required=True)
+    ap.add_argument("--noaug", type=Path, required=True, help="TCNN tweaked without augmentation (--target 0)")
+    ap.add_argument("--paper-labels", type=Path, required=True, help="TCNN with augmentation, paper labels")
+    ap.add_argument("--tcnn", type=Path, required=True, help="TCNN with augmentation, warped labels")
+    ap.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    args = ap.parse_args()
+
+    def engine(kind, path, mirror, calibrated=True):
+        e = LandmarkEngine(kind, weights=path, mirror=mirror)
+        if not calibrated:
+            e.mirror_shift = 0.0
+        return e
+
+    rows = [
+        ("vanilla CNN (paper section 2.1)", engine("vanilla", args.vanilla, False)),
+        ("+ tweaking, no augmentation", engine("tcnn", args.noaug, False)),
+        ("+ augmentation, paper labels (B's landmarks)", engine("tcnn", args.paper_labels, False)),
+        ("+ augmentation, exact labels (A's landmarks warped)", engine("tcnn", args.tcnn, False)),
+        ("+ mirroring, as in the paper", engine("tcnn", args.tcnn, True, calibrated=False)),
+        ("+ mirroring with calibrated shift (shipped TCNN)", engine("tcnn", args.tcnn, True)),
+        ("vanilla + calibrated mirroring (for reference)", engine("vanilla", args.vanilla, True)),
+    ]
+    sets = {split: faces(split, args.cache_dir) for split in ("train", "test")}
+    table = []
+    for label, eng in rows:
+        row = {"configuration": label}
+        for split, (crops, boxes, truth, misses) in sets.items():
+            pred = from_box_coordinates(eng.predict_crops(crops), boxes)
+            res = summarize(normalized_errors(pred, truth), misses)
+            name = "validation" if split == "train" else "aflw"
+            row[f"{name}_nme"] = res["nme"]
+            row[f"{name}_failure_rate"] = res["failure_rate"]
+            row[f"{name}_misses"] = res["misses"]
+        table.append(row)
+        print(f"{label}: val {row['validation_nme']:.2f}%  AFLW {row['aflw_nme']:.2f}%", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(json.dumps(table, indent=1))
+    lines = [
+        "| configuration | validation NME | AFLW NME | AFLW failure rate |",
+        "|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['configuration']} | {r['validation_nme']:.2f}% | {r['aflw_nme']:.2f}% | {100 * r['aflw_failure_rate']:.1f}% |"
+        )
+    (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
