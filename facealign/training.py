@@ -91,6 +91,21 @@ def prepare_faces(
     return PreparedFaces(images[keep], boxes[keep, :4], data.points[keep], keep), boxes
 
 
+def load_train_validation(
+    mtfl_root: "str | Path", cache_dir: "str | Path", detector: str, limit: int | None, log: Callable[[str], None]
+) -> tuple[PreparedFaces, PreparedFaces]:
+    """The detected faces of the fixed training and validation splits of MTFL ``train.txt``."""
+    data = load_mtfl(mtfl_root, "train")
+    if limit is not None:
+        data = data.subset(np.arange(min(limit, len(data))))
+    train_rows, val_rows = train_validation_split(len(data))
+    images = data.load_images()
+    train, _ = prepare_faces(data, cache_dir, detector, train_rows, images, log)
+    val, _ = prepare_faces(data, cache_dir, detector, val_rows, images, log=lambda s: None)
+    log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
+    return train, val
+
+
 def crop_faces(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Crop every ``images[i]`` by ``boxes[i]``: ``N x 40 x 40 x 3`` uint8."""
     mats = box_matrices(boxes)
@@ -227,15 +242,7 @@ def train_vanilla(
         torch.set_num_threads(cfg.threads)
     work_dir = Path(work_dir)
     out = Path(out)
-    data = load_mtfl(mtfl_root, "train")
-    if limit is not None:
-        data = data.subset(np.arange(min(limit, len(data))))
-    train_rows, val_rows = train_validation_split(len(data))
-    images = data.load_images()
-    train, _ = prepare_faces(data, work_dir, cfg.detector, train_rows, images, log)
-    val, _ = prepare_faces(data, work_dir, cfg.detector, val_rows, images, log=lambda s: None)
-    log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
-
+    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit, log)
     mean, std = mean_std_images(crop_faces(train.images, train.boxes))
     val_x = to_tensor(crop_faces(val.images, val.boxes), mean, std)
 

@@ -40,11 +40,10 @@ import torch
 from .alignment import estimate_similarity
 from .constants import NUM_POINTS
 from .cropping import box_matrices, to_box_coordinates, warp_crop
-from .data import load_mtfl, train_validation_split
 from .engine import GaussianRouter, load_weights
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
-from .training import atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, prepare_faces, to_tensor
+from .training import atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, load_train_validation, to_tensor
 
 
 @dataclass
@@ -118,6 +117,12 @@ def warp_pair(
     return crop, points_a @ h[:, :2].T + h[:, 2]
 
 
+def warp_pairs(images: np.ndarray, points: np.ndarray, boxes: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """:func:`warp_pair` for index pairs ``(a[i], b[i])``: crops and warped landmarks."""
+    pairs = [warp_pair(images[i], points[i], points[j], boxes[j]) for i, j in zip(a, b)]
+    return np.stack([c for c, _ in pairs]), np.stack([p for _, p in pairs])
+
+
 @dataclass
 class AugmentedCluster:
     features: np.ndarray  # M x 256
@@ -157,9 +162,8 @@ def augment_cluster(
         b = rng.choice(members, n)
         ok = a != b
         a, b = a[ok], b[ok]
-        pairs = [warp_pair(images[i], points[i], points[j], boxes[j]) for i, j in zip(a, b)]
-        crops = np.stack([c for c, _ in pairs])
-        labels = np.stack([p for _, p in pairs]) if warped_labels else points[b]
+        crops, warped = warp_pairs(images, points, boxes, a, b)
+        labels = warped if warped_labels else points[b]
         f = fc5_inputs(model, crops, mean, std)
         keep = route(router, f) == k
         proposed += len(a)
@@ -193,7 +197,7 @@ def cross_cluster_acceptance(
     b = rng.integers(0, len(labels), n)
     ok = labels[a] != labels[b]
     a, b = a[ok], b[ok]
-    crops = np.stack([warp_pair(images[i], points[i], points[j], boxes[j])[0] for i, j in zip(a, b)])
+    crops, _ = warp_pairs(images, points, boxes, a, b)
     return float((route(router, fc5_inputs(model, crops, mean, std)) == labels[b]).mean())
 
 
@@ -333,13 +337,7 @@ def tweak(
     model.eval()
     mean, std = state["mean"].float(), state["std"].float()
 
-    data = load_mtfl(mtfl_root, "train")
-    if limit is not None:
-        data = data.subset(np.arange(min(limit, len(data))))
-    train_rows, val_rows = train_validation_split(len(data))
-    images = data.load_images()
-    train, _ = prepare_faces(data, work_dir, cfg.detector, train_rows, images, log)
-    val, _ = prepare_faces(data, work_dir, cfg.detector, val_rows, images, log=lambda s: None)
+    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit, log)
     tr_f = fc5_inputs(model, crop_faces(train.images, train.boxes), mean, std)
     va_f = fc5_inputs(model, crop_faces(val.images, val.boxes), mean, std)
     tr_t = to_box_coordinates(train.points, train.boxes).reshape(len(tr_f), -1)
