@@ -322,7 +322,8 @@ def tweak(
 
     Returns a report dict (cluster sizes, augmentation acceptance, per-cluster
     validation errors before and after tweaking), also written as
-    ``work_dir/tweak-report.json``.
+    ``tweak-report.json`` with the paper's Fig. 6 (``cluster-errors.png`` and
+    ``.json``) in the run's folder ``work_dir/heads-K<K>-T<target>-<labels>-s<seed>``.
     """
     from joblib import Parallel, delayed
 
@@ -413,8 +414,8 @@ def tweak(
         "clusters": records,
         "seconds": time.perf_counter() - t0,
     }
-    (work_dir / "tweak-report.json").write_text(json.dumps(report, indent=2))
-    plot_cluster_errors(records, work_dir / "cluster-errors.png")
+    (heads_dir / "tweak-report.json").write_text(json.dumps(report, indent=2))
+    plot_cluster_errors(records, heads_dir / "cluster-errors.png")
     before = np.mean([r["val_before"] for r in records if r["n_val"]])
     after = np.mean([r["val_after"] for r in records if r["n_val"]])
     log(f"wrote {out}: mean per-cluster validation error {before:.3f}% -> {after:.3f}% in {report['seconds']:.0f}s")

@@ -70,7 +70,9 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    report = json.loads((work / "tweak-report.json").read_text())
+    run_dir = work / "heads-K2-T150-warped-s0"
+    report = json.loads((run_dir / "tweak-report.json").read_text())
+    assert (run_dir / "cluster-errors.png").stat().st_size > 0
     assert len(report["clusters"]) == 2 and sum(report["cluster_sizes"]) > 200
     assert 0 <= report["same_cluster_acceptance"] <= 1
     for rec in report["clusters"]:
