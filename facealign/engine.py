@@ -112,15 +112,18 @@ class LandmarkEngine:
         Average with the prediction on the mirrored crop. Defaults to True for
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
     batch_size : int
-        Faces per network pass.
+        Faces per pass through the convolutional layers.
     """
+
+    #: Faces routed and sent through the heads together (bounds memory).
+    HEAD_CHUNK = 4096
 
     def __init__(
         self,
         engine: str = DEFAULT_ENGINE,
         weights: "str | Path | None" = None,
         mirror: bool | None = None,
-        batch_size: int = 256,
+        batch_size: int = 64,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -163,7 +166,9 @@ class LandmarkEngine:
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.features(x)
+        # Convolutions in small chunks (they stay in cache), the router and the
+        # heads once for the whole chunk (one matrix product per cluster present).
+        f = torch.cat([self.model.features(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)])
         if self.heads is None:
             return self.model.head(f), torch.zeros(len(f), dtype=torch.long)
         cluster = self.router(f)
@@ -173,13 +178,13 @@ class LandmarkEngine:
     def predict_normalized(self, x: torch.Tensor, return_clusters: bool = False):
         """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``.
 
-        Faces go through the network ``batch_size`` at a time (small batches keep
-        the convolutions in cache: 256 was about twice as fast as 2048 on our
-        2-core machines).
+        The convolutions see ``batch_size`` faces at a time (64 was the fastest
+        on our 2-core machines: see ``bench/speed.py``); routing and the heads see
+        up to :attr:`HEAD_CHUNK` faces at a time.
         """
         outs, clusters = [], []
-        for s in range(0, len(x), self.batch_size):
-            xb = x[s : s + self.batch_size]
+        for s in range(0, len(x), self.HEAD_CHUNK):
+            xb = x[s : s + self.HEAD_CHUNK]
             if self.mirror:
                 n = len(xb)
                 both, cl = self._forward(torch.cat([xb, self._mirror_input(xb)]))

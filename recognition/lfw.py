@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 
 from facealign.alignment import get_template
-from facealign.batch import WORK_MAX_SIDE
-from facealign.imageio import ImageReadError, read_image_reduced, write_image_atomic
+from facealign.imageio import write_image_atomic
 
 from .matching import PCAProjector, power_normalize, template_scores
 from .metrics import FoldAccuracy, read_lfw_pairs, verification_accuracy_10fold
-from .pipeline import DetectionCache, FaceInput, LandmarkAligner, choose_face_boxes
+from .pipeline import DetectionCache, LandmarkAligner, choose_face_boxes, read_face_inputs
 from .protocol import items_from_folders
 
 __all__ = [
@@ -157,13 +156,7 @@ def prepare_lfw(
         progress("align", 0, len(todo))
     for start in range(0, len(todo), _ALIGN_BATCH):
         batch = todo[start:start + _ALIGN_BATCH]
-        inputs = []
-        for file in batch:
-            try:
-                image, scale = read_image_reduced(root / file, WORK_MAX_SIDE)
-            except ImageReadError as exc:  # detection read it: only if it changed since
-                raise ValueError(f"cannot read {root / file}: {exc.reason}") from None
-            inputs.append(FaceInput(file, image, scale, faces.boxes[file]))
+        inputs = read_face_inputs(root, batch, faces.boxes)
         for file, crop in zip(batch, aligner.align(inputs)):
             write_image_atomic(crop_path(file), crop, quality=95)
         if progress is not None:

@@ -494,6 +494,21 @@ class FaceInput:
         return _map_box(self.box, _to_working, self.scale)[0]
 
 
+def read_face_inputs(root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float]]) -> list[FaceInput]:
+    """Decode ``files`` (relative to ``root``) at the working resolution, with their face boxes.
+
+    Detection already read every file, so a read error here means the file changed.
+    """
+    faces = []
+    for f in files:
+        try:
+            image, scale = read_image_reduced(root / f, WORK_MAX_SIDE)
+        except ImageReadError as exc:
+            raise ValueError(f"cannot read {root / f}: {exc.reason}") from None
+        faces.append(FaceInput(f, image, scale, np.asarray(boxes[f], np.float64)))
+    return faces
+
+
 class Aligner(Protocol):
     """Anything that turns face boxes into aligned crops.
 
@@ -967,13 +982,7 @@ def extract_features(
     since_save = 0
     for start in range(0, len(todo), _FEATURE_BATCH):
         batch = todo[start:start + _FEATURE_BATCH]
-        faces = []
-        for f in batch:
-            try:
-                image, scale = read_image_reduced(root / f, WORK_MAX_SIDE)
-            except ImageReadError as exc:
-                raise ValueError(f"cannot read {root / f}: {exc.reason}") from None
-            faces.append(FaceInput(f, image, scale, np.asarray(boxes[f], np.float64)))
+        faces = read_face_inputs(root, batch, boxes)
         features = backbone.embed(aligner.align(faces))
         for f, x in zip(batch, features):
             known[f] = x
