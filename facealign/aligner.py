@@ -92,7 +92,3 @@ class FaceAligner:
         Returns the crop (``H x W x 3`` uint8 RGB) and the 2 x 3 image-to-crop matrix.
         """
         return warp_face(image, landmarks, self.template)
-
-    def align_all(self, image: np.ndarray, largest_only: bool = False) -> list[tuple[Face, np.ndarray, np.ndarray]]:
-        """:meth:`process` then :meth:`align` each face: ``(face, crop, matrix)`` tuples."""
-        return [(f, *self.align(image, f.landmarks)) for f in self.process(image, largest_only)]

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -182,8 +182,3 @@ def cached_boxes(
     np.save(tmp, boxes)
     os.replace(tmp, path)
     return boxes
-
-
-def iter_batches(n: int, batch_size: int) -> Iterable[slice]:
-    for s in range(0, n, batch_size):
-        yield slice(s, min(n, s + batch_size))
