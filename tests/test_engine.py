@@ -132,3 +132,13 @@ def test_golden_landmarks_on_real_images(shared_datasets, engine):
         preds.append(pred)
         truths.append(case["truth"])
     assert normalized_errors(np.array(preds), np.array(truths)).mean() < 0.10
+
+
+def test_mirror_shift_estimate_is_the_mean_x_gap():
+    from facealign.engine import estimate_mirror_shift
+
+    direct = np.zeros((3, 5, 2))
+    flipped = np.zeros((3, 5, 2))
+    flipped[..., 0] = -0.02  # un-mirrored predictions sit 0.02 box widths to the left
+    flipped[..., 1] = 0.5  # y never enters the estimate
+    assert estimate_mirror_shift(direct, flipped) == pytest.approx(0.02)
