@@ -101,9 +101,9 @@ class VanillaCNN(nn.Module):
 class TweakedHeads(nn.Module):
     """K copies of FC5+FC6 (section 3.1), evaluated in one batched pass.
 
-    Each face carries the index of its cluster; the per-face weights are gathered
-    and applied with batched matrix products, so a batch of mixed clusters never
-    falls back to a Python loop over faces.
+    Each face carries the index of its cluster; faces are grouped by cluster and
+    each group goes through its head in one matrix product, so a batch of mixed
+    clusters never falls back to a Python loop over faces.
     """
 
     def __init__(self, num_clusters: int, fc5_dim: int = FC5_DIM) -> None:

@@ -256,7 +256,11 @@ def train_vanilla(
     best_state = None
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != asdict(cfg) or ck["n_train"] != len(train.index):
+        # The thread count does not change what is learned; every other setting does.
+        same = {k: v for k, v in ck["config"].items() if k != "threads"} == {
+            k: v for k, v in asdict(cfg).items() if k != "threads"
+        }
+        if not same or ck["n_train"] != len(train.index):
             raise ValueError(f"{ckpt_path} was made with other settings; remove it or use another work dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
