@@ -1,7 +1,13 @@
 """Ablation of the TCNN ingredients on the same faces (README table).
 
-    python bench/ablation.py --vanilla runs/final/vanilla.pt --noaug runs/tcnn/tcnn-noaug.pt \
-        --paper-labels runs/final/tcnn-paperlabels.pt --tcnn facealign/weights/tcnn.pt --out runs/ablation
+    python bench/ablation.py --vanilla facealign/weights/vanilla.pt --noaug runs/tcnn/tcnn-noaug.pt \
+        --paper-labels runs/final/tcnn-paperlabels.pt --detector-boxes runs/final/tcnn.pt \
+        --tcnn facealign/weights/tcnn.pt --out runs/ablation
+
+The first three TCNN files are tweaked on detector boxes (``facealign tweak --boxes
+detector`` with ``--target 0``, ``--labels paper`` and the defaults); ``--tcnn`` is the
+shipped one, tweaked on re-boxed crops. Weights without a box model borrow the
+vanilla file's for the re-boxing rows.
 
 Each row adds one ingredient. Columns: mean error (% inter-ocular distance) on the
 MTFL validation split (faces the detector found) and on the MTFL AFLW test set
@@ -20,7 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
-from facealign.cropping import crop_boxes, from_box_coordinates  # noqa: E402
 from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors, summarize  # noqa: E402
@@ -32,8 +37,7 @@ def faces(split: str, cache: Path):
     boxes = cached_boxes(data, images, cache, "dlib")
     rows = np.arange(len(data)) if split == "test" else train_validation_split(len(data))[1]
     found = rows[np.isfinite(boxes[rows, 0])]
-    crops = np.concatenate([crop_boxes(images[i], boxes[i, :4]) for i in found])
-    return crops, boxes[found, :4], data.points[found], len(rows) - len(found)
+    return images, found, boxes[found, :4], data.points[found], len(rows) - len(found)
 
 
 def main() -> None:
@@ -41,32 +45,41 @@ def main() -> None:
     ap.add_argument("--vanilla", type=Path, required=True)
     ap.add_argument("--noaug", type=Path, required=True, help="TCNN tweaked without augmentation (--target 0)")
     ap.add_argument("--paper-labels", type=Path, required=True, help="TCNN with augmentation, paper labels")
-    ap.add_argument("--tcnn", type=Path, required=True, help="TCNN with augmentation, warped labels")
+    ap.add_argument("--detector-boxes", type=Path, required=True, help="TCNN, warped labels, tweaked on detector boxes")
+    ap.add_argument("--tcnn", type=Path, required=True, help="TCNN tweaked on re-boxed crops (shipped)")
     ap.add_argument("--cache-dir", type=Path, default=Path("cache"))
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = ap.parse_args()
 
-    def engine(kind, path, mirror, calibrated=True):
-        e = LandmarkEngine(kind, weights=path, mirror=mirror)
+    box_model = LandmarkEngine("vanilla", weights=args.vanilla).box_model
+
+    def engine(kind, path, mirror, refine=False, calibrated=True):
+        e = LandmarkEngine(kind, weights=path, mirror=mirror, refine=False)
         if not calibrated:
             e.mirror_shift = 0.0
+        if refine:
+            e.box_model = e.box_model or box_model
+            e.refine = True
         return e
 
     rows = [
         ("vanilla CNN (paper section 2.1)", engine("vanilla", args.vanilla, False)),
         ("+ tweaking, no augmentation", engine("tcnn", args.noaug, False)),
         ("+ augmentation, paper labels (B's landmarks)", engine("tcnn", args.paper_labels, False)),
-        ("+ augmentation, exact labels (A's landmarks warped)", engine("tcnn", args.tcnn, False)),
-        ("+ mirroring, as in the paper", engine("tcnn", args.tcnn, True, calibrated=False)),
-        ("+ mirroring with calibrated shift (shipped TCNN)", engine("tcnn", args.tcnn, True)),
-        ("vanilla + calibrated mirroring (for reference)", engine("vanilla", args.vanilla, True)),
+        ("+ augmentation, exact labels (A's landmarks warped)", engine("tcnn", args.detector_boxes, False)),
+        ("+ mirroring, as in the paper", engine("tcnn", args.detector_boxes, True, calibrated=False)),
+        ("+ mirroring with calibrated shift", engine("tcnn", args.detector_boxes, True)),
+        ("+ re-boxing at run time", engine("tcnn", args.detector_boxes, True, refine=True)),
+        ("+ heads tweaked on re-boxed crops (shipped TCNN)", engine("tcnn", args.tcnn, True, refine=True)),
+        ("vanilla + re-boxing (shipped vanilla)", engine("vanilla", args.vanilla, False, refine=True)),
+        ("vanilla + calibrated mirroring, no re-boxing", engine("vanilla", args.vanilla, True)),
     ]
     sets = {split: faces(split, args.cache_dir) for split in ("train", "test")}
     table = []
     for label, eng in rows:
         row = {"configuration": label}
-        for split, (crops, boxes, truth, misses) in sets.items():
-            pred = from_box_coordinates(eng.predict_crops(crops), boxes)
+        for split, (images, found, boxes, truth, misses) in sets.items():
+            pred = eng.predict_faces(images, found, boxes)
             res = summarize(normalized_errors(pred, truth), misses)
             name = "validation" if split == "train" else "aflw"
             row[f"{name}_nme"] = res["nme"]

@@ -9,6 +9,12 @@ training mean and std images, and runs the network on the whole batch at once.
   the FC5 input picks one of K tweaked FC5+FC6 heads per face (section 3.1). By
   default the prediction is averaged with the one on the mirrored crop.
 
+Given face boxes (:meth:`LandmarkEngine.predict`, :meth:`~LandmarkEngine.predict_many`),
+an engine whose weights carry a box model re-boxes by default
+(:mod:`facealign.reboxing`): a quick first pass (vanilla head, no mirror)
+predicts the points, the box those points imply is cropped, and the engine's
+full pass runs on that crop.
+
 Weights are plain ``torch.save`` dictionaries of tensors and numbers, loaded with
 ``weights_only=True``; the ones we trained ship in ``facealign/weights``.
 """
@@ -23,8 +29,9 @@ import torch
 from torch import nn
 
 from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
-from .cropping import crop_boxes, from_box_coordinates
+from .cropping import box_matrices, from_box_coordinates, warp_crop
 from .model import TweakedHeads, VanillaCNN
+from .reboxing import BoxFromLandmarks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ENGINES = ("tcnn", "vanilla")
@@ -113,6 +120,10 @@ class LandmarkEngine:
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
     batch_size : int
         Faces per pass through the convolutional layers.
+    refine : bool, optional
+        Re-box before the reported pass (see the module docstring). Defaults to
+        True when the weights carry a box model (``box_model``); True for weights
+        without one is an error.
     """
 
     #: Faces routed and sent through the heads together (bounds memory).
@@ -124,6 +135,7 @@ class LandmarkEngine:
         weights: "str | Path | None" = None,
         mirror: bool | None = None,
         batch_size: int = 64,
+        refine: bool | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -151,6 +163,12 @@ class LandmarkEngine:
         #: crop; see :func:`estimate_mirror_shift`.
         self.mirror_shift = float(state.get("mirror_shift", 0.0))
         self.batch_size = int(batch_size)
+        self.box_model: BoxFromLandmarks | None = (
+            BoxFromLandmarks.from_tensor(state["box_model"]) if "box_model" in state else None
+        )
+        if refine and self.box_model is None:
+            raise ValueError(f"{self.weights_path} holds no box model, so it cannot re-box; use refine=False")
+        self.refine = (self.box_model is not None) if refine is None else bool(refine)
 
     @property
     def num_clusters(self) -> int:
@@ -225,27 +243,56 @@ class LandmarkEngine:
         """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops."""
         return self.predict_normalized(self.normalize(crops)).double().numpy()
 
+    @torch.inference_mode()
+    def _first_pass(self, crops: np.ndarray) -> np.ndarray:
+        """Box-normalised points from the vanilla head alone, no mirror (re-boxing's first pass)."""
+        x = self.normalize(crops)
+        out = [self.model(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
+        return torch.cat(out).view(-1, NUM_POINTS, 2).double().numpy()
+
+    def predict_faces(self, images: list[np.ndarray], owner: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Points ``N x 5 x 2`` in image pixels for faces ``boxes[i]`` of ``images[owner[i]]``.
+
+        All faces go through the network together; with :attr:`refine`, twice.
+        """
+        owner = np.asarray(owner, np.intp).reshape(-1)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if len(owner) != len(boxes):
+            raise ValueError(f"{len(owner)} owners for {len(boxes)} boxes")
+        if len(boxes) == 0:
+            return np.zeros((0, NUM_POINTS, 2))
+
+        def crops_of(b: np.ndarray) -> np.ndarray:
+            out = np.empty((len(b), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+            for i, (o, m) in enumerate(zip(owner, box_matrices(b))):
+                out[i] = warp_crop(images[o], m)
+            return out
+
+        crops = crops_of(boxes)
+        if self.refine:
+            first = from_box_coordinates(self._first_pass(crops), boxes)
+            boxes = self.box_model.boxes_for(first)
+            crops = crops_of(boxes)
+        return from_box_coordinates(self.predict_crops(crops), boxes)
+
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Points ``N x 5 x 2`` in pixels of ``image`` for the face ``boxes`` (``N x 4``)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        if len(boxes) == 0:
-            return np.zeros((0, NUM_POINTS, 2))
-        return from_box_coordinates(self.predict_crops(crop_boxes(image, boxes)), boxes)
+        return self.predict_faces([image], np.zeros(len(boxes), np.intp), boxes)
 
     def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """:meth:`predict` for many images with one batched network pass."""
         if len(images) != len(boxes):
             raise ValueError("need one box array per image")
         boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
-        crops = [crop_boxes(im, b) for im, b in zip(images, boxes) if len(b)]
-        if not crops:
-            return [np.zeros((0, NUM_POINTS, 2)) for _ in images]
-        coords = self.predict_crops(np.concatenate(crops))
-        out, s = [], 0
-        for b in boxes:
-            out.append(from_box_coordinates(coords[s : s + len(b)], b))
-            s += len(b)
-        return out
+        counts = [len(b) for b in boxes]
+        owner = np.repeat(np.arange(len(images)), counts)
+        flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        points = self.predict_faces(images, owner, flat)
+        return np.split(points, np.cumsum(counts)[:-1]) if boxes else []
 
     def __repr__(self) -> str:
-        return f"LandmarkEngine(engine={self.engine!r}, clusters={self.num_clusters}, mirror={self.mirror})"
+        return (
+            f"LandmarkEngine(engine={self.engine!r}, clusters={self.num_clusters}, "
+            f"mirror={self.mirror}, refine={self.refine})"
+        )

@@ -100,7 +100,6 @@ def evaluate_engines(
     Returns a dict ``label -> summary`` (see :func:`summarize`), each with the raw
     per-face ``errors`` list for curves.
     """
-    from .cropping import crop_boxes, from_box_coordinates
     from .data import cached_boxes, load_mtfl
 
     data = load_mtfl(mtfl_root, split)
@@ -109,14 +108,10 @@ def evaluate_engines(
     found = np.flatnonzero(np.isfinite(boxes[:, 0]))
     misses = len(data) - len(found)
     log(f"{detector}: {len(found)} of {len(data)} faces detected, {misses} misses")
-    crops = np.concatenate([crop_boxes(images[i], boxes[i, :4]) for i in found]) if len(found) else None
     results = {}
     for label, engine in engines.items():
-        if crops is None:
-            errors = np.zeros(0)
-        else:
-            pred = from_box_coordinates(engine.predict_crops(crops), boxes[found, :4])
-            errors = normalized_errors(pred, data.points[found])
+        pred = engine.predict_faces(images, found, boxes[found, :4])
+        errors = normalized_errors(pred, data.points[found]) if len(found) else np.zeros(0)
         res = summarize(errors, misses)
         res["errors"] = errors.tolist()
         results[label] = res

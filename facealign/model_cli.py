@@ -88,6 +88,13 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
     show_default=True,
     help="Label of an augmented face: A's landmarks warped by H (exact), or B's landmarks (paper).",
 )
+@click.option(
+    "--boxes",
+    type=click.Choice(["refined", "detector"]),
+    default="refined",
+    show_default=True,
+    help="Crops the heads are tweaked on: re-boxed after a vanilla first pass (as at run time), or detector boxes (paper).",
+)
 @click.option("--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -95,13 +102,13 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Clusters tweaked in parallel (-1: all cores).")
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option("--quiet", "-q", is_flag=True)
-def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels, patience, max_epochs, lr, seed, jobs, limit, quiet):
+def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels, boxes, patience, max_epochs, lr, seed, jobs, limit, quiet):
     """Build the Tweaked CNN (paper section 3) from vanilla weights, resumable."""
     from .tweak import TweakConfig, tweak
 
     _check_data(data)
     cfg = TweakConfig(
-        clusters=clusters, target=target, labels=labels, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed
+        clusters=clusters, target=target, labels=labels, boxes=boxes, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed
     )
     tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit, log=_logger(quiet))
 
@@ -119,12 +126,17 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
 )
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (one engine only).")
 @click.option("--no-mirror", is_flag=True, help="TCNN without the mirrored-image average.")
+@click.option(
+    "--refine/--no-refine",
+    default=None,
+    help="Re-box from a first pass before the reported one [default: on when the weights carry a box model].",
+)
 @click.option("--detector", type=click.Choice(["dlib", "haar"]), default="dlib", show_default=True)
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="test: the AFLW test set.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
-def evaluate_command(data, engines, weights, no_mirror, detector, split, cache_dir, curve, as_json) -> None:
+def evaluate_command(data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json) -> None:
     """Mean error (% inter-ocular distance) and failure rate on the MTFL AFLW test set.
 
     Faces the detector misses count as failures; the mean error is over the
@@ -140,7 +152,7 @@ def evaluate_command(data, engines, weights, no_mirror, detector, split, cache_d
     for name in dict.fromkeys(engines):
         mirror = False if no_mirror else None
         try:
-            models[name] = LandmarkEngine(name, weights=weights, mirror=mirror)
+            models[name] = LandmarkEngine(name, weights=weights, mirror=mirror, refine=refine)
         except (ValueError, FileNotFoundError) as err:
             raise click.ClickException(str(err)) from err
     results = evaluate_engines(models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True))

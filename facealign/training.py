@@ -35,6 +35,7 @@ from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .engine import WEIGHTS_FORMAT_VERSION
 from .evaluation import normalized_errors
 from .model import VanillaCNN
+from .reboxing import BoxFromLandmarks
 
 AUGMENTATIONS = ("paper", "full")
 
@@ -193,6 +194,21 @@ def weights_dict(model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta:
     }
 
 
+def store_box_model(path: Path, faces: PreparedFaces) -> BoxFromLandmarks:
+    """Fit the re-boxing model on ``faces`` (ground truth against detector boxes) into the weights at ``path``.
+
+    See :mod:`facealign.reboxing`. It depends on the data and the detector only,
+    not on the network.
+    """
+    from .engine import load_weights
+
+    model = BoxFromLandmarks.fit(faces.points, faces.boxes)
+    state = load_weights(path)
+    state["box_model"] = model.to_tensor()
+    atomic_save(state, path)
+    return model
+
+
 def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
     """Measure the mirror shift on validation crops and store it in the weights at ``path``.
 
@@ -329,6 +345,7 @@ def train_vanilla(
         "n_val": len(val.index),
     }
     atomic_save(weights_dict(model, mean, std, meta), out)
+    store_box_model(out, train)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images, val.boxes))
     log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

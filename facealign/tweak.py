@@ -3,7 +3,10 @@
 Steps of :func:`tweak` (``facealign tweak``):
 
 1. **Features.** The trained vanilla CNN gives the FC5 input (the 256 CL4
-   outputs) of every training face, cropped by its detector box.
+   outputs) of every training face. With ``boxes="refined"`` (our default) the
+   face is cropped by the box that re-boxing (:mod:`facealign.reboxing`) gives
+   after a vanilla first pass, the crop the tweaked heads see at run time; with
+   ``boxes="detector"`` (the paper) by its detector box.
 2. **Clustering (Eq. 2).** A K-component Gaussian mixture is fitted by EM
    (scikit-learn) on the training features; each face goes to its most probable
    component. Covariances are *diagonal*: with 10,000 faces and K = 48 a cluster
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,10 +43,17 @@ import torch
 from .alignment import estimate_similarity
 from .constants import NUM_POINTS
 from .cropping import box_matrices, to_box_coordinates, warp_crop
-from .engine import GaussianRouter, load_weights
+from .engine import GaussianRouter, LandmarkEngine, load_weights
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
-from .training import atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, load_train_validation, to_tensor
+from .reboxing import BoxFromLandmarks
+from .training import PreparedFaces, atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, load_train_validation, to_tensor
+
+
+#: How augmented crops are labelled (see :func:`warp_pair`).
+LABEL_MODES = ("warped", "paper")
+#: Which boxes the heads are tweaked on (see the module docstring).
+BOX_MODES = ("refined", "detector")
 
 
 @dataclass
@@ -60,6 +70,7 @@ class TweakConfig:
     detector: str = "dlib"
     reg_covar: float = 1e-3
     labels: str = "warped"  # "warped": A's landmarks warped by H (exact); "paper": B's landmarks
+    boxes: str = "refined"  # "refined": re-boxed from a vanilla first pass (see reboxing); "detector": the paper's
 
 
 # ---------------------------------------------------------------- features and clusters
@@ -281,6 +292,13 @@ class ClusterData:
     val_targets: np.ndarray
 
 
+def refined_faces(vanilla_weights: "str | Path", box_model: BoxFromLandmarks, faces: PreparedFaces) -> PreparedFaces:
+    """``faces`` with their detector boxes replaced by re-boxing's boxes (the crops the heads will see)."""
+    first = LandmarkEngine("vanilla", weights=vanilla_weights, mirror=False, refine=False)
+    points = first.predict_faces(faces.images, np.arange(len(faces.boxes)), faces.boxes)
+    return replace(faces, boxes=box_model.boxes_for(points))
+
+
 def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
     """Augment and fine-tune one cluster's head, or load it if an earlier run finished it."""
     if path.exists():
@@ -329,7 +347,11 @@ def tweak(
 
     cfg = config or TweakConfig()
     work_dir = Path(work_dir)
-    heads_dir = work_dir / f"heads-K{cfg.clusters}-T{cfg.target}-{cfg.labels}-s{cfg.seed}"
+    if cfg.labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {cfg.labels!r}")
+    if cfg.boxes not in BOX_MODES:
+        raise ValueError(f"boxes must be one of {BOX_MODES}, got {cfg.boxes!r}")
+    heads_dir = work_dir / f"heads-K{cfg.clusters}-T{cfg.target}-{cfg.labels}-{cfg.boxes}-s{cfg.seed}"
     heads_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     state = load_weights(vanilla_weights)
@@ -339,6 +361,14 @@ def tweak(
     mean, std = state["mean"].float(), state["std"].float()
 
     train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit, log)
+    box_model = (
+        BoxFromLandmarks.from_tensor(state["box_model"])
+        if "box_model" in state
+        else BoxFromLandmarks.fit(train.points, train.boxes)
+    )
+    if cfg.boxes == "refined":
+        log("re-boxing the training and validation faces from a vanilla first pass")
+        train, val = (refined_faces(vanilla_weights, box_model, faces) for faces in (train, val))
     tr_f = fc5_inputs(model, crop_faces(train.images, train.boxes), mean, std)
     va_f = fc5_inputs(model, crop_faces(val.images, val.boxes), mean, std)
     tr_t = to_box_coordinates(train.points, train.boxes).reshape(len(tr_f), -1)
@@ -400,6 +430,7 @@ def tweak(
         "heads": {k: v.detach().clone() for k, v in heads.state_dict().items()},
         "gmm": {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in gmm.items()},
         "meta": meta,
+        "box_model": box_model.to_tensor(),
     }
     atomic_save(weights, Path(out))
     shift = calibrate_mirror_shift(Path(out), "tcnn", crop_faces(val.images, val.boxes))

@@ -70,7 +70,7 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    run_dir = work / "heads-K2-T150-warped-s0"
+    run_dir = work / "heads-K2-T150-warped-refined-s0"
     report = json.loads((run_dir / "tweak-report.json").read_text())
     assert (run_dir / "cluster-errors.png").stat().st_size > 0
     assert len(report["clusters"]) == 2 and sum(report["cluster_sizes"]) > 200
@@ -79,7 +79,7 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
         if rec["n_val"]:
             assert rec["val_after"] <= rec["val_before"] + 1e-9  # early stopping keeps the best
     eng = LandmarkEngine("tcnn", weights=tmp_path / "t.pt")
-    assert eng.num_clusters == 2
+    assert eng.num_clusters == 2 and eng.refine  # the box model travels from train to tweak
     out = eng.predict_crops(np.full((3, INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8))
     assert out.shape == (3, 5, 2) and np.isfinite(out).all()
 
