@@ -244,7 +244,7 @@ class LandmarkEngine:
         return self.predict_normalized(self.normalize(crops)).double().numpy()
 
     @torch.inference_mode()
-    def _first_pass(self, crops: np.ndarray) -> np.ndarray:
+    def first_pass_crops(self, crops: np.ndarray) -> np.ndarray:
         """Box-normalised points from the vanilla head alone, no mirror (re-boxing's first pass)."""
         x = self.normalize(crops)
         out = [self.model(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
@@ -270,7 +270,7 @@ class LandmarkEngine:
 
         crops = crops_of(boxes)
         if self.refine:
-            first = from_box_coordinates(self._first_pass(crops), boxes)
+            first = from_box_coordinates(self.first_pass_crops(crops), boxes)
             boxes = self.box_model.boxes_for(first)
             crops = crops_of(boxes)
         return from_box_coordinates(self.predict_crops(crops), boxes)

@@ -177,10 +177,17 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
 @click.option("--ks", default="1,8,16,32,48,64", show_default=True, help="Comma-separated values of K.")
 @click.option("--target", type=click.IntRange(min=0), default=5000, show_default=True)
+@click.option(
+    "--boxes",
+    type=click.Choice(["refined", "detector"]),
+    default="refined",
+    show_default=True,
+    help="As for tweak; refined heads are evaluated with re-boxing, detector heads without.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for sweep-k.json and .png.")
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
-def sweep_k_command(data, vanilla_weights, work_dir, ks, target, out, jobs, quiet) -> None:
+def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, jobs, quiet) -> None:
     """Sweep K, the number of clusters (paper Fig. 7): tweak per K, test on AFLW.
 
     Slow (one full tweak per K); resumable through --work-dir. K was fixed to 48
@@ -203,15 +210,20 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, out, jobs, quie
     log = _logger(quiet)
     rows = []
     for k in values:
-        weights = work_dir / f"tcnn-K{k}.pt"
+        weights = work_dir / f"tcnn-K{k}-T{target}-{boxes}.pt"
         if not weights.exists():
-            tweak(vanilla_weights, data, weights, work_dir, TweakConfig(clusters=k, target=target), jobs=jobs, log=log)
-        engines = {"mirror": LandmarkEngine("tcnn", weights=weights), "no_mirror": LandmarkEngine("tcnn", weights=weights, mirror=False)}
+            cfg = TweakConfig(clusters=k, target=target, boxes=boxes)
+            tweak(vanilla_weights, data, weights, work_dir, cfg, jobs=jobs, log=log)
+        refine = boxes == "refined"
+        engines = {
+            "mirror": LandmarkEngine("tcnn", weights=weights, refine=refine),
+            "no_mirror": LandmarkEngine("tcnn", weights=weights, mirror=False, refine=refine),
+        }
         res = evaluate_engines(engines, data, work_dir, log=log)
         rows.append({"K": k, **{f"nme_{m}": r["nme"] for m, r in res.items()}, "failure_rate": res["mirror"]["failure_rate"]})
         log(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
     out.mkdir(parents=True, exist_ok=True)
-    write_json({"target": target, "rows": rows}, out / "sweep-k.json")
+    write_json({"target": target, "boxes": boxes, "rows": rows}, out / "sweep-k.json")
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     ax.plot([r["K"] for r in rows], [r["nme_mirror"] for r in rows], "o-", label="TCNN with mirroring")
     ax.plot([r["K"] for r in rows], [r["nme_no_mirror"] for r in rows], "s--", label="TCNN without mirroring")
