@@ -13,7 +13,12 @@ Layer sizes follow Fig. 2 of the paper::
                 -> CL4 conv2x2x64         -> 2x2x64 (256 values: the FC5 input)
                 -> FC5 100 -> FC6 10
 
-Every layer but FC6 is followed by ``abs(tanh(.))``.
+Every layer but FC6 is followed by ``abs(tanh(.))``. In the pooled blocks
+(CL1-CL3) the activation and the 2 x 2 max-pool are evaluated as
+``tanh(maxpool(abs(.)))``: since ``abs(tanh(x)) = tanh(abs(x))`` and ``tanh`` is
+increasing, ``maxpool(abs(tanh(x))) = tanh(maxpool(abs(x)))``, the same values and
+gradients as the paper's order with ``tanh`` computed on a quarter of the values
+(about 1.4x faster convolution stacks on our CPUs).
 """
 
 from __future__ import annotations
@@ -40,11 +45,23 @@ class AbsTanh(nn.Module):
         return torch.tanh(x).abs()
 
 
+class Abs(nn.Module):
+    """``abs(x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs()
+
+
 def _conv_block(cin: int, cout: int, kernel: int, pool: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel), AbsTanh()]
+    """Convolution, ``abs(tanh(.))`` and, with ``pool``, a 2 x 2 max-pool (stride 2).
+
+    The pooled block runs as conv -> abs -> max-pool -> tanh (see the module
+    docstring); the convolution is always element 0, so weight names do not
+    depend on the order.
+    """
     if pool:
-        layers.append(nn.MaxPool2d(2, 2))
-    return nn.Sequential(*layers)
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel), Abs(), nn.MaxPool2d(2, 2), nn.Tanh())
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel), AbsTanh())
 
 
 class VanillaCNN(nn.Module):

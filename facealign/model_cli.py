@@ -32,6 +32,17 @@ def _data_option(f):
     )(f)
 
 
+def _boxes_option(f):
+    return click.option(
+        "--boxes",
+        type=click.Choice(["refined", "detector"]),
+        default="refined",
+        show_default=True,
+        help="Crops the heads are tweaked on: re-boxed after a vanilla first pass (as at run time; such heads "
+        "are evaluated with re-boxing), or detector boxes (the paper; evaluated without).",
+    )(f)
+
+
 def _check_data(data: Path) -> None:
     if not (data / "train.txt").is_file():
         raise click.ClickException(f"{data} is not an MTFL folder (no train.txt); pass --data")
@@ -88,13 +99,7 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
     show_default=True,
     help="Label of an augmented face: A's landmarks warped by H (exact), or B's landmarks (paper).",
 )
-@click.option(
-    "--boxes",
-    type=click.Choice(["refined", "detector"]),
-    default="refined",
-    show_default=True,
-    help="Crops the heads are tweaked on: re-boxed after a vanilla first pass (as at run time), or detector boxes (paper).",
-)
+@_boxes_option
 @click.option("--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -177,13 +182,7 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
 @click.option("--ks", default="1,8,16,32,48,64", show_default=True, help="Comma-separated values of K.")
 @click.option("--target", type=click.IntRange(min=0), default=5000, show_default=True)
-@click.option(
-    "--boxes",
-    type=click.Choice(["refined", "detector"]),
-    default="refined",
-    show_default=True,
-    help="As for tweak; refined heads are evaluated with re-boxing, detector heads without.",
-)
+@_boxes_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for sweep-k.json and .png.")
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)

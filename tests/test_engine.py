@@ -142,3 +142,23 @@ def test_mirror_shift_estimate_is_the_mean_x_gap():
     flipped[..., 0] = -0.02  # un-mirrored predictions sit 0.02 box widths to the left
     flipped[..., 1] = 0.5  # y never enters the estimate
     assert estimate_mirror_shift(direct, flipped) == pytest.approx(0.02)
+
+
+def test_pooled_blocks_equal_the_papers_order():
+    # conv -> abs -> pool -> tanh must give what conv -> abs(tanh) -> pool gives,
+    # values and input gradients, to float32 rounding (1e-6).
+    torch.manual_seed(0)
+    model = VanillaCNN()
+    x = torch.randn(8, 3, INPUT_SIZE, INPUT_SIZE, requires_grad=True)
+
+    def papers_order(z):
+        for block in (model.cl1, model.cl2, model.cl3):
+            z = torch.nn.functional.max_pool2d(torch.tanh(block[0](z)).abs(), 2, 2)
+        return torch.tanh(model.cl4[0](z)).abs().flatten(1)
+
+    ours = model.features(x)
+    theirs = papers_order(x)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-6, rtol=1e-5)

@@ -87,3 +87,27 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
 def test_train_refuses_a_folder_that_is_not_mtfl(tmp_path):
     res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "v.pt"), "--work-dir", str(tmp_path)])
     assert res.exit_code != 0 and "not an MTFL folder" in res.output
+
+
+def test_tweak_refuses_unknown_modes(tmp_path):
+    from facealign.engine import shipped_weights
+    from facealign.tweak import TweakConfig, tweak
+
+    for cfg, word in ((TweakConfig(boxes="tight"), "boxes"), (TweakConfig(labels="mine"), "labels")):
+        with pytest.raises(ValueError, match=word):
+            tweak(shipped_weights("vanilla"), tmp_path, tmp_path / "t.pt", tmp_path / "work", cfg)
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_sweep_k_refuses_a_bad_list_of_k(tmp_path, shared_datasets):
+    from facealign.engine import shipped_weights
+
+    res = CliRunner().invoke(
+        main,
+        [
+            "sweep-k", "--data", str(shared_datasets / "mtfl"), "--vanilla", str(shipped_weights("vanilla")),
+            "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--ks", "8,many",
+        ],
+    )
+    assert res.exit_code != 0 and "--ks must be integers" in res.output
+    assert not (tmp_path / "o").exists()
