@@ -283,9 +283,27 @@ class LandmarkEngine:
         crops = crops_of(boxes)
         if self.refine:
             first = from_box_coordinates(self.first_pass_crops(crops), boxes)
-            boxes = self.box_model.boxes_for(first)
+            boxes = self._reboxed(first, boxes)
             crops = crops_of(boxes)
         return from_box_coordinates(self.predict_crops(crops), boxes)
+
+    #: Re-boxing keeps the given box when the implied box's width is outside
+    #: this range of multiples of it (a first pass gone wild, e.g. on a non-face).
+    REBOX_SCALE_RANGE = (1 / 3, 3.0)
+
+    def _reboxed(self, first: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The boxes implied by first-pass points; the given box where that is implausible."""
+        centre = first.mean(1, keepdims=True)
+        spread = np.sqrt(((first - centre) ** 2).sum(2).mean(1))
+        ok = np.isfinite(first).all((1, 2)) & (spread > 1e-6 * (boxes[:, 2] - boxes[:, 0]))
+        out = boxes.copy()
+        if ok.any():
+            new = self.box_model.boxes_for(first[ok])
+            ratio = (new[:, 2] - new[:, 0]) / (boxes[ok, 2] - boxes[ok, 0])
+            lo, hi = self.REBOX_SCALE_RANGE
+            keep = (ratio >= lo) & (ratio <= hi) & np.isfinite(new).all(1)
+            out[np.flatnonzero(ok)[keep]] = new[keep]
+        return out
 
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Points ``N x 5 x 2`` in pixels of ``image`` for the face ``boxes`` (``N x 4``)."""

@@ -106,3 +106,16 @@ def test_predict_many_keeps_faces_with_their_images(mtfl_faces):
     assert [m.shape for m in many] == [(2, 5, 2), (0, 5, 2), (1, 5, 2)]
     np.testing.assert_allclose(many[0], eng.predict(images[0], boxes[[0, 0]]), atol=1e-4)
     np.testing.assert_allclose(many[2], eng.predict(images[2], boxes[2]), atol=1e-4)
+
+
+def test_an_implausible_first_pass_keeps_the_given_box():
+    # Collapsed or non-finite first-pass points, or an implied box 10x the given one,
+    # leave the given box in place; a plausible one is replaced.
+    eng = LandmarkEngine("vanilla")
+    boxes = np.array([[0, 0, 40, 40], [10, 10, 50, 50], [0, 0, 40, 40], [0, 0, 40, 40]], float)
+    face = np.array([[12.0, 15], [28, 15], [20, 23], [14, 30], [26, 30]])
+    first = np.stack([np.full((5, 2), 7.0), np.full((5, 2), np.nan), face * 10, face])
+    out = eng._reboxed(first, boxes)
+    np.testing.assert_array_equal(out[:3], boxes[:3])
+    assert not np.allclose(out[3], boxes[3])
+    np.testing.assert_allclose(out[3], eng.box_model.boxes_for(face[None])[0])
