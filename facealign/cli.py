@@ -21,7 +21,7 @@ import click
 from . import __version__
 
 # Names only; kept here so that --help does not import torch.
-DETECTOR_CHOICES = ("dlib", "haar")
+DETECTOR_CHOICES = ("dlib", "dlib-fast", "haar")
 ENGINE_CHOICES = ("tcnn", "vanilla")
 #: Images per landmark-network batch in ``facealign landmarks``.
 LANDMARKS_CHUNK = 64

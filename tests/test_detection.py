@@ -15,7 +15,7 @@ def test_scale_policy():
     assert d.scale_for(600, 800) == 1.0
 
 
-@pytest.mark.parametrize("name", ["dlib", "haar"])
+@pytest.mark.parametrize("name", ["dlib", "dlib-fast", "haar"])
 def test_finds_the_face_in_80px_mtfl_images(shared_datasets, name):
     # Faces in 80x80 MTFL images are ~35 px wide: the detector must upscale to find them.
     data = load_mtfl(shared_datasets / "mtfl", "train").subset(np.arange(20))
@@ -78,3 +78,39 @@ def test_match_detection_picks_the_box_holding_the_face():
     assert match_detection(boxes, pts) == 1  # both contain it; box 1's centre is closer
     assert match_detection(boxes[:1], pts) == -1
     assert match_detection(np.zeros((0, 4)), pts) == -1
+
+
+class _SizeRecorder(ScaledDetector):
+    """Finds one face only in images at least ``face_at`` pixels wide; records the widths it saw."""
+
+    def __init__(self, face_at: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.face_at, self.widths = face_at, []
+
+    def _detect_gray(self, gray):
+        self.widths.append(gray.shape[1])
+        if gray.shape[1] >= self.face_at:
+            return np.array([[10.0, 10.0, 50.0, 50.0]]), np.array([1.0])
+        return np.zeros((0, 4)), np.zeros(0)
+
+
+def test_upscale_when_empty_searches_the_own_size_first():
+    image = np.zeros((240, 320, 3), np.uint8)  # upscaled 2x by min_side=480
+    # A face at the image's own size: found there, no upscaled search.
+    det = _SizeRecorder(face_at=320, upscale="when-empty")
+    found = det.detect(image)
+    assert det.widths == [320] and len(found) == 1
+    np.testing.assert_allclose(found.boxes[0], [10, 10, 50, 50])
+    # Only the upscaled image shows a face: searched at 320, then at 640; the box
+    # is mapped back to the original frame ((x + 0.5) / 2 - 0.5).
+    det = _SizeRecorder(face_at=640, upscale="when-empty")
+    found = det.detect(image)
+    assert det.widths == [320, 640] and len(found) == 1
+    np.testing.assert_allclose(found.boxes[0], [4.75, 4.75, 24.75, 24.75])
+    # "always" goes straight to the upscaled image.
+    det = _SizeRecorder(face_at=320)
+    det.detect(image)
+    assert det.widths == [640]
+    with pytest.raises(ValueError, match="upscale"):
+        ScaledDetector(upscale="sometimes")
+    assert get_detector("dlib-fast").upscale == "when-empty" and get_detector("dlib").upscale == "always"
