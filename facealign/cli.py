@@ -19,9 +19,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .constants import BUILTIN_DETECTORS
 
 # Names only; kept here so that --help does not import torch.
-DETECTOR_CHOICES = ("dlib", "dlib-fast", "haar")
+DETECTOR_CHOICES = BUILTIN_DETECTORS
 ENGINE_CHOICES = ("tcnn", "vanilla")
 #: Images per landmark-network batch in ``facealign landmarks``.
 LANDMARKS_CHUNK = 64

@@ -44,6 +44,10 @@ RIGHT_EYE: Final[int] = 1
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 
+#: Names of the detector back-ends built into :mod:`facealign.detection` (the
+#: choices of every ``--detector`` option; the first is the default).
+BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("dlib", "dlib-fast", "haar")
+
 #: Image file extensions that the batch tools pick up (lower case, with dot).
 IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2"}

@@ -30,6 +30,8 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from .constants import BUILTIN_DETECTORS
+
 __all__ = [
     "Detections",
     "Detector",
@@ -307,6 +309,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
 
 #: Chosen from the detection rates measured on celeba_wild (README).
 DEFAULT_DETECTOR = "dlib"
+assert tuple(DETECTORS) == BUILTIN_DETECTORS and DEFAULT_DETECTOR == BUILTIN_DETECTORS[0]
 
 
 def register_detector(name: str, factory: Callable[..., Detector]) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from .constants import BUILTIN_DETECTORS
+
 DEFAULT_DATA = "../shared/datasets/mtfl"
 
 
@@ -136,7 +138,7 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     default=None,
     help="Re-box from a first pass before the reported one [default: on when the weights carry a box model].",
 )
-@click.option("--detector", type=click.Choice(["dlib", "haar"]), default="dlib", show_default=True)
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="test: the AFLW test set.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
