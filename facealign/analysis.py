@@ -905,7 +905,7 @@ def run_analysis(
     from .engine import LandmarkEngine
     from .evaluation import write_json
     from .model import LAYER_NAMES
-    from .training import crop_faces
+    from .cropping import crop_faces
 
     settings = settings or AnalysisSettings()
     layers = tuple(l for l in LAYER_NAMES if l in PAPER_LAYERS or (include_fc6 and l in EXTRA_LAYERS))

@@ -66,10 +66,23 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int = INPUT_SIZE) -> 
 
 def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """The ``N x size x size x 3`` uint8 crops of ``boxes`` in one RGB image."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return crop_faces([image], boxes, np.zeros(len(boxes), np.intp), size)
+
+
+def crop_faces(images, boxes: np.ndarray, owner: "np.ndarray | None" = None, size: int = INPUT_SIZE) -> np.ndarray:
+    """Crops ``N x size x size x 3`` uint8 of ``boxes[i]`` in ``images[owner[i]]``.
+
+    ``images`` is any sequence of RGB images (or an ``M x H x W x 3`` array);
+    ``owner`` defaults to ``0..N-1`` (one box per image).
+    """
     mats = box_matrices(boxes, size)
+    owner = np.arange(len(mats)) if owner is None else np.asarray(owner, np.intp).reshape(-1)
+    if len(owner) != len(mats):
+        raise ValueError(f"{len(owner)} owners for {len(mats)} boxes")
     out = np.empty((len(mats), size, size, 3), np.uint8)
-    for i, m in enumerate(mats):
-        out[i] = warp_crop(image, m, size)
+    for i, (o, m) in enumerate(zip(owner, mats)):
+        out[i] = warp_crop(images[o], m, size)
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
-from .cropping import box_matrices, from_box_coordinates, warp_crop
+from .cropping import crop_faces, from_box_coordinates
 from .model import TweakedHeads, VanillaCNN
 from .reboxing import BoxFromLandmarks
 
@@ -145,8 +145,8 @@ class LandmarkEngine:
         self.meta: dict[str, Any] = dict(state.get("meta", {}))
         self.model = VanillaCNN(int(state.get("fc5_dim", 100)))
         self.model.load_state_dict(state["vanilla"])
-        # Channels-last (NHWC) weights and inputs: about 2.5x faster convolutions
-        # on our CPUs for these small layers; same values (bench/speed.py).
+        # Channels-last (NHWC) weights and inputs: about 2.3x faster convolutions
+        # on our CPUs for these small layers; same values (README, Speed).
         self.model.eval().to(memory_format=torch.channels_last)
         self.mean = state["mean"].float()  # 3 x 40 x 40, RGB in [0, 255]
         self.std = state["std"].float()
@@ -273,37 +273,12 @@ class LandmarkEngine:
             raise ValueError(f"{len(owner)} owners for {len(boxes)} boxes")
         if len(boxes) == 0:
             return np.zeros((0, NUM_POINTS, 2))
-
-        def crops_of(b: np.ndarray) -> np.ndarray:
-            out = np.empty((len(b), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-            for i, (o, m) in enumerate(zip(owner, box_matrices(b))):
-                out[i] = warp_crop(images[o], m)
-            return out
-
-        crops = crops_of(boxes)
+        crops = crop_faces(images, boxes, owner)
         if self.refine:
             first = from_box_coordinates(self.first_pass_crops(crops), boxes)
-            boxes = self._reboxed(first, boxes)
-            crops = crops_of(boxes)
+            boxes = self.box_model.rebox(first, boxes)
+            crops = crop_faces(images, boxes, owner)
         return from_box_coordinates(self.predict_crops(crops), boxes)
-
-    #: Re-boxing keeps the given box when the implied box's width is outside
-    #: this range of multiples of it (a first pass gone wild, e.g. on a non-face).
-    REBOX_SCALE_RANGE = (1 / 3, 3.0)
-
-    def _reboxed(self, first: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """The boxes implied by first-pass points; the given box where that is implausible."""
-        centre = first.mean(1, keepdims=True)
-        spread = np.sqrt(((first - centre) ** 2).sum(2).mean(1))
-        ok = np.isfinite(first).all((1, 2)) & (spread > 1e-6 * (boxes[:, 2] - boxes[:, 0]))
-        out = boxes.copy()
-        if ok.any():
-            new = self.box_model.boxes_for(first[ok])
-            ratio = (new[:, 2] - new[:, 0]) / (boxes[ok, 2] - boxes[ok, 0])
-            lo, hi = self.REBOX_SCALE_RANGE
-            keep = (ratio >= lo) & (ratio <= hi) & np.isfinite(new).all(1)
-            out[np.flatnonzero(ok)[keep]] = new[keep]
-        return out
 
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Points ``N x 5 x 2`` in pixels of ``image`` for the face ``boxes`` (``N x 4``)."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
-from .cropping import box_matrices, to_box_coordinates, warp_crop
+from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .engine import WEIGHTS_FORMAT_VERSION
 from .evaluation import normalized_errors
@@ -107,12 +107,6 @@ def load_train_validation(
     return train, val
 
 
-def crop_faces(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Crop every ``images[i]`` by ``boxes[i]``: ``N x 40 x 40 x 3`` uint8."""
-    mats = box_matrices(boxes)
-    return np.stack([warp_crop(im, m) for im, m in zip(images, mats)])
-
-
 def augmented_batch(
     faces: PreparedFaces, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -182,8 +176,14 @@ def atomic_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def weights_dict(model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta: dict) -> dict:
-    """The shipped weights format (see :func:`facealign.engine.load_weights`)."""
+def weights_dict(
+    model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta: dict, box_model: BoxFromLandmarks
+) -> dict:
+    """The shipped weights format (see :func:`facealign.engine.load_weights`).
+
+    ``box_model`` is re-boxing's (:mod:`facealign.reboxing`), fitted on the
+    training faces; it depends on the data and the detector, not on the network.
+    """
     return {
         "format": WEIGHTS_FORMAT_VERSION,
         "fc5_dim": model.fc6.in_features,
@@ -191,22 +191,8 @@ def weights_dict(model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta:
         "mean": mean.clone(),
         "std": std.clone(),
         "meta": meta,
+        "box_model": box_model.to_tensor(),
     }
-
-
-def store_box_model(path: Path, faces: PreparedFaces) -> BoxFromLandmarks:
-    """Fit the re-boxing model on ``faces`` (ground truth against detector boxes) into the weights at ``path``.
-
-    See :mod:`facealign.reboxing`. It depends on the data and the detector only,
-    not on the network.
-    """
-    from .engine import load_weights
-
-    model = BoxFromLandmarks.fit(faces.points, faces.boxes)
-    state = load_weights(path)
-    state["box_model"] = model.to_tensor()
-    atomic_save(state, path)
-    return model
 
 
 def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
@@ -344,8 +330,7 @@ def train_vanilla(
         "n_train": n,
         "n_val": len(val.index),
     }
-    atomic_save(weights_dict(model, mean, std, meta), out)
-    store_box_model(out, train)
+    atomic_save(weights_dict(model, mean, std, meta, BoxFromLandmarks.fit(train.points, train.boxes)), out)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images, val.boxes))
     log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -42,12 +42,12 @@ import torch
 
 from .alignment import estimate_similarity
 from .constants import NUM_POINTS
-from .cropping import box_matrices, to_box_coordinates, warp_crop
+from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
 from .engine import GaussianRouter, LandmarkEngine, load_weights
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
 from .reboxing import BoxFromLandmarks
-from .training import PreparedFaces, atomic_save, calibrate_mirror_shift, crop_faces, interocular_loss, load_train_validation, to_tensor
+from .training import PreparedFaces, atomic_save, calibrate_mirror_shift, interocular_loss, load_train_validation, to_tensor
 
 
 #: How augmented crops are labelled (see :func:`warp_pair`).
@@ -292,11 +292,14 @@ class ClusterData:
     val_targets: np.ndarray
 
 
-def refined_faces(vanilla_weights: "str | Path", box_model: BoxFromLandmarks, faces: PreparedFaces) -> PreparedFaces:
-    """``faces`` with their detector boxes replaced by re-boxing's boxes (the crops the heads will see)."""
-    first = LandmarkEngine("vanilla", weights=vanilla_weights, mirror=False, refine=False)
-    points = first.predict_faces(faces.images, np.arange(len(faces.boxes)), faces.boxes)
-    return replace(faces, boxes=box_model.boxes_for(points))
+def refined_faces(first_pass: LandmarkEngine, box_model: BoxFromLandmarks, faces: PreparedFaces) -> PreparedFaces:
+    """``faces`` with their detector boxes replaced by re-boxing's boxes (the crops the heads will see).
+
+    ``first_pass`` is the vanilla engine without mirror or re-boxing, as in
+    :meth:`facealign.engine.LandmarkEngine.predict_faces`.
+    """
+    points = first_pass.predict_faces(faces.images, np.arange(len(faces.boxes)), faces.boxes)
+    return replace(faces, boxes=box_model.rebox(points, faces.boxes))
 
 
 def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
@@ -368,7 +371,8 @@ def tweak(
     )
     if cfg.boxes == "refined":
         log("re-boxing the training and validation faces from a vanilla first pass")
-        train, val = (refined_faces(vanilla_weights, box_model, faces) for faces in (train, val))
+        first_pass = LandmarkEngine("vanilla", weights=vanilla_weights, mirror=False, refine=False)
+        train, val = (refined_faces(first_pass, box_model, faces) for faces in (train, val))
     tr_f = fc5_inputs(model, crop_faces(train.images, train.boxes), mean, std)
     va_f = fc5_inputs(model, crop_faces(val.images, val.boxes), mean, std)
     tr_t = to_box_coordinates(train.points, train.boxes).reshape(len(tr_f), -1)

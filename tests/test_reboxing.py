@@ -115,7 +115,7 @@ def test_an_implausible_first_pass_keeps_the_given_box():
     boxes = np.array([[0, 0, 40, 40], [10, 10, 50, 50], [0, 0, 40, 40], [0, 0, 40, 40]], float)
     face = np.array([[12.0, 15], [28, 15], [20, 23], [14, 30], [26, 30]])
     first = np.stack([np.full((5, 2), 7.0), np.full((5, 2), np.nan), face * 10, face])
-    out = eng._reboxed(first, boxes)
+    out = eng.box_model.rebox(first, boxes)
     np.testing.assert_array_equal(out[:3], boxes[:3])
     assert not np.allclose(out[3], boxes[3])
     np.testing.assert_allclose(out[3], eng.box_model.boxes_for(face[None])[0])
