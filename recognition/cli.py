@@ -198,7 +198,7 @@ def _log_line(line: str) -> None:
 @click.option("--out", "checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint, rewritten after every epoch; an existing one is resumed.")
 @click.option("--input-size", type=click.IntRange(min=63), default=112, show_default=True)
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True,
               help="Channel width multiplier of AlexNet.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
