@@ -1,7 +1,7 @@
 """The public face of facealign: detect, landmark and align in a few calls.
 
 >>> from facealign import FaceAligner, read_image
->>> aligner = FaceAligner()                      # dlib detector, TCNN, arcface 112
+>>> aligner = FaceAligner()                      # RetinaFace, TCNN, arcface 112
 >>> image = read_image("photo.jpg")              # H x W x 3 uint8 RGB
 >>> faces = aligner.process(image)               # boxes, scores, 5 points each
 >>> crop, matrix = aligner.align(image, faces[0].landmarks)
@@ -48,8 +48,9 @@ class FaceAligner:
     Parameters
     ----------
     detector : str or Detector
-        ``"dlib"`` (default), ``"haar"``, a registered plug-in name, or any object
-        with ``detect(image) -> Detections``.
+        ``"retinaface"`` (default), another name of
+        :data:`facealign.constants.BUILTIN_DETECTORS`, a plug-in name, or any
+        object with ``detect(image) -> Detections``.
     engine : {"tcnn", "vanilla"} or LandmarkEngine
         Landmark engine; TCNN by default.
     template : str, path, Template or (5, 2) array
@@ -57,6 +58,9 @@ class FaceAligner:
     size : int or (width, height), optional
         Output crop size; the template is rescaled to it. Defaults to the
         template's own size (112 for ``arcface``).
+    min_face : float, optional
+        Smallest face the detector looks for, in pixels (a detector given by
+        name only; default: the detector's own, 20 for the CNN detectors).
     """
 
     def __init__(
@@ -65,8 +69,9 @@ class FaceAligner:
         engine: "str | LandmarkEngine" = DEFAULT_ENGINE,
         template: "str | Path | Template | np.ndarray" = "arcface",
         size: "int | tuple[int, int] | None" = None,
+        min_face: float | None = None,
     ) -> None:
-        self.detector = get_detector(detector)
+        self.detector = get_detector(detector, min_face=min_face)
         self.engine = engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine)
         self.template = get_template(template, size)
 

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .alignment import warp_face
-from .constants import POINT_NAMES
+from .constants import DEFAULT_DETECTOR, POINT_NAMES
 from .imageio import ImageReadError, find_images, read_image_reduced, write_image_atomic
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
@@ -139,19 +139,22 @@ class CropSettings:
     Parameters
     ----------
     detector : str
-        Detector name (``"dlib"``, ``"haar"`` or a registered plug-in).
+        Detector name (:data:`facealign.constants.BUILTIN_DETECTORS` or a plug-in).
     engine : str
         Landmark engine, ``"tcnn"`` or ``"vanilla"``.
     template : str
         Built-in template name or path of a template JSON file.
     size : int, optional
         Crop side; defaults to the template's own size.
+    min_face : float, optional
+        Smallest face the detector looks for (pixels); None keeps its default.
     """
 
-    detector: str = "dlib"
+    detector: str = DEFAULT_DETECTOR
     engine: str = "tcnn"
     template: str = "arcface"
     size: int | None = None
+    min_face: float | None = None
 
 
 @dataclass
@@ -198,7 +201,7 @@ def get_aligner(settings: CropSettings) -> "FaceAligner":
     if aligner is None:
         from .aligner import FaceAligner
 
-        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size)
+        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size, settings.min_face)
         _ALIGNERS[settings] = aligner
     return aligner
 
@@ -240,9 +243,15 @@ class ImageFaces:
         return [Face(b, float(s), p) for b, s, p in zip(boxes, self.scores, points)]
 
 
-def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int) -> ImageFaces:
+def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int | None) -> ImageFaces:
+    from .detection import working_side
+
+    def side_for(width: int, height: int) -> int:
+        side = working_side(aligner.detector, width, height)
+        return side if max_side is None else min(side, max_side)
+
     try:
-        image, scale = read_image_reduced(path, max_side)
+        image, scale = read_image_reduced(path, side_for)
     except ImageReadError as exc:
         return ImageFaces(path, error=f"unreadable image: {exc.reason}")
     except MemoryError:
@@ -260,13 +269,15 @@ def iter_image_faces(
     paths: Sequence["str | os.PathLike[str]"],
     *,
     largest_only: bool = False,
-    max_side: int = WORK_MAX_SIDE,
+    max_side: int | None = None,
     batch_pixels: int = BATCH_PIXELS,
 ) -> Iterator[ImageFaces]:
     """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
 
-    Each image is decoded once at a working resolution of at most ``max_side``
-    pixels (longer side). Images are detected one by one and accumulated until
+    Each image is decoded once, at the working resolution its detector needs
+    (:func:`facealign.detection.working_side`: full resolution for the CNN
+    detectors at the default ``min_face``, at most 4,096 pixels for dlib and
+    Haar), and at most ``max_side`` pixels (longer side) when given. Images are detected one by one and accumulated until
     ``batch_pixels`` decoded pixels are held; then the landmark network runs
     once on every face of the batch (:meth:`LandmarkEngine.predict_many`).
     Unreadable images and detector errors are reported in ``error``, never raised.
@@ -676,7 +687,8 @@ def run_crop_job(
     in_dir: "str | os.PathLike[str]",
     out_dir: "str | os.PathLike[str]",
     *,
-    detector: str = "dlib",
+    detector: str = DEFAULT_DETECTOR,
+    min_face: float | None = None,
     engine: str = "tcnn",
     template: str = "arcface",
     size: int | None = None,
@@ -695,7 +707,7 @@ def run_crop_job(
     in_dir, out_dir : path
         Source folder (read only) and output folder (created). ``out_dir`` must
         not be ``in_dir`` nor lie inside it.
-    detector, engine, template, size
+    detector, min_face, engine, template, size
         As :class:`facealign.FaceAligner`; ``template`` is a built-in name or a
         JSON file path, ``size`` the crop side (default: the template's).
     largest_only : bool
@@ -734,7 +746,7 @@ def run_crop_job(
     mname = manifest_name(manifest_format)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    settings = CropSettings(detector, engine, template, size)
+    settings = CropSettings(detector, engine, template, size, min_face)
     n_jobs = _resolve_jobs(jobs)
     try:  # fail early on unknown names or missing weights (workers build their own)
         resolved = get_aligner(settings).template

@@ -44,9 +44,12 @@ RIGHT_EYE: Final[int] = 1
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 
-#: Names of the detector back-ends built into :mod:`facealign.detection` (the
-#: choices of every ``--detector`` option; the first is the default).
-BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("dlib", "dlib-fast", "haar")
+#: Names of the detector back-ends built into :mod:`facealign.detection`; the
+#: first is the default (chosen by the figures in README, "Face detection").
+BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("retinaface", "libfacedetection", "dlib", "dlib-fast", "haar")
+
+#: The detector used when none is named.
+DEFAULT_DETECTOR: Final[str] = BUILTIN_DETECTORS[0]
 
 #: Image file extensions that the batch tools pick up (lower case, with dot).
 IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
