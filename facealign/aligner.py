@@ -17,6 +17,7 @@ import numpy as np
 from .alignment import Template, get_template, warp_face
 from .detection import Detections, Detector, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
+from .reboxing import training_boxes
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,16 @@ class FaceAligner:
         """Face boxes and scores in an RGB image, largest first."""
         return self.detector.detect(image)
 
+    def engine_boxes(self, detections: Detections) -> np.ndarray:
+        """The boxes the landmark engine is given for these detections (``N x 4``).
+
+        The detector's boxes mapped to the training detector's convention, with
+        its own five points where it gives them
+        (:func:`facealign.reboxing.training_boxes`); unchanged for the training
+        detector (dlib) and for plug-ins, which re-boxing absorbs.
+        """
+        return training_boxes(getattr(self.detector, "name", ""), detections.boxes, detections.landmarks)
+
     def landmarks(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Five points (``N x 5 x 2``, pixels) for caller-supplied ``N x 4`` boxes, in one batch."""
         return self.engine.predict(image, boxes)
@@ -87,8 +98,8 @@ class FaceAligner:
         """Detect every face and put five landmarks on each."""
         det = self.detect(image)
         if largest_only:
-            det = Detections(det.boxes[:1], det.scores[:1])
-        pts = self.landmarks(image, det.boxes)
+            det = det.take(slice(0, 1))
+        pts = self.landmarks(image, self.engine_boxes(det))
         return [Face(b.astype(np.float64), float(s), p) for b, s, p in zip(det.boxes, det.scores, pts)]
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,13 +37,15 @@ starts again.
 
 Large photographs
 -----------------
-Each image is decoded once, at a *working* resolution whose longer side is at
-most :data:`WORK_MAX_SIDE` pixels (JPEGs in Pillow's draft mode, so a
-12000 x 9000 photograph never exists in memory at full size). Detection,
-landmarks and the warp all run on that working image; coordinates are mapped
-back to the original pixels for the records. A 4096-pixel image holds any face
-at far more than the 112 (or 224) pixels of a crop, so crops lose nothing.
-Within a worker, decoded images are batched for the landmark network until
+Each image is decoded once, at the *working* resolution its detector needs
+(:func:`facealign.detection.working_side`): the CNN detectors search a pyramid
+of tiles (:class:`facealign.detection.PyramidDetector`) and want the full
+resolution to find faces down to ``min_face`` (20 px by default) anywhere in a
+photo up to the decoder's pixel limit; dlib and Haar search at most 1,280 px
+and get at most :data:`WORK_MAX_SIDE` pixels (JPEGs in Pillow's draft mode).
+Detection, landmarks and the warp all run on that working image; coordinates
+are mapped back to the original pixels for the records. Within a worker,
+decoded images are batched for the landmark network until
 :data:`BATCH_PIXELS` pixels are held, which bounds memory per worker.
 """
 
@@ -64,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .alignment import warp_face
-from .constants import DEFAULT_DETECTOR, POINT_NAMES
+from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE
 from .imageio import ImageReadError, find_images, read_image_reduced, write_image_atomic
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
@@ -86,8 +88,6 @@ __all__ = [
     "run_crop_job",
 ]
 
-#: Longer side, in pixels, of the working image that a photo is decoded to.
-WORK_MAX_SIDE: int = 4096
 
 #: Decoded pixels a worker holds at most before running the landmark network
 #: (about 150 MB of RGB); a single larger image is processed on its own.
@@ -229,6 +229,8 @@ class ImageFaces:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2)))
     error: str | None = None
+    #: The boxes the landmark engine is given (:meth:`FaceAligner.engine_boxes`).
+    engine_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
         """Map ``(..., 2)`` working-image points (or box corners) to original pixels."""
@@ -260,8 +262,15 @@ def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max
         det = aligner.detect(image)
     except Exception as exc:  # a detector failing on one odd image must not stop a batch
         return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
-    n = 1 if largest_only else len(det)
-    return ImageFaces(path, image, scale, det.boxes[:n].astype(np.float64), det.scores[:n].astype(np.float64))
+    det = det.take(slice(0, 1 if largest_only else len(det)))
+    return ImageFaces(
+        path,
+        image,
+        scale,
+        det.boxes.astype(np.float64),
+        det.scores.astype(np.float64),
+        engine_boxes=aligner.engine_boxes(det),
+    )
 
 
 def iter_image_faces(
@@ -288,7 +297,7 @@ def iter_image_faces(
     def flush() -> Iterator[ImageFaces]:
         ok = [item for item in pending if item.error is None and len(item.boxes)]
         if ok:
-            points = aligner.engine.predict_many([item.image for item in ok], [item.boxes for item in ok])
+            points = aligner.engine.predict_many([item.image for item in ok], [item.engine_boxes for item in ok])
             for item, pts in zip(ok, points):
                 item.landmarks = np.asarray(pts, np.float64)
         yield from pending
@@ -373,6 +382,8 @@ def _process_chunk(
     if single_thread:
         _limit_threads()
     aligner = get_aligner(settings)
+    if single_thread and hasattr(aligner.detector, "set_threads"):
+        aligner.detector.set_threads(1)  # onnxruntime's own thread pool
     by_path = {t.path: t for t in tasks}
     results = []
     for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):

@@ -259,13 +259,20 @@ def landmarks(
 # --------------------------------------------------------------------------- #
 
 from .analysis import analyze  # noqa: E402
-from .model_cli import evaluate_command, sweep_k_command, train_command, tweak_command  # noqa: E402
+from .model_cli import (  # noqa: E402
+    evaluate_command,
+    fit_box_maps_command,
+    sweep_k_command,
+    train_command,
+    tweak_command,
+)
 
 main.add_command(analyze)
 main.add_command(train_command)
 main.add_command(tweak_command)
 main.add_command(evaluate_command)
 main.add_command(sweep_k_command)
+main.add_command(fit_box_maps_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

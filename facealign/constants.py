@@ -51,6 +51,15 @@ BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("retinaface", "libfacedetection", "
 #: The detector used when none is named.
 DEFAULT_DETECTOR: Final[str] = BUILTIN_DETECTORS[0]
 
+#: The detector whose boxes the landmark engines were trained on; other
+#: detectors' boxes are mapped to its convention (:class:`facealign.reboxing.DetectorBoxMap`).
+TRAINING_DETECTOR: Final[str] = "dlib"
+
+#: Longer side, in pixels, of the working image a photo is decoded to for the
+#: detectors that search a reduced image anyway (dlib, Haar: at most 1,280 px);
+#: crops keep the detail of this resolution.
+WORK_MAX_SIDE: Final[int] = 4096
+
 #: Image file extensions that the batch tools pick up (lower case, with dot).
 IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jp2"}

@@ -22,13 +22,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..constants import WORK_MAX_SIDE
 from .base import Detections, check_image
 
 __all__ = ["ScaledDetector", "DlibHogDetector", "FastDlibHogDetector", "HaarDetector"]
-
-#: Longer side of the working image the rescaling detectors want at most (their
-#: own ``max_side`` is smaller; the crop then keeps more detail than detection).
-SCALED_WORK_SIDE = 4096
 
 
 class ScaledDetector:
@@ -70,8 +67,9 @@ class ScaledDetector:
 
     def work_scale(self, height: int, width: int) -> float:
         """The largest resize factor worth decoding a photo of this size at (see
-        :func:`facealign.pipeline.decode_for`): up to :data:`SCALED_WORK_SIDE` pixels."""
-        return SCALED_WORK_SIDE / max(height, width)
+        :func:`facealign.detection.working_side`): up to
+        :data:`~facealign.constants.WORK_MAX_SIDE` pixels."""
+        return WORK_MAX_SIDE / max(height, width)
 
     def _detect_gray(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
