@@ -265,3 +265,22 @@ def test_entry_point_plugin_runs_in_crop_workers(face_photos, tmp_path):
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "centre-box" in proc.stderr and "retinaface" in proc.stderr
+
+
+@needs_retinaface
+def test_cli_min_face_and_detector_errors(shared_datasets):
+    from click.testing import CliRunner
+
+    from facealign.cli import main
+
+    photo = str(shared_datasets / "celeba_wild" / "images" / "000093.jpg")
+    runner = CliRunner()
+    found = runner.invoke(main, ["landmarks", photo, "--json"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.output)["faces"]) == 1  # the 24-px face, with the defaults
+    result = runner.invoke(main, ["landmarks", photo, "--json", "--min-face", "40"])
+    assert result.exit_code == 0 and json.loads(result.output)["faces"] == []
+    result = runner.invoke(main, ["landmarks", photo, "--detector", "dlib", "--min-face", "40"])
+    assert result.exit_code == 1 and "does not take" in result.output
+    result = runner.invoke(main, ["landmarks", photo, "--detector", "nope"])
+    assert result.exit_code == 2 and "retinaface" in result.output
