@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from .alignment import Template, get_template, warp_face
-from .detection import Detections, Detector, get_detector
+from .detection import Detections, Detector, _check_image, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
+
+
+def _check_input(image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is a non-empty ``H x W x 3`` uint8 array."""
+    _check_image(image)
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"empty image: {image.shape[1]} x {image.shape[0]} pixels")
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,16 @@ class FaceAligner:
         self.template = get_template(template, size)
 
     def detect(self, image: np.ndarray) -> Detections:
-        """Face boxes and scores in an RGB image, largest first."""
+        """Face boxes and scores in an RGB image, largest first.
+
+        Raises ``ValueError`` for anything but a non-empty ``H x W x 3`` uint8 array.
+        """
+        _check_input(image)
         return self.detector.detect(image)
 
     def landmarks(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Five points (``N x 5 x 2``, pixels) for caller-supplied ``N x 4`` boxes, in one batch."""
+        _check_input(image)
         return self.engine.predict(image, boxes)
 
     def process(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
@@ -91,4 +103,5 @@ class FaceAligner:
 
         Returns the crop (``H x W x 3`` uint8 RGB) and the 2 x 3 image-to-crop matrix.
         """
+        _check_input(image)
         return warp_face(image, landmarks, self.template)

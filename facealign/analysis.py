@@ -58,6 +58,8 @@ from typing import Any, Callable
 import click
 import numpy as np
 
+from .model_cli import default_cache
+
 #: Binary MTFL attributes analysed by Eq. 4 (a subset of ``data.ATTRIBUTE_NAMES``).
 BINARY_ATTRIBUTES: tuple[str, ...] = ("gender", "smile", "glasses")
 #: What label 1 means for each binary attribute (MTFL code 1).
@@ -1042,8 +1044,8 @@ def _default_data() -> str:
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default="cache",
-    show_default=True,
+    default=default_cache,
+    show_default="$FACEALIGN_CACHE, else $XDG_CACHE_HOME/facealign or ~/.cache/facealign",
     help="Detector-box cache folder.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
