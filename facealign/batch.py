@@ -2,12 +2,14 @@
 
 Layout
 ------
-``IN_DIR`` is walked recursively (:func:`facealign.imageio.find_images`) and its
+``IN_DIR`` is walked recursively (:func:`facealign.imageio.scan_folder`) and its
 sub-folders are mirrored in ``OUT_DIR``: face ``k`` (``k`` from 0, largest face
 first) of ``IN_DIR/a/b/photo.jpg`` becomes ``OUT_DIR/a/b/photo_<k>.<ext>``. When
 two sources of one folder would share output names (``photo.jpg`` and
 ``photo.png`` with ``--format png``, or ``photo.jpg`` and ``photo.jpeg``) their
 crops are named ``photo.jpg_<k>.<ext>`` and ``photo.png_<k>.<ext>`` instead.
+Output names are valid UTF-8: a byte of a source name that is not UTF-8 is
+written ``%XX`` (:func:`facealign.imageio.portable_name`).
 
 Two append-only record files sit in ``OUT_DIR``:
 
@@ -16,11 +18,16 @@ Two append-only record files sit in ``OUT_DIR``:
   the *original* image as a viewer shows it (EXIF orientation applied), whatever
   resolution the job worked at.
 * ``failures.jsonl``: one row per image that gave no crop, with a ``reason``
-  (``unreadable image: ...``, ``no face found``, ``failed: ...``).
+  (``unreadable file: ...``, ``unreadable image: ...``, ``no face found``,
+  ``output name taken: ...``, ``failed: ...``).
 
-An empty hidden file ``.facealign-crop.lock`` is locked while a job runs, so
-that a second job on the same ``OUT_DIR`` stops with an error instead of
-interleaving records.
+Hidden files in ``OUT_DIR`` hold the job's state: ``.facealign-crop.lock`` is
+locked by the job's process, ``.facealign-crop.workers`` (shared) by its worker
+processes while they write, so that a second job on the same ``OUT_DIR`` stops
+with an error instead of interleaving records, also while the workers of a
+killed job still run; ``.facealign-crop.json`` holds the settings (a rerun with
+other settings is refused); ``.facealign-crop.pending`` lists the crop names the
+current run may write.
 
 Resuming
 --------
@@ -28,12 +35,26 @@ Records are written by the parent process as results arrive and flushed after
 each chunk of images. The rows of one image are written in a single write, and
 only after all its crops have been written (each atomically, with
 :func:`facealign.imageio.write_image_atomic`), so an image is recorded either
-completely or not at all. On a rerun, images recorded in the manifest or the
-failures list with the same relative path, byte size and modification time are
-skipped; an image that changed since it was recorded is processed again and its
-old rows and crops are dropped. A torn last line (the job killed mid-write) is
-discarded. ``overwrite=True`` deletes the records and the crops they list and
-starts again.
+completely or not at all. A manifest row is the only thing that makes a crop
+done: on a rerun, files named like the crops of the pending list (or of dropped
+records) that the manifest does not list are deleted, and files named like a
+crop that no run of the job planned (the user's) are never overwritten: their
+image gets an ``output name taken`` failure. Images recorded in the manifest or
+the failures list with the same relative path, byte size and modification time
+are skipped; an image that changed since it was recorded is processed again and
+its old rows and crops are dropped, and so are those of a source no longer in
+``IN_DIR`` (unless it lies in a sub-folder that could not be listed). Failures
+in :data:`RETRIED_REASONS` are retried by every run. A torn last line (the job
+killed mid-write) is discarded. ``overwrite=True`` deletes the records and the
+crops they list and starts again.
+
+Errors
+------
+Nothing in ``IN_DIR`` stops a job (:func:`facealign.imageio.scan_folder`; every
+image-named entry is cropped or gets a failure). An error writing ``OUT_DIR``
+(disk full, I/O, permissions, too many open files) is not the image's fault: the
+job records what finished and stops with :class:`CropJobTransientError`; a
+rerun continues.
 
 Large photographs
 -----------------
