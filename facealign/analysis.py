@@ -58,7 +58,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from .model_cli import default_cache
+from .model_cli import cache_dir_option
 
 #: Binary MTFL attributes analysed by Eq. 4 (a subset of ``data.ATTRIBUTE_NAMES``).
 BINARY_ATTRIBUTES: tuple[str, ...] = ("gender", "smile", "glasses")
@@ -1041,13 +1041,7 @@ def _default_data() -> str:
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="EM iterations at most.")
 @click.option("--no-fc6", is_flag=True, help="Leave out the extra FC6-input column.")
 @click.option("--detector", default=None, help="Face detector [default: the one the weights were trained with, else dlib].")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_cache,
-    show_default="$FACEALIGN_CACHE, else $XDG_CACHE_HOME/facealign or ~/.cache/facealign",
-    help="Detector-box cache folder.",
-)
+@cache_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def analyze(
     data_root: Path,

@@ -917,8 +917,12 @@ class _Lock:
         if not self._flock(shared=False):
             self.handle.close()
             raise CropJobError(f"another crop job is writing to {str(self.path.parent)!r}")
-        with _WorkersLock(self.path.parent, shared=False):
-            pass
+        try:
+            with _WorkersLock(self.path.parent, shared=False):
+                pass
+        except BaseException:
+            self.handle.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1210,7 +1214,7 @@ def _run_locked(
             progress(0, len(todo))
         done = 0
         n_jobs = _resolve_jobs(jobs, len(todo))
-        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size):
+        for chunk_tasks, chunk in _guard_workers(_run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size)):
             rows = [r for image_rows, _ in chunk.results for r in image_rows]
             fails = [f for _, f in chunk.results if f is not None]
             _append(manifest, _encode_rows(rows, manifest_format))
@@ -1225,6 +1229,20 @@ def _run_locked(
             if progress is not None:
                 progress(done, len(todo))
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+
+
+def _guard_workers(chunks: Iterator[tuple[list[_Task], _ChunkResult]]) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+    """Pass the chunks on; a worker process that died (killed for memory, a crash in a
+    decoder) stops the job with :class:`CropJobTransientError` instead of a traceback."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    try:
+        yield from chunks
+    except TerminatedWorkerError as exc:
+        raise CropJobTransientError(
+            "a worker process died (killed for memory, or a crash in a decoder); the images it held are not "
+            "recorded; rerun to continue"
+        ) from exc
 
 
 def _resolve_jobs(jobs: "int | str | None", n_images: int) -> int:

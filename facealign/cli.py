@@ -187,9 +187,10 @@ def crop(
 
     from .batch import CropJobError, CropJobTransientError, run_crop_job
 
+    saved_warnings = os.environ.get("PYTHONWARNINGS"), warnings.filters[:]
     if quiet:  # also in the worker processes, which inherit the environment
-        warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"
+        warnings.simplefilter("ignore")
     # SIGTERM (timeout, docker stop, Kubernetes, Slurm) unwinds like Ctrl-C: the
     # records are closed, the workers stopped, then the lock released.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
@@ -226,6 +227,11 @@ def crop(
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        warnings.filters[:] = saved_warnings[1]
+        if saved_warnings[0] is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = saved_warnings[0]
     if not quiet:
         click.echo(summary.line(), err=True)
         if summary.failures:

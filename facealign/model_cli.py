@@ -24,7 +24,7 @@ def _default_data() -> str:
     return str(default_mtfl_root())
 
 
-def default_cache() -> str:
+def _default_cache() -> str:
     """Default of ``--cache-dir`` (:func:`facealign.data.default_cache_dir`), looked up when a command runs."""
     from .data import default_cache_dir
 
@@ -33,6 +33,17 @@ def default_cache() -> str:
 
 def _logger(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+
+
+def cache_dir_option(f):
+    """``--cache-dir`` (detector boxes), shared by ``evaluate`` and ``analyze``."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=_default_cache,
+        show_default="$FACEALIGN_CACHE, else $XDG_CACHE_HOME/facealign or ~/.cache/facealign",
+        help="Detector-box cache folder.",
+    )(f)
 
 
 def _data_option(f):
@@ -151,13 +162,7 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
 )
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="test: the AFLW test set.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=default_cache,
-    show_default="$FACEALIGN_CACHE, else $XDG_CACHE_HOME/facealign or ~/.cache/facealign",
-    help="Detector-box cache folder.",
-)
+@cache_dir_option
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
 def evaluate_command(data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json) -> None:

@@ -112,3 +112,17 @@ def crop_input(face_photos: list[Path], tmp_path_factory: pytest.TempPathFactory
     two_face_photo(face_photos, root / "two.jpg")
     expect["two.jpg"] = "face"
     return root, expect
+
+
+class Stop(Exception):
+    """Raised by :func:`stop_after` to interrupt a crop job between chunks."""
+
+
+def stop_after(n: int):
+    """A ``progress`` callback that stops the job once ``n`` images are done."""
+
+    def progress(done: int, total: int) -> None:
+        if done >= n:
+            raise Stop
+
+    return progress

@@ -21,7 +21,7 @@ from facealign.batch import (
     run_crop_job,
 )
 
-from conftest import two_face_photo
+from conftest import Stop, stop_after, two_face_photo
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -52,18 +52,6 @@ def reference(small_input, tmp_path) -> list[dict]:
     summary = run_crop_job(small_input, tmp_path / "ref", jobs=1)
     assert (summary.images, summary.processed, summary.faces, summary.failures) == (5, 5, 5, 1)
     return read_jsonl(tmp_path / "ref" / "manifest.jsonl")
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(n: int):
-    def progress(done: int, total: int) -> None:
-        if done >= n:
-            raise Stop
-
-    return progress
 
 
 def test_interrupted_job_resumes_with_each_crop_once(small_input, reference, tmp_path) -> None:

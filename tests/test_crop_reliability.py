@@ -33,7 +33,7 @@ import facealign.imageio as imageio
 from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
 from facealign.cli import EXIT_TEMPORARY, main
 
-from conftest import two_face_photo
+from conftest import Stop, stop_after, two_face_photo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,22 +322,10 @@ def test_item6_resuming_with_other_largest_only_or_format_is_refused(photos_in, 
 # --------------------------------------------------------------------------- 9 and 12. OUT_DIR holds only recorded crops
 
 
-class Stop(Exception):
-    pass
-
-
-def _stop_after(n: int):
-    def progress(done: int, total: int) -> None:
-        if done >= n:
-            raise Stop
-
-    return progress
-
-
 def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     with pytest.raises(Stop):
-        run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=_stop_after(1))
+        run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
     # What a kill leaves: complete-looking crops and a temporary of images not recorded.
     (out / "b").mkdir(exist_ok=True)
     (out / "b" / "two_7.jpg").write_bytes(b"crop written, never recorded")
