@@ -42,7 +42,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import stat
 import struct
 import subprocess

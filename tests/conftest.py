@@ -126,3 +126,19 @@ def stop_after(n: int):
             raise Stop
 
     return progress
+
+
+def photo_folder(face_photos: list[Path], root: Path, blank: bool = False) -> Path:
+    """``root/a/`` with the three one-face photos, ``root/b/two.jpg`` with two faces and,
+    with ``blank``, ``root/b/blank.png`` without a face."""
+    import shutil
+
+    from PIL import Image
+
+    (root / "a").mkdir(parents=True)
+    for photo in face_photos:
+        shutil.copy(photo, root / "a" / photo.name)
+    two_face_photo(face_photos, root / "b" / "two.jpg")
+    if blank:
+        Image.new("RGB", (200, 160), (30, 30, 30)).save(root / "b" / "blank.png")
+    return root

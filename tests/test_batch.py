@@ -21,7 +21,7 @@ from facealign.batch import (
     run_crop_job,
 )
 
-from conftest import Stop, stop_after, two_face_photo
+from conftest import Stop, photo_folder, stop_after
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -35,15 +35,7 @@ def crop_keys(rows: list[dict]) -> Counter:
 @pytest.fixture()
 def small_input(face_photos, tmp_path) -> Path:
     """Five images: three one-face photos, a two-face photo, a blank one (no face)."""
-    from PIL import Image
-
-    root = tmp_path / "in"
-    (root / "a").mkdir(parents=True)
-    for photo in face_photos:
-        shutil.copy(photo, root / "a" / photo.name)
-    two_face_photo(face_photos, root / "b" / "two.jpg")
-    Image.new("RGB", (200, 160), (30, 30, 30)).save(root / "b" / "blank.png")
-    return root
+    return photo_folder(face_photos, tmp_path / "in", blank=True)
 
 
 @pytest.fixture()

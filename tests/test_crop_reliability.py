@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -33,7 +32,7 @@ import facealign.imageio as imageio
 from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
 from facealign.cli import EXIT_TEMPORARY, main
 
-from conftest import Stop, stop_after, two_face_photo
+from conftest import Stop, photo_folder, stop_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,12 +62,7 @@ def assert_consistent(out: Path) -> list[dict]:
 @pytest.fixture()
 def photos_in(face_photos, tmp_path) -> Path:
     """``in/a/`` with the three one-face photos and ``in/b/two.jpg`` with two faces."""
-    root = tmp_path / "in"
-    (root / "a").mkdir(parents=True)
-    for photo in face_photos:
-        shutil.copy(photo, root / "a" / photo.name)
-    two_face_photo(face_photos, root / "b" / "two.jpg")
-    return root
+    return photo_folder(face_photos, tmp_path / "in")
 
 
 # --------------------------------------------------------------------------- 1. names that are not UTF-8
