@@ -263,7 +263,7 @@ class Summary:
             f"{self.images} images: {self.processed} processed, {self.skipped} skipped; "
             f"{self.faces} faces cropped, {self.failures} failures; "
             + (f"ignored: {ignored}; " if ignored else "")
-            + (f"{self.gone} removed sources dropped; " if self.gone else "")
+            + (f"records of {self.gone} deleted sources dropped; " if self.gone else "")
             + f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
         )
 

@@ -357,7 +357,7 @@ def test_item12_a_deleted_source_loses_its_rows_and_crops(photos_in, tmp_path) -
     (photos_in / "b" / "two.jpg").unlink()
     summary = run_crop_job(photos_in, out, jobs=1)
     assert (summary.gone, summary.processed, summary.skipped) == (1, 0, 3)
-    assert "1 removed sources dropped" in summary.line()
+    assert "records of 1 deleted sources dropped" in summary.line()
     rows = assert_consistent(out)
     assert {r["source"] for r in rows} == {"a/000114.jpg", "a/000131.jpg", "a/000149.jpg"}
     # An IN_DIR with no image at all (not mounted?) never empties OUT_DIR.
@@ -416,3 +416,27 @@ def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, m
     assert _resolve_jobs(-1, 1) == cores and _resolve_jobs(3, 1) == 3
     bad = run_cli("crop", photos_in, tmp_path / "x", "--jobs", "many")
     assert bad.exit_code == 2 and "'auto'" in bad.output
+
+
+def test_csv_manifest_of_an_earlier_version_is_resumed(photos_in, tmp_path) -> None:
+    """``warnings`` and ``source_b64`` are new CSV columns: an older manifest is read and rewritten."""
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0][-2:]) == ("warnings", "source_b64")
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(row[:-2] for row in rows)
+    summary = run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
+    assert (summary.processed, summary.skipped) == (0, 4)
+    with open(out / "manifest.csv", newline="") as handle:
+        assert list(csv.reader(handle)) == rows
+
+
+def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "run_crop_job", interrupted)
+    result = run_cli("crop", photos_in, tmp_path / "out", "-q")
+    assert result.exit_code == 130 and result.output.strip() == "interrupted; rerun the same command to continue"
