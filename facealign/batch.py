@@ -980,6 +980,9 @@ def _check_settings(out_dir: Path, wanted: dict[str, Any], has_records: bool) ->
         return
     except ValueError:
         earlier = {}
+    # A setting added to CropSettings after the records were made had its default then.
+    defaults = dataclasses.asdict(CropSettings())
+    earlier = {k: earlier.get(k, defaults.get(k)) for k in wanted} if isinstance(earlier, dict) else {}
     if has_records and earlier != wanted:
         changed = ", ".join(f"{k}: {earlier.get(k)!r}, now {v!r}" for k, v in wanted.items() if earlier.get(k) != v)
         raise CropJobError(
