@@ -51,7 +51,8 @@ crops they list and starts again.
 Errors
 ------
 Nothing in ``IN_DIR`` stops a job (:func:`facealign.imageio.scan_folder`; every
-image-named entry is cropped or gets a failure). An error writing ``OUT_DIR``
+image-named entry is cropped or gets a failure; with worker processes, an image
+that kills its worker gets a failure too, see :func:`_run_chunks`). An error writing ``OUT_DIR``
 (disk full, I/O, permissions, too many open files) is not the image's fault: the
 job records what finished and stops with :class:`CropJobTransientError`; a
 rerun continues.
@@ -159,6 +160,9 @@ _SETTINGS_NAME = ".facealign-crop.json"
 #: Output names (stem and extension) that the current run may write, one JSON
 #: array per line; the crops of these not in the manifest are removed on resume.
 _PENDING_NAME = ".facealign-crop.pending"
+#: Indices of the chunks that worker processes started, one per line: when a worker
+#: dies, the images of these chunks are redone one per process (see _run_chunks).
+_STARTED_NAME = ".facealign-crop.started"
 #: A crop file name: ``<stem>_<face><ext>``.
 _CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)$")
 
@@ -503,17 +507,24 @@ class _ChunkResult:
 
 def _process_chunk(
     tasks: list[_Task], settings: CropSettings, largest_only: bool, out_dir: str, single_thread: bool,
-    parent_pid: int | None = None,
+    parent_pid: int | None = None, chunk_index: int | None = None,
 ) -> _ChunkResult:
     """Crop a chunk of images (see :class:`_ChunkResult`).
 
     In a worker process (``parent_pid`` given) the worker first makes sure it
     dies with the job's process and holds the workers lock of ``out_dir``
-    while it writes (:func:`_own_worker`).
+    while it writes (:func:`_own_worker`); it notes ``chunk_index``, when
+    given, as started.
     """
     if parent_pid is not None:
         _own_worker(parent_pid)
         with _WorkersLock(Path(out_dir), shared=True):
+            if chunk_index is not None:
+                fd = os.open(Path(out_dir) / _STARTED_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, f"{chunk_index}\n".encode())
+                finally:
+                    os.close(fd)
             return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
     if single_thread:
         _limit_threads()
@@ -1217,7 +1228,7 @@ def _run_locked(
             progress(0, len(todo))
         done = 0
         n_jobs = _resolve_jobs(jobs, len(todo))
-        for chunk_tasks, chunk in _guard_workers(_run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size)):
+        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size):
             rows = [r for image_rows, _ in chunk.results for r in image_rows]
             fails = [f for _, f in chunk.results if f is not None]
             _append(manifest, _encode_rows(rows, manifest_format))
@@ -1232,20 +1243,6 @@ def _run_locked(
             if progress is not None:
                 progress(done, len(todo))
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
-
-
-def _guard_workers(chunks: Iterator[tuple[list[_Task], _ChunkResult]]) -> Iterator[tuple[list[_Task], _ChunkResult]]:
-    """Pass the chunks on; a worker process that died (killed for memory, a crash in a
-    decoder) stops the job with :class:`CropJobTransientError` instead of a traceback."""
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
-
-    try:
-        yield from chunks
-    except TerminatedWorkerError as exc:
-        raise CropJobTransientError(
-            "a worker process died (killed for memory, or a crash in a decoder); the images it held are not "
-            "recorded; rerun to continue"
-        ) from exc
 
 
 def _resolve_jobs(jobs: "int | str | None", n_images: int) -> int:
@@ -1274,14 +1271,22 @@ def _clear(out_dir: Path) -> None:
             for info, _ in entries:
                 _remove_output(out_dir, info["output"])
             manifest.unlink()
-    for name in (FAILURES_NAME, _SETTINGS_NAME, _PENDING_NAME):
+    for name in (FAILURES_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME):
         _unlink_quietly(out_dir / name)
 
 
 def _run_chunks(
     todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
-    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``."""
+    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``.
+
+    With worker processes, a worker that dies (a crash in a decoder, killed for
+    memory) does not stop the job: the images of every chunk that had started
+    and not finished are redone one per worker process
+    (:func:`_process_isolated`), and the image that kills its process again gets
+    a failure; the other chunks run on as before. (In one process, such an image
+    ends the job.)
+    """
     if not todo:
         return
     n_jobs = min(n_jobs, len(todo))
@@ -1293,14 +1298,56 @@ def _run_chunks(
             yield chunk, _process_chunk(chunk, settings, largest_only, str(out_dir), False)
         return
     from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
     parent = os.getpid()
-    results = parallel(delayed(_process_chunk)(c, settings, largest_only, str(out_dir), True, parent) for c in chunks)
+    started = out_dir / _STARTED_NAME
+    while chunks:
+        _rewrite(started, "")
+        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
+        results = parallel(
+            delayed(_process_chunk)(c, settings, largest_only, str(out_dir), True, parent, i) for i, c in enumerate(chunks)
+        )
+        done, died = 0, False
+        try:
+            for chunk, result in zip(chunks, results):
+                yield chunk, result
+                done += 1
+        except TerminatedWorkerError:
+            died = True
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        if not died:
+            break
+        text, _ = _read_text(started)
+        suspects = {int(i) for i in text.split() if i.isdigit() and int(i) >= done} or {done}
+        yield from _process_isolated([t for i in sorted(suspects) for t in chunks[i]], settings, largest_only, out_dir)
+        chunks = [c for i, c in enumerate(chunks) if i >= done and i not in suspects]
+    _unlink_quietly(started)
+
+
+def _process_isolated(
+    tasks: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path
+) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+    """Each image in turn in one worker process; an image whose process dies gets a
+    failure, and a new process takes the next one."""
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor, TerminatedWorkerError
+
+    executor = None
     try:
-        for chunk, result in zip(chunks, results):
-            yield chunk, result
+        for task in tasks:
+            executor = executor or ProcessPoolExecutor(max_workers=1)
+            try:
+                result = executor.submit(_process_chunk, [task], settings, largest_only, str(out_dir), True,
+                                         os.getpid()).result()  # fmt: skip
+            except TerminatedWorkerError:
+                reason = "failed: the worker process died on it (a crash in a decoder, or killed for memory)"
+                result = _ChunkResult([([], _failure(task, reason))])
+                executor.shutdown(wait=True)
+                executor = None
+            yield [task], result
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)

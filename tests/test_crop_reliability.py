@@ -440,3 +440,22 @@ def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(batch, "run_crop_job", interrupted)
     result = run_cli("crop", photos_in, tmp_path / "out", "-q")
     assert result.exit_code == 130 and result.output.strip() == "interrupted; rerun the same command to continue"
+
+
+def test_item2_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
+    """A crash in a decoder (or the out-of-memory killer) ends one worker, not the job."""
+    shutil.copy(photos_in / "a" / "000131.jpg", photos_in / "a" / "crash.jpg")
+    real = batch._process_chunk
+
+    def crashing(tasks, *args):  # pickled by value: runs in the worker processes
+        if len(args) > 4 and args[4] is not None and any(t.source.endswith("crash.jpg") for t in tasks):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(tasks, *args)
+
+    monkeypatch.setattr(batch, "_process_chunk", crashing)
+    out = tmp_path / "out"
+    summary = run_crop_job(photos_in, out, jobs=2, chunk_size=1)
+    assert (summary.processed, summary.faces, summary.failures) == (5, 5, 1)
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "a/crash.jpg" and "worker process died" in failure["reason"]
+    assert len(assert_consistent(out)) == 5
