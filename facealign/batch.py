@@ -101,6 +101,7 @@ from .imageio import (
     raw_name_b64,
     read_image_reduced,
     scan_folder,
+    write_bytes_atomic,
     write_image_atomic,
 )
 
@@ -744,13 +745,8 @@ def _write_manifest(path: Path, fmt: str, raws: list[Any]) -> None:
 
 
 def _rewrite(path: Path, text: str) -> None:
-    """Replace a record file atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Replace a record file atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _load_records(

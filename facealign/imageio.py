@@ -44,9 +44,10 @@ __all__ = [
     "name_from_b64",
     "portable_name",
     "raw_name_b64",
-    "scan_folder",
     "read_image",
     "read_image_reduced",
+    "scan_folder",
+    "write_bytes_atomic",
     "write_image_atomic",
 ]
 
@@ -432,12 +433,27 @@ def write_image_atomic(
     if not ok:
         raise ValueError(f"OpenCV could not encode {str(path)!r} as {extension}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent
-    )
+    return write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` so that ``path`` appears all at once, with its new content or its old.
+
+    The bytes go to a hidden temporary file ``.<name>.<random>.part`` in the
+    same folder, are flushed to disk with ``fsync`` and renamed onto ``path``
+    (:func:`os.replace`); on any error the temporary file is removed and the
+    error raised. The folder must exist.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
