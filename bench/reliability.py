@@ -29,7 +29,7 @@ until the job finishes. It prints:
   files left, records that are not strict UTF-8 JSON.
 
 Usage: ``python bench/reliability.py [--seed 0] [--fuzz 500] [--photos 1000] [--kills 3]``
-(about 8 minutes on 2 busy cores).
+(2 to 8 minutes on 2 cores, with their load).
 """
 
 from __future__ import annotations
