@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .alignment import Template, get_template, warp_face
-from .detection import Detections, Detector, get_detector
+from .detection import Detections, Detector, check_image, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
 from .reboxing import training_boxes
 
@@ -77,7 +77,11 @@ class FaceAligner:
         self.template = get_template(template, size)
 
     def detect(self, image: np.ndarray) -> Detections:
-        """Face boxes and scores in an RGB image, largest first."""
+        """Face boxes and scores in an RGB image, largest first.
+
+        Raises ``ValueError`` for anything but a non-empty ``H x W x 3`` uint8 array.
+        """
+        check_image(image)
         return self.detector.detect(image)
 
     def engine_boxes(self, detections: Detections) -> np.ndarray:
@@ -92,6 +96,7 @@ class FaceAligner:
 
     def landmarks(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Five points (``N x 5 x 2``, pixels) for caller-supplied ``N x 4`` boxes, in one batch."""
+        check_image(image)
         return self.engine.predict(image, boxes)
 
     def process(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
@@ -107,4 +112,5 @@ class FaceAligner:
 
         Returns the crop (``H x W x 3`` uint8 RGB) and the 2 x 3 image-to-crop matrix.
         """
+        check_image(image)
         return warp_face(image, landmarks, self.template)

@@ -58,6 +58,8 @@ from typing import Any, Callable
 import click
 import numpy as np
 
+from .model_cli import cache_dir_option
+
 #: Binary MTFL attributes analysed by Eq. 4 (a subset of ``data.ATTRIBUTE_NAMES``).
 BINARY_ATTRIBUTES: tuple[str, ...] = ("gender", "smile", "glasses")
 #: What label 1 means for each binary attribute (MTFL code 1).
@@ -1039,13 +1041,7 @@ def _default_data() -> str:
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="EM iterations at most.")
 @click.option("--no-fc6", is_flag=True, help="Leave out the extra FC6-input column.")
 @click.option("--detector", default=None, help="Face detector [default: the one the weights were trained with, else dlib].")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="cache",
-    show_default=True,
-    help="Detector-box cache folder.",
-)
+@cache_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def analyze(
     data_root: Path,

@@ -7,11 +7,23 @@ Commands defined here: ``crop`` (batch alignment, :mod:`facealign.batch`) and
 Heavy modules (torch, the engines) are imported inside the commands, so
 ``facealign --help`` stays fast. User errors exit non-zero with a one-line
 message (:class:`click.ClickException`).
+
+Exit codes (one scheme for every command; README, "Exit codes"):
+
+* 0: done (images that could not be used are reported, not errors);
+* 1: an error the tool found (missing or unusable input, bad settings, records
+  of other settings): a one-line ``Error: ...`` on stderr;
+* 2: the command line itself is wrong (unknown option, bad value: click);
+* 75 (:data:`EXIT_TEMPORARY`, ``EX_TEMPFAIL``): the job stopped on a condition
+  that is not the input's fault (disk full, I/O or permission error in OUT_DIR);
+  fix it and rerun the same command to continue;
+* 130 / 143: interrupted by SIGINT (Ctrl-C) / SIGTERM; rerun to continue.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +36,34 @@ from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
 ENGINE_CHOICES = ("tcnn", "vanilla")
 #: Images per landmark-network batch in ``facealign landmarks``.
 LANDMARKS_CHUNK = 64
+#: Exit code of a job stopped by a temporary condition (sysexits ``EX_TEMPFAIL``).
+EXIT_TEMPORARY = 75
+
+
+class _TemporaryFailure(click.ClickException):
+    """A one-line error with exit code :data:`EXIT_TEMPORARY`."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _jobs_type(value: str | int) -> int | str:
+    """``--jobs``: a number of processes, ``auto`` or -1 (all cores)."""
+    if isinstance(value, int) or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of processes, 'auto' or -1") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,9 +150,11 @@ class _ProgressBar:
 @click.option(
     "--jobs",
     "-j",
-    type=int,
-    default=-1,
-    help="Worker processes; -1 (default) uses all cores.",
+    type=_jobs_type,
+    default="auto",
+    show_default=True,
+    help="Worker processes: a number, -1 for all cores, or 'auto' (one per "
+    "100 images to process, at most one per core; small jobs run in one process).",
 )
 @click.option(
     "--format",
@@ -129,7 +171,7 @@ class _ProgressBar:
     help="Format of OUT_DIR/manifest.*.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume).")
-@click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar or summary; only errors.")
+@click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors.")
 def crop(
     in_dir: Path,
     out_dir: Path,
@@ -139,7 +181,7 @@ def crop(
     template: str,
     size: int | None,
     largest_only: bool,
-    jobs: int,
+    jobs: int | str,
     fmt: str | None,
     manifest_format: str,
     overwrite: bool,
@@ -152,9 +194,23 @@ def crop(
     score, five landmarks and source-to-crop transform in original-image pixels;
     OUT_DIR/failures.jsonl lists the images that gave no crop and why. A rerun
     skips the images already recorded, so an interrupted job resumes.
-    """
-    from .batch import CropJobError, run_crop_job
 
+    Exit codes: 0 done; 1 error (message on stderr); 2 bad command line; 75
+    stopped by a temporary condition in OUT_DIR (disk full, I/O, permissions):
+    fix it and rerun to continue; 130 / 143 interrupted by SIGINT / SIGTERM.
+    """
+    import os
+    import warnings
+
+    from .batch import CropJobError, CropJobTransientError, run_crop_job
+
+    saved_warnings = os.environ.get("PYTHONWARNINGS"), warnings.filters[:]
+    if quiet:  # also in the worker processes, which inherit the environment
+        os.environ["PYTHONWARNINGS"] = "ignore"
+        warnings.simplefilter("ignore")
+    # SIGTERM (timeout, docker stop, Kubernetes, Slurm) unwinds like Ctrl-C: the
+    # records are closed, the workers stopped, then the lock released.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
     bar = _ProgressBar("Cropping", enabled=not quiet)
     try:
         summary = run_crop_job(
@@ -172,10 +228,28 @@ def crop(
             manifest_format=manifest_format,
             progress=bar,
         )
+    except CropJobTransientError as exc:
+        raise _TemporaryFailure(str(exc)) from exc
     except CropJobError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo("interrupted; rerun the same command to continue", err=True)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:
+            bar.close()
+            click.echo("terminated; rerun the same command to continue", err=True)
+        raise
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        warnings.filters[:] = saved_warnings[1]
+        if saved_warnings[0] is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = saved_warnings[0]
     if not quiet:
         click.echo(summary.line(), err=True)
         if summary.failures:
@@ -219,10 +293,17 @@ def landmarks(
     points are in MTFL order: image-left eye, image-right eye, nose, image-left
     and image-right mouth corners. With --json each line is
     {"image": PATH, "faces": [{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5]}]},
-    or {"image": PATH, "error": MESSAGE} for an unreadable image.
+    or {"image": PATH, "error": MESSAGE} for an unreadable image; "warnings" lists the
+    decoder's warnings, if any, and "image_b64" the exact bytes of a file name that
+    is not valid UTF-8 (PATH then shows such bytes as %XX). A missing input is an
+    error (exit 1) before any work.
     """
     from .batch import CropSettings, get_aligner, iter_image_faces
+    from .imageio import portable_name, raw_name_b64
 
+    missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
+    if missing:
+        raise click.ClickException("no such file or folder: " + ", ".join(portable_name(m) for m in missing))
     try:
         aligner = get_aligner(CropSettings(detector=detector, engine=engine, min_face=min_face))
     except (ValueError, FileNotFoundError) as exc:
@@ -230,16 +311,23 @@ def landmarks(
     paths = _expand(inputs)
     for chunk in _chunks(paths, LANDMARKS_CHUNK):
         for item in iter_image_faces(aligner, chunk, largest_only=largest_only):
-            name = str(item.path)
+            name = portable_name(str(item.path))
+            # A name that is not UTF-8 is printed with %XX bytes; JSON adds the exact bytes.
+            record: dict = {"image": name}
+            raw = raw_name_b64(str(item.path))
+            if raw is not None:
+                record["image_b64"] = raw
+            if item.warnings:
+                record["warnings"] = item.warnings
             if item.error is not None:
                 if as_json:
-                    click.echo(json.dumps({"image": name, "error": item.error}))
+                    click.echo(json.dumps({**record, "error": item.error}))
                 else:
                     click.echo(f"{name}\terror: {item.error}")
                 continue
             faces = item.faces()
             if as_json:
-                click.echo(json.dumps({"image": name, "faces": [f.to_json() for f in faces]}))
+                click.echo(json.dumps({**record, "faces": [f.to_json() for f in faces]}))
             elif not faces:
                 click.echo(f"{name}\tno face found")
             else:

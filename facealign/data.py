@@ -72,6 +72,16 @@ def default_mtfl_root() -> Path:
     return Path(env) if env else Path.cwd().parent / "shared" / "datasets" / "mtfl"
 
 
+def default_cache_dir() -> Path:
+    """Where the detector-box caches go by default: ``$FACEALIGN_CACHE``, else
+    ``$XDG_CACHE_HOME/facealign``, else ``~/.cache/facealign`` (never the current folder)."""
+    env = os.environ.get("FACEALIGN_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "facealign"
+
+
 def load_mtfl(root: "str | Path", split: str = "train") -> LandmarkSet:
     """Read ``train.txt`` (``split="train"``) or ``test_aflw.txt`` (``split="test"``)."""
     root = Path(root)

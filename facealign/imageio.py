@@ -15,13 +15,19 @@ read without changing Pillow's global configuration for other code.
 
 from __future__ import annotations
 
+import base64
+import errno
+import logging
 import math
 import os
+import stat
 import tempfile
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -32,10 +38,16 @@ from facealign.constants import IMAGE_EXTENSIONS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FolderScan",
     "ImageReadError",
     "find_images",
+    "name_from_b64",
+    "portable_name",
+    "raw_name_b64",
     "read_image",
     "read_image_reduced",
+    "scan_folder",
+    "write_bytes_atomic",
     "write_image_atomic",
 ]
 
@@ -73,31 +85,66 @@ class ImageReadError(Exception):
         The file that failed.
     reason : str
         Why it failed.
+    errno : int, optional
+        The operating-system error number when the *file* could not be opened
+        or read (permission, I/O error, too many open files, ...), as opposed
+        to a file that was read but is not a valid image (``None``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str, errno: int | None = None) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.errno = errno
         super().__init__(f"cannot read image {str(self.path)!r}: {reason}")
 
 
+class _ListHandler(logging.Handler):
+    """Collects the messages of log records into a list."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextmanager
-def _strict_pillow() -> Iterator[None]:
+def _strict_pillow(decoder_warnings: list[str] | None = None) -> Iterator[None]:
     """Disable Pillow's bomb guard and enable strict truncation checks, locally.
 
-    The size limit is enforced by the caller instead (``max_pixels``).
+    The size limit is enforced by the caller instead (``max_pixels``). With a
+    ``decoder_warnings`` list, the Python warnings and the ``PIL`` log messages
+    (warning level and above) raised meanwhile are appended to it instead of
+    being shown.
     """
     with _PILLOW_SETTINGS_LOCK:
         saved_max, saved_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
         Image.MAX_IMAGE_PIXELS = None
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+        pil_logger = logging.getLogger("PIL")
+        handler, saved_propagate = None, pil_logger.propagate
+        if decoder_warnings is not None:
+            handler = _ListHandler(decoder_warnings)
+            pil_logger.addHandler(handler)
+            pil_logger.propagate = False
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(record=decoder_warnings is not None) as caught:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                yield
+                if decoder_warnings is not None:
+                    warnings.simplefilter("always")
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                try:
+                    yield
+                finally:
+                    if caught:
+                        decoder_warnings.extend(str(w.message) for w in caught)
         finally:
             Image.MAX_IMAGE_PIXELS = saved_max
             ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+            if handler is not None:
+                pil_logger.removeHandler(handler)
+                pil_logger.propagate = saved_propagate
 
 
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
@@ -173,18 +220,23 @@ def _decode(
     path: str | os.PathLike[str],
     max_pixels: int,
     max_side: "int | MaxSide | None",
+    decoder_warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode ``path``; with ``max_side``, use JPEG draft mode and return the DCT scale."""
     path = Path(path)
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-    if not path.is_file():
-        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ImageReadError(path, _os_reason(exc), exc.errno) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(path, "not a regular file")
+    if info.st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     scale = 1.0
     try:
-        with _strict_pillow(), Image.open(path) as image:
+        with _strict_pillow(decoder_warnings), Image.open(path) as image:
             if max_side is not None:
                 width, height = image.size
                 if callable(max_side):
@@ -207,11 +259,18 @@ def _decode(
     except MemoryError:
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data
+        if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its contents
+            raise ImageReadError(path, _os_reason(exc), exc.errno) from exc
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, Image.UnidentifiedImageError):
             reason = "not a recognised image format"
         raise ImageReadError(path, reason) from exc
     return np.ascontiguousarray(rgb, dtype=np.uint8), scale
+
+
+def _os_reason(exc: OSError) -> str:
+    """Lower-case ``"no such file or directory"``-style text of an operating-system error."""
+    return (exc.strerror or f"{type(exc).__name__}: {exc}").lower()
 
 
 def read_image(
@@ -258,6 +317,8 @@ def read_image_reduced(
     path: str | os.PathLike[str],
     max_side: "int | MaxSide",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    decoder_warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode an image so that its longer side is at most ``max_side`` pixels.
 
@@ -277,6 +338,10 @@ def read_image_reduced(
         (read from the file header, before decoding).
     max_pixels : int, optional
         Largest accepted number of pixels *decoded* (after the DCT reduction).
+    decoder_warnings : list of str, optional
+        When given, the warnings of the decoder on an image that still decodes
+        (Python warnings and ``PIL`` log messages, e.g. ``"Corrupt EXIF data"``)
+        are appended to it instead of being printed.
 
     Returns
     -------
@@ -306,7 +371,7 @@ def read_image_reduced(
             resolved.append(max(1, int(side_for(width, height))))
             return resolved[-1]
 
-    rgb, draft_scale = _decode(path, max_pixels, max_side)
+    rgb, draft_scale = _decode(path, max_pixels, max_side, decoder_warnings)
     if resolved:
         max_side = resolved[-1]
     height, width = rgb.shape[:2]
@@ -386,12 +451,27 @@ def write_image_atomic(
     if not ok:
         raise ValueError(f"OpenCV could not encode {str(path)!r} as {extension}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent
-    )
+    return write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` so that ``path`` appears all at once, with its new content or its old.
+
+    The bytes go to a hidden temporary file ``.<name>.<random>.part`` in the
+    same folder, are flushed to disk with ``fsync`` and renamed onto ``path``
+    (:func:`os.replace`); on any error the temporary file is removed and the
+    error raised. The folder must exist.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
@@ -413,6 +493,171 @@ def _is_image_name(name: str) -> bool:
     )
 
 
+# --------------------------------------------------------------------------- #
+# File names that are not valid UTF-8
+# --------------------------------------------------------------------------- #
+# On POSIX a file name is bytes; Python gives names that are not valid UTF-8 as
+# str with "surrogate escapes" (byte 0xE9 -> "\udce9"), which round-trip through
+# os.fsencode but are not valid text for JSON, CSV or a UTF-8 terminal.
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def portable_name(name: str) -> str:
+    """``name`` as valid Unicode text: each byte that is not UTF-8 becomes ``%XX``.
+
+    A file name read from disk that is not valid UTF-8 (bytes ``caf\xe9.jpg``
+    from an old Latin-1 or FAT copy) becomes ``"caf%E9.jpg"``; every other name
+    is returned unchanged. The result can be written to JSON, CSV and terminals;
+    it is not reversible on its own (a real file may be named ``caf%E9.jpg``):
+    :func:`raw_name_b64` gives the exact bytes.
+    """
+    if _is_text(name):
+        return name
+    raw = os.fsencode(name).decode("utf-8", "surrogateescape")
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in raw)
+
+
+def raw_name_b64(name: str) -> str | None:
+    """Base64 of the bytes of a file name that is not valid UTF-8, else ``None``.
+
+    ``os.fsdecode(base64.b64decode(value))`` gives the name back (see
+    :func:`name_from_b64`).
+    """
+    return None if _is_text(name) else base64.b64encode(os.fsencode(name)).decode("ascii")
+
+
+def name_from_b64(value: str) -> str:
+    """The file name (surrogate-escaped str) whose bytes :func:`raw_name_b64` encoded."""
+    return os.fsdecode(base64.b64decode(value))
+
+
+# --------------------------------------------------------------------------- #
+# Walking a folder of images
+# --------------------------------------------------------------------------- #
+
+#: Kinds of directory entries that :func:`scan_folder` leaves out, for its counts.
+IGNORED_KINDS: tuple[str, ...] = (
+    "unknown extension",
+    "hidden",
+    "directory symlink",
+    "broken symlink",
+    "unreadable folder",
+    "not a regular file",
+)
+
+
+@dataclass
+class FolderScan:
+    """What :func:`scan_folder` found under a folder.
+
+    Attributes
+    ----------
+    images : list of (Path, os.stat_result or None, str or None)
+        Every entry named like an image (extension in
+        :data:`facealign.constants.IMAGE_EXTENSIONS`, not hidden), sorted by
+        path components: its path, its ``stat`` (links followed) when it is a
+        readable regular file, else ``None`` and why not (``"broken symbolic
+        link"``, ``"not a regular file"``, ``"permission denied"``, ...).
+    ignored : collections.Counter
+        Entries left out, by kind (:data:`IGNORED_KINDS`): files with another
+        extension, hidden entries, symbolic links to folders (not followed),
+        links to nothing or to themselves, sub-folders that cannot be listed, and
+        special files (FIFOs, sockets, devices) that are not named like images.
+    unreadable_folders : list of Path
+        Sub-folders that could not be listed (their files are unknown).
+    """
+
+    images: list[tuple[Path, "os.stat_result | None", "str | None"]] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)
+    unreadable_folders: list[Path] = field(default_factory=list)
+
+
+def _classify(entry: os.DirEntry) -> tuple[str, "os.stat_result | None", str | None]:
+    """``("dir" | "image" | "other", stat, problem)`` for one directory entry."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None, None
+        is_link = entry.is_symlink()
+        info = os.stat(entry.path)  # follows links
+    except OSError as exc:
+        problem = "broken symbolic link" if exc.errno in (errno.ENOENT, errno.ELOOP) else _os_reason(exc)
+        return ("image" if _is_image_name(entry.name) else "other"), None, problem
+    if is_link and stat.S_ISDIR(info.st_mode):
+        return "other", info, "directory symlink"
+    if not _is_image_name(entry.name):
+        return "other", info, None if stat.S_ISREG(info.st_mode) else "not a regular file"
+    if not stat.S_ISREG(info.st_mode):
+        return "image", None, "not a regular file"
+    return "image", info, None
+
+
+def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
+    """Walk a folder for images, never stopped by what is in it.
+
+    Hidden entries (names starting with ``.``) and ``.part`` temporaries of
+    :func:`write_image_atomic` are skipped, symbolic links to files are
+    followed, symbolic links to folders are not. Unlike :func:`os.walk`, every
+    entry left out is counted by kind, an image-named entry that cannot be read
+    (a broken link, a FIFO) is listed with the reason, and a sub-folder that
+    cannot be listed is counted and named instead of silently skipped.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Folder to walk.
+
+    Returns
+    -------
+    FolderScan
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist.
+    OSError
+        If ``root`` itself cannot be listed.
+    """
+    root = Path(root)
+    scan = FolderScan()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            if folder == root:
+                raise
+            scan.ignored["unreadable folder"] += 1
+            scan.unreadable_folders.append(folder)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                scan.ignored["hidden"] += 1
+                continue
+            kind, info, problem = _classify(entry)
+            path = folder / entry.name
+            if kind == "dir":
+                pending.append(path)
+            elif kind == "image":
+                scan.images.append((path, info, problem))
+            elif problem == "broken symbolic link":
+                scan.ignored["broken symlink"] += 1
+            elif problem in ("directory symlink", "not a regular file"):
+                scan.ignored[problem] += 1
+            else:
+                scan.ignored["unknown extension"] += 1
+    scan.images.sort(key=lambda item: item[0].relative_to(root).parts)
+    return scan
+
+
 def find_images(root: str | os.PathLike[str]) -> list[Path]:
     """List the image files under a directory, recursively, in sorted order.
 
@@ -420,7 +665,8 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
     is in :data:`facealign.constants.IMAGE_EXTENSIONS`. Hidden files and
     directories (names starting with ``.``) and ``.part`` temporaries of
     :func:`write_image_atomic` are skipped; symbolic links to directories are
-    not followed.
+    not followed. Image-named entries that cannot be read (broken links) are
+    listed too, so that callers report them; :func:`scan_folder` says why.
 
     Parameters
     ----------
@@ -444,9 +690,4 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
         return [root] if _is_image_name(root.name) else []
     if not root.is_dir():
         raise FileNotFoundError(f"no such directory: {str(root)!r}")
-    found: list[Path] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
-        base = Path(directory)
-        found.extend(base / name for name in files if _is_image_name(name))
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+    return [path for path, _, _ in scan_folder(root).images]

@@ -18,19 +18,41 @@ import numpy as np
 
 from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, TRAINING_DETECTOR
 
-DEFAULT_DATA = "../shared/datasets/mtfl"
+def _default_data() -> str:
+    """Default of ``--data``, looked up when a command runs (imports stay lazy)."""
+    from .data import default_mtfl_root
+
+    return str(default_mtfl_root())
+
+
+def _default_cache() -> str:
+    """Default of ``--cache-dir`` (:func:`facealign.data.default_cache_dir`), looked up when a command runs."""
+    from .data import default_cache_dir
+
+    return str(default_cache_dir())
 
 
 def _logger(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
 
 
+def cache_dir_option(f):
+    """``--cache-dir`` (detector boxes), shared by ``evaluate`` and ``analyze``."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=_default_cache,
+        show_default="$FACEALIGN_CACHE, else $XDG_CACHE_HOME/facealign or ~/.cache/facealign",
+        help="Detector-box cache folder.",
+    )(f)
+
+
 def _data_option(f):
     return click.option(
         "--data",
         type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_DATA,
-        show_default=True,
+        default=_default_data,
+        show_default="$FACEALIGN_MTFL or ../shared/datasets/mtfl",
         help="MTFL folder (train.txt, test_aflw.txt and images).",
     )(f)
 
@@ -147,7 +169,7 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     show_default=True,
     help="test: the AFLW test set; validation: the held-out 10% of train.txt; train: all of train.txt.",
 )
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+@cache_dir_option
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
 def evaluate_command(data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json) -> None:

@@ -112,3 +112,33 @@ def crop_input(face_photos: list[Path], tmp_path_factory: pytest.TempPathFactory
     two_face_photo(face_photos, root / "two.jpg")
     expect["two.jpg"] = "face"
     return root, expect
+
+
+class Stop(Exception):
+    """Raised by :func:`stop_after` to interrupt a crop job between chunks."""
+
+
+def stop_after(n: int):
+    """A ``progress`` callback that stops the job once ``n`` images are done."""
+
+    def progress(done: int, total: int) -> None:
+        if done >= n:
+            raise Stop
+
+    return progress
+
+
+def photo_folder(face_photos: list[Path], root: Path, blank: bool = False) -> Path:
+    """``root/a/`` with the three one-face photos, ``root/b/two.jpg`` with two faces and,
+    with ``blank``, ``root/b/blank.png`` without a face."""
+    import shutil
+
+    from PIL import Image
+
+    (root / "a").mkdir(parents=True)
+    for photo in face_photos:
+        shutil.copy(photo, root / "a" / photo.name)
+    two_face_photo(face_photos, root / "b" / "two.jpg")
+    if blank:
+        Image.new("RGB", (200, 160), (30, 30, 30)).save(root / "b" / "blank.png")
+    return root

@@ -21,7 +21,7 @@ from facealign.batch import (
     run_crop_job,
 )
 
-from conftest import two_face_photo
+from conftest import Stop, photo_folder, stop_after
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -35,15 +35,7 @@ def crop_keys(rows: list[dict]) -> Counter:
 @pytest.fixture()
 def small_input(face_photos, tmp_path) -> Path:
     """Five images: three one-face photos, a two-face photo, a blank one (no face)."""
-    from PIL import Image
-
-    root = tmp_path / "in"
-    (root / "a").mkdir(parents=True)
-    for photo in face_photos:
-        shutil.copy(photo, root / "a" / photo.name)
-    two_face_photo(face_photos, root / "b" / "two.jpg")
-    Image.new("RGB", (200, 160), (30, 30, 30)).save(root / "b" / "blank.png")
-    return root
+    return photo_folder(face_photos, tmp_path / "in", blank=True)
 
 
 @pytest.fixture()
@@ -52,18 +44,6 @@ def reference(small_input, tmp_path) -> list[dict]:
     summary = run_crop_job(small_input, tmp_path / "ref", jobs=1)
     assert (summary.images, summary.processed, summary.faces, summary.failures) == (5, 5, 5, 1)
     return read_jsonl(tmp_path / "ref" / "manifest.jsonl")
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(n: int):
-    def progress(done: int, total: int) -> None:
-        if done >= n:
-            raise Stop
-
-    return progress
 
 
 def test_interrupted_job_resumes_with_each_crop_once(small_input, reference, tmp_path) -> None:

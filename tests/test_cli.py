@@ -26,7 +26,7 @@ from conftest import two_face_photo
 
 MANIFEST_KEYS = {
     "source", "face", "num_faces", "box", "score", "landmarks", "transform", "output",
-    "size", "template", "engine", "detector", "decode_scale", "source_bytes", "source_mtime_ns",
+    "size", "template", "engine", "detector", "decode_scale", "source_bytes", "source_mtime_ns", "warnings",
 }  # fmt: skip
 
 
@@ -87,9 +87,12 @@ def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
         assert r["output"] == f"{stem}_{r['face']}{'.jpg' if ext == '.jpg' else '.png'}"
         assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", DEFAULT_DETECTOR)
         assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
-    # Only crops, the two record files and the lock: nothing else (no .part temporaries).
+    # Only crops, the two record files, the locks and the settings: nothing else (no .part
+    # temporaries, no pending list once the job finished).
     written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
-    assert written == {r["output"] for r in rows} | {"manifest.jsonl", "failures.jsonl", ".facealign-crop.lock"}
+    assert written == {r["output"] for r in rows} | {
+        "manifest.jsonl", "failures.jsonl", ".facealign-crop.lock", ".facealign-crop.workers", ".facealign-crop.json"
+    }  # fmt: skip
 
 
 def test_crop_manifest_geometry_in_original_pixels(cropped) -> None:

@@ -91,7 +91,7 @@ def check_image(image: np.ndarray) -> None:
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got shape {shape} dtype {dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+        raise ValueError(f"empty image: {image.shape[1]} x {image.shape[0]} pixels")
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

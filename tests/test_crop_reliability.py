@@ -1,0 +1,461 @@
+"""``facealign crop`` against what real photo folders and real clusters do to it (issue 11).
+
+Each test names the item of the issue it covers. Tests about processes, signals
+and the file system run the command in a subprocess; disk-full is an injected
+``OSError(ENOSPC)``. The machine may run these as root, so an unreadable folder
+is simulated by making ``os.scandir`` raise ``PermissionError`` for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import facealign.batch as batch
+import facealign.imageio as imageio
+from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
+from facealign.cli import EXIT_TEMPORARY, main
+
+from conftest import Stop, photo_folder, stop_after
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    # Strict UTF-8: a lone surrogate or a stray byte fails here.
+    return [json.loads(line) for line in path.read_bytes().decode("utf-8").splitlines()]
+
+
+def run_cli(*args) -> "object":
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_consistent(out: Path) -> list[dict]:
+    """Every crop-named file under ``out`` is listed once in the manifest, and every listed crop exists."""
+    rows = read_jsonl(out / "manifest.jsonl")
+    listed = Counter(r["output"] for r in rows)
+    assert max(listed.values(), default=1) == 1
+    on_disk = {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and batch._CROP_NAME.match(p.name)
+    }
+    assert on_disk == set(listed)
+    assert not list(out.rglob("*.part"))
+    return rows
+
+
+@pytest.fixture()
+def photos_in(face_photos, tmp_path) -> Path:
+    """``in/a/`` with the three one-face photos and ``in/b/two.jpg`` with two faces."""
+    return photo_folder(face_photos, tmp_path / "in")
+
+
+# --------------------------------------------------------------------------- 1. names that are not UTF-8
+
+
+def test_item1_names_that_are_not_utf8_round_trip(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    raw_dir = os.fsencode(in_dir / "caf") + b"\xe9"
+    os.makedirs(raw_dir)
+    data = face_photos[0].read_bytes()
+    with open(raw_dir + b"/na\xefve.jpg", "wb") as handle:
+        handle.write(data)
+    with open(os.fsencode(in_dir) + b"/plain.jpg", "wb") as handle:
+        handle.write(data)
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out-{fmt}"
+        summary = run_crop_job(in_dir, out, jobs=1, manifest_format=fmt)
+        assert (summary.processed, summary.faces, summary.failures) == (2, 2, 0)
+        if fmt == "jsonl":
+            rows = {r["source"]: r for r in assert_consistent(out)}
+        else:
+            text = (out / "manifest.csv").read_bytes().decode("utf-8")  # strict
+            rows = {r["source"]: r for r in csv.DictReader(io.StringIO(text))}
+        odd = rows["caf%E9/na%EFve.jpg"]
+        assert base64.b64decode(odd["source_b64"]) == b"caf\xe9/na\xefve.jpg"
+        assert odd["output"] == "caf%E9/na%EFve_0.jpg" and (out / odd["output"]).is_file()
+        assert not rows["plain.jpg"].get("source_b64")  # only names that need it
+        again = run_crop_job(in_dir, out, jobs=1, manifest_format=fmt)
+        assert (again.processed, again.skipped) == (0, 2)
+    # landmarks --json prints valid UTF-8 JSON, with the exact bytes beside the text.
+    result = run_cli("landmarks", "--json", os.fsdecode(raw_dir))
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(x) for x in result.stdout_bytes.decode("utf-8").splitlines()]
+    assert line["image"].endswith("caf%E9/na%EFve.jpg")
+    assert base64.b64decode(line["image_b64"]).endswith(b"caf\xe9/na\xefve.jpg")
+    assert len(line["faces"]) == 1
+
+
+# --------------------------------------------------------------------------- 2 and 8. entries that are not images
+
+
+def _lock_folder(monkeypatch, name: str) -> None:
+    """Make ``os.scandir`` fail on folders called ``name`` as on a folder without read permission."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)).name == name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(imageio.os, "scandir", scandir)
+
+
+def test_item2_item8_broken_links_fifos_and_skips_never_stop_the_job(photos_in, tmp_path, monkeypatch) -> None:
+    (photos_in / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (photos_in / "loop.jpg").symlink_to(photos_in / "loop.jpg")
+    os.mkfifo(photos_in / "fifo.jpg")  # opening it would block forever
+    (photos_in / "dirlink").symlink_to(photos_in / "a", target_is_directory=True)
+    (photos_in / "broken_link").symlink_to(tmp_path / "nothing")
+    (photos_in / "notes.txt").write_text("x")
+    (photos_in / "photo.heic").write_bytes(b"x")
+    (photos_in / "locked").mkdir()
+    shutil.copy(photos_in / "a" / "000114.jpg", photos_in / "locked" / "kept.jpg")
+    out = tmp_path / "out"
+    first = run_crop_job(photos_in, out, jobs=1)
+    assert first.failures == 3 and first.faces == 6  # 3 photos + 2 faces + locked/kept.jpg
+    # The folder becomes unreadable: its images are unknown, their records stay.
+    _lock_folder(monkeypatch, "locked")
+    again = run_crop_job(photos_in, out, jobs=1)
+    assert again.ignored == Counter(
+        {"unknown extension": 2, "directory symlink": 1, "broken symlink": 1, "unreadable folder": 1}
+    )
+    assert "ignored: 1 broken symlink, 1 directory symlink, 2 unknown extension, 1 unreadable folder" in again.line()
+    assert (again.processed, again.skipped, again.failures, again.gone) == (3, 4, 3, 0)  # the 3 are retried
+    failures = {r["source"]: r["reason"] for r in read_jsonl(out / "failures.jsonl")}
+    assert failures == {
+        "fifo.jpg": "unreadable file: not a regular file",
+        "gone.jpg": "unreadable file: broken symbolic link",
+        "loop.jpg": "unreadable file: broken symbolic link",
+    }
+    monkeypatch.undo()
+    rows = assert_consistent(out)
+    assert "locked/kept.jpg" in {r["source"] for r in rows}
+
+
+# --------------------------------------------------------------------------- 3. transient errors
+
+
+def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos_in, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    real = batch.write_image_atomic
+    written = []
+
+    def full_after_two(path, rgb, quality=95):
+        if len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return real(path, rgb, quality)
+
+    monkeypatch.setattr(batch, "write_image_atomic", full_after_two)
+    with pytest.raises(CropJobTransientError, match="No space left on device"):
+        run_crop_job(photos_in, out, jobs=1)
+    assert read_jsonl(out / "failures.jsonl") == []  # not recorded as the images' failure
+    assert len(read_jsonl(out / "manifest.jsonl")) == 2
+    monkeypatch.setattr(batch, "write_image_atomic", real)
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.skipped, summary.processed, summary.failures) == (2, 2, 0)
+    assert len(assert_consistent(out)) == 5
+
+
+def test_item3_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    real = batch._append
+
+    def torn(handle, text):  # half a line reaches the disk, then the disk is full
+        if '"face"' in text:
+            real(handle, text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(handle, text)
+
+    monkeypatch.setattr(batch, "_append", torn)
+    result = run_cli("crop", photos_in, out, "-j", "1", "-q")
+    assert result.exit_code == EXIT_TEMPORARY == 75
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    monkeypatch.setattr(batch, "_append", real)
+    result = run_cli("crop", photos_in, out, "-j", "1", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(assert_consistent(out)) == 5
+
+
+def test_item3_unwritable_out_dir_is_temporary(photos_in, tmp_path, monkeypatch) -> None:
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(batch.tempfile, "mkstemp", denied)
+    result = run_cli("crop", photos_in, tmp_path / "out", "-j", "1")
+    assert result.exit_code == 75 and "cannot write to OUT_DIR" in result.output
+
+
+# --------------------------------------------------------------------------- 4. the job owns its workers
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _many_photos(face_photos, folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"p{i:03d}.jpg").symlink_to(face_photos[i % len(face_photos)])
+    return folder
+
+
+def _start_crop(in_dir: Path, out: Path) -> tuple[subprocess.Popen, set[int]]:
+    """Start ``facealign crop --jobs 2`` and wait until its workers write crops."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facealign.cli", "crop", str(in_dir), str(out), "--jobs", "2", "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= _children(proc.pid)
+        if out.is_dir() and any(out.glob("p*_0.jpg")):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    workers |= _children(proc.pid)
+    assert workers, "no worker processes seen"
+    return proc, workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_item4_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
+    in_dir = _many_photos(face_photos, tmp_path / "in", 150)
+    out = tmp_path / "out"
+    proc, workers = _start_crop(in_dir, out)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+    if sig == signal.SIGTERM:
+        assert b"terminated; rerun" in stderr and b"Traceback" not in stderr
+    deadline = time.monotonic() + 10  # SIGTERM: gone before the parent exits; SIGKILL: PDEATHSIG
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)
+    crops = sorted(out.rglob("*.jpg"))
+    time.sleep(1.5)
+    assert sorted(out.rglob("*.jpg")) == crops  # nothing writes any more
+    done = subprocess.run(
+        [sys.executable, "-m", "facealign.cli", "crop", str(in_dir), str(out), "--jobs", "1", "--quiet"],
+        cwd=REPO, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(assert_consistent(out)) == 150
+
+
+def test_item4_workers_of_a_killed_job_block_a_new_one(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch._WorkersLock(out, shared=True):  # what an orphaned worker holds while it writes
+        with pytest.raises(CropJobTransientError, match="still writing"):
+            run_crop_job(photos_in, out, jobs=1)
+    assert run_crop_job(photos_in, out, jobs=1).faces == 5
+
+
+# --------------------------------------------------------------------------- 5 and 6. refused folders and settings
+
+
+def test_item5_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> None:
+    parent = tmp_path / "P"
+    (parent / "in").mkdir(parents=True)
+    shutil.copy(face_photos[0], parent / "in")
+    result = run_cli("crop", parent / "in", parent, "-j", "1")
+    assert result.exit_code == 1 and "contains IN_DIR" in result.output
+    assert sorted(p.relative_to(parent).as_posix() for p in parent.rglob("*")) == ["in", f"in/{face_photos[0].name}"]
+
+
+@pytest.mark.parametrize(
+    "first, second, changed",
+    [((), ("--largest-only",), "largest_only"), (("--format", "png"), (), "format")],
+)
+def test_item6_resuming_with_other_largest_only_or_format_is_refused(photos_in, tmp_path, first, second, changed) -> None:
+    out = tmp_path / "out"
+    assert run_cli("crop", photos_in, out, "-j", "1", "-q", *first).exit_code == 0
+    result = run_cli("crop", photos_in, out, "-j", "1", "-q", *second)
+    assert result.exit_code == 1 and "other settings" in result.output and changed in result.output
+    assert run_cli("crop", photos_in, out, "-j", "1", "-q", *second, "--overwrite").exit_code == 0
+    assert_consistent(out)
+
+
+# --------------------------------------------------------------------------- 9 and 12. OUT_DIR holds only recorded crops
+
+
+def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
+    # What a kill leaves: complete-looking crops and a temporary of images not recorded.
+    (out / "b").mkdir(exist_ok=True)
+    (out / "b" / "two_7.jpg").write_bytes(b"crop written, never recorded")
+    (out / "b" / ".two_1.jpg.x1y2.part").write_bytes(b"half")
+    # The user's files: other names, or crop names of no image of the job.
+    (out / "b" / "notes.jpg").write_bytes(b"mine")
+    (out / "b" / "holiday_0.jpg").write_bytes(b"mine")
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.skipped, summary.processed) == (1, 3)
+    assert not (out / "b" / "two_7.jpg").exists() and not (out / "b" / ".two_1.jpg.x1y2.part").exists()
+    assert (out / "b" / "notes.jpg").read_bytes() == (out / "b" / "holiday_0.jpg").read_bytes() == b"mine"
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == 5 and all((out / r["output"]).stat().st_size > 100 for r in rows)
+    assert not (out / batch._PENDING_NAME).exists()
+
+
+def test_item12_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "000114_0.jpg").write_bytes(b"my own file")
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.faces, summary.failures) == (4, 1)
+    assert (out / "a" / "000114_0.jpg").read_bytes() == b"my own file"
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "a/000114.jpg" and failure["reason"].startswith("output name taken: a/000114_0.jpg")
+    (out / "a" / "000114_0.jpg").unlink()  # the user moves it away: the rerun crops the photo
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.faces, summary.failures) == (1, 1, 0)
+    assert read_jsonl(out / "failures.jsonl") == [] and len(assert_consistent(out)) == 5
+
+
+def test_item12_a_deleted_source_loses_its_rows_and_crops(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    (photos_in / "b" / "two.jpg").unlink()
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.gone, summary.processed, summary.skipped) == (1, 0, 3)
+    assert "records of 1 deleted sources dropped" in summary.line()
+    rows = assert_consistent(out)
+    assert {r["source"] for r in rows} == {"a/000114.jpg", "a/000131.jpg", "a/000149.jpg"}
+    # An IN_DIR with no image at all (not mounted?) never empties OUT_DIR.
+    shutil.rmtree(photos_in / "a")
+    with pytest.raises(CropJobError, match="holds no images"):
+        run_crop_job(photos_in, out, jobs=1)
+    assert len(assert_consistent(out)) == 3
+
+
+# --------------------------------------------------------------------------- 10. decoder warnings
+
+
+def _jpeg_with_corrupt_exif(source: Path, path: Path) -> Path:
+    """A JPEG that decodes, but whose EXIF tag 0x0110 points past the end of the data."""
+    exif = Image.Exif()
+    exif[0x0110] = "M" * 40
+    raw = bytearray(exif.tobytes())  # b"Exif\0\0" + big-endian TIFF
+    ifd = 6 + struct.unpack_from(">I", raw, 10)[0]
+    assert struct.unpack_from(">H", raw, ifd + 2)[0] == 0x0110
+    struct.pack_into(">I", raw, ifd + 2 + 8, 0xFFFFF0)
+    Image.open(source).convert("RGB").save(path, exif=bytes(raw), quality=95)
+    return path
+
+
+def test_item10_decoder_warnings_go_to_the_rows_and_quiet_is_quiet(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    _jpeg_with_corrupt_exif(face_photos[0], in_dir / "warned.jpg")
+    shutil.copy(face_photos[1], in_dir / "clean.jpg")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "facealign.cli", "crop", str(in_dir), str(out), "--jobs", "1", "--quiet"],
+        cwd=REPO, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == b"" and done.stderr == b"", done.stderr
+    rows = {r["source"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    assert rows["warned.jpg"]["warnings"] == ["Truncated File Read"]
+    assert rows["clean.jpg"]["warnings"] == []
+
+
+# --------------------------------------------------------------------------- 11. --jobs auto
+
+
+def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, monkeypatch) -> None:
+    import joblib
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a 4-image job must not start worker processes")
+
+    monkeypatch.setattr(joblib, "Parallel", no_pool)
+    assert run_crop_job(photos_in, tmp_path / "out").faces == 5  # the default is "auto"
+    assert run_cli("crop", photos_in, tmp_path / "cli", "-q").exit_code == 0
+    cores = joblib.cpu_count()
+    assert _resolve_jobs("auto", batch.AUTO_IMAGES_PER_PROCESS - 1) == 1
+    assert _resolve_jobs("auto", 100 * batch.AUTO_IMAGES_PER_PROCESS) == cores
+    assert _resolve_jobs(-1, 1) == cores and _resolve_jobs(3, 1) == 3
+    bad = run_cli("crop", photos_in, tmp_path / "x", "--jobs", "many")
+    assert bad.exit_code == 2 and "'auto'" in bad.output
+
+
+def test_csv_manifest_of_an_earlier_version_is_resumed(photos_in, tmp_path) -> None:
+    """``warnings`` and ``source_b64`` are new CSV columns: an older manifest is read and rewritten."""
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0][-2:]) == ("warnings", "source_b64")
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(row[:-2] for row in rows)
+    summary = run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
+    assert (summary.processed, summary.skipped) == (0, 4)
+    with open(out / "manifest.csv", newline="") as handle:
+        assert list(csv.reader(handle)) == rows
+
+
+def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "run_crop_job", interrupted)
+    result = run_cli("crop", photos_in, tmp_path / "out", "-q")
+    assert result.exit_code == 130 and result.output.strip() == "interrupted; rerun the same command to continue"
+
+
+def test_item2_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
+    """A crash in a decoder (or the out-of-memory killer) ends one worker, not the job."""
+    shutil.copy(photos_in / "a" / "000131.jpg", photos_in / "a" / "crash.jpg")
+    real = batch._process_chunk
+
+    def crashing(tasks, *args):  # pickled by value: runs in the worker processes
+        if len(args) > 4 and args[4] is not None and any(t.source.endswith("crash.jpg") for t in tasks):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(tasks, *args)
+
+    monkeypatch.setattr(batch, "_process_chunk", crashing)
+    out = tmp_path / "out"
+    summary = run_crop_job(photos_in, out, jobs=2, chunk_size=1)
+    assert (summary.processed, summary.faces, summary.failures) == (5, 5, 1)
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "a/crash.jpg" and "worker process died" in failure["reason"]
+    assert len(assert_consistent(out)) == 5

@@ -1,0 +1,90 @@
+"""Issue 11, items 13-16: the API on empty images, exit codes, where ``evaluate`` reads
+and writes, and the packaging metadata."""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from facealign.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 50, 3), (40, 0, 3)])
+def test_item13_empty_image_is_a_clear_value_error(shape) -> None:
+    from facealign import FaceAligner
+
+    aligner = FaceAligner()
+    image = np.zeros(shape, np.uint8)
+    with pytest.raises(ValueError, match="empty image"):
+        aligner.process(image)
+    with pytest.raises(ValueError, match="empty image"):
+        aligner.landmarks(image, np.array([[0.0, 0.0, 10.0, 10.0]]))
+
+
+def test_item14_landmarks_of_a_missing_input_exits_1(face_photos, tmp_path) -> None:
+    result = run_cli("landmarks", "--json", face_photos[0], tmp_path / "nonexistent")
+    assert result.exit_code == 1
+    assert result.stdout == "" and "no such file or folder" in result.output
+    # An image that exists but cannot be decoded is reported, not an error (as in crop).
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    result = run_cli("landmarks", "--json", bad)
+    assert result.exit_code == 0 and json.loads(result.stdout)["error"].startswith("unreadable image")
+
+
+def test_item14_exit_codes_are_documented() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    for code in ("0", "1", "2", "75", "130", "143"):
+        assert f"`{code}`" in section
+
+
+def test_item15_evaluate_reads_facealign_mtfl_and_caches_outside_the_cwd(shared_datasets, tmp_path, monkeypatch) -> None:
+    source = shared_datasets / "mtfl"
+    lines = [line for line in (source / "test_aflw.txt").read_text().splitlines() if not line.startswith("#")][:4]
+    data = tmp_path / "mtfl"
+    for line in lines:
+        rel = line.split()[0]
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / rel, data / rel)
+    for name in ("test_aflw.txt", "train.txt"):
+        (data / name).write_text("\n".join(lines) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("FACEALIGN_MTFL", str(data))
+    monkeypatch.delenv("FACEALIGN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    result = run_cli("evaluate", "--engine", "vanilla", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["detector"] == "dlib"
+    assert list(work.iterdir()) == []  # nothing written in the current folder
+    assert list((tmp_path / "xdg" / "facealign").glob("boxes-dlib-*.npy"))
+    monkeypatch.setenv("FACEALIGN_CACHE", str(tmp_path / "mine"))
+    assert run_cli("evaluate", "--engine", "vanilla", "--json").exit_code == 0
+    assert list((tmp_path / "mine").glob("boxes-dlib-*.npy"))
+
+
+def test_item16_license_and_package_data() -> None:
+    license_text = (REPO / "LICENSE").read_text()
+    assert license_text.startswith("MIT License") and "facealign authors" in license_text
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    assert cfg["metadata"]["license"] == "MIT"
+    assert (REPO / cfg["metadata"]["license_files"].strip()).is_file()
+    for package, patterns in cfg["options.package_data"].items():
+        for pattern in patterns.split(","):
+            assert glob.glob(str(REPO / package / pattern.strip())), f"{package}: {pattern.strip()} matches nothing"
