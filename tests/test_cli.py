@@ -298,7 +298,7 @@ def test_crop_read_only_out_dir(face_photos, tmp_path) -> None:
     assert result.exit_code != 0 and "cannot write to OUT_DIR" in result.output
 
 
-@pytest.mark.parametrize("detector", [["--detector", "dlib"], ["--min-face", "100"]])
+@pytest.mark.parametrize("detector", [["--detector", "dlib"], ["--detector", "retinaface", "--min-face", "100"]])
 def test_crop_large_jpeg(face_photos, tmp_path, detector) -> None:
     """A 12000 x 9000 photo is decoded reduced; its coordinates are still full-size pixels.
 
@@ -318,7 +318,7 @@ def test_crop_large_jpeg(face_photos, tmp_path, detector) -> None:
     (row,) = read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert row["decode_scale"] < 0.5
     # The same face found in the small photo, mapped into the big one.
-    small = run("landmarks", "--json", face_photos[0], *detector[:2])
+    small = run("landmarks", "--json", face_photos[0], *detector[:2])  # its face is under 100 px
     small_box = np.array(json.loads(small.stdout)["faces"][0]["box"])
     expected = (small_box + 0.5) * factor - 0.5 + np.array(offset * 2)
     box = np.array(row["box"])
