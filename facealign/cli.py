@@ -240,12 +240,15 @@ def landmarks(inputs: tuple[Path, ...], detector: str, engine: str, largest_only
 
 from .analysis import analyze  # noqa: E402
 from .model_cli import evaluate_command, sweep_k_command, train_command, tweak_command  # noqa: E402
+from .model_cli import evaluate_quality_command, fit_quality_command  # noqa: E402
 
 main.add_command(analyze)
 main.add_command(train_command)
 main.add_command(tweak_command)
 main.add_command(evaluate_command)
 main.add_command(sweep_k_command)
+main.add_command(fit_quality_command)
+main.add_command(evaluate_quality_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
