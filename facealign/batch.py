@@ -16,7 +16,12 @@ Two append-only record files sit in ``OUT_DIR``:
   the *original* image as a viewer shows it (EXIF orientation applied), whatever
   resolution the job worked at.
 * ``failures.jsonl``: one row per image that gave no crop, with a ``reason``
-  (``unreadable image: ...``, ``no face found``, ``failed: ...``).
+  (``unreadable image: ...``, ``no face found``, ``failed: ...``), and one row
+  with reason ``low quality`` per image with faces over the quality limits
+  (``max_expected_error``, ``max_p_fail``; :mod:`facealign.quality`): those
+  faces are not cropped and are listed under ``faces`` with their detection
+  index (largest first), box, score, ``expected_error`` and ``p_fail``. The
+  faces kept are numbered ``0..num_faces-1`` in the manifest.
 
 An empty hidden file ``.facealign-crop.lock`` is locked while a job runs, so
 that a second job on the same ``OUT_DIR`` stops with an error instead of
@@ -99,6 +104,9 @@ CHUNK_SIZE: int = 32
 #: Name of the failures list in ``OUT_DIR``.
 FAILURES_NAME: str = "failures.jsonl"
 
+#: Failure reason of faces over the quality limits.
+LOW_QUALITY: str = "low quality"
+
 MANIFEST_FORMATS: tuple[str, ...] = ("jsonl", "csv")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpg", "png")
 _LOCK_NAME = ".facealign-crop.lock"
@@ -107,7 +115,9 @@ _LOCK_NAME = ".facealign-crop.lock"
 #: ``[x, y]`` in MTFL order and ``transform`` the 2 x 3 source-to-crop matrix, all
 #: in original-image pixels; ``size`` is the crop ``[width, height]``;
 #: ``source_bytes`` / ``source_mtime_ns`` identify the version of the source
-#: that was processed; ``decode_scale`` is the working-image scale (1 = full size).
+#: that was processed; ``decode_scale`` is the working-image scale (1 = full size);
+#: ``expected_error`` (% of the inter-ocular distance) and ``p_fail`` are the
+#: face's quality figures (:mod:`facealign.quality`), empty when unknown.
 MANIFEST_FIELDS: tuple[str, ...] = (
     "source",
     "face",
@@ -124,7 +134,12 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "decode_scale",
     "source_bytes",
     "source_mtime_ns",
+    "expected_error",
+    "p_fail",
 )
+#: Manifest fields added after the first release: CSV manifests without them
+#: are read, and rewritten with them (empty) when a job resumes.
+_QUALITY_FIELDS: tuple[str, ...] = ("expected_error", "p_fail")
 _FAILURE_FIELDS: tuple[str, ...] = ("source", "reason", "source_bytes", "source_mtime_ns")
 
 
@@ -146,12 +161,16 @@ class CropSettings:
         Built-in template name or path of a template JSON file.
     size : int, optional
         Crop side; defaults to the template's own size.
+    max_expected_error, max_p_fail : float, optional
+        Quality limits: faces over either are not cropped (see the module notes).
     """
 
     detector: str = "dlib"
     engine: str = "tcnn"
     template: str = "arcface"
     size: int | None = None
+    max_expected_error: float | None = None
+    max_p_fail: float | None = None
 
 
 @dataclass
@@ -226,6 +245,8 @@ class ImageFaces:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2)))
     error: str | None = None
+    #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
+    quality: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
         """Map ``(..., 2)`` working-image points (or box corners) to original pixels."""
@@ -237,7 +258,18 @@ class ImageFaces:
 
         boxes = self.to_original(self.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
         points = self.to_original(self.landmarks)
-        return [Face(b, float(s), p) for b, s, p in zip(boxes, self.scores, points)]
+        unknown = np.full(len(boxes), np.nan)
+        errors, p_fail = self.quality.get("expected_error", unknown), self.quality.get("p_fail", unknown)
+        return [
+            Face(b, float(s), p, float(e), float(f))
+            for b, s, p, e, f in zip(boxes, self.scores, points, errors, p_fail)
+        ]
+
+    def drop_faces(self, drop: np.ndarray) -> None:
+        """Remove the faces where the boolean mask ``drop`` is True."""
+        keep = ~np.asarray(drop, bool)
+        self.boxes, self.scores, self.landmarks = self.boxes[keep], self.scores[keep], self.landmarks[keep]
+        self.quality = {name: values[keep] for name, values in self.quality.items()}
 
 
 def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int) -> ImageFaces:
@@ -277,9 +309,12 @@ def iter_image_faces(
     def flush() -> Iterator[ImageFaces]:
         ok = [item for item in pending if item.error is None and len(item.boxes)]
         if ok:
-            points = aligner.engine.predict_many([item.image for item in ok], [item.boxes for item in ok])
-            for item, pts in zip(ok, points):
+            points, quality = aligner.engine.predict_many(
+                [item.image for item in ok], [item.boxes for item in ok], return_quality=True
+            )
+            for item, pts, figures in zip(ok, points, quality):
                 item.landmarks = np.asarray(pts, np.float64)
+                item.quality = figures
         yield from pending
         pending.clear()
 
@@ -346,9 +381,33 @@ def _crop_rows(
                 "decode_scale": round(float(item.scale), 8),
                 "source_bytes": task.size,
                 "source_mtime_ns": task.mtime_ns,
+                "expected_error": record["expected_error"],
+                "p_fail": record["p_fail"],
             }
         )
     return rows
+
+
+def _low_quality_failure(item: ImageFaces, task: _Task, settings: CropSettings) -> dict[str, Any] | None:
+    """Drop the faces over the quality limits from ``item``; their failure record, or None."""
+    from .quality import over_limits
+
+    if settings.max_expected_error is None and settings.max_p_fail is None:
+        return None
+    faces = item.faces()
+    over = over_limits(
+        np.array([f.expected_error for f in faces]), np.array([f.p_fail for f in faces]),
+        settings.max_expected_error, settings.max_p_fail,
+    )
+    if not over.any():
+        return None
+    item.drop_faces(over)
+    record = _failure(task, LOW_QUALITY)
+    record["faces"] = [
+        {"detection": int(k), **{key: value for key, value in faces[k].to_json().items() if key != "landmarks"}}
+        for k in np.flatnonzero(over)
+    ]
+    return record
 
 
 def _failure(task: _Task, reason: str) -> dict[str, Any]:
@@ -371,8 +430,9 @@ def _process_chunk(
         elif not len(item.boxes):
             results.append(([], _failure(task, "no face found")))
         else:
+            low_quality = _low_quality_failure(item, task, settings)
             try:
-                results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), None))
+                results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), low_quality))
             except Exception as exc:
                 results.append(([], _failure(task, f"failed: {type(exc).__name__}: {exc}")))
         item.image = None  # release the decoded pixels early
@@ -423,6 +483,7 @@ def _csv_columns() -> list[str]:
 
 
 CSV_COLUMNS: tuple[str, ...] = tuple(_csv_columns())
+_CSV_COLUMNS_BEFORE_QUALITY: tuple[str, ...] = tuple(c for c in CSV_COLUMNS if c not in _QUALITY_FIELDS)
 
 
 def _flatten(row: dict[str, Any]) -> list[Any]:
@@ -485,6 +546,11 @@ def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], 
             raws = list(csv.reader(io.StringIO(text)))
         except csv.Error:
             raise CropJobError(f"{path} is not a readable CSV manifest; rerun with --overwrite") from None
+        if raws and tuple(raws[0]) == _CSV_COLUMNS_BEFORE_QUALITY:
+            # An earlier version's manifest: pad its rows with empty quality
+            # figures; "dropped" makes _load_records rewrite it with the new header.
+            raws = [raws[0] + list(_QUALITY_FIELDS)] + [row + [""] * len(_QUALITY_FIELDS) for row in raws[1:]]
+            dropped = True
         if raws and tuple(raws[0]) != CSV_COLUMNS:
             raise CropJobError(f"{path} does not have the columns of a facealign manifest; rerun with --overwrite")
         raws = raws[1:]
@@ -569,8 +635,13 @@ def _load_records(out_dir: Path, fmt: str, current: dict[str, tuple[int, int]]) 
         except (ValueError, KeyError, TypeError):
             dropped = True
             continue
-        if (source in current and current[source] != ident) or source in keep:
-            dropped = True  # changed since (try again) or superseded by crops
+        low_quality = row.get("reason") == LOW_QUALITY
+        if (
+            (source in current and current[source] != ident)
+            or (source in keep and not low_quality)
+            or (source in groups and source not in keep)
+        ):
+            dropped = True  # changed since (try again), superseded by crops, or its image is redone
             continue
         records.done.setdefault(source, ident)
         kept_lines.append(line)
@@ -687,6 +758,8 @@ def run_crop_job(
     manifest_format: str = "jsonl",
     chunk_size: int = CHUNK_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    max_expected_error: float | None = None,
+    max_p_fail: float | None = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -718,6 +791,12 @@ def run_crop_job(
         image and after each chunk, in the parent process; ``total`` counts the
         images this run processes. An exception raised by it stops the job
         after the chunk's records were written.
+    max_expected_error : float, optional
+        Do not crop faces whose ``expected_error`` (% of the inter-ocular
+        distance) is above this; list them in the failures file as ``low quality``.
+    max_p_fail : float, optional
+        The same for ``p_fail``, the probability that the error exceeds 10%.
+        The limits apply to the images this run processes.
 
     Returns
     -------
@@ -734,12 +813,15 @@ def run_crop_job(
     mname = manifest_name(manifest_format)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    settings = CropSettings(detector, engine, template, size)
+    settings = CropSettings(detector, engine, template, size, max_expected_error, max_p_fail)
     n_jobs = _resolve_jobs(jobs)
     try:  # fail early on unknown names or missing weights (workers build their own)
         resolved = get_aligner(settings).template
     except (ValueError, FileNotFoundError) as exc:
         raise CropJobError(str(exc)) from exc
+    if (max_expected_error is not None or max_p_fail is not None) and get_aligner(settings).engine.quality_model is None:
+        raise CropJobError(f"the {engine} weights carry no quality model (run facealign fit-quality); "
+                           "--max-expected-error and --max-p-fail need one")
     src, dst = _check_dirs(in_path, out_path)
 
     with _Lock(dst):

@@ -143,6 +143,28 @@ def split_quality(quality: dict[str, np.ndarray], cuts: np.ndarray) -> list[dict
     return [{name: parts[name][i] for name in quality} for i in range(len(cuts) + 1)]
 
 
+def quality_json(expected_error: float, p_fail: float) -> dict:
+    """``expected_error`` (% IOD, 2 decimals) and ``p_fail`` (4 decimals) for a JSON record; None when NaN."""
+    return {
+        "expected_error": round(float(expected_error), 2) if np.isfinite(expected_error) else None,
+        "p_fail": round(float(p_fail), 4) if np.isfinite(p_fail) else None,
+    }
+
+
+def over_limits(
+    expected_error: np.ndarray, p_fail: np.ndarray, max_expected_error: float | None, max_p_fail: float | None
+) -> np.ndarray:
+    """Boolean mask of the faces whose ``expected_error`` or ``p_fail`` is over its limit (None: no limit).
+
+    A NaN figure (quality unknown) counts as over a limit that is set.
+    """
+    over = np.zeros(np.shape(expected_error), bool)
+    for values, limit in ((expected_error, max_expected_error), (p_fail, max_p_fail)):
+        if limit is not None:
+            over |= ~(np.asarray(values, np.float64) <= limit)
+    return over
+
+
 def transform_signals(signals: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
     """``N x F`` features: the signals ``names``, transformed by :data:`SIGNAL_FLOORS`."""
     missing = [n for n in names if n not in signals]
