@@ -24,15 +24,13 @@ from .data import load_mtfl, train_validation_split
 from .evaluation import FAILURE_THRESHOLD, normalized_errors
 from .quality import QualityModel, fit_quality_model
 
-#: Signals of the shipped models, per engine: intrinsic to the landmark engine
-#: (no detector score, no box size; see README, "Per-face quality"). The vanilla
-#: engine runs without mirroring and has no mixture by default.
+#: Signals of the shipped models, per engine: intrinsic to the landmark engine and
+#: not tied to the detector's box convention (no detector score, box size or
+#: re-boxing shift; see README, "Per-face quality"). The vanilla engine runs
+#: without mirroring and has no mixture by default.
 DEFAULT_SIGNALS: dict[str, tuple[str, ...]] = {
-    "tcnn": (
-        "mirror_disagreement", "pass_disagreement", "rebox_shift", "rebox_scale", "gmm_log_likelihood", "gmm_posterior",
-        "nose_offset",
-    ),
-    "vanilla": ("pass_disagreement", "rebox_shift", "rebox_scale", "nose_offset"),
+    "tcnn": ("mirror_disagreement", "pass_disagreement", "gmm_log_likelihood", "gmm_posterior", "nose_offset"),
+    "vanilla": ("pass_disagreement", "nose_offset"),
 }
 #: Share of faces rejected at each point of the error-reject curve.
 REJECT_FRACTIONS: tuple[float, ...] = tuple(np.round(np.arange(0, 0.51, 0.05), 2))

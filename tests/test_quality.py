@@ -92,7 +92,7 @@ def test_signals_on_a_real_face_and_on_noise(shared_datasets):
     # A clean AFLW-test face (TCNN error 4.1% IOD, golden case 5) against uniform
     # noise in the same box. Measured with the shipped weights: mirror
     # disagreement 0.040 (face) and 0.114 (noise); GMM log likelihood 430 and 310
-    # nats; expected error 3.6% and 15.7%; p_fail 0.001 and 0.93. Bounds keep a
+    # nats; expected error 3.6% and 15.4%; p_fail 0.001 and 0.92. Bounds keep a
     # wide margin: face disagreement < 0.06 and noise > 2x it, likelihood lower by
     # > 50 nats, expected error < 6% against > 10%, p_fail < 0.05 against > 0.5.
     image = read_image(shared_datasets / "mtfl" / "AFLW" / "0005-image15367.jpg")
