@@ -234,6 +234,7 @@ def process_images(
     from facealign.alignment import warp_face
     from facealign.batch import CHUNK_SIZE, WORK_MAX_SIDE
     from facealign.imageio import ImageReadError, read_image_reduced, write_image_atomic
+    from facealign.reboxing import training_boxes
 
     detector, landmarker, template = get_pipeline(spec)
     chunk_size = chunk_size or CHUNK_SIZE
@@ -258,7 +259,7 @@ def process_images(
             st.images += 1
             if len(det):
                 images.append(image)
-                boxes.append(det.boxes.astype(np.float64))
+                boxes.append(training_boxes(spec.detector, det.boxes, det.landmarks))
                 names.append(Path(p).stem)
             else:
                 st.failures += 1

@@ -1,7 +1,7 @@
 """The public face of facealign: detect, landmark and align in a few calls.
 
 >>> from facealign import FaceAligner, read_image
->>> aligner = FaceAligner()                      # dlib detector, TCNN, arcface 112
+>>> aligner = FaceAligner()                      # RetinaFace, TCNN, arcface 112
 >>> image = read_image("photo.jpg")              # H x W x 3 uint8 RGB
 >>> faces = aligner.process(image)               # boxes, scores, 5 points each
 >>> crop, matrix = aligner.align(image, faces[0].landmarks)
@@ -18,6 +18,7 @@ from .alignment import Template, get_template, warp_face
 from .detection import Detections, Detector, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
 from .quality import quality_json
+from .reboxing import training_boxes
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class FaceAligner:
     Parameters
     ----------
     detector : str or Detector
-        ``"dlib"`` (default), ``"haar"``, a registered plug-in name, or any object
-        with ``detect(image) -> Detections``.
+        ``"retinaface"`` (default), another name of
+        :data:`facealign.constants.BUILTIN_DETECTORS`, a plug-in name, or any
+        object with ``detect(image) -> Detections``.
     engine : {"tcnn", "vanilla"} or LandmarkEngine
         Landmark engine; TCNN by default.
     template : str, path, Template or (5, 2) array
@@ -64,6 +66,9 @@ class FaceAligner:
     size : int or (width, height), optional
         Output crop size; the template is rescaled to it. Defaults to the
         template's own size (112 for ``arcface``).
+    min_face : float, optional
+        Smallest face the detector looks for, in pixels (a detector given by
+        name only; default: the detector's own, 20 for the CNN detectors).
     """
 
     def __init__(
@@ -72,14 +77,25 @@ class FaceAligner:
         engine: "str | LandmarkEngine" = DEFAULT_ENGINE,
         template: "str | Path | Template | np.ndarray" = "arcface",
         size: "int | tuple[int, int] | None" = None,
+        min_face: float | None = None,
     ) -> None:
-        self.detector = get_detector(detector)
+        self.detector = get_detector(detector, min_face=min_face)
         self.engine = engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine)
         self.template = get_template(template, size)
 
     def detect(self, image: np.ndarray) -> Detections:
         """Face boxes and scores in an RGB image, largest first."""
         return self.detector.detect(image)
+
+    def engine_boxes(self, detections: Detections) -> np.ndarray:
+        """The boxes the landmark engine is given for these detections (``N x 4``).
+
+        The detector's boxes mapped to the training detector's convention, with
+        its own five points where it gives them
+        (:func:`facealign.reboxing.training_boxes`); unchanged for the training
+        detector (dlib) and for plug-ins, which re-boxing absorbs.
+        """
+        return training_boxes(getattr(self.detector, "name", ""), detections.boxes, detections.landmarks)
 
     def landmarks(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Five points (``N x 5 x 2``, pixels) for caller-supplied ``N x 4`` boxes, in one batch."""
@@ -89,12 +105,12 @@ class FaceAligner:
         """Detect every face and put five landmarks on each, with their quality figures."""
         det = self.detect(image)
         if largest_only:
-            det = Detections(det.boxes[:1], det.scores[:1])
-        boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+            det = det.take(slice(0, 1))
+        boxes = self.engine_boxes(det)
         pts, quality = self.engine.predict_faces([image], np.zeros(len(boxes), np.intp), boxes, return_quality=True)
         return [
-            Face(b, float(s), p, float(e), float(f))
-            for b, s, p, e, f in zip(boxes, det.scores, pts, quality["expected_error"], quality["p_fail"])
+            Face(b.astype(np.float64), float(s), p, float(e), float(f))
+            for b, s, p, e, f in zip(det.boxes, det.scores, pts, quality["expected_error"], quality["p_fail"])
         ]
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,13 +42,15 @@ starts again.
 
 Large photographs
 -----------------
-Each image is decoded once, at a *working* resolution whose longer side is at
-most :data:`WORK_MAX_SIDE` pixels (JPEGs in Pillow's draft mode, so a
-12000 x 9000 photograph never exists in memory at full size). Detection,
-landmarks and the warp all run on that working image; coordinates are mapped
-back to the original pixels for the records. A 4096-pixel image holds any face
-at far more than the 112 (or 224) pixels of a crop, so crops lose nothing.
-Within a worker, decoded images are batched for the landmark network until
+Each image is decoded once, at the *working* resolution its detector needs
+(:func:`facealign.detection.working_side`): the CNN detectors search a pyramid
+of tiles (:class:`facealign.detection.PyramidDetector`) and want the full
+resolution to find faces down to ``min_face`` (20 px by default) anywhere in a
+photo up to the decoder's pixel limit; dlib and Haar search at most 1,280 px
+and get at most :data:`WORK_MAX_SIDE` pixels (JPEGs in Pillow's draft mode).
+Detection, landmarks and the warp all run on that working image; coordinates
+are mapped back to the original pixels for the records. Within a worker,
+decoded images are batched for the landmark network until
 :data:`BATCH_PIXELS` pixels are held, which bounds memory per worker.
 """
 
@@ -69,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .alignment import warp_face
-from .constants import POINT_NAMES
+from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE
 from .imageio import ImageReadError, find_images, read_image_reduced, write_image_atomic
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
@@ -91,8 +93,6 @@ __all__ = [
     "run_crop_job",
 ]
 
-#: Longer side, in pixels, of the working image that a photo is decoded to.
-WORK_MAX_SIDE: int = 4096
 
 #: Decoded pixels a worker holds at most before running the landmark network
 #: (about 150 MB of RGB); a single larger image is processed on its own.
@@ -154,21 +154,24 @@ class CropSettings:
     Parameters
     ----------
     detector : str
-        Detector name (``"dlib"``, ``"haar"`` or a registered plug-in).
+        Detector name (:data:`facealign.constants.BUILTIN_DETECTORS` or a plug-in).
     engine : str
         Landmark engine, ``"tcnn"`` or ``"vanilla"``.
     template : str
         Built-in template name or path of a template JSON file.
     size : int, optional
         Crop side; defaults to the template's own size.
+    min_face : float, optional
+        Smallest face the detector looks for (pixels); None keeps its default.
     max_expected_error, max_p_fail : float, optional
         Quality limits: faces over either are not cropped (see the module notes).
     """
 
-    detector: str = "dlib"
+    detector: str = DEFAULT_DETECTOR
     engine: str = "tcnn"
     template: str = "arcface"
     size: int | None = None
+    min_face: float | None = None
     max_expected_error: float | None = None
     max_p_fail: float | None = None
 
@@ -217,7 +220,7 @@ def get_aligner(settings: CropSettings) -> "FaceAligner":
     if aligner is None:
         from .aligner import FaceAligner
 
-        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size)
+        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size, settings.min_face)
         _ALIGNERS[settings] = aligner
     return aligner
 
@@ -245,6 +248,8 @@ class ImageFaces:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2)))
     error: str | None = None
+    #: The boxes the landmark engine is given (:meth:`FaceAligner.engine_boxes`).
+    engine_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
     quality: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -269,12 +274,19 @@ class ImageFaces:
         """Remove the faces where the boolean mask ``drop`` is True."""
         keep = ~np.asarray(drop, bool)
         self.boxes, self.scores, self.landmarks = self.boxes[keep], self.scores[keep], self.landmarks[keep]
+        self.engine_boxes = self.engine_boxes[keep]
         self.quality = {name: values[keep] for name, values in self.quality.items()}
 
 
-def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int) -> ImageFaces:
+def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int | None) -> ImageFaces:
+    from .detection import working_side
+
+    def side_for(width: int, height: int) -> int:
+        side = working_side(aligner.detector, width, height)
+        return side if max_side is None else min(side, max_side)
+
     try:
-        image, scale = read_image_reduced(path, max_side)
+        image, scale = read_image_reduced(path, side_for)
     except ImageReadError as exc:
         return ImageFaces(path, error=f"unreadable image: {exc.reason}")
     except MemoryError:
@@ -283,8 +295,15 @@ def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max
         det = aligner.detect(image)
     except Exception as exc:  # a detector failing on one odd image must not stop a batch
         return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
-    n = 1 if largest_only else len(det)
-    return ImageFaces(path, image, scale, det.boxes[:n].astype(np.float64), det.scores[:n].astype(np.float64))
+    det = det.take(slice(0, 1 if largest_only else len(det)))
+    return ImageFaces(
+        path,
+        image,
+        scale,
+        det.boxes.astype(np.float64),
+        det.scores.astype(np.float64),
+        engine_boxes=aligner.engine_boxes(det),
+    )
 
 
 def iter_image_faces(
@@ -292,13 +311,15 @@ def iter_image_faces(
     paths: Sequence["str | os.PathLike[str]"],
     *,
     largest_only: bool = False,
-    max_side: int = WORK_MAX_SIDE,
+    max_side: int | None = None,
     batch_pixels: int = BATCH_PIXELS,
 ) -> Iterator[ImageFaces]:
     """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
 
-    Each image is decoded once at a working resolution of at most ``max_side``
-    pixels (longer side). Images are detected one by one and accumulated until
+    Each image is decoded once, at the working resolution its detector needs
+    (:func:`facealign.detection.working_side`: full resolution for the CNN
+    detectors at the default ``min_face``, at most 4,096 pixels for dlib and
+    Haar), and at most ``max_side`` pixels (longer side) when given. Images are detected one by one and accumulated until
     ``batch_pixels`` decoded pixels are held; then the landmark network runs
     once on every face of the batch (:meth:`LandmarkEngine.predict_many`).
     Unreadable images and detector errors are reported in ``error``, never raised.
@@ -310,7 +331,7 @@ def iter_image_faces(
         ok = [item for item in pending if item.error is None and len(item.boxes)]
         if ok:
             points, quality = aligner.engine.predict_many(
-                [item.image for item in ok], [item.boxes for item in ok], return_quality=True
+                [item.image for item in ok], [item.engine_boxes for item in ok], return_quality=True
             )
             for item, pts, figures in zip(ok, points, quality):
                 item.landmarks = np.asarray(pts, np.float64)
@@ -421,6 +442,8 @@ def _process_chunk(
     if single_thread:
         _limit_threads()
     aligner = get_aligner(settings)
+    if single_thread and hasattr(aligner.detector, "set_threads"):
+        aligner.detector.set_threads(1)  # onnxruntime's own thread pool
     by_path = {t.path: t for t in tasks}
     results = []
     for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
@@ -747,7 +770,8 @@ def run_crop_job(
     in_dir: "str | os.PathLike[str]",
     out_dir: "str | os.PathLike[str]",
     *,
-    detector: str = "dlib",
+    detector: str = DEFAULT_DETECTOR,
+    min_face: float | None = None,
     engine: str = "tcnn",
     template: str = "arcface",
     size: int | None = None,
@@ -768,7 +792,7 @@ def run_crop_job(
     in_dir, out_dir : path
         Source folder (read only) and output folder (created). ``out_dir`` must
         not be ``in_dir`` nor lie inside it.
-    detector, engine, template, size
+    detector, min_face, engine, template, size
         As :class:`facealign.FaceAligner`; ``template`` is a built-in name or a
         JSON file path, ``size`` the crop side (default: the template's).
     largest_only : bool
@@ -813,7 +837,7 @@ def run_crop_job(
     mname = manifest_name(manifest_format)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    settings = CropSettings(detector, engine, template, size, max_expected_error, max_p_fail)
+    settings = CropSettings(detector, engine, template, size, min_face, max_expected_error, max_p_fail)
     n_jobs = _resolve_jobs(jobs)
     try:  # fail early on unknown names or missing weights (workers build their own)
         resolved = get_aligner(settings).template

@@ -19,10 +19,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .constants import BUILTIN_DETECTORS
+from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
 
-# Names only; kept here so that --help does not import torch.
-DETECTOR_CHOICES = BUILTIN_DETECTORS
 ENGINE_CHOICES = ("tcnn", "vanilla")
 #: Images per landmark-network batch in ``facealign landmarks``.
 LANDMARKS_CHUNK = 64
@@ -34,13 +32,31 @@ def main() -> None:
     """Face detection, five TCNN landmarks and aligned face crops."""
 
 
+def _check_detector(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .detection import available_detectors
+
+    names = available_detectors()
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not a detector; choose one of {', '.join(names)}")
+    return value
+
+
 def _detector_option(f):
+    """``--detector NAME`` (built-in, registered or entry-point plug-in) and ``--min-face PX``."""
+    f = click.option(
+        "--min-face",
+        type=click.FloatRange(min=1, min_open=False),
+        default=None,
+        help="Smallest face to look for, in pixels of the photo [default: 20 for retinaface and "
+        "libfacedetection; dlib and haar have their own fixed search].",
+    )(f)
     return click.option(
         "--detector",
-        type=click.Choice(DETECTOR_CHOICES),
-        default="dlib",
+        default=DEFAULT_DETECTOR,
         show_default=True,
-        help="Face detector.",
+        callback=_check_detector,
+        help=f"Face detector: {', '.join(BUILTIN_DETECTORS)}, or a plug-in from the "
+        "'facealign.detectors' entry-point group.",
     )(f)
 
 
@@ -131,6 +147,7 @@ def crop(
     in_dir: Path,
     out_dir: Path,
     detector: str,
+    min_face: float | None,
     engine: str,
     template: str,
     size: int | None,
@@ -161,6 +178,7 @@ def crop(
             in_dir,
             out_dir,
             detector=detector,
+            min_face=min_face,
             engine=engine,
             template=template,
             size=size,
@@ -211,7 +229,9 @@ def _format_point(point) -> str:
 @_engine_option
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
-def landmarks(inputs: tuple[Path, ...], detector: str, engine: str, largest_only: bool, as_json: bool) -> None:
+def landmarks(
+    inputs: tuple[Path, ...], detector: str, min_face: float | None, engine: str, largest_only: bool, as_json: bool
+) -> None:
     """Print face boxes, scores and five landmarks for images or folders of images.
 
     Coordinates are pixels of the original image (EXIF orientation applied);
@@ -225,7 +245,7 @@ def landmarks(inputs: tuple[Path, ...], detector: str, engine: str, largest_only
     from .batch import CropSettings, get_aligner, iter_image_faces
 
     try:
-        aligner = get_aligner(CropSettings(detector=detector, engine=engine))
+        aligner = get_aligner(CropSettings(detector=detector, engine=engine, min_face=min_face))
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     paths = _expand(inputs)
@@ -263,8 +283,15 @@ def landmarks(inputs: tuple[Path, ...], detector: str, engine: str, largest_only
 # --------------------------------------------------------------------------- #
 
 from .analysis import analyze  # noqa: E402
-from .model_cli import evaluate_command, sweep_k_command, train_command, tweak_command  # noqa: E402
-from .model_cli import evaluate_quality_command, fit_quality_command  # noqa: E402
+from .model_cli import (  # noqa: E402
+    evaluate_command,
+    evaluate_quality_command,
+    fit_box_maps_command,
+    fit_quality_command,
+    sweep_k_command,
+    train_command,
+    tweak_command,
+)
 
 main.add_command(analyze)
 main.add_command(train_command)
@@ -273,6 +300,7 @@ main.add_command(evaluate_command)
 main.add_command(sweep_k_command)
 main.add_command(fit_quality_command)
 main.add_command(evaluate_quality_command)
+main.add_command(fit_box_maps_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,9 +46,21 @@ NOSE: Final[int] = 2
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 
-#: Names of the detector back-ends built into :mod:`facealign.detection` (the
-#: choices of every ``--detector`` option; the first is the default).
-BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("dlib", "dlib-fast", "haar")
+#: Names of the detector back-ends built into :mod:`facealign.detection`; the
+#: first is the default (chosen by the figures in README, "Face detection").
+BUILTIN_DETECTORS: Final[tuple[str, ...]] = ("retinaface", "libfacedetection", "dlib", "dlib-fast", "haar")
+
+#: The detector used when none is named.
+DEFAULT_DETECTOR: Final[str] = BUILTIN_DETECTORS[0]
+
+#: The detector whose boxes the landmark engines were trained on; other
+#: detectors' boxes are mapped to its convention (:class:`facealign.reboxing.DetectorBoxMap`).
+TRAINING_DETECTOR: Final[str] = "dlib"
+
+#: Longer side, in pixels, of the working image a photo is decoded to for the
+#: detectors that search a reduced image anyway (dlib, Haar: at most 1,280 px);
+#: crops keep the detail of this resolution.
+WORK_MAX_SIDE: Final[int] = 4096
 
 #: Image file extensions that the batch tools pick up (lower case, with dot).
 IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(

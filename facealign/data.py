@@ -117,15 +117,29 @@ def match_detection(boxes: np.ndarray, points: np.ndarray) -> int:
     return int(np.argmin(dist))
 
 
+#: Columns of :func:`detect_boxes`' result: box (4), score (1), the detector's own
+#: five points (10, x and y interleaved; NaN for back-ends without points).
+DETECTION_COLUMNS = 15
+
+
 def _detect_chunk(detector: Detector, images: np.ndarray, points: np.ndarray) -> np.ndarray:
-    out = np.full((len(images), 5), np.nan, np.float64)
+    out = np.full((len(images), DETECTION_COLUMNS), np.nan, np.float64)
     for i, (image, pts) in enumerate(zip(images, points)):
         det = detector.detect(image)
         k = match_detection(det.boxes, pts)
         if k >= 0:
             out[i, :4] = det.boxes[k]
             out[i, 4] = det.scores[k]
+            if det.landmarks is not None:
+                out[i, 5:] = det.landmarks[k].reshape(-1)
     return out
+
+
+def detection_points(detections: np.ndarray) -> np.ndarray | None:
+    """The detector's own points ``N x 5 x 2`` from :func:`detect_boxes` rows, or None when it gives none."""
+    points = np.asarray(detections, np.float64)[:, 5:DETECTION_COLUMNS].reshape(-1, 5, 2)
+    found = np.isfinite(detections[:, 0])
+    return points if np.isfinite(points[found]).all() and found.any() else None
 
 
 def detect_boxes(
@@ -139,9 +153,11 @@ def detect_boxes(
 
     Returns
     -------
-    ndarray, shape (N, 5)
-        ``x1, y1, x2, y2, score`` per image; NaN where the detector missed the face
-        (such faces are dropped from training and count as failures in evaluation).
+    ndarray, shape (N, 15)
+        ``x1, y1, x2, y2, score`` and the detector's own five points (x, y
+        interleaved; NaN for detectors without points) per image; NaN where the
+        detector missed the face (such faces are dropped from training and count
+        as failures in evaluation). See :data:`DETECTION_COLUMNS`.
     """
     from joblib import Parallel, delayed
 
@@ -154,12 +170,17 @@ def detect_boxes(
         parts.append(part)
         if progress is not None:
             progress(len(part))
-    return np.concatenate(parts) if parts else np.zeros((0, 5))
+    return np.concatenate(parts) if parts else np.zeros((0, DETECTION_COLUMNS))
 
 
 def _detector_fingerprint(name: str) -> str:
     """Short hash of a detector's settings, so that changed settings never reuse stale boxes."""
-    settings = {k: v for k, v in sorted(vars(get_detector(name)).items()) if not k.startswith("_")}
+    detector = get_detector(name)
+    settings = {
+        k: getattr(detector, k)
+        for k in sorted(dir(detector))
+        if not k.startswith("_") and not callable(getattr(detector, k)) and k != "threads"
+    }
     return hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
 
 
@@ -174,7 +195,8 @@ def cached_boxes(
     """:func:`detect_boxes` with the result cached in ``cache_dir`` by data set and detector."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"boxes-{detector_name}-{_detector_fingerprint(detector_name)}-{data.fingerprint()}.npy"
+    name = f"detections-{detector_name}-{_detector_fingerprint(detector_name)}-{data.fingerprint()}.npy"
+    path = cache_dir / name
     if path.exists():
         return np.load(path)
     boxes = detect_boxes(images, data.points, detector_name, jobs=jobs, progress=progress)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .constants import LEFT_EYE, RIGHT_EYE
+from .constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
 
 #: Error above which a face counts as a failure (fraction of inter-ocular distance).
 FAILURE_THRESHOLD = 0.10
@@ -91,29 +91,43 @@ def evaluate_engines(
     engines: dict,
     mtfl_root: "str | Path",
     cache_dir: "str | Path",
-    detector: str = "dlib",
+    detector: str = DEFAULT_DETECTOR,
     split: str = "test",
     log: Callable[[str], None] = lambda s: None,
+    with_quality: bool = False,
 ) -> dict:
     """Evaluate several :class:`~facealign.engine.LandmarkEngine` on the same detected faces.
 
     Returns a dict ``label -> summary`` (see :func:`summarize`), each with the raw
-    per-face ``errors`` list for curves.
+    per-face ``errors`` list for curves. With ``with_quality``, each also holds
+    ``quality``: the per-face quality arrays of
+    :meth:`~facealign.engine.LandmarkEngine.predict_faces` and ``detector_score``.
     """
-    from .data import cached_boxes, load_mtfl
+    from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
+    from .reboxing import training_boxes
 
-    data = load_mtfl(mtfl_root, split)
+    if split == "validation":
+        data = load_mtfl(mtfl_root, "train")
+        data = data.subset(train_validation_split(len(data))[1])
+    else:
+        data = load_mtfl(mtfl_root, split)
     images = data.load_images()
-    boxes = cached_boxes(data, images, cache_dir, detector)
-    found = np.flatnonzero(np.isfinite(boxes[:, 0]))
+    detections = cached_boxes(data, images, cache_dir, detector)
+    found = np.flatnonzero(np.isfinite(detections[:, 0]))
     misses = len(data) - len(found)
     log(f"{detector}: {len(found)} of {len(data)} faces detected, {misses} misses")
+    points = detection_points(detections)
+    boxes = training_boxes(detector, detections[found, :4], None if points is None else points[found])
     results = {}
     for label, engine in engines.items():
-        pred = engine.predict_faces(images, found, boxes[found, :4])
+        pred = engine.predict_faces(images, found, boxes, return_quality=with_quality)
+        if with_quality:
+            pred, quality = pred
         errors = normalized_errors(pred, data.points[found]) if len(found) else np.zeros(0)
         res = summarize(errors, misses)
         res["errors"] = errors.tolist()
+        if with_quality:
+            res["quality"] = {**quality, "detector_score": detections[found, 4]}
         results[label] = res
     return results
 

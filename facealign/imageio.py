@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
 def _decode(
     path: str | os.PathLike[str],
     max_pixels: int,
-    max_side: int | None,
+    max_side: "int | MaxSide | None",
 ) -> tuple[np.ndarray, float]:
     """Decode ``path``; with ``max_side``, use JPEG draft mode and return the DCT scale."""
     path = Path(path)
@@ -187,6 +187,8 @@ def _decode(
         with _strict_pillow(), Image.open(path) as image:
             if max_side is not None:
                 width, height = image.size
+                if callable(max_side):
+                    max_side = max(1, int(max_side(width, height)))
                 target = max_side / max(width, height)
                 if target < 1.0:
                     request = (
@@ -248,9 +250,13 @@ def read_image(
     return _decode(path, max_pixels, None)[0]
 
 
+#: A longer-side limit that depends on the image: ``max_side(width, height) -> int``.
+MaxSide = Callable[[int, int], int]
+
+
 def read_image_reduced(
     path: str | os.PathLike[str],
-    max_side: int,
+    max_side: "int | MaxSide",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, float]:
     """Decode an image so that its longer side is at most ``max_side`` pixels.
@@ -265,8 +271,10 @@ def read_image_reduced(
     ----------
     path : str or os.PathLike
         Image file.
-    max_side : int
-        Largest side of the returned image, in pixels (positive).
+    max_side : int or callable
+        Largest side of the returned image, in pixels (positive), or a function
+        ``max_side(width, height)`` of the full-resolution size that gives it
+        (read from the file header, before decoding).
     max_pixels : int, optional
         Largest accepted number of pixels *decoded* (after the DCT reduction).
 
@@ -288,9 +296,19 @@ def read_image_reduced(
     ValueError
         If ``max_side`` is not positive.
     """
-    if max_side <= 0:
+    if not callable(max_side) and max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
+    resolved: list[int] = []
+    if callable(max_side):
+        side_for = max_side
+
+        def max_side(width: int, height: int) -> int:
+            resolved.append(max(1, int(side_for(width, height))))
+            return resolved[-1]
+
     rgb, draft_scale = _decode(path, max_pixels, max_side)
+    if resolved:
+        max_side = resolved[-1]
     height, width = rgb.shape[:2]
     # Full-resolution size (EXIF orientation swaps both sides alike).
     full_w, full_h = width / draft_scale, height / draft_scale

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
-from .constants import BUILTIN_DETECTORS
+from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, TRAINING_DETECTOR
 
 DEFAULT_DATA = "../shared/datasets/mtfl"
 
@@ -138,8 +139,14 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     default=None,
     help="Re-box from a first pass before the reported one [default: on when the weights carry a box model].",
 )
-@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="test: the AFLW test set.")
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "validation", "train"]),
+    default="test",
+    show_default=True,
+    help="test: the AFLW test set; validation: the held-out 10% of train.txt; train: all of train.txt.",
+)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
@@ -257,7 +264,7 @@ def _quality_engine(name: str, weights: "Path | None"):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Weights file to write [default: overwrite --weights / the shipped file].")
 @click.option("--signals", default=None, help="Comma-separated quality signals [default: the engine's, see facealign.quality_fit].")
-@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 def fit_quality_command(data, engine_name, weights, out, signals, detector, cache_dir) -> None:
     """Fit the per-face quality model on the MTFL validation split and store it in the weights.
@@ -289,7 +296,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
 @_data_option
 @click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (with a quality model).")
-@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for quality-<engine>.json and quality-<engine>.png.")
@@ -321,3 +328,61 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
             f"{r['auc_p_fail']:.3f}, Spearman {r['spearman_expected_error']:.3f}, NME {r['nme']:.2f}% -> "
             f"{r['error_reject'][2]['nme']:.2f}% rejecting 10% ({100 * r['nme_reduction_rejecting_10pct']:.1f}% lower)"
         )
+
+
+@click.command("fit-box-maps")
+@_data_option
+@click.option(
+    "--detector",
+    "detectors",
+    multiple=True,
+    type=click.Choice([d for d in BUILTIN_DETECTORS if not d.startswith(TRAINING_DETECTOR)]),
+    default=("retinaface", "libfacedetection"),
+    show_default=True,
+    help="Detector(s) to fit a map for; repeatable.",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[default: the shipped weights/box_maps.json]")
+@click.option("--jobs", "-j", type=int, default=-1, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
+    """Fit, per detector, the map from its boxes (and points) to dlib's boxes.
+
+    The engines were trained on dlib HOG boxes; these maps let them take other
+    detectors' faces (:class:`facealign.reboxing.DetectorBoxMap`). Fitted on the
+    MTFL training split only (train.txt less the validation 10%), on the faces
+    both detectors find. Reproduces the shipped file with the defaults.
+    """
+    import datetime
+
+    from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
+    from .evaluation import write_json
+    from .reboxing import BOX_MAPS_FILE, DetectorBoxMap
+
+    _check_data(data)
+    log = _logger(quiet)
+    train = load_mtfl(data, "train")
+    train = train.subset(train_validation_split(len(train))[0])
+    images = train.load_images()
+    log(f"detecting {len(train)} training faces with {TRAINING_DETECTOR} (the engines' training detector)")
+    reference = cached_boxes(train, images, cache_dir, TRAINING_DETECTOR, jobs=jobs)
+    maps = {}
+    for name in detectors:
+        log(f"detecting {len(train)} training faces with {name}")
+        found = cached_boxes(train, images, cache_dir, name, jobs=jobs)
+        fitted = DetectorBoxMap.fit(name, found[:, :4], reference[:, :4], detection_points(found))
+        maps[name] = fitted.to_json()
+        log(
+            f"{name}: {fitted.faces} faces; centre shift {np.round(fitted.box_offset, 3).tolist()} box sizes, "
+            f"scale {np.round(fitted.box_scale, 3).tolist()}, points model: {fitted.from_points is not None}"
+        )
+    write_json(
+        {
+            "reference_detector": TRAINING_DETECTOR,
+            "fitted_on": "MTFL train.txt less the validation split (facealign.data.train_validation_split)",
+            "command": "facealign fit-box-maps " + " ".join(f"--detector {d}" for d in detectors),
+            "date": datetime.date.today().isoformat(),
+            "maps": maps,
+        },
+        BOX_MAPS_FILE if out is None else out,
+    )

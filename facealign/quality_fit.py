@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import load_mtfl, train_validation_split
-from .evaluation import FAILURE_THRESHOLD, normalized_errors
+from .constants import TRAINING_DETECTOR
+from .evaluation import FAILURE_THRESHOLD, evaluate_engines
 from .quality import QualityModel, fit_quality_model
 
 #: Signals of the shipped models, per engine: intrinsic to the landmark engine and
@@ -58,23 +58,18 @@ class QualitySample:
 
 
 def collect_quality(
-    engine, mtfl_root: "str | Path", split: str, cache_dir: "str | Path", detector: str = "dlib",
+    engine, mtfl_root: "str | Path", split: str, cache_dir: "str | Path", detector: str = TRAINING_DETECTOR,
     log: Callable[[str], None] = lambda s: None,
 ) -> QualitySample:
-    """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW)."""
-    from .training import prepare_faces
+    """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW).
 
+    The faces and boxes are those of :func:`facealign.evaluation.evaluate_engines`.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "validation":
-        data = load_mtfl(mtfl_root, "train")
-        data = data.subset(train_validation_split(len(data))[1])
-    else:
-        data = load_mtfl(mtfl_root, "test")
-    faces, detections = prepare_faces(data, cache_dir, detector, log=log)
-    points, quality = engine.predict_faces(faces.images, np.arange(len(faces.boxes)), faces.boxes, return_quality=True)
-    quality["detector_score"] = detections[faces.index, 4]
-    return QualitySample(split, quality, normalized_errors(points, faces.points), len(data) - len(faces.index))
+    result = evaluate_engines({"engine": engine}, mtfl_root, cache_dir, detector, split, log, with_quality=True)
+    res = result["engine"]
+    return QualitySample(split, res["quality"], np.asarray(res["errors"]), res["misses"])
 
 
 def fit_engine_quality(

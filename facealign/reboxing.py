@@ -11,6 +11,11 @@ and the points suffer. Re-boxing makes the engine depend much less on the box:
    keeps the given box where the points imply an implausible one);
 3. the second (reported) pass runs on a crop of that box.
 
+Detectors other than the training one (dlib HOG) frame faces their own way;
+:class:`DetectorBoxMap` maps their boxes, and their own five points where they
+give them, to dlib's convention before step 1 (fitted per detector on the
+training split by ``facealign fit-box-maps``, shipped in ``weights/box_maps.json``).
+
 :class:`BoxFromLandmarks` is a linear least-squares model fitted on the training
 split (ground-truth points against detector boxes). With ``c`` the points'
 centroid and ``s`` their RMS distance to it (both in pixels), the features are
@@ -25,7 +30,10 @@ not depend on the choice.)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,3 +139,125 @@ class BoxFromLandmarks:
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "BoxFromLandmarks":
         return cls(t.detach().cpu().double().numpy())
+
+
+# --------------------------------------------------------------------------- #
+# Per-detector box maps: another detector's output -> the training box convention
+# --------------------------------------------------------------------------- #
+
+#: Where the fitted per-detector maps ship (``facealign fit-box-maps`` writes it).
+BOX_MAPS_FILE = Path(__file__).resolve().parent / "weights" / "box_maps.json"
+
+
+@dataclass(frozen=True)
+class DetectorBoxMap:
+    """The box the training detector (dlib HOG) would give, from another detector's output.
+
+    The engines were trained on dlib boxes. A detector that frames faces
+    differently (tighter, lower, with its own five points) is mapped to that
+    convention before the landmark passes; re-boxing then does the rest.
+
+    Attributes
+    ----------
+    detector : str
+        Name of the detector the map was fitted for.
+    box_offset : ndarray (2,)
+        Centre shift, in widths and heights of the detector's box.
+    box_scale : ndarray (2,)
+        Width and height factors (geometric means over the fitting faces).
+    from_points : BoxFromLandmarks or None
+        For detectors that give five points: the box those points imply (fitted
+        on the detector's own points against dlib's boxes); used wherever it is
+        plausible, the box map elsewhere.
+    faces : int
+        Training faces the map was fitted on.
+    """
+
+    detector: str
+    box_offset: np.ndarray
+    box_scale: np.ndarray
+    from_points: BoxFromLandmarks | None = None
+    faces: int = 0
+
+    @classmethod
+    def fit(
+        cls, detector: str, boxes: np.ndarray, target_boxes: np.ndarray, points: np.ndarray | None = None
+    ) -> "DetectorBoxMap":
+        """Fit on faces found by both: the detector's ``boxes`` (and ``points``) against ``target_boxes``."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        target = np.asarray(target_boxes, np.float64).reshape(-1, 4)
+        ok = np.isfinite(boxes).all(1) & np.isfinite(target).all(1)
+        if points is not None:
+            points = np.asarray(points, np.float64).reshape(-1, NUM_POINTS, 2)
+            ok &= np.isfinite(points).all((1, 2))
+        if ok.sum() < 2 * NUM_FEATURES:
+            raise ValueError(f"need at least {2 * NUM_FEATURES} faces found by both detectors, got {ok.sum()}")
+        size = boxes[ok, 2:] - boxes[ok, :2]
+        centre = (boxes[ok, :2] + boxes[ok, 2:]) / 2
+        t_size = target[ok, 2:] - target[ok, :2]
+        t_centre = (target[ok, :2] + target[ok, 2:]) / 2
+        offset = ((t_centre - centre) / size).mean(0)
+        scale = np.exp(np.log(t_size / size).mean(0))
+        from_points = BoxFromLandmarks.fit(points[ok], target[ok]) if points is not None else None
+        return cls(detector, offset, scale, from_points, int(ok.sum()))
+
+    def apply(self, boxes: np.ndarray, points: np.ndarray | None = None) -> np.ndarray:
+        """Training-convention boxes ``N x 4`` for the detector's ``boxes`` (and its ``points``)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        size = boxes[:, 2:] - boxes[:, :2]
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + np.asarray(self.box_offset) * size
+        half = size * np.asarray(self.box_scale) / 2
+        mapped = np.concatenate([centre - half, centre + half], 1)
+        if self.from_points is not None and points is not None and len(boxes):
+            mapped = self.from_points.rebox(points, mapped)
+        return mapped
+
+    def to_json(self) -> dict:
+        return {
+            "box_offset": np.round(self.box_offset, 6).tolist(),
+            "box_scale": np.round(self.box_scale, 6).tolist(),
+            "from_points": None if self.from_points is None else np.round(self.from_points.coef, 8).tolist(),
+            "faces": self.faces,
+        }
+
+    @classmethod
+    def from_json(cls, detector: str, obj: dict) -> "DetectorBoxMap":
+        points = obj.get("from_points")
+        return cls(
+            detector,
+            np.asarray(obj["box_offset"], np.float64),
+            np.asarray(obj["box_scale"], np.float64),
+            None if points is None else BoxFromLandmarks(np.asarray(points, np.float64)),
+            int(obj.get("faces", 0)),
+        )
+
+
+def load_box_maps(path: "str | Path" = BOX_MAPS_FILE) -> dict[str, DetectorBoxMap]:
+    """The fitted maps by detector name (empty when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {name: DetectorBoxMap.from_json(name, obj) for name, obj in data.get("maps", {}).items()}
+
+
+def box_map_for(detector: str) -> DetectorBoxMap | None:
+    """The shipped map for a detector name; None for the training detector and unknown ones."""
+    return _shipped_maps().get(detector)
+
+
+@lru_cache(maxsize=1)
+def _shipped_maps() -> dict[str, DetectorBoxMap]:
+    return load_box_maps()
+
+
+def training_boxes(detector: str, boxes: np.ndarray, points: np.ndarray | None = None) -> np.ndarray:
+    """``boxes`` (and the detector's ``points``) of detector ``detector`` in the training box convention.
+
+    Applies the shipped :class:`DetectorBoxMap` of that detector; boxes of the
+    training detector and of detectors without a map are returned unchanged
+    (as float64 ``N x 4``).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    box_map = box_map_for(detector)
+    return boxes if box_map is None else box_map.apply(boxes, points)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
+from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
 from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .engine import WEIGHTS_FORMAT_VERSION
@@ -53,7 +53,7 @@ class TrainConfig:
     jitter_scale: float = 0.07  # relative
     rotation_deg: float = 12.0  # "full" only
     seed: int = 0
-    detector: str = "dlib"
+    detector: str = TRAINING_DETECTOR
     threads: int = 1  # torch threads; 0: torch default
 
 
@@ -73,7 +73,7 @@ class PreparedFaces:
 def prepare_faces(
     data: LandmarkSet,
     cache_dir: "str | Path",
-    detector: str = "dlib",
+    detector: str = TRAINING_DETECTOR,
     rows: np.ndarray | None = None,
     images: np.ndarray | None = None,
     log: Callable[[str], None] = print,

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .alignment import estimate_similarity
-from .constants import NUM_POINTS
+from .constants import NUM_POINTS, TRAINING_DETECTOR
 from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
 from .engine import GaussianRouter, LandmarkEngine, load_weights
 from .evaluation import normalized_errors
@@ -67,7 +67,7 @@ class TweakConfig:
     max_epochs: int = 300
     patience: int = 50  # epochs without validation improvement (paper: 50)
     seed: int = 0
-    detector: str = "dlib"
+    detector: str = TRAINING_DETECTOR
     reg_covar: float = 1e-3
     labels: str = "warped"  # "warped": A's landmarks warped by H (exact); "paper": B's landmarks
     boxes: str = "refined"  # "refined": re-boxed from a vanilla first pass (see reboxing); "detector": the paper's

@@ -19,6 +19,7 @@ from PIL import Image
 import facealign
 from facealign.alignment import estimate_similarity, get_template, transform_points
 from facealign.cli import main
+from facealign.constants import DEFAULT_DETECTOR
 from facealign.imageio import read_image
 
 from conftest import two_face_photo
@@ -85,7 +86,7 @@ def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
             assert im.size == (112, 112)
         stem, ext = os.path.splitext(r["source"])
         assert r["output"] == f"{stem}_{r['face']}{'.jpg' if ext == '.jpg' else '.png'}"
-        assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", "dlib")
+        assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", DEFAULT_DETECTOR)
         assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
     # Only crops, the two record files and the lock: nothing else (no .part temporaries).
     written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}

@@ -119,3 +119,91 @@ def test_an_implausible_first_pass_keeps_the_given_box():
     np.testing.assert_array_equal(out[:3], boxes[:3])
     assert not np.allclose(out[3], boxes[3])
     np.testing.assert_allclose(out[3], eng.box_model.boxes_for(face[None])[0])
+
+
+# --------------------------------------------------------------------------- #
+# Per-detector box maps
+# --------------------------------------------------------------------------- #
+
+
+def test_detector_box_map_recovers_a_known_framing():
+    # A detector whose boxes sit 10% of their width to the right and 20% of their
+    # height higher than dlib's, 0.8 and 1.25 times as large: the fitted map
+    # undoes it exactly (1e-9 px) and survives its JSON round trip.
+    from facealign.reboxing import DetectorBoxMap
+
+    points = _faces(100)
+    dlib_boxes = np.concatenate([points.min(1) - 8, points.max(1) + 8], axis=1)
+    size = dlib_boxes[:, 2:] - dlib_boxes[:, :2]
+    centre = (dlib_boxes[:, :2] + dlib_boxes[:, 2:]) / 2
+    other_size = size * [0.8, 1.25]
+    other_centre = centre + [0.1, -0.2] * other_size
+    other = np.concatenate([other_centre - other_size / 2, other_centre + other_size / 2], 1)
+    box_map = DetectorBoxMap.fit("other", other, dlib_boxes)
+    np.testing.assert_allclose(box_map.apply(other), dlib_boxes, atol=1e-9)
+    np.testing.assert_allclose(box_map.box_scale, [1 / 0.8, 1 / 1.25], atol=1e-12)
+    again = DetectorBoxMap.from_json("other", box_map.to_json())
+    np.testing.assert_allclose(again.apply(other), dlib_boxes, atol=1e-4)
+    assert box_map.faces == 100 and box_map.from_points is None
+    with pytest.raises(ValueError, match="at least"):
+        DetectorBoxMap.fit("other", other[:3], dlib_boxes[:3])
+
+
+def test_detector_box_map_uses_the_detectors_points_where_plausible():
+    from facealign.reboxing import DetectorBoxMap
+
+    points = _faces(100, seed=4)
+    dlib_boxes = BoxFromLandmarks.fit(points, np.concatenate([points.min(1) - 6, points.max(1) + 9], axis=1)).boxes_for(points)
+    detector_boxes = dlib_boxes + np.random.default_rng(0).normal(0, 3, dlib_boxes.shape)  # noisy framing
+    box_map = DetectorBoxMap.fit("pts", detector_boxes, dlib_boxes, points)
+    assert box_map.from_points is not None
+    # The points determine dlib's box exactly here, better than the noisy boxes do.
+    np.testing.assert_allclose(box_map.apply(detector_boxes, points), dlib_boxes, atol=1e-6)
+    assert np.abs(box_map.apply(detector_boxes) - dlib_boxes).mean() > 1.0
+    # Points that imply an implausible box (all coincident) fall back to the box map.
+    bad = points.copy()
+    bad[0] = 5.0
+    mapped = box_map.apply(detector_boxes, bad)
+    np.testing.assert_allclose(mapped[0], box_map.apply(detector_boxes[:1])[0])
+
+
+def test_shipped_box_maps_bring_other_detectors_to_dlib_boxes(shared_datasets):
+    # RetinaFace and libfacedetection boxes, mapped, overlap dlib's boxes on the
+    # same MTFL faces far better than unmapped (mean IoU).
+    from facealign.data import load_mtfl, match_detection
+    from facealign.detection import get_detector
+    from facealign.imageio import read_image
+    from facealign.reboxing import box_map_for, training_boxes
+
+    assert box_map_for("dlib") is None
+    boxes = np.array([[10.0, 20, 50, 70]])
+    assert training_boxes("dlib", boxes).tolist() == boxes.tolist()
+    data = load_mtfl(shared_datasets / "mtfl", "train").subset(np.arange(9100, 9130))
+    dlib = get_detector("dlib")
+
+    def iou(a, b):
+        w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+        h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+        area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+        return w * h / (area(a) + area(b) - w * h)
+
+    for name in ("retinaface", "libfacedetection"):
+        if box_map_for(name) is None:
+            pytest.fail(f"no shipped box map for {name}")
+        try:
+            det = get_detector(name)
+        except ImportError as exc:
+            pytest.skip(str(exc))
+        raw, mapped, ref = [], [], []
+        for path, pts in zip(data.paths, data.points):
+            image = read_image(data.root / path)
+            a, b = det.detect(image), dlib.detect(image)
+            i, j = match_detection(a.boxes, pts), match_detection(b.boxes, pts)
+            if i < 0 or j < 0:
+                continue
+            raw.append(a.boxes[i])
+            mapped.append(training_boxes(name, a.boxes[i : i + 1], None if a.landmarks is None else a.landmarks[i : i + 1])[0])
+            ref.append(b.boxes[j])
+        raw, mapped, ref = map(np.array, (raw, mapped, ref))
+        assert len(ref) >= 25
+        assert iou(mapped, ref).mean() > 0.85 and iou(mapped, ref).mean() > iou(raw, ref).mean() + 0.05, name

@@ -1,11 +1,4 @@
-"""Face detectors behind one interface: image in, boxes and scores out.
-
-Every back-end works offline from a pip-installed package:
-
-* ``dlib`` -- dlib's HOG + linear SVM frontal detector (the detector family the
-  paper used), from the ``dlib-bin`` wheel.
-* ``haar`` -- OpenCV's Viola-Jones cascade (``haarcascade_frontalface_alt2``)
-  shipped in ``cv2.data`` of the ``opencv-python`` 4.x wheels.
+"""dlib HOG and OpenCV Haar: grayscale detectors behind a rescaling step.
 
 Both find faces only above a minimum size (about 80 px for dlib's HOG at its
 native scale), so :class:`ScaledDetector` rescales the image first: small images
@@ -17,89 +10,22 @@ searched at its own size and upscaled only when no face is found there: about
 2x faster on web photos, at the cost of small faces in photos that also hold a
 large one (``dlib-fast``).
 
-Plug-ins: any object with a ``name`` attribute and a ``detect(image) ->
-Detections`` method can be passed wherever a detector is expected, and
-:func:`register_detector` makes it selectable by name.
+* ``dlib`` -- dlib's HOG + linear SVM frontal detector (the detector family the
+  paper used), from the ``dlib-bin`` wheel. dlib rectangles hold inclusive
+  pixel indices; the box spans their outer edges.
+* ``haar`` -- OpenCV's Viola-Jones cascade (``haarcascade_frontalface_alt2``)
+  shipped in ``cv2.data`` of the OpenCV 4.x wheels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
-
 import cv2
 import numpy as np
 
-from .constants import BUILTIN_DETECTORS
+from ..constants import WORK_MAX_SIDE
+from .base import Detections, check_image
 
-__all__ = [
-    "Detections",
-    "Detector",
-    "ScaledDetector",
-    "DlibHogDetector",
-    "FastDlibHogDetector",
-    "HaarDetector",
-    "DETECTORS",
-    "DEFAULT_DETECTOR",
-    "get_detector",
-    "register_detector",
-]
-
-
-@dataclass(frozen=True)
-class Detections:
-    """Faces found in one image.
-
-    Attributes
-    ----------
-    boxes : ndarray, shape (N, 4), float32
-        ``(x1, y1, x2, y2)`` in pixels of the image given to the detector.
-    scores : ndarray, shape (N,), float32
-        Detector confidence; higher is more confident. Scales differ between
-        back-ends.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-
-    def __post_init__(self) -> None:
-        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        if len(boxes) != len(scores):
-            raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-        object.__setattr__(self, "boxes", boxes)
-        object.__setattr__(self, "scores", scores)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @classmethod
-    def empty(cls) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
-
-    def sorted_by_area(self) -> "Detections":
-        """The same faces, largest box first."""
-        area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
-        order = np.argsort(-area, kind="stable")
-        return Detections(self.boxes[order], self.scores[order])
-
-
-@runtime_checkable
-class Detector(Protocol):
-    """What facealign needs of a face detector."""
-
-    name: str
-
-    def detect(self, image: np.ndarray) -> Detections:
-        """Find faces in an ``H x W x 3`` uint8 RGB image."""
-        ...
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got shape {shape} dtype {dtype}")
+__all__ = ["ScaledDetector", "DlibHogDetector", "FastDlibHogDetector", "HaarDetector"]
 
 
 class ScaledDetector:
@@ -139,11 +65,17 @@ class ScaledDetector:
             scale = self.max_side / max(height, width)
         return scale
 
+    def work_scale(self, height: int, width: int) -> float:
+        """The largest resize factor worth decoding a photo of this size at (see
+        :func:`facealign.detection.working_side`): up to
+        :data:`~facealign.constants.WORK_MAX_SIDE` pixels."""
+        return WORK_MAX_SIDE / max(height, width)
+
     def _detect_gray(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def detect(self, image: np.ndarray) -> Detections:
-        _check_image(image)
+        check_image(image)
         scale = self.scale_for(*image.shape[:2])
         if scale > 1.0 and self.upscale == "when-empty":
             found = self._detect_scaled(image, 1.0)
@@ -299,35 +231,3 @@ class HaarDetector(ScaledDetector):
             [rects[:, 0] - 0.5, rects[:, 1] - 0.5, rects[:, 0] + rects[:, 2] - 0.5, rects[:, 1] + rects[:, 3] - 0.5], 1
         )
         return boxes, np.asarray(weights, np.float64).reshape(-1)
-
-
-#: Detector factories by name; see :func:`register_detector`.
-DETECTORS: dict[str, Callable[..., Detector]] = {
-    "dlib": DlibHogDetector,
-    "dlib-fast": FastDlibHogDetector,
-    "haar": HaarDetector,
-}
-
-#: Chosen from the detection rates measured on celeba_wild (README).
-DEFAULT_DETECTOR = "dlib"
-assert tuple(DETECTORS) == BUILTIN_DETECTORS and DEFAULT_DETECTOR == BUILTIN_DETECTORS[0]
-
-
-def register_detector(name: str, factory: Callable[..., Detector]) -> None:
-    """Make a detector plug-in selectable by ``name`` (e.g. ``--detector name``)."""
-    DETECTORS[name] = factory
-
-
-def get_detector(spec: "str | Detector | None" = None, **kwargs) -> Detector:
-    """Return a detector from a name (``"dlib"``, ``"haar"``, a registered plug-in) or pass one through."""
-    if spec is None:
-        spec = DEFAULT_DETECTOR
-    if isinstance(spec, str):
-        try:
-            factory = DETECTORS[spec]
-        except KeyError:
-            raise ValueError(f"unknown detector {spec!r}; choose one of {sorted(DETECTORS)}") from None
-        return factory(**kwargs)
-    if not isinstance(spec, Detector):
-        raise TypeError(f"a detector needs a name and a detect(image) method, got {type(spec).__name__}")
-    return spec

