@@ -299,7 +299,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for quality-<engine>.json and quality-<engine>.png.")
+              help="Folder for quality-<engine>-<detector>.json and .png.")
 def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, out) -> None:
     """How well expected_error and p_fail predict the true error: validation split and AFLW test set.
 
@@ -320,8 +320,9 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
         except ValueError as err:
             raise click.ClickException(str(err)) from err
     labels = {"validation": "validation (fitted on)", "test": "AFLW test"}
-    write_json({"engine": engine_name, "detector": detector, **reports}, out / f"quality-{engine_name}.json")
-    plot_quality_report({labels[k]: v for k, v in reports.items()}, out / f"quality-{engine_name}.png")
+    stem = f"quality-{engine_name}-{detector}"
+    write_json({"engine": engine_name, "detector": detector, **reports}, out / f"{stem}.json")
+    plot_quality_report({labels[k]: v for k, v in reports.items()}, out / f"{stem}.png")
     for split, r in reports.items():
         click.echo(
             f"{labels[split]}: {r['faces']} faces, failure rate {100 * r['failure_rate']:.1f}%, AUC of p_fail "
