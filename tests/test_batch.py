@@ -221,22 +221,3 @@ def test_quality_limits_need_a_quality_model(small_input, tmp_path, monkeypatch)
     monkeypatch.setattr(aligner.engine, "quality_model", None)
     with pytest.raises(CropJobError, match="no quality model"):
         run_crop_job(small_input, tmp_path / "out", jobs=1, max_p_fail=0.5)
-
-
-def test_csv_manifest_of_an_earlier_version_is_upgraded(small_input, tmp_path) -> None:
-    # A CSV manifest written by 0.2.0 (before the warnings, source_b64 and quality
-    # columns) resumes: nothing is redone and the file gets the new header, with
-    # empty figures for old rows.
-    out = tmp_path / "out"
-    run_crop_job(small_input, out, jobs=1, manifest_format="csv")
-    with open(out / "manifest.csv", newline="") as handle:
-        old = [row[:-4] for row in csv.reader(handle)]
-    assert old[0][-1] == "source_mtime_ns"
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(old)
-    again = run_crop_job(small_input, out, jobs=1, manifest_format="csv")
-    assert (again.processed, again.skipped) == (0, 5)
-    with open(out / "manifest.csv", newline="") as handle:
-        reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames) == CSV_COLUMNS
-        assert all(row["expected_error"] == "" for row in reader)

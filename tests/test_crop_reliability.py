@@ -419,18 +419,22 @@ def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, m
 
 
 def test_csv_manifest_of_an_earlier_version_is_resumed(photos_in, tmp_path) -> None:
-    """``warnings`` and ``source_b64`` are new CSV columns: an older manifest is read and rewritten."""
+    """A CSV manifest of 0.2.0 (without ``warnings``, ``source_b64``, ``expected_error``,
+    ``p_fail``) resumes: nothing is redone, and it is rewritten with the new header,
+    the old rows kept with those columns empty."""
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
     with open(out / "manifest.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert tuple(rows[0][-2:]) == ("warnings", "source_b64")
+    assert tuple(rows[0][-4:]) == ("warnings", "source_b64", "expected_error", "p_fail")
     with open(out / "manifest.csv", "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(row[:-2] for row in rows)
+        csv.writer(handle, lineterminator="\n").writerows(row[:-4] for row in rows)
     summary = run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
     assert (summary.processed, summary.skipped) == (0, 4)
     with open(out / "manifest.csv", newline="") as handle:
-        assert list(csv.reader(handle)) == rows
+        upgraded = list(csv.reader(handle))
+    assert upgraded[0] == rows[0]
+    assert [row[:-4] + [""] * 4 for row in rows[1:]] == upgraded[1:]
 
 
 def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> None:

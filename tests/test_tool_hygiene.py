@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from facealign.cli import main
+from facealign.constants import DEFAULT_DETECTOR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,12 +71,12 @@ def test_item15_evaluate_reads_facealign_mtfl_and_caches_outside_the_cwd(shared_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     result = run_cli("evaluate", "--engine", "vanilla", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["detector"] == "dlib"
+    assert json.loads(result.stdout)["detector"] == DEFAULT_DETECTOR
     assert list(work.iterdir()) == []  # nothing written in the current folder
-    assert list((tmp_path / "xdg" / "facealign").glob("boxes-dlib-*.npy"))
+    assert list((tmp_path / "xdg" / "facealign").glob(f"detections-{DEFAULT_DETECTOR}-*.npy"))
     monkeypatch.setenv("FACEALIGN_CACHE", str(tmp_path / "mine"))
     assert run_cli("evaluate", "--engine", "vanilla", "--json").exit_code == 0
-    assert list((tmp_path / "mine").glob("boxes-dlib-*.npy"))
+    assert list((tmp_path / "mine").glob(f"detections-{DEFAULT_DETECTOR}-*.npy"))
 
 
 def test_item16_license_and_package_data() -> None:
