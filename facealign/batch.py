@@ -109,6 +109,8 @@ from .imageio import (
 
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
+    import distributed
+
     from .aligner import Face, FaceAligner
 
 __all__ = [
@@ -246,7 +248,8 @@ class Summary:
     ``failures`` failure records. ``ignored`` counts the entries of IN_DIR that
     are not images, by kind (:data:`facealign.imageio.IGNORED_KINDS`), and
     ``gone`` the sources recorded earlier that are no longer in IN_DIR (their
-    records and crops were removed).
+    records and crops were removed). ``chunks`` counts the chunks of images
+    (tasks) completed.
     """
 
     images: int = 0
@@ -259,6 +262,7 @@ class Summary:
     failures_file: str = ""
     ignored: Counter = field(default_factory=Counter)
     gone: int = 0
+    chunks: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -273,6 +277,7 @@ class Summary:
             + (f"ignored: {ignored}; " if ignored else "")
             + (f"records of {self.gone} deleted sources dropped; " if self.gone else "")
             + f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
+            + (f" ({self.chunks} chunks)" if self.chunks else "")
         )
 
 
@@ -1105,8 +1110,9 @@ def run_crop_job(
     fmt: str | None = None,
     overwrite: bool = False,
     manifest_format: str = "jsonl",
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    client: "distributed.Client | None" = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -1134,13 +1140,20 @@ def run_crop_job(
         Otherwise images already recorded (same size and mtime) are skipped.
     manifest_format : {"jsonl", "csv"}
         Manifest file format.
-    chunk_size : int
-        Images per task (at most; smaller when there are few images per worker).
+    chunk_size : int, optional
+        Images per task (at most; locally smaller when there are few images per
+        worker). Default: :data:`CHUNK_SIZE`, or
+        :data:`facealign.cluster.CLUSTER_CHUNK_SIZE` with ``client``.
     progress : callable, optional
         ``progress(done, total)``, called with ``done = 0`` before the first
         image and after each chunk, in the parent process; ``total`` counts the
         images this run processes. An exception raised by it stops the job
         after the chunk's records were written.
+    client : distributed.Client, optional
+        Run the chunks on this Dask cluster instead of local processes
+        (``jobs`` is then ignored; :mod:`facealign.cluster`). Its workers must
+        see ``in_dir`` and ``out_dir`` at the same paths (checked before any
+        work); only this process writes the records.
 
     Returns
     -------
@@ -1154,11 +1167,14 @@ def run_crop_job(
         the records are consistent, rerun to continue.
     CropJobError
         Missing ``in_dir``, ``out_dir`` inside or around ``in_dir``, unknown
-        settings, records written with other settings (rerun with overwrite).
+        settings, records written with other settings (rerun with overwrite),
+        cluster workers that cannot use the folders.
     """
     start = time.perf_counter()
     in_path, out_path = Path(in_dir), Path(out_dir)
     mname = manifest_name(manifest_format)
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZE if client is None else _cluster_chunk_size()
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     settings = CropSettings(detector, engine, template, size, min_face)
@@ -1170,11 +1186,15 @@ def run_crop_job(
     except (ValueError, FileNotFoundError) as exc:
         raise CropJobError(str(exc)) from exc
     src, dst = _check_dirs(in_path, out_path)
+    if client is not None:
+        from .cluster import check_workers
+
+        check_workers(client, src, dst)
     summary = Summary(manifest=str(out_path / mname), failures_file=str(out_path / FAILURES_NAME))
     try:
         with _Lock(dst):
             _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                        chunk_size, progress, summary, start)  # fmt: skip
+                        chunk_size, progress, summary, start, client)  # fmt: skip
     except OSError as exc:  # reading IN_DIR never raises (see scan_folder, the workers): OUT_DIR does
         where = f" {portable_name(str(exc.filename))!r}" if exc.filename else ""
         raise CropJobTransientError(
@@ -1188,6 +1208,7 @@ def _run_locked(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: "int | str | None",
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
+    client: "distributed.Client | None" = None,
 ) -> None:  # fmt: skip
     """The body of :func:`run_crop_job`, run while OUT_DIR is locked."""
     other = dst / manifest_name("csv" if manifest_format == "jsonl" else "jsonl")
@@ -1248,7 +1269,7 @@ def _run_locked(
             progress(0, len(todo))
         done = 0
         n_jobs = _resolve_jobs(jobs, len(todo))
-        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size):
+        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size, client):
             rows = [r for image_rows, _ in chunk.results for r in image_rows]
             fails = [f for _, f in chunk.results if f is not None]
             _append(manifest, _encode_rows(rows, manifest_format))
@@ -1256,6 +1277,7 @@ def _run_locked(
             summary.processed += len(chunk.results)
             summary.faces += len(rows)
             summary.failures += len(fails)
+            summary.chunks += 1
             if chunk.stopped is not None:
                 raise CropJobTransientError(f"{chunk.stopped}; fix it and rerun to continue")
             done += len(chunk_tasks)
@@ -1263,6 +1285,12 @@ def _run_locked(
             if progress is not None:
                 progress(done, len(todo))
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+
+
+def _cluster_chunk_size() -> int:
+    from .cluster import CLUSTER_CHUNK_SIZE
+
+    return CLUSTER_CHUNK_SIZE
 
 
 def _resolve_jobs(jobs: "int | str | None", n_images: int) -> int:
@@ -1296,9 +1324,12 @@ def _clear(out_dir: Path) -> None:
 
 
 def _run_chunks(
-    todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int
+    todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int,
+    client: "distributed.Client | None" = None,
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
-    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``.
+    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``,
+    or on a Dask cluster, in the order they complete, with ``client``
+    (:func:`facealign.cluster.run_chunks_on_cluster`).
 
     With worker processes, a worker that dies (a crash in a decoder, killed for
     memory) does not stop the job: the images of every chunk that had started
@@ -1308,6 +1339,11 @@ def _run_chunks(
     ends the job.)
     """
     if not todo:
+        return
+    if client is not None:
+        from .cluster import run_chunks_on_cluster
+
+        yield from run_chunks_on_cluster(client, todo, settings, largest_only, out_dir, chunk_size)
         return
     n_jobs = min(n_jobs, len(todo))
     # Enough chunks to keep every worker busy, but large enough to batch the network.
