@@ -115,7 +115,7 @@ def connect(address: str) -> Iterator["distributed.Client"]:
         if n_workers < 1:
             raise CropJobError(f"--cluster local:N needs at least one worker, got {address!r}")
         with distributed.LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
             yield client
         return
