@@ -1323,6 +1323,14 @@ def _clear(out_dir: Path) -> None:
         _unlink_quietly(out_dir / name)
 
 
+def balanced_chunk_size(n_images: int, n_workers: int, chunk_size: int) -> int:
+    """Images per chunk: at most ``chunk_size``, and fewer when that gives under four chunks
+    per worker, so that every worker stays busy to the end; ``chunk_size`` with one worker."""
+    if n_workers <= 1:
+        return chunk_size
+    return max(1, min(chunk_size, math.ceil(n_images / (4 * n_workers))))
+
+
 def _run_chunks(
     todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int,
     client: "distributed.Client | None" = None,
@@ -1346,8 +1354,7 @@ def _run_chunks(
         yield from run_chunks_on_cluster(client, todo, settings, largest_only, out_dir, chunk_size)
         return
     n_jobs = min(n_jobs, len(todo))
-    # Enough chunks to keep every worker busy, but large enough to batch the network.
-    size = max(1, min(chunk_size, math.ceil(len(todo) / (4 * n_jobs)))) if n_jobs > 1 else chunk_size
+    size = balanced_chunk_size(len(todo), n_jobs, chunk_size)
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     if n_jobs == 1:
         for chunk in chunks:

@@ -54,6 +54,7 @@ from .batch import (
     _Task,
     _unlink_quietly,
     _WorkersLock,
+    balanced_chunk_size,
     get_aligner,
 )
 
@@ -259,7 +260,8 @@ def run_chunks_on_cluster(
     settings, largest_only, out_dir
         As for :func:`facealign.batch._process_chunk`.
     chunk_size : int
-        Images per Dask task.
+        Images per Dask task, at most (:func:`facealign.batch.balanced_chunk_size`
+        for the worker threads at the start).
 
     Notes
     -----
@@ -270,10 +272,11 @@ def run_chunks_on_cluster(
     pending list) once they have released OUT_DIR's workers lock.
     """
     distributed = _import_distributed()
-    starts = range(0, len(todo), chunk_size)
-    chunks = (todo[i : i + chunk_size] for i in starts)
+    threads = sum(client.nthreads().values())
+    size = balanced_chunk_size(len(todo), threads, chunk_size)
+    chunks = (todo[i : i + size] for i in range(0, len(todo), size))
     workers_at_start = set(client.nthreads())
-    in_flight = max(2, CHUNKS_IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+    in_flight = max(2, CHUNKS_IN_FLIGHT_PER_THREAD * threads)
     owner: dict[Any, list[_Task]] = {}
     completed = distributed.as_completed()
     worker_died = False
