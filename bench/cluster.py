@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,19 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import CELEBA_IMAGES, machine_info, median, sample_paths  # noqa: E402
+from bench.common import CELEBA_IMAGES, link_photos, machine_info, median, sample_paths  # noqa: E402
+from bench.crop_speed import _wall  # noqa: E402
 
 #: Largest share of the driver and scheduler's time the chunks may take in the projection.
 SCHEDULER_BUSY_SHARE = 0.1
 WORKER_COUNTS = (10, 100, 1000)
-
-
-def _wall(command: list[str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
-    return time.perf_counter() - start
 
 
 def crop_speed(paths: list[Path], repeats: int, log=print) -> dict[str, list[float]]:
@@ -50,14 +42,11 @@ def crop_speed(paths: list[Path], repeats: int, log=print) -> dict[str, list[flo
     work = Path(tempfile.mkdtemp(prefix="facealign-cluster-bench-"))
     runs: dict[str, list[float]] = {"jobs-2": [], "cluster-local-2": []}
     try:
-        in_dir = work / "in"
-        in_dir.mkdir()
-        for p in paths:
-            (in_dir / p.name).symlink_to(p.resolve())
+        in_dir = link_photos(paths, work / "in")
         crop = [sys.executable, "-m", "facealign.cli", "crop", str(in_dir)]
         for r in range(repeats):
             for name, extra in (("jobs-2", ["--jobs", "2"]), ("cluster-local-2", ["--cluster", "local:2"])):
-                seconds = _wall(crop + [str(work / f"{name}-{r}"), "-q", *extra])
+                seconds = _wall([crop + [str(work / f"{name}-{r}"), "-q", *extra]])
                 runs[name].append(len(paths) / seconds)
                 log(f"round {r + 1}: {name:16s} {len(paths) / seconds:6.1f} images/s ({seconds:.1f} s)")
         rows = {name: len((work / f"{name}-0" / "manifest.jsonl").read_text().splitlines()) for name in runs}

@@ -57,6 +57,12 @@ that kills its worker gets a failure too, see :func:`_run_chunks`). An error wri
 job records what finished and stops with :class:`CropJobTransientError`; a
 rerun continues.
 
+On a cluster
+------------
+With a Dask ``client`` (``--cluster``) the chunks run on the cluster's workers
+(:mod:`facealign.cluster`) instead of local processes; planning, records,
+resuming and the locks are the same, and only this process writes records.
+
 Large photographs
 -----------------
 Each image is decoded once, at the *working* resolution its detector needs

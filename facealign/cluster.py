@@ -219,7 +219,8 @@ def _use_worker_threads(settings: CropSettings) -> None:
         from distributed import get_worker
 
         worker = get_worker()
-        threads = max(1, int(getattr(worker.state, "nthreads", None) or getattr(worker, "nthreads", 1)))
+        state = getattr(worker, "state", None)  # distributed >= 2022.11 keeps nthreads there
+        threads = max(1, int(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)))
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         aligner = get_aligner(settings)
