@@ -33,6 +33,7 @@ runs as its own task, and one that kills its workers again gets the failure
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -288,7 +289,7 @@ def run_chunks_on_cluster(
         completed.add(future)
 
     try:
-        for chunk in _take(chunks, in_flight):
+        for chunk in itertools.islice(chunks, in_flight):
             submit(chunk)
         for future in completed:
             chunk = owner.pop(future)
@@ -311,11 +312,6 @@ def run_chunks_on_cluster(
         _remove_part_files(out_dir, todo)
 
 
-def _take(items: Iterator[list[_Task]], n: int) -> Iterator[list[_Task]]:
-    for _, item in zip(range(n), items):
-        yield item
-
-
 def _run_isolated(
     client: "distributed.Client", chunk: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
@@ -326,15 +322,16 @@ def _run_isolated(
         client.submit(_crop_chunk_on_worker, [task], settings, largest_only, str(out_dir), pure=False)
         for task in chunk
     ]
-    for task, future in zip(chunk, futures):
-        try:
-            result = future.result()
-        except distributed.KilledWorker:
-            _remove_crops_of(out_dir, task)
-            result = _ChunkResult([([], _failure(task, _WORKER_DIED))])
-        finally:
-            future.release()
-        yield [task], result
+    try:
+        for task, future in zip(chunk, futures):
+            try:
+                result = future.result()
+            except distributed.KilledWorker:
+                _remove_crops_of(out_dir, task)
+                result = _ChunkResult([([], _failure(task, _WORKER_DIED))])
+            yield [task], result
+    finally:
+        client.cancel(futures)
 
 
 def _remove_crops_of(out_dir: Path, task: _Task) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from click.testing import CliRunner
 from facealign.batch import _CROP_NAME, CropJobError, run_crop_job
 from facealign.cli import main
 
-from conftest import photo_folder
+from conftest import child_pids, is_alive, photo_folder
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'facealign[dask]'")
 
@@ -111,8 +112,9 @@ def test_a_worker_killed_mid_job_loses_nothing(photos_in, reference, client, tmp
     client.wait_for_workers(2, timeout=120)  # the nanny restarts it, for the other tests
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_killing_the_driver_then_rerunning_resumes(face_photos, tmp_path) -> None:
-    n = 12
+    n = 24
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     for i in range(n):
@@ -128,10 +130,15 @@ def test_killing_the_driver_then_rerunning_resumes(face_photos, tmp_path) -> Non
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
+    workers = child_pids(proc.pid)
     proc.kill()
     proc.communicate(timeout=60)
     recorded = manifest.read_bytes().count(b"\n")
     assert 1 <= recorded < n, "the driver was not killed mid-job"
+    deadline = time.monotonic() + 30  # a LocalCluster's worker processes end with the driver
+    while any(is_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not any(is_alive(pid) for pid in workers)
     deadline = time.monotonic() + 60
     while True:  # exit 75 while workers of the killed job still write (they die with it)
         done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=600)
@@ -164,3 +171,39 @@ def test_cluster_without_the_dask_extra_is_a_one_line_error(photos_in, tmp_path,
     result = CliRunner().invoke(main, ["crop", str(photos_in), str(tmp_path / "out"), "--cluster", "local:2"])
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: --cluster needs Dask distributed, which is not installed: {DASK_INSTALL}"
+
+
+def crash_on_crash_jpg(tasks, *args):
+    """The cluster's chunk task, except that a chunk holding ``crash.jpg`` kills its worker
+    process (as a crashing decoder would). Runs on the workers (pickled by reference)."""
+    from facealign import cluster
+
+    if any(t.source.endswith("crash.jpg") for t in tasks):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return cluster._crop_chunk_on_worker(tasks, *args)
+
+
+def test_an_image_that_kills_its_workers_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
+    """A chunk that kills ``allowed-failures`` workers (here 1) is split into one task per
+    image; the image that kills its worker again gets a failure, the others their crops."""
+    import dask
+
+    import facealign.cluster as cluster
+
+    in_dir = tmp_path / "in"
+    shutil.copytree(photos_in, in_dir)
+    shutil.copy(in_dir / "a" / "000131.jpg", in_dir / "a" / "crash.jpg")
+    monkeypatch.setattr(cluster, "_crop_chunk_on_worker", crash_on_crash_jpg)
+    out = tmp_path / "out"
+    # One worker: chunks keep their 3 images (a/000114 a/000131 a/000149, a/crash b/blank b/two).
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as local, distributed.Client(local) as dask_client:  # fmt: skip
+        summary = run_crop_job(in_dir, out, client=dask_client, chunk_size=3)
+    assert summary.chunks == 1 + 3  # one whole chunk, then the three images of the other alone
+    assert (summary.processed, summary.faces, summary.failures) == (6, 5, 2)
+    failures = {r["source"]: r["reason"] for r in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    assert set(failures) == {"a/crash.jpg", "b/blank.png"} and "worker process died" in failures["a/crash.jpg"]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert set(crops_of(out)) == {r["output"] for r in rows} and len(rows) == 5
+    assert not list(out.rglob("*.part")) and not (out / ".facealign-crop.pending").exists()
