@@ -25,8 +25,8 @@ A worker that dies (killed, out of memory, a crashing decoder) loses its
 chunks; the scheduler runs them again on another worker. Crops are written
 atomically and rewritten under the same names, so a retried chunk leaves
 nothing behind, and after a run in which a worker left the cluster the
-``.part`` temporaries it may have left are deleted. A chunk that kills
-``distributed.scheduler.allowed-failures`` workers is split: each of its images
+``.part`` temporaries it may have left are deleted. A chunk that kills more
+than ``distributed.scheduler.allowed-failures`` workers is split: each of its images
 runs as its own task, and one that kills its workers again gets the failure
 ``failed: the worker process died on it ...``, as with local worker processes.
 """

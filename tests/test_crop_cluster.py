@@ -200,7 +200,9 @@ def test_an_image_that_kills_its_workers_is_a_failure(photos_in, tmp_path, monke
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as local, distributed.Client(local) as dask_client:  # fmt: skip
         summary = run_crop_job(in_dir, out, client=dask_client, chunk_size=3)
-    assert summary.chunks == 1 + 3  # one whole chunk, then the three images of the other alone
+    # The chunk with crash.jpg is split into its three images; the other one is too when it was
+    # queued on the worker as it died (Dask counts the death against every task it held).
+    assert summary.chunks in (1 + 3, 3 + 3)
     assert (summary.processed, summary.faces, summary.failures) == (6, 5, 2)
     failures = {r["source"]: r["reason"] for r in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
     assert set(failures) == {"a/crash.jpg", "b/blank.png"} and "worker process died" in failures["a/crash.jpg"]
