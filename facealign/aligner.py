@@ -17,6 +17,7 @@ import numpy as np
 from .alignment import Template, get_template, warp_face
 from .detection import Detections, Detector, check_image, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
+from .quality import quality_json
 from .reboxing import training_boxes
 
 
@@ -29,17 +30,23 @@ class Face:
     box : ndarray (4,) -- ``x1, y1, x2, y2`` in pixels of the source image.
     score : float -- detector confidence.
     landmarks : ndarray (5, 2) -- MTFL-order points, pixels of the source image.
+    expected_error : float -- expected landmark error, % of the inter-ocular
+        distance (:mod:`facealign.quality`); NaN when unknown.
+    p_fail : float -- probability that the error exceeds 10%; NaN when unknown.
     """
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    expected_error: float = float("nan")
+    p_fail: float = float("nan")
 
     def to_json(self) -> dict:
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": round(float(self.score), 4),
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            **quality_json(self.expected_error, self.p_fail),
         }
 
 
@@ -100,12 +107,16 @@ class FaceAligner:
         return self.engine.predict(image, boxes)
 
     def process(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
-        """Detect every face and put five landmarks on each."""
+        """Detect every face and put five landmarks on each, with their quality figures."""
         det = self.detect(image)
         if largest_only:
             det = det.take(slice(0, 1))
-        pts = self.landmarks(image, self.engine_boxes(det))
-        return [Face(b.astype(np.float64), float(s), p) for b, s, p in zip(det.boxes, det.scores, pts)]
+        boxes = self.engine_boxes(det)
+        pts, quality = self.engine.predict_faces([image], np.zeros(len(boxes), np.intp), boxes, return_quality=True)
+        return [
+            Face(b.astype(np.float64), float(s), p, float(e), float(f))
+            for b, s, p, e, f in zip(det.boxes, det.scores, pts, quality["expected_error"], quality["p_fail"])
+        ]
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Warp the face with these five points onto the template.

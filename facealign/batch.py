@@ -19,7 +19,12 @@ Two append-only record files sit in ``OUT_DIR``:
   resolution the job worked at.
 * ``failures.jsonl``: one row per image that gave no crop, with a ``reason``
   (``unreadable file: ...``, ``unreadable image: ...``, ``no face found``,
-  ``output name taken: ...``, ``failed: ...``).
+  ``output name taken: ...``, ``failed: ...``), and one row with reason
+  ``low quality`` per image with faces over the quality limits
+  (``max_expected_error``, ``max_p_fail``; :mod:`facealign.quality`): those
+  faces are not cropped and are listed under ``faces`` with their detection
+  index (largest first), box, score, ``expected_error`` and ``p_fail``. The
+  faces kept are numbered ``0..num_faces-1`` in the manifest.
 
 Hidden files in ``OUT_DIR`` hold the job's state: ``.facealign-crop.lock`` is
 locked by the job's process, ``.facealign-crop.workers`` (shared) by its worker
@@ -158,6 +163,9 @@ AUTO_IMAGES_PER_PROCESS: int = 100
 #: fixed without the source file changing (permissions, a link, OUT_DIR).
 RETRIED_REASONS: tuple[str, ...] = ("unreadable file: ", "output name taken: ")
 
+#: Failure reason of faces over the quality limits.
+LOW_QUALITY: str = "low quality"
+
 MANIFEST_FORMATS: tuple[str, ...] = ("jsonl", "csv")
 OUTPUT_FORMATS: tuple[str, ...] = ("jpg", "png")
 _LOCK_NAME = ".facealign-crop.lock"
@@ -185,6 +193,8 @@ _CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)$")
 #: name that is not valid UTF-8 has each such byte written ``%XX``, and then
 #: ``source_b64`` holds the exact bytes (base64; JSON rows carry the key only
 #: then, CSV rows leave the column empty otherwise).
+#: ``expected_error`` (% of the inter-ocular distance) and ``p_fail`` are the
+#: face's quality figures (:mod:`facealign.quality`), empty when unknown.
 MANIFEST_FIELDS: tuple[str, ...] = (
     "source",
     "face",
@@ -203,7 +213,12 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "source_mtime_ns",
     "warnings",
     "source_b64",
+    "expected_error",
+    "p_fail",
 )
+#: Manifest fields added after 0.2.0, all at the end: CSV manifests without them
+#: are read, and rewritten with them (empty) when a job resumes.
+_FIELDS_ADDED_IN_0_3: tuple[str, ...] = ("warnings", "source_b64", "expected_error", "p_fail")
 _FAILURE_FIELDS: tuple[str, ...] = ("source", "reason", "source_bytes", "source_mtime_ns")
 
 
@@ -236,6 +251,8 @@ class CropSettings:
         Crop side; defaults to the template's own size.
     min_face : float, optional
         Smallest face the detector looks for (pixels); None keeps its default.
+    max_expected_error, max_p_fail : float, optional
+        Quality limits: faces over either are not cropped (see the module notes).
     """
 
     detector: str = DEFAULT_DETECTOR
@@ -243,6 +260,8 @@ class CropSettings:
     template: str = "arcface"
     size: int | None = None
     min_face: float | None = None
+    max_expected_error: float | None = None
+    max_p_fail: float | None = None
 
 
 @dataclass
@@ -334,6 +353,8 @@ class ImageFaces:
     engine_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     errno: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
+    quality: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
         """Map ``(..., 2)`` working-image points (or box corners) to original pixels."""
@@ -345,7 +366,19 @@ class ImageFaces:
 
         boxes = self.to_original(self.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
         points = self.to_original(self.landmarks)
-        return [Face(b, float(s), p) for b, s, p in zip(boxes, self.scores, points)]
+        unknown = np.full(len(boxes), np.nan)
+        errors, p_fail = self.quality.get("expected_error", unknown), self.quality.get("p_fail", unknown)
+        return [
+            Face(b, float(s), p, float(e), float(f))
+            for b, s, p, e, f in zip(boxes, self.scores, points, errors, p_fail)
+        ]
+
+    def drop_faces(self, drop: np.ndarray) -> None:
+        """Remove the faces where the boolean mask ``drop`` is True."""
+        keep = ~np.asarray(drop, bool)
+        self.boxes, self.scores, self.landmarks = self.boxes[keep], self.scores[keep], self.landmarks[keep]
+        self.engine_boxes = self.engine_boxes[keep]
+        self.quality = {name: values[keep] for name, values in self.quality.items()}
 
 
 def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int | None) -> ImageFaces:
@@ -405,9 +438,12 @@ def iter_image_faces(
     def flush() -> Iterator[ImageFaces]:
         ok = [item for item in pending if item.error is None and len(item.boxes)]
         if ok:
-            points = aligner.engine.predict_many([item.image for item in ok], [item.engine_boxes for item in ok])
-            for item, pts in zip(ok, points):
+            points, quality = aligner.engine.predict_many(
+                [item.image for item in ok], [item.engine_boxes for item in ok], return_quality=True
+            )
+            for item, pts, figures in zip(ok, points, quality):
                 item.landmarks = np.asarray(pts, np.float64)
+                item.quality = figures
         yield from pending
         pending.clear()
 
@@ -489,6 +525,8 @@ def _crop_row(
         "source_mtime_ns": task.mtime_ns,
         "warnings": item.warnings,
         **_source_b64(task.source),
+        "expected_error": record["expected_error"],
+        "p_fail": record["p_fail"],
     }
 
 
@@ -502,6 +540,28 @@ def _record_key(row: dict[str, Any]) -> str:
     """The source of a manifest or failure row as the file-system name (inverse of the row fields)."""
     raw = row.get("source_b64")
     return name_from_b64(str(raw)) if raw else str(row["source"])
+
+
+def _low_quality_failure(item: ImageFaces, task: _Task, settings: CropSettings) -> dict[str, Any] | None:
+    """Drop the faces over the quality limits from ``item``; their failure record, or None."""
+    from .quality import over_limits
+
+    if settings.max_expected_error is None and settings.max_p_fail is None:
+        return None
+    faces = item.faces()
+    over = over_limits(
+        np.array([f.expected_error for f in faces]), np.array([f.p_fail for f in faces]),
+        settings.max_expected_error, settings.max_p_fail,
+    )
+    if not over.any():
+        return None
+    item.drop_faces(over)
+    record = _failure(task, LOW_QUALITY)
+    record["faces"] = [
+        {"detection": int(k), **{key: value for key, value in faces[k].to_json().items() if key != "landmarks"}}
+        for k in np.flatnonzero(over)
+    ]
+    return record
 
 
 def _failure(task: _Task, reason: str) -> dict[str, Any]:
@@ -576,8 +636,9 @@ def _process_chunk(
         elif not len(item.boxes):
             done.results.append(([], _failure(task, "no face found")))
         else:
+            low_quality = _low_quality_failure(item, task, settings)
             try:
-                done.results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), None))
+                done.results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), low_quality))
             except OSError as exc:
                 if exc.errno in _TAKEN_WRITE_ERRNOS:
                     done.results.append(([], _failure(task, f"output name taken: {exc.strerror}: {portable_name(str(exc.filename))}")))
@@ -671,8 +732,8 @@ def _csv_columns() -> list[str]:
 CSV_COLUMNS: tuple[str, ...] = tuple(_csv_columns())
 
 
-#: The CSV columns written before ``warnings`` and ``source_b64`` existed (read, then rewritten).
-_LEGACY_CSV_COLUMNS: tuple[str, ...] = CSV_COLUMNS[:-2]
+#: The CSV columns written by facealign 0.2.0 (read, then rewritten).
+_LEGACY_CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CSV_COLUMNS if c not in _FIELDS_ADDED_IN_0_3)
 
 
 def _flatten(row: dict[str, Any]) -> list[Any]:
@@ -837,8 +898,15 @@ def _load_records(
             dropped = True
             continue
         exists = source in current or unknown(source)
-        if retried or not exists or (source in current and current[source] != ident) or source in keep:
-            dropped = True  # retried, gone, changed since (try again) or superseded by crops
+        low_quality = row.get("reason") == LOW_QUALITY
+        if (
+            retried
+            or not exists
+            or (source in current and current[source] != ident)
+            or (source in keep and not low_quality)
+            or (source in groups and source not in keep)
+        ):
+            dropped = True  # retried, gone, changed since (try again), superseded by crops, or its image is redone
             records.gone += not exists and not retried
             continue
         records.done.setdefault(source, ident)
@@ -1118,6 +1186,8 @@ def run_crop_job(
     manifest_format: str = "jsonl",
     chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_expected_error: float | None = None,
+    max_p_fail: float | None = None,
     client: "distributed.Client | None" = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
@@ -1155,6 +1225,12 @@ def run_crop_job(
         image and after each chunk, in the parent process; ``total`` counts the
         images this run processes. An exception raised by it stops the job
         after the chunk's records were written.
+    max_expected_error : float, optional
+        Do not crop faces whose ``expected_error`` (% of the inter-ocular
+        distance) is above this; list them in the failures file as ``low quality``.
+    max_p_fail : float, optional
+        The same for ``p_fail``, the probability that the error exceeds 10%.
+        The limits apply to the images this run processes.
     client : distributed.Client, optional
         Run the chunks on this Dask cluster instead of local processes
         (``jobs`` is then ignored; :mod:`facealign.cluster`). Its workers must
@@ -1183,7 +1259,7 @@ def run_crop_job(
         chunk_size = CHUNK_SIZE if client is None else _cluster_chunk_size()
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    settings = CropSettings(detector, engine, template, size, min_face)
+    settings = CropSettings(detector, engine, template, size, min_face, max_expected_error, max_p_fail)
     _resolve_jobs(jobs, 0)  # reject bad values before any work
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise CropJobError(f"unknown output format {fmt!r}; choose one of {list(OUTPUT_FORMATS)}")
@@ -1191,6 +1267,9 @@ def run_crop_job(
         resolved = get_aligner(settings).template
     except (ValueError, FileNotFoundError) as exc:
         raise CropJobError(str(exc)) from exc
+    if (max_expected_error is not None or max_p_fail is not None) and get_aligner(settings).engine.quality_model is None:
+        raise CropJobError(f"the {engine} weights carry no quality model (run facealign fit-quality); "
+                           "--max-expected-error and --max-p-fail need one")
     src, dst = _check_dirs(in_path, out_path)
     if client is not None:
         from .cluster import check_workers

@@ -186,6 +186,19 @@ class _ProgressBar:
     help="Images per task [default: 32 with --jobs, 256 with --cluster].",
 )
 @click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors.")
+@click.option(
+    "--max-expected-error",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Do not crop faces whose expected landmark error (% of the inter-ocular distance) is above this; "
+    "they are listed in failures.jsonl as 'low quality'.",
+)
+@click.option(
+    "--max-p-fail",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Do not crop faces whose probability of a landmark error above 10% is above this ('low quality').",
+)
 def crop(
     in_dir: Path,
     out_dir: Path,
@@ -202,6 +215,8 @@ def crop(
     cluster: str | None,
     chunk_size: int | None,
     quiet: bool,
+    max_expected_error: float | None,
+    max_p_fail: float | None,
 ) -> None:
     """Align every face of every image under IN_DIR into OUT_DIR.
 
@@ -209,7 +224,9 @@ def crop(
     OUT_DIR/a/photo_k.jpg. OUT_DIR/manifest.jsonl lists every crop with its box,
     score, five landmarks and source-to-crop transform in original-image pixels;
     OUT_DIR/failures.jsonl lists the images that gave no crop and why. A rerun
-    skips the images already recorded, so an interrupted job resumes. With
+    skips the images already recorded, so an interrupted job resumes. Each crop's
+    expected_error (% IOD) and p_fail (probability of an error above 10%) are in
+    the manifest; --max-expected-error and --max-p-fail leave such faces out. With
     --cluster the chunks run on Dask workers; the records are the same.
 
     Exit codes: 0 done; 1 error (message on stderr); 2 bad command line; 75
@@ -253,6 +270,8 @@ def crop(
                 manifest_format=manifest_format,
                 chunk_size=chunk_size,
                 progress=bar,
+                max_expected_error=max_expected_error,
+                max_p_fail=max_p_fail,
                 client=client,
             )
     except CropJobTransientError as exc:
@@ -319,11 +338,13 @@ def landmarks(
     Coordinates are pixels of the original image (EXIF orientation applied);
     points are in MTFL order: image-left eye, image-right eye, nose, image-left
     and image-right mouth corners. With --json each line is
-    {"image": PATH, "faces": [{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5]}]},
-    or {"image": PATH, "error": MESSAGE} for an unreadable image; "warnings" lists the
-    decoder's warnings, if any, and "image_b64" the exact bytes of a file name that
-    is not valid UTF-8 (PATH then shows such bytes as %XX). A missing input is an
-    error (exit 1) before any work.
+    {"image": PATH, "faces": [{"box": [x1, y1, x2, y2], "score": S, "landmarks": [[x, y] x 5],
+    "expected_error": E, "p_fail": P}]}, or {"image": PATH, "error": MESSAGE} for an unreadable
+    image. expected_error is the expected landmark error in % of the inter-ocular distance, p_fail
+    the probability that it exceeds 10% (null when the weights carry no quality model);
+    "warnings" lists the decoder's warnings, if any, and "image_b64" the exact bytes of a
+    file name that is not valid UTF-8 (PATH then shows such bytes as %XX). A missing input
+    is an error (exit 1) before any work.
     """
     from .batch import CropSettings, get_aligner, iter_image_faces
     from .imageio import portable_name, raw_name_b64
@@ -361,7 +382,10 @@ def landmarks(
                 for k, face in enumerate(faces):
                     box = ", ".join(f"{v:.1f}" for v in face.box)
                     points = " ".join(_format_point(p) for p in face.landmarks)
-                    click.echo(f"{name}\tface {k}\tscore {face.score:.3f}\tbox ({box})\tlandmarks {points}")
+                    click.echo(
+                        f"{name}\tface {k}\tscore {face.score:.3f}\tbox ({box})\tlandmarks {points}"
+                        f"\texpected error {face.expected_error:.1f}%\tp_fail {face.p_fail:.3f}"
+                    )
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
 
@@ -376,7 +400,9 @@ def landmarks(
 from .analysis import analyze  # noqa: E402
 from .model_cli import (  # noqa: E402
     evaluate_command,
+    evaluate_quality_command,
     fit_box_maps_command,
+    fit_quality_command,
     sweep_k_command,
     train_command,
     tweak_command,
@@ -387,6 +413,8 @@ main.add_command(train_command)
 main.add_command(tweak_command)
 main.add_command(evaluate_command)
 main.add_command(sweep_k_command)
+main.add_command(fit_quality_command)
+main.add_command(evaluate_quality_command)
 main.add_command(fit_box_maps_command)
 
 

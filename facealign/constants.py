@@ -40,6 +40,8 @@ MIRROR_PERMUTATION: Final[tuple[int, ...]] = (1, 0, 2, 4, 3)
 #: Indices of the two eye centres, used for the inter-ocular normalisation.
 LEFT_EYE: Final[int] = 0
 RIGHT_EYE: Final[int] = 1
+#: Index of the nose tip.
+NOSE: Final[int] = 2
 
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40

@@ -21,6 +21,7 @@ Weights are plain ``torch.save`` dictionaries of tensors and numbers, loaded wit
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import nn
 from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
 from .cropping import crop_faces, from_box_coordinates
 from .model import TweakedHeads, VanillaCNN
+from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -70,6 +72,9 @@ class GaussianRouter(nn.Module):
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> None:
         super().__init__()
         prec = 1.0 / variances
+        # log w_k + D/2 log(2 pi): what separates the log posterior above from the
+        # component's log density (see routed_fit).
+        self.register_buffer("density_offset", torch.log(weights) + 0.5 * means.shape[1] * math.log(2 * math.pi))
         self.register_buffer("prec", prec)  # K x D
         self.register_buffer("mean_prec", means * prec)  # K x D
         const = torch.log(weights) - 0.5 * torch.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)
@@ -81,6 +86,18 @@ class GaussianRouter(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.log_posterior(f).argmax(1)
+
+    def routed_fit(self, log_posterior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Routed component, its log density and its posterior, from :meth:`log_posterior`.
+
+        Returns ``cluster`` (``N``, the argmax, as :meth:`forward`),
+        ``log N(f | mu_k, Sigma_k)`` of that component (nats, normalised density)
+        and its posterior probability ``p(k | f)``, each ``N``.
+        """
+        best, cluster = log_posterior.max(1)
+        log_density = best - self.density_offset[cluster]
+        posterior = torch.exp(best - torch.logsumexp(log_posterior, 1))
+        return cluster, log_density, posterior
 
 
 def mirror_coordinates(coords: torch.Tensor) -> torch.Tensor:
@@ -171,6 +188,10 @@ class LandmarkEngine:
         if refine and self.box_model is None:
             raise ValueError(f"{self.weights_path} holds no box model, so it cannot re-box; use refine=False")
         self.refine = (self.box_model is not None) if refine is None else bool(refine)
+        #: Per-face quality model (:mod:`facealign.quality`), when the weights carry one.
+        self.quality_model: QualityModel | None = (
+            QualityModel.from_state(state["quality"]) if "quality" in state else None
+        )
 
     @property
     def num_clusters(self) -> int:
@@ -185,19 +206,25 @@ class LandmarkEngine:
         return x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Convolutions in small chunks (they stay in cache), the router and the
         # heads once for the whole chunk (one matrix product per cluster present).
+        # The third output is N x 2: the routed component's log density and
+        # posterior (NaN without a router), for the quality signals.
         x = x.contiguous(memory_format=torch.channels_last)
         f = torch.cat([self.model.features(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)])
         if self.heads is None:
-            return self.model.head(f), torch.zeros(len(f), dtype=torch.long)
-        cluster = self.router(f)
-        return self.heads(f, cluster), cluster
+            return self.model.head(f), torch.zeros(len(f), dtype=torch.long), torch.full((len(f), 2), math.nan)
+        cluster, log_density, posterior = self.router.routed_fit(self.router.log_posterior(f))
+        return self.heads(f, cluster), cluster, torch.stack([log_density, posterior], 1)
 
     @torch.inference_mode()
     def predict_normalized(
-        self, x: torch.Tensor, return_clusters: bool = False, mirrored: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        return_clusters: bool = False,
+        mirrored: torch.Tensor | None = None,
+        return_signals: bool = False,
     ):
         """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``.
 
@@ -206,28 +233,46 @@ class LandmarkEngine:
         faces at a time (64 was the fastest on our 2-core machines: see
         ``bench/speed.py``); routing and the heads see up to :attr:`HEAD_CHUNK`
         faces at a time.
+
+        With ``return_signals`` a dict of the network's quality signals comes
+        last in the returned tuple: ``mirror_gap`` (``N x 5 x 2``, the direct
+        minus the shifted un-mirrored prediction, box units; NaN without
+        mirroring), ``gmm_log_likelihood`` and ``gmm_posterior`` (``N``, of the
+        direct crop's routed component; NaN without a router), all float64 numpy.
         """
         if mirrored is not None and mirrored.shape != x.shape:
             raise ValueError(f"mirrored {tuple(mirrored.shape)} does not match x {tuple(x.shape)}")
-        outs, clusters = [], []
+        outs, clusters, gaps, fits = [], [], [], []
         for s in range(0, len(x), self.HEAD_CHUNK):
             xb = x[s : s + self.HEAD_CHUNK]
             if self.mirror:
                 n = len(xb)
                 xm = self._mirror_input(xb) if mirrored is None else mirrored[s : s + self.HEAD_CHUNK]
-                both, cl = self._forward(torch.cat([xb, xm]))
+                both, cl, fit = self._forward(torch.cat([xb, xm]))
                 direct = both[:n].view(n, NUM_POINTS, 2)
                 flipped = mirror_coordinates(both[n:].view(n, NUM_POINTS, 2))
                 flipped[..., 0] += self.mirror_shift
                 outs.append(0.5 * (direct + flipped))
                 clusters.append(cl[:n])
+                gaps.append(direct - flipped)
+                fits.append(fit[:n])
             else:
-                out, cl = self._forward(xb)
+                out, cl, fit = self._forward(xb)
                 outs.append(out.view(-1, NUM_POINTS, 2))
                 clusters.append(cl)
+                gaps.append(torch.full((len(xb), NUM_POINTS, 2), math.nan))
+                fits.append(fit)
         pts = torch.cat(outs) if outs else torch.zeros(0, NUM_POINTS, 2)
         cl = torch.cat(clusters) if clusters else torch.zeros(0, dtype=torch.long)
-        return (pts, cl) if return_clusters else pts
+        if not return_signals:
+            return (pts, cl) if return_clusters else pts
+        fit = torch.cat(fits).double().numpy() if fits else np.zeros((0, 2))
+        signals = {
+            "mirror_gap": torch.cat(gaps).double().numpy() if gaps else np.zeros((0, NUM_POINTS, 2)),
+            "gmm_log_likelihood": fit[:, 0],
+            "gmm_posterior": fit[:, 1],
+        }
+        return (pts, cl, signals) if return_clusters else (pts, signals)
 
     def _mirror_input(self, x: torch.Tensor) -> torch.Tensor:
         # The normalised mirror image: mirror the raw crop, then normalise (the
@@ -249,10 +294,16 @@ class LandmarkEngine:
             self.mirror = mirror
         return direct.double().numpy(), flipped.double().numpy()
 
-    def predict_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops."""
+    def predict_crops(self, crops: np.ndarray, return_signals: bool = False):
+        """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops.
+
+        With ``return_signals``, ``(points, signals)``: see :meth:`predict_normalized`.
+        """
         # Mirroring the uint8 crops before normalising is cheaper than un-normalising.
         mirrored = self.normalize(np.asarray(crops)[:, :, ::-1]) if self.mirror else None
+        if return_signals:
+            pts, signals = self.predict_normalized(self.normalize(crops), mirrored=mirrored, return_signals=True)
+            return pts.double().numpy(), signals
         return self.predict_normalized(self.normalize(crops), mirrored=mirrored).double().numpy()
 
     @torch.inference_mode()
@@ -262,37 +313,67 @@ class LandmarkEngine:
         out = [self.model(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
         return torch.cat(out).view(-1, NUM_POINTS, 2).double().numpy()
 
-    def predict_faces(self, images: list[np.ndarray], owner: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def predict_faces(
+        self, images: list[np.ndarray], owner: np.ndarray, boxes: np.ndarray, return_quality: bool = False
+    ):
         """Points ``N x 5 x 2`` in image pixels for faces ``boxes[i]`` of ``images[owner[i]]``.
 
         All faces go through the network together; with :attr:`refine`, twice.
+        With ``return_quality``, ``(points, quality)``: ``quality`` maps each
+        name of :data:`facealign.quality.QUALITY_KEYS` to an ``N`` array (the
+        signals, ``expected_error`` and ``p_fail``; see :meth:`assess`).
         """
         owner = np.asarray(owner, np.intp).reshape(-1)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         if len(owner) != len(boxes):
             raise ValueError(f"{len(owner)} owners for {len(boxes)} boxes")
         if len(boxes) == 0:
-            return np.zeros((0, NUM_POINTS, 2))
+            empty = np.zeros((0, NUM_POINTS, 2))
+            return (empty, self.assess(empty_signals())) if return_quality else empty
         crops = crop_faces(images, boxes, owner)
+        given, first = boxes, None
         if self.refine:
             first = from_box_coordinates(self.first_pass_crops(crops), boxes)
             boxes = self.box_model.rebox(first, boxes)
             crops = crop_faces(images, boxes, owner)
-        return from_box_coordinates(self.predict_crops(crops), boxes)
+        if not return_quality:
+            return from_box_coordinates(self.predict_crops(crops), boxes)
+        coords, network = self.predict_crops(crops, return_signals=True)
+        points = from_box_coordinates(coords, boxes)
+        return points, self.assess(face_signals(points, given, boxes, first, network))
+
+    def assess(self, signals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``signals`` plus ``expected_error`` (% IOD) and ``p_fail`` from :attr:`quality_model`.
+
+        Both are NaN where the weights carry no quality model or a signal the
+        model needs is missing (e.g. mirroring or re-boxing turned off).
+        """
+        if self.quality_model is None:
+            n = len(next(iter(signals.values())))
+            return {**signals, "expected_error": np.full(n, np.nan), "p_fail": np.full(n, np.nan)}
+        return {**signals, **self.quality_model.predict(signals)}
 
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Points ``N x 5 x 2`` in pixels of ``image`` for the face ``boxes`` (``N x 4``)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         return self.predict_faces([image], np.zeros(len(boxes), np.intp), boxes)
 
-    def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        """:meth:`predict` for many images with one batched network pass."""
+    def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray], return_quality: bool = False):
+        """:meth:`predict` for many images with one batched network pass.
+
+        With ``return_quality``, ``(points, qualities)``: one dict per image as
+        :meth:`predict_faces` gives.
+        """
         if len(images) != len(boxes):
             raise ValueError("need one box array per image")
         boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
         counts = [len(b) for b in boxes]
         owner = np.repeat(np.arange(len(images)), counts)
         flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        if return_quality:
+            points, quality = self.predict_faces(images, owner, flat, return_quality=True)
+            cuts = np.cumsum(counts)[:-1]
+            return (np.split(points, cuts), split_quality(quality, cuts)) if boxes else ([], [])
         points = self.predict_faces(images, owner, flat)
         return np.split(points, np.cumsum(counts)[:-1]) if boxes else []
 

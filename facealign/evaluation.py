@@ -94,11 +94,14 @@ def evaluate_engines(
     detector: str = DEFAULT_DETECTOR,
     split: str = "test",
     log: Callable[[str], None] = lambda s: None,
+    with_quality: bool = False,
 ) -> dict:
     """Evaluate several :class:`~facealign.engine.LandmarkEngine` on the same detected faces.
 
     Returns a dict ``label -> summary`` (see :func:`summarize`), each with the raw
-    per-face ``errors`` list for curves.
+    per-face ``errors`` list for curves. With ``with_quality``, each also holds
+    ``quality``: the per-face quality arrays of
+    :meth:`~facealign.engine.LandmarkEngine.predict_faces` and ``detector_score``.
     """
     from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
     from .reboxing import training_boxes
@@ -117,10 +120,14 @@ def evaluate_engines(
     boxes = training_boxes(detector, detections[found, :4], None if points is None else points[found])
     results = {}
     for label, engine in engines.items():
-        pred = engine.predict_faces(images, found, boxes)
+        pred = engine.predict_faces(images, found, boxes, return_quality=with_quality)
+        if with_quality:
+            pred, quality = pred
         errors = normalized_errors(pred, data.points[found]) if len(found) else np.zeros(0)
         res = summarize(errors, misses)
         res["errors"] = errors.tolist()
+        if with_quality:
+            res["quality"] = {**quality, "detector_score": detections[found, 4]}
         results[label] = res
     return results
 

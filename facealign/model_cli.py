@@ -268,6 +268,91 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
     click.echo(json.dumps(rows))
 
 
+def _quality_engine(name: str, weights: "Path | None"):
+    """The engine as ``facealign crop`` runs it (default mirroring and re-boxing)."""
+    from .engine import LandmarkEngine
+
+    try:
+        return LandmarkEngine(name, weights=weights)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+@click.command("fit-quality")
+@_data_option
+@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Weights file to read [default: the shipped one for --engine].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights file to write [default: overwrite --weights / the shipped file].")
+@click.option("--signals", default=None, help="Comma-separated quality signals [default: the engine's, see facealign.quality_fit].")
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+def fit_quality_command(data, engine_name, weights, out, signals, detector, cache_dir) -> None:
+    """Fit the per-face quality model on the MTFL validation split and store it in the weights.
+
+    The model (expected_error and p_fail from the engine's quality signals) goes
+    under the key "quality"; every other key of the weights file is kept.
+    """
+    from .engine import shipped_weights
+    from .quality import SIGNAL_FLOORS
+    from .quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
+
+    _check_data(data)
+    source = weights if weights is not None else shipped_weights(engine_name)
+    names = DEFAULT_SIGNALS[engine_name] if signals is None else tuple(n.strip() for n in signals.split(",") if n.strip())
+    unknown = [n for n in names if n not in SIGNAL_FLOORS]
+    if unknown:
+        raise click.ClickException(f"unknown signals {unknown}; choose from {sorted(SIGNAL_FLOORS)}")
+    sample = collect_quality(_quality_engine(engine_name, source), data, "validation", cache_dir, detector,
+                             log=lambda s: click.echo(s, err=True))
+    try:
+        model = fit_engine_quality(source, out or source, engine_name, sample, names)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"quality model on {len(sample.errors)} validation faces, signals {', '.join(model.signals)}: "
+               f"wrote {out or source}")
+
+
+@click.command("evaluate-quality")
+@_data_option
+@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (with a quality model).")
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for quality-<engine>-<detector>.json and .png.")
+def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, out) -> None:
+    """How well expected_error and p_fail predict the true error: validation split and AFLW test set.
+
+    Reports the ROC AUC of p_fail for failures (NME > 10%), the Spearman
+    correlation of expected_error with the NME, calibration tables and the
+    error-reject curve, as JSON and PNG.
+    """
+    from .evaluation import write_json
+    from .quality_fit import SPLITS, collect_quality, plot_quality_report, quality_report
+
+    _check_data(data)
+    engine = _quality_engine(engine_name, weights)
+    reports = {}
+    for split in SPLITS:
+        sample = collect_quality(engine, data, split, cache_dir, detector, log=lambda s: click.echo(s, err=True))
+        try:
+            reports[split] = quality_report(sample)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+    labels = {"validation": "validation (fitted on)", "test": "AFLW test"}
+    stem = f"quality-{engine_name}-{detector}"
+    write_json({"engine": engine_name, "detector": detector, **reports}, out / f"{stem}.json")
+    plot_quality_report({labels[k]: v for k, v in reports.items()}, out / f"{stem}.png")
+    for split, r in reports.items():
+        click.echo(
+            f"{labels[split]}: {r['faces']} faces, failure rate {100 * r['failure_rate']:.1f}%, AUC of p_fail "
+            f"{r['auc_p_fail']:.3f}, Spearman {r['spearman_expected_error']:.3f}, NME {r['nme']:.2f}% -> "
+            f"{r['error_reject'][2]['nme']:.2f}% rejecting 10% ({100 * r['nme_reduction_rejecting_10pct']:.1f}% lower)"
+        )
+
+
 @click.command("fit-box-maps")
 @_data_option
 @click.option(

@@ -193,3 +193,50 @@ def test_batched_landmarks_match_one_by_one(small_input) -> None:
     reduced = list(iter_image_faces(aligner, paths[:1], max_side=160))
     assert reduced[0].scale == pytest.approx(0.5, abs=0.01)
     np.testing.assert_allclose(reduced[0].faces()[0].box, batched[0].faces()[0].box, atol=6)
+
+
+def test_two_faces_one_over_the_limit_keeps_numbering_and_resumes(small_input, reference, tmp_path) -> None:
+    # Limit just below the worst face's p_fail: that face is listed as low quality,
+    # the faces kept are numbered 0..num_faces-1, and a rerun skips every image.
+    limit = max(r["p_fail"] for r in reference) - 1e-4
+    out = tmp_path / "out"
+    summary = run_crop_job(small_input, out, jobs=1, max_p_fail=limit)
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == len(reference) - 1
+    for source in {r["source"] for r in rows}:
+        mine = [r for r in rows if r["source"] == source]
+        assert sorted(r["face"] for r in mine) == list(range(mine[0]["num_faces"]))
+    low = [f for f in read_jsonl(out / "failures.jsonl") if f["reason"] == "low quality"]
+    assert len(low) == 1 and low[0]["faces"][0]["p_fail"] > limit
+    assert summary.faces == len(rows)
+    again = run_crop_job(small_input, out, jobs=1, max_p_fail=limit)
+    assert (again.processed, again.skipped) == (0, 5)
+    assert [f for f in read_jsonl(out / "failures.jsonl") if f["reason"] == "low quality"] == low
+
+
+def test_quality_limits_need_a_quality_model(small_input, tmp_path, monkeypatch) -> None:
+    from facealign import batch
+
+    aligner = batch.get_aligner(batch.CropSettings(max_p_fail=0.5))
+    monkeypatch.setattr(aligner.engine, "quality_model", None)
+    with pytest.raises(CropJobError, match="no quality model"):
+        run_crop_job(small_input, tmp_path / "out", jobs=1, max_p_fail=0.5)
+
+
+def test_csv_manifest_of_an_earlier_version_is_upgraded(small_input, tmp_path) -> None:
+    # A CSV manifest written by 0.2.0 (before the warnings, source_b64 and quality
+    # columns) resumes: nothing is redone and the file gets the new header, with
+    # empty figures for old rows.
+    out = tmp_path / "out"
+    run_crop_job(small_input, out, jobs=1, manifest_format="csv")
+    with open(out / "manifest.csv", newline="") as handle:
+        old = [row[:-4] for row in csv.reader(handle)]
+    assert old[0][-1] == "source_mtime_ns"
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(old)
+    again = run_crop_job(small_input, out, jobs=1, manifest_format="csv")
+    assert (again.processed, again.skipped) == (0, 5)
+    with open(out / "manifest.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        assert all(row["expected_error"] == "" for row in reader)

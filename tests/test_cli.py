@@ -27,6 +27,7 @@ from conftest import two_face_photo
 MANIFEST_KEYS = {
     "source", "face", "num_faces", "box", "score", "landmarks", "transform", "output",
     "size", "template", "engine", "detector", "decode_scale", "source_bytes", "source_mtime_ns", "warnings",
+    "expected_error", "p_fail",
 }  # fmt: skip
 
 
@@ -338,7 +339,8 @@ def test_landmarks_json(face_photos, tmp_path) -> None:
     assert set(good) == {"image", "faces"} and good["image"] == str(face_photos[0])
     assert len(good["faces"]) == 1
     (face,) = good["faces"]
-    assert set(face) == {"box", "score", "landmarks"}
+    assert set(face) == {"box", "score", "landmarks", "expected_error", "p_fail"}
+    assert face["expected_error"] > 0 and 0 <= face["p_fail"] <= 1
     assert len(face["box"]) == 4 and isinstance(face["score"], float)
     assert np.array(face["landmarks"]).shape == (5, 2)
     h, w = read_image(face_photos[0]).shape[:2]
@@ -359,3 +361,50 @@ def test_landmarks_folder_and_table(crop_input) -> None:
     lines = table.stdout.splitlines()
     assert len(lines) == 3
     assert "face 0" in lines[0] and "face 1" in lines[1] and "no face found" in lines[2]
+
+
+def test_crop_manifest_has_quality_figures(cropped) -> None:
+    _, out_dir, _, _ = cropped
+    rows = read_jsonl(out_dir / "manifest.jsonl")
+    assert rows
+    for row in rows:
+        assert isinstance(row["expected_error"], float) and row["expected_error"] > 0
+        assert 0.0 <= row["p_fail"] <= 1.0
+
+
+def test_crop_quality_limits_list_low_quality_faces(face_photos, tmp_path) -> None:
+    # The faces over --max-p-fail (set just below the worst face's p_fail) are
+    # not cropped and appear in failures.jsonl as "low quality" with their
+    # figures; the others are cropped as without the limit. A rerun keeps them.
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for photo in face_photos:
+        shutil.copy(photo, in_dir / photo.name)
+    assert run("crop", in_dir, tmp_path / "all", "--jobs", "1", "-q").exit_code == 0
+    rows = read_jsonl(tmp_path / "all" / "manifest.jsonl")
+    limit = max(r["p_fail"] for r in rows) - 1e-4
+    rejected = {r["source"] for r in rows if r["p_fail"] > limit}
+    out = tmp_path / "out"
+    result = run("crop", in_dir, out, "--jobs", "1", "--max-p-fail", limit)
+    assert result.exit_code == 0, result.output
+    failures = read_jsonl(out / "failures.jsonl")
+    assert {f["source"] for f in failures} == rejected
+    for failure in failures:
+        assert failure["reason"] == "low quality"
+        (face,) = failure["faces"]
+        assert face["p_fail"] > limit and face["expected_error"] > 0 and len(face["box"]) == 4
+    kept = read_jsonl(out / "manifest.jsonl")
+    assert {r["source"] for r in kept} == {r["source"] for r in rows} - rejected
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(r["output"] for r in kept)
+    again = run("crop", in_dir, out, "--jobs", "1", "--max-p-fail", limit)
+    assert "0 processed, 3 skipped" in again.output
+    assert read_jsonl(out / "failures.jsonl") == failures
+    # --max-expected-error 0 rejects every face.
+    assert run("crop", in_dir, tmp_path / "none", "--jobs", "1", "-q", "--max-expected-error", 0).exit_code == 0
+    assert not (tmp_path / "none" / "manifest.jsonl").read_text()
+    assert len(read_jsonl(tmp_path / "none" / "failures.jsonl")) == 3
+
+
+def test_crop_quality_limit_out_of_range(face_photos, tmp_path) -> None:
+    result = CliRunner().invoke(main, ["crop", str(face_photos[0].parent), str(tmp_path / "o"), "--max-p-fail", "2"])
+    assert result.exit_code != 0 and "--max-p-fail" in result.output
