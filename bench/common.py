@@ -76,6 +76,14 @@ def spread(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- #
 
 
+def link_photos(paths: Sequence[Path], folder: Path) -> Path:
+    """``folder`` (created) holding a symbolic link to each of ``paths``: an IN_DIR without copies."""
+    folder.mkdir(parents=True)
+    for p in paths:
+        (folder / p.name).symlink_to(p.resolve())
+    return folder
+
+
 def sample_paths(folder: "str | Path", n: int | None) -> list[Path]:
     """``n`` images spread evenly over the sorted listing of ``folder`` (all when ``n`` is None)."""
     from facealign.imageio import find_images

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import CELEBA_IMAGES, machine_info, median, sample_paths  # noqa: E402
+from bench.common import CELEBA_IMAGES, link_photos, machine_info, median, sample_paths  # noqa: E402
 
 DLIB_SCRIPT = Path(__file__).with_name("dlib_pipeline.py")
 
@@ -59,10 +59,7 @@ def measure(paths: list[Path], crop_args: str = "", repeats: int = 3, log=print)
     """images/s of ``facealign crop`` and the plain dlib pipeline with 1 and 2 processes (medians)."""
     work = Path(tempfile.mkdtemp(prefix="facealign-crop-speed-"))
     try:
-        in_dir = work / "in"
-        in_dir.mkdir()
-        for p in paths:
-            (in_dir / p.name).symlink_to(p.resolve())
+        in_dir = link_photos(paths, work / "in")
         crop = [sys.executable, "-m", "facealign.cli", "crop", str(in_dir)]
         extra = shlex.split(crop_args)
         dlib = [sys.executable, str(DLIB_SCRIPT), str(in_dir)]

@@ -62,6 +62,12 @@ that kills its worker gets a failure too, see :func:`_run_chunks`). An error wri
 job records what finished and stops with :class:`CropJobTransientError`; a
 rerun continues.
 
+On a cluster
+------------
+With a Dask ``client`` (``--cluster``) the chunks run on the cluster's workers
+(:mod:`facealign.cluster`) instead of local processes; planning, records,
+resuming and the locks are the same, and only this process writes records.
+
 Large photographs
 -----------------
 Each image is decoded once, at the *working* resolution its detector needs
@@ -114,6 +120,8 @@ from .imageio import (
 
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
+    import distributed
+
     from .aligner import Face, FaceAligner
 
 __all__ = [
@@ -265,7 +273,8 @@ class Summary:
     ``failures`` failure records. ``ignored`` counts the entries of IN_DIR that
     are not images, by kind (:data:`facealign.imageio.IGNORED_KINDS`), and
     ``gone`` the sources recorded earlier that are no longer in IN_DIR (their
-    records and crops were removed).
+    records and crops were removed). ``chunks`` counts the chunks of images
+    (tasks) completed.
     """
 
     images: int = 0
@@ -278,6 +287,7 @@ class Summary:
     failures_file: str = ""
     ignored: Counter = field(default_factory=Counter)
     gone: int = 0
+    chunks: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -292,6 +302,7 @@ class Summary:
             + (f"ignored: {ignored}; " if ignored else "")
             + (f"records of {self.gone} deleted sources dropped; " if self.gone else "")
             + f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
+            + (f" ({self.chunks} chunks)" if self.chunks else "")
         )
 
 
@@ -1173,10 +1184,11 @@ def run_crop_job(
     fmt: str | None = None,
     overwrite: bool = False,
     manifest_format: str = "jsonl",
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_expected_error: float | None = None,
     max_p_fail: float | None = None,
+    client: "distributed.Client | None" = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -1204,8 +1216,10 @@ def run_crop_job(
         Otherwise images already recorded (same size and mtime) are skipped.
     manifest_format : {"jsonl", "csv"}
         Manifest file format.
-    chunk_size : int
-        Images per task (at most; smaller when there are few images per worker).
+    chunk_size : int, optional
+        Images per task (at most; locally smaller when there are few images per
+        worker). Default: :data:`CHUNK_SIZE`, or
+        :data:`facealign.cluster.CLUSTER_CHUNK_SIZE` with ``client``.
     progress : callable, optional
         ``progress(done, total)``, called with ``done = 0`` before the first
         image and after each chunk, in the parent process; ``total`` counts the
@@ -1217,6 +1231,11 @@ def run_crop_job(
     max_p_fail : float, optional
         The same for ``p_fail``, the probability that the error exceeds 10%.
         The limits apply to the images this run processes.
+    client : distributed.Client, optional
+        Run the chunks on this Dask cluster instead of local processes
+        (``jobs`` is then ignored; :mod:`facealign.cluster`). Its workers must
+        see ``in_dir`` and ``out_dir`` at the same paths (checked before any
+        work); only this process writes the records.
 
     Returns
     -------
@@ -1230,11 +1249,14 @@ def run_crop_job(
         the records are consistent, rerun to continue.
     CropJobError
         Missing ``in_dir``, ``out_dir`` inside or around ``in_dir``, unknown
-        settings, records written with other settings (rerun with overwrite).
+        settings, records written with other settings (rerun with overwrite),
+        cluster workers that cannot use the folders.
     """
     start = time.perf_counter()
     in_path, out_path = Path(in_dir), Path(out_dir)
     mname = manifest_name(manifest_format)
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZE if client is None else _cluster_chunk_size()
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     settings = CropSettings(detector, engine, template, size, min_face, max_expected_error, max_p_fail)
@@ -1249,11 +1271,15 @@ def run_crop_job(
         raise CropJobError(f"the {engine} weights carry no quality model (run facealign fit-quality); "
                            "--max-expected-error and --max-p-fail need one")
     src, dst = _check_dirs(in_path, out_path)
+    if client is not None:
+        from .cluster import check_workers
+
+        check_workers(client, src, dst)
     summary = Summary(manifest=str(out_path / mname), failures_file=str(out_path / FAILURES_NAME))
     try:
         with _Lock(dst):
             _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                        chunk_size, progress, summary, start)  # fmt: skip
+                        chunk_size, progress, summary, start, client)  # fmt: skip
     except OSError as exc:  # reading IN_DIR never raises (see scan_folder, the workers): OUT_DIR does
         where = f" {portable_name(str(exc.filename))!r}" if exc.filename else ""
         raise CropJobTransientError(
@@ -1267,6 +1293,7 @@ def _run_locked(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: "int | str | None",
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
+    client: "distributed.Client | None" = None,
 ) -> None:  # fmt: skip
     """The body of :func:`run_crop_job`, run while OUT_DIR is locked."""
     other = dst / manifest_name("csv" if manifest_format == "jsonl" else "jsonl")
@@ -1327,7 +1354,7 @@ def _run_locked(
             progress(0, len(todo))
         done = 0
         n_jobs = _resolve_jobs(jobs, len(todo))
-        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size):
+        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size, client):
             rows = [r for image_rows, _ in chunk.results for r in image_rows]
             fails = [f for _, f in chunk.results if f is not None]
             _append(manifest, _encode_rows(rows, manifest_format))
@@ -1335,6 +1362,7 @@ def _run_locked(
             summary.processed += len(chunk.results)
             summary.faces += len(rows)
             summary.failures += len(fails)
+            summary.chunks += 1
             if chunk.stopped is not None:
                 raise CropJobTransientError(f"{chunk.stopped}; fix it and rerun to continue")
             done += len(chunk_tasks)
@@ -1342,6 +1370,12 @@ def _run_locked(
             if progress is not None:
                 progress(done, len(todo))
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+
+
+def _cluster_chunk_size() -> int:
+    from .cluster import CLUSTER_CHUNK_SIZE
+
+    return CLUSTER_CHUNK_SIZE
 
 
 def _resolve_jobs(jobs: "int | str | None", n_images: int) -> int:
@@ -1374,10 +1408,21 @@ def _clear(out_dir: Path) -> None:
         _unlink_quietly(out_dir / name)
 
 
+def balanced_chunk_size(n_images: int, n_workers: int, chunk_size: int) -> int:
+    """Images per chunk: at most ``chunk_size``, and fewer when that gives under four chunks
+    per worker, so that every worker stays busy to the end; ``chunk_size`` with one worker."""
+    if n_workers <= 1:
+        return chunk_size
+    return max(1, min(chunk_size, math.ceil(n_images / (4 * n_workers))))
+
+
 def _run_chunks(
-    todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int
+    todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int,
+    client: "distributed.Client | None" = None,
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
-    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``.
+    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``,
+    or on a Dask cluster, in the order they complete, with ``client``
+    (:func:`facealign.cluster.run_chunks_on_cluster`).
 
     With worker processes, a worker that dies (a crash in a decoder, killed for
     memory) does not stop the job: the images of every chunk that had started
@@ -1388,9 +1433,13 @@ def _run_chunks(
     """
     if not todo:
         return
+    if client is not None:
+        from .cluster import run_chunks_on_cluster
+
+        yield from run_chunks_on_cluster(client, todo, settings, largest_only, out_dir, chunk_size)
+        return
     n_jobs = min(n_jobs, len(todo))
-    # Enough chunks to keep every worker busy, but large enough to batch the network.
-    size = max(1, min(chunk_size, math.ceil(len(todo) / (4 * n_jobs)))) if n_jobs > 1 else chunk_size
+    size = balanced_chunk_size(len(todo), n_jobs, chunk_size)
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     if n_jobs == 1:
         for chunk in chunks:

@@ -142,3 +142,26 @@ def photo_folder(face_photos: list[Path], root: Path, blank: bool = False) -> Pa
     if blank:
         Image.new("RGB", (200, 160), (30, 30, 30)).save(root / "b" / "blank.png")
     return root
+
+
+def child_pids(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie; Linux ``/proc``)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -32,7 +32,7 @@ import facealign.imageio as imageio
 from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
 from facealign.cli import EXIT_TEMPORARY, main
 
-from conftest import Stop, photo_folder, stop_after
+from conftest import Stop, child_pids, is_alive, photo_folder, stop_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,27 +206,6 @@ def test_item3_unwritable_out_dir_is_temporary(photos_in, tmp_path, monkeypatch)
 # --------------------------------------------------------------------------- 4. the job owns its workers
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _many_photos(face_photos, folder: Path, n: int) -> Path:
     folder.mkdir(parents=True)
     for i in range(n):
@@ -243,12 +222,12 @@ def _start_crop(in_dir: Path, out: Path) -> tuple[subprocess.Popen, set[int]]:
     deadline = time.monotonic() + 120
     workers: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
-        workers |= _children(proc.pid)
+        workers |= child_pids(proc.pid)
         if out.is_dir() and any(out.glob("p*_0.jpg")):
             break
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()
-    workers |= _children(proc.pid)
+    workers |= child_pids(proc.pid)
     assert workers, "no worker processes seen"
     return proc, workers
 
@@ -265,9 +244,9 @@ def test_item4_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
     if sig == signal.SIGTERM:
         assert b"terminated; rerun" in stderr and b"Traceback" not in stderr
     deadline = time.monotonic() + 10  # SIGTERM: gone before the parent exits; SIGKILL: PDEATHSIG
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(is_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(w) for w in workers)
+    assert not any(is_alive(w) for w in workers)
     crops = sorted(out.rglob("*.jpg"))
     time.sleep(1.5)
     assert sorted(out.rglob("*.jpg")) == crops  # nothing writes any more
