@@ -240,13 +240,13 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     out = bench["base"] / "compare"
     text = invoke(["compare-aligners", "--protocol", protocol, "--aligners", "box,tcnn", "--out", out,
                    "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--beta", 0, "--beta", 10,
-                   "--quiet"])
+                   "--bootstrap", 20, "--quiet"])
     assert "| TAR @ | box | tcnn |" in text
     table = json.loads((out / "table.json").read_text())
     assert [a["aligner"] for a in table["aligners"]] == ["box", "tcnn"]
     for entry in table["aligners"]:
         assert entry["betas"] == [0.0, 10.0]
-        for far in ("1e-02", "1e-01"):
+        for far in ("1e-03", "1e-02", "1e-01"):
             values = entry["tar_at_far"][far]["splits"]
             assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
             assert entry["tar_at_far"][far]["mean"] == pytest.approx(np.mean(values))
@@ -257,7 +257,18 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     assert [(s["genuine"], s["impostor"], s["test_templates"]) for s in per_split] == [
         (s["genuine"], s["impostor"], s["test_templates"]) for s in sizes]
     rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| FAR=")]
-    assert len(rows) == 2 and all(row.count("±") == 2 for row in rows)
+    assert len(rows) == 3 and all(row.count("±") == 2 for row in rows)
+    # One pair, three FARs: paired differences with p-values and a bootstrap interval.
+    pairs = json.loads((out / "pairs.json").read_text())
+    assert pairs["bootstrap_resamples"] == 20 and len(pairs["pairs"]) == 3
+    for pair, far in zip(pairs["pairs"], (1e-3, 1e-2, 1e-1)):
+        box_splits = table["aligners"][0]["tar_at_far"][f"{far:.0e}"]["splits"]
+        tcnn_splits = table["aligners"][1]["tar_at_far"][f"{far:.0e}"]["splits"]
+        assert (pair["a"], pair["b"], pair["far"]) == ("box", "tcnn", far)
+        assert pair["mean"] == pytest.approx(np.mean(np.subtract(box_splits, tcnn_splits)))
+        assert 0.25 <= pair["p_sign_flip"] <= 1.0  # 3 splits: the smallest exact p-value is 2/8
+        assert pair["ci95"][0] <= pair["ci95"][1]
+    assert text.count("| box - tcnn |") == 3
     for name in ("roc.png", "roc.json", "box/results.json", "tcnn/roc.json"):
         assert (out / name).is_file(), name
     roc = json.loads((out / "roc.json").read_text())["tcnn"]
@@ -281,7 +292,7 @@ def test_manifest_aligner_both_shapes(protocol: Path, bench: dict[str, Path]) ->
     records = DetectionCache(bench["root"], "dlib", bench["cache"]).ensure(
         sorted(p.name for p in bench["root"].iterdir()))
     faces = choose_face_boxes(records)
-    tcnn = LandmarkAligner("tcnn", get_template("loose", 64))
+    tcnn = LandmarkAligner.from_name("tcnn", get_template("loose", 64))
     from facealign.imageio import read_image
 
     files = sorted(records)
