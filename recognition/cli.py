@@ -122,12 +122,14 @@ def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
               help="Most templates per test subject.")
 @click.option("--impostor-ratio", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Impostor comparisons per genuine comparison.")
+@click.option("--subjects", "n_subjects", type=click.IntRange(min=2), default=None,
+              help="Use only a random sample of N subjects (seeded by --seed), e.g. when features are costly.")
 def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None, splits: int, seed: int,
                           train_fraction: float, template_size: int, max_templates: int,
-                          impostor_ratio: float) -> None:
+                          impostor_ratio: float, n_subjects: int | None) -> None:
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
-    from .protocol import items_from_folders, items_from_identity_list, make_protocol
+    from .protocol import items_from_folders, items_from_identity_list, make_protocol, sample_subjects
 
     try:
         if source.is_dir():
@@ -136,6 +138,8 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
         else:
             items = items_from_identity_list(source)
             root = images_root
+        if n_subjects is not None:
+            items = sample_subjects(items, n_subjects, seed)
         if root is not None:
             missing = [p for p, _ in items if not (root / p).is_file()]
             if missing:
@@ -146,6 +150,8 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     summary["source"] = str(source.resolve())
+    if n_subjects is not None:
+        summary["subjects_sampled"] = {"n": n_subjects, "seed": seed}
     if root is not None:
         summary["images_root"] = str(root.resolve())
     (out_dir / "protocol.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -470,11 +476,10 @@ def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool
     tars = {r.aligner: {far: [s.tar[far] for s in r.result.splits] for far in FAR_TARGETS} for r in runs}
     bootstrap = None
     if n_bootstrap:
-        if not quiet:
-            click.echo(f"subject bootstrap: {n_bootstrap} resamples x {len(runs[0].result.splits)} splits", err=True)
         splits = [s.comparisons for s in runs[0].result.splits]
         scores = {r.aligner: [s.scores for s in r.result.splits] for r in runs}
-        bootstrap = subject_bootstrap(splits, scores, FAR_TARGETS, n_bootstrap, seed)
+        bootstrap = subject_bootstrap(splits, scores, FAR_TARGETS, n_bootstrap, seed,
+                                      _Progress(f"subject bootstrap ({len(splits)} splits)", not quiet))
     return compare_pairs(tars, bootstrap, FAR_TARGETS)
 
 

@@ -29,7 +29,7 @@ variation due to which people were tested.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,11 +124,21 @@ def bootstrap_weights(subjects: np.ndarray, genuine: np.ndarray, rng: np.random.
     numpy.ndarray
         ``(M,)`` float64 multiplicities.
     """
+    index, n_subjects = _subject_index(subjects)
+    return _resample_weights(index, n_subjects, np.asarray(genuine, bool), rng)
+
+
+def _subject_index(subjects: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(M, 2)`` subject labels as integer indices, and the number of subjects."""
     subjects = np.asarray(subjects)
     labels, index = np.unique(subjects, return_inverse=True)
-    index = index.reshape(subjects.shape)
-    counts = np.bincount(rng.integers(0, len(labels), len(labels)), minlength=len(labels)).astype(np.float64)
-    return np.where(np.asarray(genuine, bool), counts[index[:, 0]], counts[index[:, 0]] * counts[index[:, 1]])
+    return index.reshape(subjects.shape), len(labels)
+
+
+def _resample_weights(index: np.ndarray, n_subjects: int, genuine: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
+    counts = np.bincount(rng.integers(0, n_subjects, n_subjects), minlength=n_subjects).astype(np.float64)
+    return np.where(genuine, counts[index[:, 0]], counts[index[:, 0]] * counts[index[:, 1]])
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ def subject_bootstrap(
     fars: Sequence[float],
     n_resamples: int = 1000,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean-over-splits TAR at FAR of every aligner, for every subject resample.
 
@@ -172,6 +183,8 @@ def subject_bootstrap(
         Bootstrap resamples.
     seed : int
         Seed.
+    progress : callable, optional
+        ``progress(done, total)`` over the resamples.
 
     Returns
     -------
@@ -184,14 +197,17 @@ def subject_bootstrap(
         if len(per_split) != len(splits):
             raise ValueError(f"{name}: {len(per_split)} score arrays for {len(splits)} splits")
     rng = np.random.default_rng(seed)
+    indexed = [(*_subject_index(split.subjects), np.asarray(split.genuine, bool)) for split in splits]
     out = {name: np.zeros((n_resamples, len(fars))) for name in scores}
     for r in range(n_resamples):
-        for s, split in enumerate(splits):
-            weights = bootstrap_weights(split.subjects, split.genuine, rng)
-            while not (weights[split.genuine].sum() > 0 and weights[~split.genuine].sum() > 0):
-                weights = bootstrap_weights(split.subjects, split.genuine, rng)  # a draw without a class: redraw
+        for s, (index, n_subjects, genuine) in enumerate(indexed):
+            weights = _resample_weights(index, n_subjects, genuine, rng)
+            while not (weights[genuine].sum() > 0 and weights[~genuine].sum() > 0):
+                weights = _resample_weights(index, n_subjects, genuine, rng)  # a draw without a class: redraw
             for name, per_split in scores.items():
-                out[name][r] += tar_at_far(per_split[s], split.genuine, list(fars), weights)
+                out[name][r] += tar_at_far(per_split[s], genuine, list(fars), weights)
+        if progress is not None:
+            progress(r + 1, n_resamples)
     return {name: values / len(splits) for name, values in out.items()}
 
 
