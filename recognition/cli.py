@@ -6,8 +6,8 @@ Commands
 ``prepare-lfw``       align the LFW training identities into crops + a sample list
 ``train``             train the AlexNet backbone on aligned crops (resumable)
 ``export-weights``    write a small inference-only copy of a checkpoint (ship it)
-``verify``            TAR at FAR 1e-2 / 1e-1 (mean ± std over splits) and the ROC, one aligner
-``compare-aligners``  the same for several aligners, as a Table 2 style table
+``verify``            TAR at FAR 1e-3 / 1e-2 / 1e-1 (mean ± std over splits) and the ROC, one aligner
+``compare-aligners``  the same for several aligners, as a Table 2 style table with paired statistics
 ``lfw-accuracy``      LFW View 2 10-fold accuracy (secondary; see recognition.lfw)
 
 Heavy modules (torch, dlib) are imported inside the commands. User errors exit

@@ -12,7 +12,8 @@ rather than guessed:
    ``dlib.get_face_chip`` itself: the chip is cut from two float images whose
    pixel values are their own x and y coordinates, so the chip's pixels hold
    the image coordinates they were sampled at; a least-squares affine fit of
-   those gives the map (residual ~1e-6 px).
+   those gives the map (our warp with it gives dlib's chip to 0.5 grey levels
+   on average, the 8-bit rounding).
 2. :func:`fit_chip_template` maps, face by face, where the five MTFL points
    (ground truth) and dlib's own five points land in the chip, and takes the
    least-squares fixed layout: the mean position of every point.
