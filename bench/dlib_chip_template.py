@@ -10,7 +10,7 @@ constants to paste into ``recognition/dlib_resnet.py`` and writes them as JSON.
 
 Usage::
 
-    python bench/dlib_chip_template.py --out runs/dlib_chip_template.json   # ~5 min on 2 cores
+    python bench/dlib_chip_template.py --out runs/dlib_chip_template.json   # ~11 min on a loaded 2-core machine
 """
 
 from __future__ import annotations
