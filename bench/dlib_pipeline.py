@@ -7,7 +7,9 @@ dlib's HOG detector with one pyramid upsampling, the 68-point shape predictor
 at 112 px, every face of every JPEG under IN_DIR written as OUT_DIR/<stem>_<k>.jpg
 with OpenCV. ``--shard K/N`` takes every N-th image from the K-th, so that N
 processes share a folder. Deliberately as short as a user's script: no resume,
-no manifest, no error handling.
+no manifest, no error handling. (The model file is located with
+``facealign.peers.dlib_model_path``: ``face_recognition_models``' own helper
+imports ``pkg_resources``, which recent setuptools no longer ship.)
 """
 
 import argparse
@@ -15,7 +17,8 @@ import pathlib
 
 import cv2
 import dlib
-import face_recognition_models
+
+from facealign.peers import dlib_model_path  # the model file of face-recognition-models
 
 ap = argparse.ArgumentParser()
 ap.add_argument("in_dir", type=pathlib.Path)
@@ -24,7 +27,7 @@ ap.add_argument("--shard", default="0/1")
 args = ap.parse_args()
 k, n = map(int, args.shard.split("/"))
 detector = dlib.get_frontal_face_detector()
-predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+predictor = dlib.shape_predictor(str(dlib_model_path(68)))
 args.out_dir.mkdir(parents=True, exist_ok=True)
 for path in sorted(args.in_dir.rglob("*.jpg"))[k::n]:
     rgb = dlib.load_rgb_image(str(path))

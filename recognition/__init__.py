@@ -18,6 +18,14 @@ backbone
 training
     Identity-classification training of the AlexNet on aligned crops, with
     resumable per-epoch checkpoints.
+dlib_resnet
+    dlib's ResNet face descriptor as a backbone, dlib's chip layout measured as
+    a template, and dlib's 5-point model as a landmark step.
+statistics
+    Paired comparison of aligners: sign-flip and Wilcoxon tests over splits,
+    bootstrap over test subjects.
+pipeline
+    Shared detection, the aligners, cached features and the evaluation.
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,8 @@ Commands
 ``prepare-lfw``       align the LFW training identities into crops + a sample list
 ``train``             train the AlexNet backbone on aligned crops (resumable)
 ``export-weights``    write a small inference-only copy of a checkpoint (ship it)
-``verify``            TAR at FAR 1e-2 / 1e-1 (mean ± std over splits) and the ROC, one aligner
-``compare-aligners``  the same for several aligners, as a Table 2 style table
+``verify``            TAR at FAR 1e-3 / 1e-2 / 1e-1 (mean ± std over splits) and the ROC, one aligner
+``compare-aligners``  the same for several aligners, as a Table 2 style table with paired statistics
 ``lfw-accuracy``      LFW View 2 10-fold accuracy (secondary; see recognition.lfw)
 
 Heavy modules (torch, dlib) are imported inside the commands. User errors exit
@@ -31,7 +31,8 @@ from facealign.constants import BUILTIN_DETECTORS
 
 from . import __version__
 
-ALIGNER_HELP = "'tcnn', 'vanilla', 'box' or 'manifest:PATH' (JSON lines with five landmarks per image)."
+ALIGNER_HELP = ("'tcnn', 'vanilla', 'dlib-ert', 'dlib-5pt', 'box' or 'manifest:PATH' (JSON lines with five "
+                "landmarks per image).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,8 +73,9 @@ def _set_threads(threads: int | None) -> None:
 
 def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--backbone", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="AlexNet weights [default: recognition/weights/alexnet.pt]."),
+        click.option("--backbone", default=None,
+                     help="'dlib-resnet' (dlib's ResNet descriptor; needs the recognition extra) or an AlexNet "
+                          "weights file [default: recognition/weights/alexnet.pt]."),
         click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True,
                      help="Face detector (run once per image, cached)."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -120,12 +122,14 @@ def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
               help="Most templates per test subject.")
 @click.option("--impostor-ratio", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Impostor comparisons per genuine comparison.")
+@click.option("--subjects", "n_subjects", type=click.IntRange(min=2), default=None,
+              help="Use only a random sample of N subjects (seeded by --seed), e.g. when features are costly.")
 def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None, splits: int, seed: int,
                           train_fraction: float, template_size: int, max_templates: int,
-                          impostor_ratio: float) -> None:
+                          impostor_ratio: float, n_subjects: int | None) -> None:
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
-    from .protocol import items_from_folders, items_from_identity_list, make_protocol
+    from .protocol import items_from_folders, items_from_identity_list, make_protocol, sample_subjects
 
     try:
         if source.is_dir():
@@ -134,6 +138,8 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
         else:
             items = items_from_identity_list(source)
             root = images_root
+        if n_subjects is not None:
+            items = sample_subjects(items, n_subjects, seed)
         if root is not None:
             missing = [p for p, _ in items if not (root / p).is_file()]
             if missing:
@@ -144,6 +150,8 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     summary["source"] = str(source.resolve())
+    if n_subjects is not None:
+        summary["subjects_sampled"] = {"n": n_subjects, "seed": seed}
     if root is not None:
         summary["images_root"] = str(root.resolve())
     (out_dir / "protocol.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -297,31 +305,30 @@ def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_di
     return protocol, detections, faces, cache
 
 
-def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None, backbone: Path | None,
+def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None, backbone: str | None,
          detector: str, cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
          pca_components: int, jobs: int, threads: int | None, quiet: bool, betas: tuple[float, ...]
-         ) -> tuple[Any, Any, list[Any], Path]:
-    from .pipeline import DEFAULT_BETAS, default_backbone_path, get_aligner, load_backbone, run_aligner
+         ) -> tuple[Any, Any, list[Any], Any]:
+    from .pipeline import DEFAULT_BETAS, get_aligner, load_backbone, run_aligner
 
     _set_threads(threads)
     try:
-        backbone_path = backbone or default_backbone_path()
-        net = load_backbone(backbone_path)
-        aligners = [get_aligner(spec, net.input_size, images_root=_images_root(protocol_dir, images_root),
+        choice = load_backbone(backbone)
+        aligners = [get_aligner(spec, choice.template, images_root=_images_root(protocol_dir, images_root),
                                 weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
                     for spec in aligner_specs]
         protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
-        runs = [run_aligner(protocol, faces, a, net, backbone_path, detections, cache, betas or DEFAULT_BETAS,
+        runs = [run_aligner(protocol, faces, a, choice, detections, cache, betas or DEFAULT_BETAS,
                             pca_components, _Progress(f"features {a.name}", not quiet))
                 for a in aligners]
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
-    return protocol, faces, runs, backbone_path
+    return protocol, faces, runs, choice
 
 
-def _context(protocol: Any, faces: Any, backbone_path: Path, detector: str, pca_components: int,
+def _context(protocol: Any, faces: Any, backbone: Any, detector: str, pca_components: int,
              images_root: Path) -> dict[str, Any]:
-    from .pipeline import file_digest, protocol_sizes
+    from .pipeline import protocol_sizes
 
     return {
         "protocol": str(protocol.root),
@@ -329,7 +336,7 @@ def _context(protocol: Any, faces: Any, backbone_path: Path, detector: str, pca_
         "protocol_sizes": protocol_sizes(protocol),
         "face_boxes": faces.counts(),
         "detector": detector,
-        "backbone": {"path": str(backbone_path), "sha1": file_digest(backbone_path)},
+        "backbone": backbone.describe(),
         "pca_components_requested": pca_components,
     }
 
@@ -359,18 +366,18 @@ def _boxes_line(faces: Any) -> str:
 @_beta_option
 @_shared_options
 def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: str, out_dir: Path,
-                   betas: tuple[float, ...], backbone: Path | None, detector: str, cache_dir: Path | None,
+                   betas: tuple[float, ...], backbone: str | None, detector: str, cache_dir: Path | None,
                    tcnn_weights: Path | None, vanilla_weights: Path | None, pca_components: int, jobs: int,
                    threads: int | None, quiet: bool) -> None:
-    """TAR at FAR 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
+    """TAR at FAR 1e-3, 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
     from .pipeline import plot_rocs, write_json
 
-    protocol, faces, runs, backbone_path = _run(
+    protocol, faces, runs, choice = _run(
         [aligner_spec], protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights,
         vanilla_weights, pca_components, jobs, threads, quiet, betas)
     run = runs[0]
     root = _images_root(protocol_dir, images_root)
-    record = {**run.record(), **_context(protocol, faces, backbone_path, detector, pca_components, root)}
+    record = {**run.record(), **_context(protocol, faces, choice, detector, pca_components, root)}
     write_json(out_dir / "results.json", record)
     write_json(out_dir / "roc.json", {"aligner": run.aligner, **run.result.roc()})
     plot_rocs({run.aligner: run.result.roc()}, out_dir / "roc.png", title=f"{protocol_dir.name}: {run.aligner}")
@@ -385,22 +392,55 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float, ...]) -> str:
+def _signed(value: float) -> str:
+    """``+.012`` style difference."""
+    text = f"{value:+.3f}"
+    return text.replace("0.", ".", 1)
+
+
+def _p_text(p: float) -> str:
+    return "< .001" if p < 0.001 else f"{p:.3f}".replace("0.", ".", 1)
+
+
+def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float, ...],
+                    pairs: list[Any], n_bootstrap: int) -> str:
     from .pipeline import FAR_TARGETS, format_tar
+    from .statistics import SIGNIFICANCE_LEVEL
 
     names = [r.aligner for r in runs]
+    backbone = context["backbone"]
     lines = [
-        f"# Verification: {Path(context['protocol']).name}",
+        f"# Verification: {Path(context['protocol']).name}, backbone {backbone['name']}",
         "",
         "Same recognition pipeline, different alignments (paper, Table 2). "
-        f"TAR at FAR, mean ± std over {context['protocol_sizes']['splits']} splits.",
+        f"TAR at FAR, mean ± std over {context['protocol_sizes']['splits']} splits; best in bold.",
         "",
         "| TAR @ | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
     for far in FAR_TARGETS:
+        best = max(r.result.tar_mean[far] for r in runs)
         cells = [format_tar(r.result.tar_mean[far], r.result.tar_std[far]) for r in runs]
+        cells = [f"**{c}**" if r.result.tar_mean[far] == best and len(runs) > 1 else c for c, r in zip(cells, runs)]
         lines.append(f"| FAR={far:.0e} | " + " | ".join(cells) + " |")
+    if pairs:
+        ci = (f"95% CI over {n_bootstrap} resamples of the test subjects" if n_bootstrap
+              else "no subject bootstrap")
+        lines += [
+            "",
+            f"Paired differences (first minus second aligner, per split): mean ± std, two-sided sign-flip "
+            f"permutation p (exact over the splits' sign patterns) and Wilcoxon signed-rank p, {ci}. "
+            f"`*`: sign-flip p < {SIGNIFICANCE_LEVEL:g} (uncorrected for the {len(pairs)} tests).",
+            "",
+            "| pair | FAR | difference | p sign-flip | p Wilcoxon | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for pair in pairs:
+            mark = " *" if pair.significant else ""
+            interval = (f"[{_signed(pair.ci_low)}, {_signed(pair.ci_high)}]" if n_bootstrap else "-")
+            lines.append(f"| {pair.a} - {pair.b} | {pair.far:.0e} | {_signed(pair.mean)} ± "
+                         f"{_signed(pair.std)[1:]}{mark} | {_p_text(pair.p_sign_flip)} | "
+                         f"{_p_text(pair.p_wilcoxon)} | {interval} |")
     sizes = context["protocol_sizes"]["mean"]
     boxes = context["face_boxes"]
     lines += [
@@ -415,14 +455,32 @@ def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float
         f"{boxes['protocol']} from the protocol box, {boxes['image']} whole image (no detection); "
         f"{boxes['multiple_faces']} images with several faces (largest taken).",
         "",
-        f"Backbone: {context['backbone']['path']} (sha1 {context['backbone']['sha1']}); power normalisation, "
-        f"PCA ({context['pca_components_requested']} requested, capped by the training images), Pearson, "
-        f"SoftMax fusion averaged over beta = {', '.join(f'{b:g}' for b in betas)}.",
+        f"Backbone: {backbone['name']}, {backbone['path']} (sha1 {backbone['sha1']}), crops on the "
+        f"'{backbone['template']}' template at {backbone['input_size']} px; power normalisation, "
+        f"PCA ({context['pca_components_requested']} requested, capped by the training images and the feature "
+        f"dimension), Pearson, SoftMax fusion averaged over beta = {', '.join(f'{b:g}' for b in betas)}.",
     ]
     missing = [f"{r.aligner}: {r.manifest_missing}" for r in runs if r.manifest_missing]
     if missing:
         lines += ["", "Images without manifest landmarks (box alignment used): " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool) -> list[Any]:
+    """Every pair of aligners compared at every FAR (:func:`recognition.statistics.compare_pairs`)."""
+    from .pipeline import FAR_TARGETS
+    from .statistics import compare_pairs, subject_bootstrap
+
+    if len(runs) < 2:
+        return []
+    tars = {r.aligner: {far: [s.tar[far] for s in r.result.splits] for far in FAR_TARGETS} for r in runs}
+    bootstrap = None
+    if n_bootstrap:
+        splits = [s.comparisons for s in runs[0].result.splits]
+        scores = {r.aligner: [s.scores for s in r.result.splits] for r in runs}
+        bootstrap = subject_bootstrap(splits, scores, FAR_TARGETS, n_bootstrap, seed,
+                                      _Progress(f"subject bootstrap ({len(splits)} splits)", not quiet))
+    return compare_pairs(tars, bootstrap, FAR_TARGETS)
 
 
 @main.command("compare-aligners")
@@ -433,14 +491,18 @@ def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float
 @click.option("--aligners", default="tcnn,vanilla,box", show_default=True,
               help="Comma-separated aligners: " + ALIGNER_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Writes table.md, table.json, roc.json, roc.png and one folder per aligner.")
+              help="Writes table.md, table.json, pairs.json, roc.json, roc.png and one folder per aligner.")
+@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Resamples of the test subjects for the confidence intervals of differences (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @_beta_option
 @_shared_options
 def compare_aligners_command(protocol_dir: Path, images_root: Path | None, aligners: str, out_dir: Path,
-                             betas: tuple[float, ...], backbone: Path | None, detector: str,
-                             cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
-                             pca_components: int, jobs: int, threads: int | None, quiet: bool) -> None:
-    """Run the same protocol for several aligners; write a Table 2 style table."""
+                             n_bootstrap: int, seed: int, betas: tuple[float, ...], backbone: str | None,
+                             detector: str, cache_dir: Path | None, tcnn_weights: Path | None,
+                             vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
+                             quiet: bool) -> None:
+    """Run the same protocol for several aligners; write a Table 2 style table with paired statistics."""
     from .pipeline import DEFAULT_BETAS, plot_rocs, write_json
 
     specs = [s.strip() for s in aligners.split(",") if s.strip()]
@@ -448,20 +510,24 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
         raise click.UsageError("--aligners is empty")
     if len(set(specs)) != len(specs):
         raise click.UsageError(f"--aligners lists an aligner twice: {specs}")
-    protocol, faces, runs, backbone_path = _run(
+    protocol, faces, runs, choice = _run(
         specs, protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights, vanilla_weights,
         pca_components, jobs, threads, quiet, betas)
     root = _images_root(protocol_dir, images_root)
-    context = _context(protocol, faces, backbone_path, detector, pca_components, root)
+    context = _context(protocol, faces, choice, detector, pca_components, root)
     used_betas = betas or DEFAULT_BETAS
+    pairs = _paired_statistics(runs, n_bootstrap, seed, quiet)
     for run in runs:
         folder = out_dir / _safe_name(run.aligner)
         write_json(folder / "results.json", {**run.record(), **context})
         write_json(folder / "roc.json", {"aligner": run.aligner, **run.result.roc()})
     write_json(out_dir / "table.json", {"aligners": [r.record() for r in runs], **context})
+    write_json(out_dir / "pairs.json", {"bootstrap_resamples": n_bootstrap, "seed": seed,
+                                        "pairs": [p.to_json() for p in pairs]})
     write_json(out_dir / "roc.json", {r.aligner: r.result.roc() for r in runs})
-    plot_rocs({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png", title=protocol_dir.name)
-    table = _table_markdown(runs, context, tuple(used_betas))
+    plot_rocs({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png",
+              title=f"{protocol_dir.name}, {choice.name}")
+    table = _table_markdown(runs, context, tuple(used_betas), pairs, n_bootstrap)
     (out_dir / "table.md").write_text(table, encoding="utf-8")
     click.echo(table)
 
@@ -476,7 +542,7 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write lfw_accuracy.json here.")
 @_shared_options
-def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path | None, backbone: Path | None,
+def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path | None, backbone: str | None,
                          detector: str, cache_dir: Path | None, tcnn_weights: Path | None,
                          vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
                          quiet: bool) -> None:
@@ -490,11 +556,9 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     from .pipeline import (
         DetectionCache,
         choose_face_boxes,
-        default_backbone_path,
         default_cache_dir,
         extract_features,
         feature_cache_path,
-        file_digest,
         get_aligner,
         load_backbone,
         write_json,
@@ -504,19 +568,18 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     root = lfw_root or default_lfw_root()
     pairs_path = root / "pairs.txt"
     try:
-        backbone_path = backbone or default_backbone_path()
-        net = load_backbone(backbone_path)
-        aligner = get_aligner(aligner_spec, net.input_size, images_root=root,
+        choice = load_backbone(backbone)
+        aligner = get_aligner(aligner_spec, choice.template, images_root=root,
                               weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
         cache = cache_dir if cache_dir is not None else default_cache_dir()
         detections = DetectionCache(root, detector, cache)
         files = sorted({p for pair in read_lfw_pairs(pairs_path) for p in (pair.path1, pair.path2)})
         faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=_Progress("detect", not quiet)))
-        table = extract_features(files, root, faces.boxes, aligner, net,
-                                 feature_cache_path(cache, aligner, backbone_path, detections),
+        table = extract_features(files, root, faces.boxes, aligner, choice.network,
+                                 feature_cache_path(cache, aligner, choice, detections),
                                  _Progress(f"features {aligner.name}", not quiet))
         accuracy, info = lfw_accuracy(table.rows, pairs_path, pca_components)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
     click.echo(f"LFW View 2 ({info['pairs']} pairs, 10 folds), aligner {aligner.name}: "
                f"accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f}")
@@ -527,7 +590,7 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
         write_json(out_dir / "lfw_accuracy.json", {
             "aligner": aligner.name, "key": aligner.key, "mean": accuracy.mean, "std": accuracy.std,
             "folds": accuracy.accuracies.tolist(), "thresholds": accuracy.thresholds.tolist(), **info,
-            "face_boxes": faces.counts(), "backbone": {"path": str(backbone_path), "sha1": file_digest(backbone_path)},
+            "face_boxes": faces.counts(), "backbone": choice.describe(),
             "caveat": "backbone trained on LFW identities that include the pairs.txt people: not independent",
         })
 

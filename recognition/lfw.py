@@ -151,7 +151,7 @@ def prepare_lfw(
         return out / "crops" / Path(file).relative_to(LFW_FOLDER)
 
     todo = [f for f in detected if not crop_path(f).is_file()]
-    aligner = LandmarkAligner("vanilla", get_template("loose", size), weights)
+    aligner = LandmarkAligner.from_name("vanilla", get_template("loose", size), weights)
     if progress is not None:
         progress("align", 0, len(todo))
     for start in range(0, len(todo), _ALIGN_BATCH):

@@ -63,7 +63,18 @@ class RocCurve:
     thresholds: np.ndarray
 
 
-def roc_curve(scores: np.ndarray, genuine: np.ndarray) -> RocCurve:
+def _check_weights(weights: np.ndarray | None, g: np.ndarray) -> np.ndarray:
+    if weights is None:
+        return np.ones(g.shape, np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != g.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be {g.shape} finite and >= 0, got shape {w.shape}")
+    if not w[g].sum() > 0 or not w[~g].sum() > 0:
+        raise ValueError("weights leave no genuine or no impostor comparison")
+    return w
+
+
+def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | None = None) -> RocCurve:
     """ROC of a verifier that accepts comparisons with ``score >= threshold``.
 
     Parameters
@@ -73,6 +84,10 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray) -> RocCurve:
     genuine : numpy.ndarray
         ``(M,)`` booleans, true for same-subject comparisons. Both classes must
         be present.
+    weights : numpy.ndarray, optional
+        ``(M,)`` non-negative multiplicities of the comparisons (e.g. from a
+        bootstrap resample); TAR and FAR are then weighted fractions. Default:
+        every comparison counts once.
 
     Returns
     -------
@@ -81,19 +96,25 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray) -> RocCurve:
         threshold ``+inf``; tied scores form a single operating point.
     """
     s, g = _scores_labels(scores, genuine)
+    w = _check_weights(weights, g)
     order = np.argsort(-s, kind="stable")
-    s_sorted, g_sorted = s[order], g[order]
-    true_accepts = np.cumsum(g_sorted)
-    false_accepts = np.cumsum(~g_sorted)
+    s_sorted, g_sorted, w_sorted = s[order], g[order], w[order]
+    true_accepts = np.cumsum(w_sorted * g_sorted)
+    false_accepts = np.cumsum(w_sorted * ~g_sorted)
     # Last index of every run of equal scores.
     last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
-    tar = np.r_[0.0, true_accepts[last] / g.sum()]
-    far = np.r_[0.0, false_accepts[last] / (~g).sum()]
+    tar = np.r_[0.0, np.minimum(true_accepts[last] / true_accepts[-1], 1.0)]
+    far = np.r_[0.0, np.minimum(false_accepts[last] / false_accepts[-1], 1.0)]
     thresholds = np.r_[np.inf, s_sorted[last]]
     return RocCurve(far=far, tar=tar, thresholds=thresholds)
 
 
-def tar_at_far(scores: np.ndarray, genuine: np.ndarray, far: float | Sequence[float]) -> float | np.ndarray:
+def tar_at_far(
+    scores: np.ndarray,
+    genuine: np.ndarray,
+    far: float | Sequence[float],
+    weights: np.ndarray | None = None,
+) -> float | np.ndarray:
     """True accept rate at a target false accept rate.
 
     Definition: let ``(FAR_i, TAR_i)`` be the ROC points of :func:`roc_curve`
@@ -117,6 +138,8 @@ def tar_at_far(scores: np.ndarray, genuine: np.ndarray, far: float | Sequence[fl
         As in :func:`roc_curve`.
     far : float or sequence of float
         Target FAR(s) in ``[0, 1]``.
+    weights : numpy.ndarray, optional
+        Comparison multiplicities, as in :func:`roc_curve`.
 
     Returns
     -------
@@ -126,12 +149,12 @@ def tar_at_far(scores: np.ndarray, genuine: np.ndarray, far: float | Sequence[fl
     targets = np.asarray(far, dtype=np.float64)
     if np.any(~np.isfinite(targets)) or np.any(targets < 0) or np.any(targets > 1):
         raise ValueError(f"far must be in [0, 1], got {far!r}")
-    roc = roc_curve(scores, genuine)
+    roc = roc_curve(scores, genuine, weights)
     flat = np.atleast_1d(targets).ravel()
     result = np.empty(flat.shape, dtype=np.float64)
     for n, target in enumerate(flat):
         i = int(np.searchsorted(roc.far, target, side="right")) - 1  # last point with FAR <= target
-        if roc.far[i] == target:
+        if roc.far[i] == target or i + 1 == len(roc.far):
             result[n] = roc.tar[i]
         else:
             f0, f1 = roc.far[i], roc.far[i + 1]

@@ -18,11 +18,20 @@ section 5.2); everything else is shared and computed once:
    the whole image is the box. These fallbacks are counted and reported.
 3. **Alignment** (:class:`LandmarkAligner`, :class:`BoxAligner`,
    :class:`ManifestAligner`, chosen with :func:`get_aligner`). All aligners
-   produce crops for the same template (``loose``, rescaled to the backbone's
-   input side) with the same bilinear warp and black border:
+   produce crops for the same template, the backbone's
+   (:attr:`BackboneChoice.template`: ``loose`` at the AlexNet's input side,
+   dlib's measured chip layout for ``dlib-resnet``), with the same bilinear
+   warp and black border:
 
    * ``tcnn`` / ``vanilla``: five points from a facealign landmark engine run
      on the face box, then the similarity that maps them onto the template.
+   * ``dlib-ert``: dlib's 68-point ERT on the face box, reduced to the five
+     MTFL points (:func:`facealign.peers.reduce_68_to_5`), then the same.
+   * ``dlib-5pt``: dlib's 5-point model on the face box; its own points are
+     mapped onto where they go in the template
+     (:func:`recognition.dlib_resnet.dlib5_template`), which for the
+     ``dlib-resnet`` chip comes close to ``dlib.get_face_chip`` (2.3 grey
+     levels apart on average: dlib fits its chip its own way).
    * ``box``: no landmarks. The box is made square (same centre, side
      ``sqrt(w * h)``) and mapped by a scale and a translation only: the ones
      that best map :data:`BOX_MEAN_SHAPE` (where the five points lie in a dlib
@@ -40,17 +49,20 @@ section 5.2); everything else is shared and computed once:
      face in it, fall back to the ``box`` alignment; they are counted.
 
 4. **Features** (:func:`extract_features`). Crops are embedded by the
-   backbone (:class:`~recognition.backbone.AlexNetBackbone`). Features are
-   cached per aligner in an ``.npz`` keyed by the aligner (with a hash of its
-   weights or manifest), the backbone weights, the detector and the image
-   root; a row is reused only if the face box it was computed from is the
-   same.
+   backbone (:func:`load_backbone`: the shipped AlexNet, another AlexNet
+   checkpoint, or ``dlib-resnet``). Features are cached per aligner in an
+   ``.npz`` keyed by the aligner (with a hash of its weights or manifest and
+   its template), the backbone (a hash of its weights), the detector with a
+   hash of its settings, and the image root (:func:`feature_cache_path`); a
+   row is reused only if the face box it was computed from is the same. So
+   adding an aligner costs one pass over the images.
 5. **Matching and metrics** (:func:`evaluate_protocol`): per split, power
    normalisation, PCA fitted on that split's training images only, Pearson
    correlation of every image pair of two templates, SoftMax fusion averaged
-   over :data:`DEFAULT_BETAS`, then TAR at FAR 1e-2 and 1e-1 and the ROC on a
-   log-spaced FAR grid. Results are mean and (population) standard deviation
-   over the splits.
+   over :data:`DEFAULT_BETAS`, then TAR at :data:`FAR_TARGETS` and the ROC on
+   a log-spaced FAR grid. Results are mean and (population) standard
+   deviation over the splits; the per-split scores are kept for the paired
+   statistics of :mod:`recognition.statistics`.
 """
 
 from __future__ import annotations
@@ -74,14 +86,16 @@ from facealign.imageio import ImageReadError, read_image_reduced
 
 from .matching import PCAProjector, power_normalize, template_scores
 from .metrics import tar_at_far
+from .statistics import SplitComparisons
 from .protocol import Protocol as VerificationProtocol
 from .protocol import Split
 
 if TYPE_CHECKING:
-    from .backbone import AlexNetBackbone
+    from .backbone import Backbone
 
 __all__ = [
     "ALIGNER_NAMES",
+    "BACKBONE_NAMES",
     "BOX_MEAN_SHAPE",
     "DEFAULT_BETAS",
     "DEFAULT_TEMPLATE",
@@ -111,6 +125,7 @@ __all__ = [
     "protocol_sizes",
     "file_digest",
     "default_backbone_path",
+    "BackboneChoice",
     "load_backbone",
     "export_backbone",
     "default_cache_dir",
@@ -125,14 +140,17 @@ DEFAULT_TEMPLATE = "loose"
 #: range of temperatures instead of tuning one.
 DEFAULT_BETAS: tuple[float, ...] = tuple(float(b) for b in range(21))
 
-#: FARs at which the TAR is reported (Table 2 of the paper).
-FAR_TARGETS: tuple[float, ...] = (1e-2, 1e-1)
+#: FARs at which the TAR is reported (Table 2 of the paper gives 1e-2 and 1e-1).
+FAR_TARGETS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
 
 #: FAR grid of the stored ROC (log-spaced, 1e-4 to 1, 10 points per decade).
 ROC_GRID: np.ndarray = np.logspace(-4, 0, 41)
 
 #: Names accepted by :func:`get_aligner` besides ``manifest:PATH``.
-ALIGNER_NAMES: tuple[str, ...] = ("tcnn", "vanilla", "box")
+ALIGNER_NAMES: tuple[str, ...] = ("tcnn", "vanilla", "dlib-ert", "dlib-5pt", "box")
+
+#: Named backbones accepted by :func:`load_backbone` besides an AlexNet weights file.
+BACKBONE_NAMES: tuple[str, ...] = ("dlib-resnet",)
 
 #: Mean position of the five MTFL-order points inside a dlib detector box, in
 #: box-normalised coordinates ``((x - x1) / w, (y - y1) / h)``: measured on the
@@ -275,7 +293,10 @@ class DetectionCache:
     detector : str
         Detector name (:func:`facealign.detection.get_detector`).
     cache_dir : path
-        Folder of the cache file ``detections-<detector>-<hash of root>.jsonl``.
+        Folder of the cache file
+        ``detections-<detector>-<hash of its settings>-<hash of root>.jsonl``
+        (the settings hash is :func:`facealign.data._detector_fingerprint`'s, so
+        changed detector settings never reuse stale boxes).
 
     Notes
     -----
@@ -289,7 +310,9 @@ class DetectionCache:
             raise FileNotFoundError(f"image root not found: {self.images_root}")
         self.detector = detector
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.key = f"{detector}-{_text_digest(str(self.images_root.resolve()))}"
+        from facealign.data import _detector_fingerprint
+
+        self.key = f"{detector}-{_detector_fingerprint(detector)}-{_text_digest(str(self.images_root.resolve()))}"
         self.path = cache / f"detections-{self.key}.jsonl"
 
     def load(self) -> dict[str, DetectionRecord]:
@@ -589,38 +612,69 @@ def _stack(crops: list[np.ndarray], template: Template) -> np.ndarray:
     return np.stack(crops)
 
 
+class PointPredictor(Protocol):
+    """Anything that puts five points on face boxes (a facealign ``LandmarkEngine``, dlib's predictors)."""
+
+    def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """``(K_i, 5, 2)`` points per image for ``(K_i, 4)`` boxes per image."""
+        ...
+
+
 class LandmarkAligner:
-    """Five points from a facealign landmark engine, then similarity alignment.
+    """Five points from a landmark predictor on the face box, then similarity alignment.
 
     Parameters
     ----------
-    engine : {"tcnn", "vanilla"}
-        Landmark engine.
+    name : str
+        Aligner name (``"tcnn"``, ``"dlib-ert"``, ...).
+    predictor : PointPredictor
+        Landmark step.
     template : Template
-        Output template.
-    weights : path, optional
-        Engine weights; the shipped ones by default.
+        Where the predictor's five points go (in the predictor's point order).
+    weights_path : path
+        The predictor's model file, hashed into :attr:`key`.
     """
 
-    def __init__(self, engine: str, template: Template, weights: str | Path | None = None) -> None:
-        from facealign.aligner import FaceAligner
-        from facealign.engine import LandmarkEngine
+    def __init__(self, name: str, predictor: PointPredictor, template: Template,
+                 weights_path: str | Path) -> None:
+        self.name = name
+        self.predictor = predictor
+        self.template = template
+        self.key = f"{name}-{file_digest(weights_path)}-{template.name}{template.width}"
 
-        self.name = engine
-        self.engine = LandmarkEngine(engine, weights)
-        self.aligner = FaceAligner(engine=self.engine, template=template)
-        self.template = self.aligner.template
-        self.key = f"{engine}-{file_digest(self.engine.weights_path)}-{template.name}{template.width}"
+    @classmethod
+    def from_name(cls, name: str, template: Template, weights: str | Path | None = None) -> LandmarkAligner:
+        """The aligner ``name`` of :data:`ALIGNER_NAMES` that uses landmarks, onto ``template``.
+
+        ``weights`` replaces the shipped engine weights (``tcnn``, ``vanilla``)
+        or dlib's model file (``dlib-ert``, ``dlib-5pt``).
+        """
+        if name in ("tcnn", "vanilla"):
+            from facealign.engine import LandmarkEngine
+
+            engine = LandmarkEngine(name, weights)
+            return cls(name, engine, template, engine.weights_path)
+        if name == "dlib-ert":
+            from facealign.peers import DlibShapePredictor
+
+            ert = DlibShapePredictor(weights)
+            return cls(name, ert, template, ert.model_path)
+        if name == "dlib-5pt":
+            from .dlib_resnet import DlibFivePointPredictor, dlib5_template
+
+            five = DlibFivePointPredictor(weights)
+            return cls(name, five, dlib5_template(template), five.model_path)
+        raise ValueError(f"{name!r} is not a landmark aligner")
 
     def landmarks(self, faces: Sequence[FaceInput]) -> list[np.ndarray]:
         """``(5, 2)`` points of every face, in working-image pixels (one batched pass)."""
-        points = self.engine.predict_many([f.image for f in faces], [f.working_box[None] for f in faces])
+        points = self.predictor.predict_many([f.image for f in faces], [f.working_box[None] for f in faces])
         return [p[0] for p in points]
 
     def align(self, faces: Sequence[FaceInput]) -> np.ndarray:
         if not faces:
             return _stack([], self.template)
-        return _stack([self.aligner.align(f.image, p)[0] for f, p in zip(faces, self.landmarks(faces))],
+        return _stack([warp_face(f.image, p, self.template)[0] for f, p in zip(faces, self.landmarks(faces))],
                       self.template)
 
 
@@ -765,34 +819,33 @@ class ManifestAligner:
 
 def get_aligner(
     spec: str,
-    size: int,
+    template: Template,
     images_root: str | Path | None = None,
     weights: Mapping[str, str | Path | None] | None = None,
-    template: str = DEFAULT_TEMPLATE,
 ) -> Aligner:
     """Build an aligner from its name.
 
     Parameters
     ----------
     spec : str
-        ``"tcnn"``, ``"vanilla"``, ``"box"`` or ``"manifest:PATH"``.
-    size : int
-        Crop side (the backbone input side).
+        One of :data:`ALIGNER_NAMES` or ``"manifest:PATH"``.
+    template : Template
+        Output template (:attr:`BackboneChoice.template`).
     images_root : path, optional
         Needed by ``manifest:PATH``.
     weights : mapping, optional
-        Engine weights by engine name (``{"tcnn": path}``); shipped by default.
-    template : str
-        Template name or JSON file.
+        Model files by aligner name (``{"tcnn": path}``); shipped by default.
 
     Raises
     ------
     ValueError
         For an unknown name, or ``manifest:`` without a path or image root.
+    ImportError
+        For ``dlib-ert`` / ``dlib-5pt`` without the ``face-recognition-models`` package.
     """
-    resolved = get_template(template, size)
-    if spec in ("tcnn", "vanilla"):
-        return LandmarkAligner(spec, resolved, (weights or {}).get(spec))
+    resolved = template
+    if spec in ALIGNER_NAMES and spec != "box":
+        return LandmarkAligner.from_name(spec, resolved, (weights or {}).get(spec))
     if spec == "box":
         return BoxAligner(resolved)
     if spec.startswith("manifest:"):
@@ -811,21 +864,65 @@ def default_backbone_path() -> Path:
     return Path(__file__).resolve().parent / "weights" / "alexnet.pt"
 
 
-def load_backbone(path: str | Path | None = None, batch_size: int = 64) -> AlexNetBackbone:
-    """Load an :class:`~recognition.backbone.AlexNetBackbone` (the shipped one by default).
+@dataclass(frozen=True)
+class BackboneChoice:
+    """A loaded backbone with what the pipeline needs to know about it.
+
+    Attributes
+    ----------
+    name : str
+        ``"alexnet"`` or a name of :data:`BACKBONE_NAMES`.
+    network : Backbone
+        The feature extractor.
+    path : pathlib.Path
+        Its weights file.
+    template : Template
+        The alignment template of its crops, at its input side.
+    key : str
+        Identifies it in feature cache names (name and weights hash).
+    """
+
+    name: str
+    network: Backbone
+    path: Path
+    template: Template
+    key: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for reports."""
+        return {"name": self.name, "path": str(self.path), "sha1": file_digest(self.path),
+                "template": self.template.name, "input_size": self.network.input_size}
+
+
+def load_backbone(spec: str | Path | None = None, batch_size: int = 64) -> BackboneChoice:
+    """Load a backbone: the shipped AlexNet by default, an AlexNet weights file, or ``"dlib-resnet"``.
+
+    The AlexNet crops use the :data:`DEFAULT_TEMPLATE` at the network's input
+    side; ``dlib-resnet`` crops use dlib's chip layout
+    (:func:`recognition.dlib_resnet.dlib_chip_template`, 150 px).
 
     Raises
     ------
     FileNotFoundError
-        If the weights file does not exist.
+        If an AlexNet weights file does not exist.
+    ImportError
+        For ``dlib-resnet`` without the ``face-recognition-models`` package.
     """
+    if spec is not None and str(spec) in BACKBONE_NAMES:
+        from .dlib_resnet import DlibResNetBackbone
+
+        dlib_net = DlibResNetBackbone()
+        return BackboneChoice("dlib-resnet", dlib_net, dlib_net.model_path, dlib_net.template,
+                              f"dlib-resnet-{file_digest(dlib_net.model_path)}")
     from .backbone import AlexNetBackbone
 
-    path = Path(path) if path is not None else default_backbone_path()
+    path = Path(spec) if spec is not None else default_backbone_path()
     if not path.is_file():
-        raise FileNotFoundError(f"no backbone weights at {path}; train one with 'recognition train' "
-                                "or pass --backbone")
-    return AlexNetBackbone.load(path, batch_size=batch_size)
+        raise FileNotFoundError(f"no backbone weights at {path}; train one with 'recognition train', "
+                                f"pass an AlexNet weights file or one of {list(BACKBONE_NAMES)} to --backbone")
+    net = AlexNetBackbone.load(path, batch_size=batch_size)
+    # The shipped AlexNet's cache key stays the bare weights hash (feature caches of earlier runs stay valid).
+    return BackboneChoice("alexnet", net, path, get_template(DEFAULT_TEMPLATE, net.input_size), file_digest(path))
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path, half: bool = True,
@@ -916,7 +1013,7 @@ def extract_features(
     images_root: str | Path,
     boxes: Mapping[str, np.ndarray],
     aligner: Aligner,
-    backbone: AlexNetBackbone,
+    backbone: Backbone,
     cache_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FeatureTable:
@@ -932,7 +1029,7 @@ def extract_features(
         ``file -> (4,)`` face box in original-image pixels.
     aligner : Aligner
         Alignment under test.
-    backbone : AlexNetBackbone
+    backbone : Backbone
         Embedding network; crops are made at its input side.
     cache_path : path, optional
         ``.npz`` cache (``files``, ``boxes``, ``features``). Rows whose file
@@ -1062,6 +1159,10 @@ class SplitResult:
         Images the PCA was fitted on.
     pca_components : int
         Fitted PCA dimension.
+    scores : numpy.ndarray
+        ``(M,)`` fused score of every comparison of the split (protocol order).
+    comparisons : SplitComparisons
+        Subjects and genuine flags of those comparisons (for the paired statistics).
     """
 
     index: int
@@ -1071,6 +1172,8 @@ class SplitResult:
     impostor: int
     train_images: int
     pca_components: int
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    comparisons: SplitComparisons | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -1133,9 +1236,11 @@ def evaluate_split(
     projected = pca.transform(power_normalize(features.rows(test_files).astype(np.float64)))
     row_of = {f: i for i, f in enumerate(test_files)}
     by_template = {tid: projected[[row_of[r.file] for r in rows]] for tid, rows in split.templates.items()}
-    scores = template_scores(by_template, split.comparisons, tuple(betas))
+    scores = np.asarray(template_scores(by_template, split.comparisons, tuple(betas)), np.float64)
     tar = tar_at_far(scores, split.genuine, list(FAR_TARGETS))
     roc_tar = np.asarray(tar_at_far(scores, split.genuine, ROC_GRID), np.float64)
+    subjects = np.array([[split.template_subject(int(a)), split.template_subject(int(b))]
+                         for a, b in np.asarray(split.comparisons).reshape(-1, 2)])
     return SplitResult(
         index=split.index,
         tar={far: float(v) for far, v in zip(FAR_TARGETS, np.atleast_1d(tar))},
@@ -1144,6 +1249,8 @@ def evaluate_split(
         impostor=int((~split.genuine).sum()),
         train_images=len(train_files),
         pca_components=pca.n_components_,
+        scores=scores,
+        comparisons=SplitComparisons(subjects, np.asarray(split.genuine, bool)),
     )
 
 
@@ -1222,17 +1329,16 @@ class AlignerRun:
                 "manifest_missing": self.manifest_missing, "feature_seconds": round(self.seconds, 1)}
 
 
-def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone_path: Path, detections: DetectionCache) -> Path:
-    """Cache file of the features of ``aligner`` (see the module notes)."""
-    return cache_dir / f"features-{aligner.key}-{file_digest(backbone_path)}-{detections.key}.npz"
+def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoice, detections: DetectionCache) -> Path:
+    """Cache file of the features of ``aligner`` through ``backbone`` on these detections (module notes)."""
+    return cache_dir / f"features-{aligner.key}-{backbone.key}-{detections.key}.npz"
 
 
 def run_aligner(
     protocol: VerificationProtocol,
     faces: FaceBoxes,
     aligner: Aligner,
-    backbone: AlexNetBackbone,
-    backbone_path: Path,
+    backbone: BackboneChoice,
     detections: DetectionCache,
     cache_dir: Path,
     betas: Sequence[float] = DEFAULT_BETAS,
@@ -1242,8 +1348,8 @@ def run_aligner(
     """Features (cached) and verification of one aligner on a protocol."""
     started = time.perf_counter()
     files = protocol_files(protocol)
-    table = extract_features(files, detections.images_root, faces.boxes, aligner, backbone,
-                             feature_cache_path(cache_dir, aligner, backbone_path, detections), progress)
+    table = extract_features(files, detections.images_root, faces.boxes, aligner, backbone.network,
+                             feature_cache_path(cache_dir, aligner, backbone, detections), progress)
     seconds = time.perf_counter() - started
     result = evaluate_protocol(protocol, table, betas, n_components)
     missing = len(aligner.missing(files)) if isinstance(aligner, ManifestAligner) else 0

@@ -52,6 +52,7 @@ __all__ = [
     "read_protocol",
     "list_splits",
     "make_protocol",
+    "sample_subjects",
     "items_from_identity_list",
     "items_from_folders",
 ]
@@ -493,6 +494,26 @@ def _write_metadata(path: Path, rows: Sequence[list[str]]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(METADATA_COLUMNS)
         writer.writerows(rows)
+
+
+def sample_subjects(items: Sequence[tuple[str, str]], n_subjects: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The items of a seeded random sample of ``n_subjects`` subjects (all items if there are no more).
+
+    Used to measure on a smaller protocol when features are costly (e.g.
+    ``recognition make-protocol --subjects 150``); the order of ``items`` is kept.
+
+    Raises
+    ------
+    ValueError
+        If ``n_subjects < 2``.
+    """
+    if n_subjects < 2:
+        raise ValueError(f"need at least 2 subjects, got {n_subjects}")
+    subjects = sorted({subject for _, subject in items})
+    if n_subjects >= len(subjects):
+        return list(items)
+    chosen = set(np.random.default_rng(seed).choice(subjects, n_subjects, replace=False).tolist())
+    return [item for item in items if item[1] in chosen]
 
 
 def make_protocol(

@@ -136,8 +136,8 @@ def test_read_landmark_manifest_shapes(tmp_path: Path) -> None:
         read_landmark_manifest(bad, root)
 
 
-def tiny_backbone(path: Path, input_size: int = 64) -> Path:
-    torch.manual_seed(0)
+def tiny_backbone(path: Path, input_size: int = 64, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     model = AlexNet(AlexNetConfig(num_classes=3, input_size=input_size, width=0.125))
     save_alexnet(path, model, mean=[0.5, 0.45, 0.4], std=[0.25, 0.25, 0.25], extra={"epoch": 1})
     return path
@@ -240,13 +240,13 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     out = bench["base"] / "compare"
     text = invoke(["compare-aligners", "--protocol", protocol, "--aligners", "box,tcnn", "--out", out,
                    "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--beta", 0, "--beta", 10,
-                   "--quiet"])
+                   "--bootstrap", 20, "--quiet"])
     assert "| TAR @ | box | tcnn |" in text
     table = json.loads((out / "table.json").read_text())
     assert [a["aligner"] for a in table["aligners"]] == ["box", "tcnn"]
     for entry in table["aligners"]:
         assert entry["betas"] == [0.0, 10.0]
-        for far in ("1e-02", "1e-01"):
+        for far in ("1e-03", "1e-02", "1e-01"):
             values = entry["tar_at_far"][far]["splits"]
             assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
             assert entry["tar_at_far"][far]["mean"] == pytest.approx(np.mean(values))
@@ -257,7 +257,18 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     assert [(s["genuine"], s["impostor"], s["test_templates"]) for s in per_split] == [
         (s["genuine"], s["impostor"], s["test_templates"]) for s in sizes]
     rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| FAR=")]
-    assert len(rows) == 2 and all(row.count("±") == 2 for row in rows)
+    assert len(rows) == 3 and all(row.count("±") == 2 for row in rows)
+    # One pair, three FARs: paired differences with p-values and a bootstrap interval.
+    pairs = json.loads((out / "pairs.json").read_text())
+    assert pairs["bootstrap_resamples"] == 20 and len(pairs["pairs"]) == 3
+    for pair, far in zip(pairs["pairs"], (1e-3, 1e-2, 1e-1)):
+        box_splits = table["aligners"][0]["tar_at_far"][f"{far:.0e}"]["splits"]
+        tcnn_splits = table["aligners"][1]["tar_at_far"][f"{far:.0e}"]["splits"]
+        assert (pair["a"], pair["b"], pair["far"]) == ("box", "tcnn", far)
+        assert pair["mean"] == pytest.approx(np.mean(np.subtract(box_splits, tcnn_splits)))
+        assert 0.25 <= pair["p_sign_flip"] <= 1.0  # 3 splits: the smallest exact p-value is 2/8
+        assert pair["ci95"][0] <= pair["ci95"][1]
+    assert text.count("| box - tcnn |") == 3
     for name in ("roc.png", "roc.json", "box/results.json", "tcnn/roc.json"):
         assert (out / name).is_file(), name
     roc = json.loads((out / "roc.json").read_text())["tcnn"]
@@ -281,7 +292,7 @@ def test_manifest_aligner_both_shapes(protocol: Path, bench: dict[str, Path]) ->
     records = DetectionCache(bench["root"], "dlib", bench["cache"]).ensure(
         sorted(p.name for p in bench["root"].iterdir()))
     faces = choose_face_boxes(records)
-    tcnn = LandmarkAligner("tcnn", get_template("loose", 64))
+    tcnn = LandmarkAligner.from_name("tcnn", get_template("loose", 64))
     from facealign.imageio import read_image
 
     files = sorted(records)
@@ -347,3 +358,57 @@ def test_lfw_accuracy_cli(shared_datasets: Path, bench: dict[str, Path]) -> None
     assert result["pairs"] == 20 and result["images"] == 30 and len(result["folds"]) == 10
     assert all(acc in (0.0, 0.5, 1.0) for acc in result["folds"])  # two pairs per fold
     assert result["mean"] == pytest.approx(np.mean(result["folds"]))
+
+
+def test_feature_cache_key_changes_with_every_setting(bench: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features are cached per (aligner and template, backbone weights, detector and its settings, image root)."""
+    from facealign.detection import DETECTORS
+    from recognition.pipeline import BoxAligner, feature_cache_path, load_backbone
+
+    alexnet = load_backbone(bench["backbone"])
+    other_weights = load_backbone(tiny_backbone(tmp_path / "other.pt", seed=1))
+    box = BoxAligner(get_template("loose", 64))
+    detections = DetectionCache(bench["root"], "dlib", tmp_path)
+    reference = feature_cache_path(tmp_path, box, alexnet, detections)
+    assert reference == feature_cache_path(tmp_path, BoxAligner(get_template("loose", 64)), alexnet,
+                                           DetectionCache(bench["root"], "dlib", tmp_path))
+    variants = [
+        feature_cache_path(tmp_path, BoxAligner(get_template("arcface", 64)), alexnet, detections),
+        feature_cache_path(tmp_path, box, other_weights, detections),
+        feature_cache_path(tmp_path, box, alexnet, DetectionCache(bench["root"], "dlib-fast", tmp_path)),
+        feature_cache_path(tmp_path, box, alexnet, DetectionCache(bench["base"], "dlib", tmp_path)),
+    ]
+    original = DETECTORS["dlib"]
+
+    def upsampling_dlib(**kwargs):  # the same detector name with another setting
+        detector = original(**kwargs)
+        detector.upsample += 1
+        return detector
+
+    monkeypatch.setitem(DETECTORS, "dlib", upsampling_dlib)
+    variants.append(feature_cache_path(tmp_path, box, alexnet, DetectionCache(bench["root"], "dlib", tmp_path)))
+    assert len({reference, *variants}) == len(variants) + 1
+
+
+def test_compare_aligners_dlib_resnet(protocol: Path, bench: dict[str, Path]) -> None:
+    """--backbone dlib-resnet with dlib's own aligners: 150 px chips, 128-D features, a real table."""
+    try:
+        from recognition.dlib_resnet import dlib_resnet_model_path
+
+        dlib_resnet_model_path()
+    except ImportError as exc:
+        pytest.skip(f"dlib models absent: {exc}")
+    out = bench["base"] / "compare_dlib"
+    text = invoke(["compare-aligners", "--protocol", protocol, "--aligners", "dlib-5pt,dlib-ert", "--out", out,
+                   "--backbone", "dlib-resnet", "--cache-dir", bench["cache"], "--bootstrap", 10, "--quiet"])
+    assert "backbone dlib-resnet" in text and "| dlib-5pt - dlib-ert |" in text
+    table = json.loads((out / "table.json").read_text())
+    assert table["backbone"]["name"] == "dlib-resnet" and table["backbone"]["input_size"] == 150
+    assert table["backbone"]["template"] == "dlib-chip"
+    for entry in table["aligners"]:
+        assert entry["splits"][0]["pca_components"] <= 128  # capped by the descriptor's dimension
+        # A real face model on 10 people: far better than chance (TAR = FAR) at FAR 1e-1.
+        assert entry["tar_at_far"]["1e-01"]["mean"] > 0.5
+    caches = [p.name for p in bench["cache"].iterdir() if p.name.startswith("features-dlib-5pt-")]
+    assert len(caches) == 1 and "dlib-resnet-" in caches[0]

@@ -18,6 +18,7 @@ from recognition.protocol import (
     read_metadata,
     read_protocol,
     read_split,
+    sample_subjects,
 )
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -198,3 +199,15 @@ def test_celeba_identity_list() -> None:
     assert len(items) == 4174 and len(counts) == 299
     assert min(counts.values()) >= 2
     assert all((DATASETS / "celeba_wild" / "images" / path).is_file() for path, _ in items[:20])
+
+
+def test_sample_subjects_is_seeded_and_keeps_whole_subjects() -> None:
+    items = [(f"{s}_{n}.jpg", s) for s in "abcdefgh" for n in range(3)]
+    sample = sample_subjects(items, 3, seed=5)
+    assert len({s for _, s in sample}) == 3 and len(sample) == 9  # every image of the chosen subjects
+    assert sample == [item for item in items if item in sample]  # order kept
+    assert sample == sample_subjects(items, 3, seed=5)
+    assert len({frozenset(s for _, s in sample_subjects(items, 3, seed=k)) for k in range(10)}) > 1
+    assert sample_subjects(items, 8) == items and sample_subjects(items, 20) == items
+    with pytest.raises(ValueError):
+        sample_subjects(items, 1)

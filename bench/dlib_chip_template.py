@@ -1,0 +1,76 @@
+"""Measure dlib's face-chip layout as a five-point template (recognition.dlib_resnet, issue 14).
+
+On the MTFL training faces that the dlib detector finds (boxes cached with
+:func:`facealign.data.cached_boxes`), dlib's 5-point predictor runs on the box,
+the image-to-chip map of ``dlib.get_face_chip(size=150, padding=0.25)`` is
+measured (:func:`recognition.dlib_resnet.face_chip_matrix`), and the mean chip
+position of the ground-truth MTFL points and of dlib's own points is the
+template (:func:`recognition.dlib_resnet.fit_chip_template`). Prints the
+constants to paste into ``recognition/dlib_resnet.py`` and writes them as JSON.
+
+Usage::
+
+    python bench/dlib_chip_template.py --out runs/dlib_chip_template.json   # ~11 min on a loaded 2-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.common import DEFAULT_CACHE, MTFL_ROOT  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mtfl", type=Path, default=MTFL_ROOT, help="MTFL root")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="detector box cache")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N training faces")
+    ap.add_argument("--jobs", type=int, default=2, help="detection processes")
+    ap.add_argument("--out", type=Path, default=None, help="write the fit as JSON")
+    args = ap.parse_args()
+
+    from facealign.data import cached_boxes, load_mtfl
+    from recognition.dlib_resnet import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, fit_chip_template
+
+    data = load_mtfl(args.mtfl, "train")
+    if args.limit is not None:
+        data = data.subset(np.arange(min(args.limit, len(data))))
+    images = data.load_images()
+    boxes = cached_boxes(data, images, args.cache_dir, "dlib", jobs=args.jobs)
+    found = np.flatnonzero(np.isfinite(boxes[:, 0]))
+    print(f"{len(found)} of {len(data)} MTFL training faces found by the dlib detector", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            print(f"chips: {done}/{total}", file=sys.stderr, flush=True)
+
+    fit = fit_chip_template(images[found], boxes[found, :4], data.points[found], progress=progress)
+    result = {
+        "size": [DLIB_CHIP_SIZE, DLIB_CHIP_SIZE],
+        "padding": DLIB_CHIP_PADDING,
+        "points": np.round(fit.points, 4).tolist(),
+        "dlib5_points": np.round(fit.dlib5_points, 4).tolist(),
+        "rms_px": np.round(fit.rms, 3).tolist(),
+        "dlib5_rms_px": np.round(fit.dlib5_rms, 3).tolist(),
+        "faces": fit.faces,
+        "data": f"MTFL train ({args.mtfl}), ground-truth points, dlib detector boxes",
+    }
+    print(json.dumps(result, indent=2))
+    for name, values in (("DLIB_CHIP_POINTS", fit.points), ("DLIB_CHIP_DLIB5_POINTS", fit.dlib5_points)):
+        rows = ", ".join(f"[{x:.4f}, {y:.4f}]" for x, y in values)
+        print(f"{name} = np.array([{rows}])")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
