@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from facealign.constants import BUILTIN_DETECTORS
+from facealign.constants import BUILTIN_DETECTORS, TRAINING_DETECTOR
 
 from . import __version__
 
@@ -76,7 +76,7 @@ def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--backbone", default=None,
                      help="'dlib-resnet' (dlib's ResNet descriptor; needs the recognition extra) or an AlexNet "
                           "weights file [default: recognition/weights/alexnet.pt]."),
-        click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True,
+        click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True,
                      help="Face detector (run once per image, cached)."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Detection and feature caches [default: $RECOGNITION_CACHE or ./cache/recognition]."),
@@ -171,7 +171,7 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
               help="Folder holding lfw-deepfunneled/ [default: ../shared/datasets/lfw].")
 @click.option("--size", type=click.IntRange(min=63), default=112, show_default=True,
               help="Crop side: the backbone input size.")
-@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default="dlib", show_default=True)
+@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Vanilla landmark engine weights [default: shipped].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from facealign.alignment import get_template
+from facealign.constants import TRAINING_DETECTOR
 from facealign.imageio import write_image_atomic
 
 from .matching import PCAProjector, power_normalize, template_scores
@@ -97,7 +98,7 @@ def prepare_lfw(
     lfw_root: str | Path | None = None,
     *,
     size: int = 112,
-    detector: str = "dlib",
+    detector: str = TRAINING_DETECTOR,
     weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
     jobs: int = 1,

@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from facealign.alignment import Template, get_template, warp_face
-from facealign.batch import WORK_MAX_SIDE
+from facealign.constants import TRAINING_DETECTOR, WORK_MAX_SIDE
 from facealign.imageio import ImageReadError, read_image_reduced
 
 from .matching import PCAProjector, power_normalize, template_scores
@@ -265,6 +265,7 @@ def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread:
     import cv2
 
     from facealign.detection import get_detector
+    from facealign.reboxing import training_boxes
 
     if single_thread:
         cv2.setNumThreads(1)
@@ -277,7 +278,9 @@ def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread:
             out.append(DetectionRecord(file, (0.0, 0.0), np.zeros((0, 4)), np.zeros(0), exc.reason).to_json())
             continue
         found = det.detect(image)
-        boxes = _map_box(found.boxes, _to_original, scale)
+        # In the training detector's box convention (identity for dlib), so that
+        # every aligner and the box baseline see the same framing whatever the detector.
+        boxes = _map_box(training_boxes(detector, found.boxes, found.landmarks), _to_original, scale)
         h, w = image.shape[:2]
         out.append(DetectionRecord(file, (w / scale, h / scale), boxes, found.scores.astype(np.float64)).to_json())
     return out
@@ -304,7 +307,9 @@ class DetectionCache:
     replaced, delete the cache file.
     """
 
-    def __init__(self, images_root: str | Path, detector: str = "dlib", cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, images_root: str | Path, detector: str = TRAINING_DETECTOR, cache_dir: str | Path | None = None
+    ) -> None:
         self.images_root = Path(images_root)
         if not self.images_root.is_dir():
             raise FileNotFoundError(f"image root not found: {self.images_root}")
