@@ -1264,8 +1264,8 @@ def run_crop_job(
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise CropJobError(f"unknown output format {fmt!r}; choose one of {list(OUTPUT_FORMATS)}")
     try:  # fail early on unknown names or missing weights (workers build their own)
-        resolved = get_aligner(settings).template
-    except (ValueError, FileNotFoundError) as exc:
+        resolved = _validate_settings(settings)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         raise CropJobError(str(exc)) from exc
     if (max_expected_error is not None or max_p_fail is not None) and get_aligner(settings).engine.quality_model is None:
         raise CropJobError(f"the {engine} weights carry no quality model (run facealign fit-quality); "
@@ -1376,6 +1376,24 @@ def _cluster_chunk_size() -> int:
     from .cluster import CLUSTER_CHUNK_SIZE
 
     return CLUSTER_CHUNK_SIZE
+
+
+def _validate_settings(settings: CropSettings) -> Any:
+    """The crop template of ``settings``, after checking the detector, engine and template
+    without loading the landmark network (torch and the weights take a second, which a
+    parent process that only writes records need not spend: the workers build their own).
+    """
+    from .alignment import get_template
+    from .constants import ENGINES, WEIGHTS_DIR
+    from .detection import get_detector
+
+    if settings.engine not in ENGINES:
+        raise ValueError(f"unknown engine {settings.engine!r}; choose one of {list(ENGINES)}")
+    weights = WEIGHTS_DIR / f"{settings.engine}.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights file at {weights}")
+    get_detector(settings.detector, min_face=settings.min_face)
+    return get_template(settings.template, settings.size)
 
 
 def _resolve_jobs(jobs: "int | str | None", n_images: int) -> int:

@@ -31,9 +31,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
+from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES
 
-ENGINE_CHOICES = ("tcnn", "vanilla")
+ENGINE_CHOICES = ENGINES
 #: Images per landmark-network batch in ``facealign landmarks``.
 LANDMARKS_CHUNK = 64
 #: Exit code of a job stopped by a temporary condition (sysexits ``EX_TEMPFAIL``).

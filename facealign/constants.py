@@ -17,6 +17,7 @@ Coordinate conventions
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -42,6 +43,13 @@ LEFT_EYE: Final[int] = 0
 RIGHT_EYE: Final[int] = 1
 #: Index of the nose tip.
 NOSE: Final[int] = 2
+
+#: Landmark engines (:class:`facealign.engine.LandmarkEngine`); the first is the default.
+ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla")
+DEFAULT_ENGINE: Final[str] = ENGINES[0]
+
+#: Folder of the shipped weights (``<engine>.pt``, ``box_maps.json``).
+WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"
 
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40

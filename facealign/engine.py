@@ -29,15 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS
+from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, WEIGHTS_DIR
 from .cropping import crop_faces, from_box_coordinates
 from .model import TweakedHeads, VanillaCNN
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-ENGINES = ("tcnn", "vanilla")
-DEFAULT_ENGINE = "tcnn"
 WEIGHTS_FORMAT_VERSION = 1
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import NUM_POINTS
+from .constants import NUM_POINTS, WEIGHTS_DIR
 
 #: Number of input features: a constant and the ten normalised coordinates.
 NUM_FEATURES = 1 + 2 * NUM_POINTS
@@ -146,7 +146,7 @@ class BoxFromLandmarks:
 # --------------------------------------------------------------------------- #
 
 #: Where the fitted per-detector maps ship (``facealign fit-box-maps`` writes it).
-BOX_MAPS_FILE = Path(__file__).resolve().parent / "weights" / "box_maps.json"
+BOX_MAPS_FILE = WEIGHTS_DIR / "box_maps.json"
 
 
 @dataclass(frozen=True)

