@@ -87,7 +87,8 @@ def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pca-components", type=click.IntRange(min=1), default=4000, show_default=True,
                      help="PCA dimension (capped by the number of training images)."),
         click.option("--jobs", "-j", type=int, default=1, show_default=True,
-                     help="Detection worker processes (-1: all cores)."),
+                     help="Worker processes for detection and, with several aligners, for their "
+                          "features (one aligner per process; -1: all cores)."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads."),
         click.option("--quiet", "-q", is_flag=True, help="No progress lines."),
     ]
@@ -309,7 +310,7 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
          detector: str, cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
          pca_components: int, jobs: int, threads: int | None, quiet: bool, betas: tuple[float, ...]
          ) -> tuple[Any, Any, list[Any], Any]:
-    from .pipeline import DEFAULT_BETAS, get_aligner, load_backbone, run_aligner
+    from .pipeline import DEFAULT_BETAS, fill_feature_caches, get_aligner, load_backbone, run_aligner
 
     _set_threads(threads)
     try:
@@ -318,6 +319,10 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
                                 weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
                     for spec in aligner_specs]
         protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
+        if jobs != 1 and len(aligners) > 1:
+            fill_feature_caches(aligner_specs, aligners, backbone, protocol, faces, choice, detections, cache,
+                                _images_root(protocol_dir, images_root),
+                                {"tcnn": tcnn_weights, "vanilla": vanilla_weights}, jobs, quiet)
         runs = [run_aligner(protocol, faces, a, choice, detections, cache, betas or DEFAULT_BETAS,
                             pca_components, _Progress(f"features {a.name}", not quiet))
                 for a in aligners]

@@ -1339,6 +1339,52 @@ def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoi
     return cache_dir / f"features-{aligner.key}-{backbone.key}-{detections.key}.npz"
 
 
+def _fill_one_cache(spec: str, backbone_spec: str | Path | None, images_root: Path,
+                    weights: Mapping[str, str | Path | None], files: list[str], boxes: Mapping[str, np.ndarray],
+                    cache_path: Path) -> None:
+    """Worker: the features of one aligner into its cache file (one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    choice = load_backbone(backbone_spec)
+    aligner = get_aligner(spec, choice.template, images_root=images_root, weights=weights)
+    extract_features(files, images_root, boxes, aligner, choice.network, cache_path)
+
+
+def fill_feature_caches(
+    specs: Sequence[str],
+    aligners: Sequence[Aligner],
+    backbone_spec: str | Path | None,
+    protocol: VerificationProtocol,
+    faces: FaceBoxes,
+    backbone: BackboneChoice,
+    detections: DetectionCache,
+    cache_dir: Path,
+    images_root: Path,
+    weights: Mapping[str, str | Path | None],
+    jobs: int,
+    quiet: bool = False,
+) -> None:
+    """Compute the features of several aligners in parallel processes, one aligner per process.
+
+    Each worker builds its aligner and backbone from their names and fills the
+    aligner's feature cache (:func:`feature_cache_path`), so that
+    :func:`run_aligner` then only evaluates. Aligners whose cache is complete
+    cost nothing. Parallel over aligners rather than images: the dlib models do
+    not pickle, and each aligner's pass is the same size.
+    """
+    from joblib import Parallel, cpu_count, delayed
+
+    files = protocol_files(protocol)
+    tasks = [
+        delayed(_fill_one_cache)(spec, backbone_spec, images_root, weights, files, faces.boxes,
+                                 feature_cache_path(cache_dir, aligner, backbone, detections))
+        for spec, aligner in zip(specs, aligners)
+    ]
+    n_jobs = min(len(tasks), cpu_count() if jobs < 1 else jobs)
+    Parallel(n_jobs=n_jobs, backend="loky", verbose=0 if quiet else 5)(tasks)
+
+
 def run_aligner(
     protocol: VerificationProtocol,
     faces: FaceBoxes,
