@@ -284,3 +284,11 @@ def test_cli_min_face_and_detector_errors(shared_datasets):
     assert result.exit_code == 1 and "does not take" in result.output
     result = runner.invoke(main, ["landmarks", photo, "--detector", "nope"])
     assert result.exit_code == 2 and "retinaface" in result.output
+
+
+def test_rescue_keeps_the_confident_faces_or_else_the_single_best():
+    from facealign.detection import confident_or_best
+
+    assert confident_or_best(np.array([0.95, 0.6, 0.92]), 0.9).tolist() == [0, 2]
+    assert confident_or_best(np.array([0.6, 0.8, 0.8]), 0.9).tolist() == [1]  # one face, the first best
+    assert confident_or_best(np.zeros(0), 0.9).tolist() == []

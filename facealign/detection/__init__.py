@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
-from .base import DEFAULT_MIN_FACE, Detections, Detector, PyramidDetector, check_image, nms
+from .base import DEFAULT_MIN_FACE, Detections, Detector, PyramidDetector, check_image, confident_or_best, nms
 from .libfacedetection import LibFaceDetectionDetector
 from .retinaface import RetinaFaceDetector
 from .scaled import DlibHogDetector, FastDlibHogDetector, HaarDetector, ScaledDetector
@@ -49,6 +49,7 @@ __all__ = [
     "ScaledDetector",
     "available_detectors",
     "check_image",
+    "confident_or_best",
     "get_detector",
     "nms",
     "register_detector",

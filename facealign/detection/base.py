@@ -16,7 +16,7 @@ import numpy as np
 
 from ..constants import NUM_POINTS
 
-__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "nms", "DEFAULT_MIN_FACE"]
+__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "confident_or_best", "nms", "DEFAULT_MIN_FACE"]
 
 #: Smallest face (box width, pixels of the photo) the CNN detectors look for by default.
 DEFAULT_MIN_FACE: int = 20
@@ -120,6 +120,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, np.intp)
+
+
+def confident_or_best(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of the scores at least ``threshold``; when there are none, of the single best.
+
+    The detectors' rescue rule: the candidates handed in already score at least
+    the rescue threshold, and photos given to a face tool nearly always hold a
+    face, so when none is confident the best one is kept, alone (never a second
+    doubtful face beside a confident one).
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    confident = np.flatnonzero(scores >= threshold)
+    if len(confident) or not len(scores):
+        return confident
+    return np.array([int(np.argmax(scores))], np.intp)
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -268,7 +283,6 @@ class PyramidDetector:
         points_all = np.concatenate(points) if has_points else None
         big = (boxes_all[:, 2] - boxes_all[:, 0]) >= self.min_face
         keep = np.flatnonzero(big)[nms(boxes_all[big], scores_all[big], self.nms_iou)]
-        confident = scores_all[keep] >= self.threshold
-        keep = keep[confident] if confident.any() else keep[:1]  # NMS order: best first
+        keep = keep[confident_or_best(scores_all[keep], self.threshold)]
         found = Detections(boxes_all[keep], scores_all[keep], None if points_all is None else points_all[keep])
         return found.sorted_by_area()

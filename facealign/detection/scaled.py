@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..constants import WORK_MAX_SIDE
-from .base import Detections, check_image
+from .base import Detections, check_image, confident_or_best
 
 __all__ = ["ScaledDetector", "DlibHogDetector", "FastDlibHogDetector", "HaarDetector"]
 
@@ -156,11 +156,8 @@ class DlibHogDetector(ScaledDetector):
         # dlib rectangles hold inclusive pixel indices; the box spans their outer edges.
         boxes = np.asarray([(r.left() - 0.5, r.top() - 0.5, r.right() + 0.5, r.bottom() + 0.5) for r in rects])
         scores = np.asarray(scores, np.float64)
-        keep = scores >= self.threshold
-        if not keep.any() and len(scores):
-            keep = scores == scores.max()
-            keep &= np.cumsum(keep) == 1  # a single rescued face
-        return boxes[keep].reshape(-1, 4), scores[keep]
+        keep = confident_or_best(scores, self.threshold)
+        return boxes.reshape(-1, 4)[keep], scores[keep]
 
 
 class FastDlibHogDetector(DlibHogDetector):
