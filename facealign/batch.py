@@ -104,7 +104,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .alignment import warp_face
-from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE
+from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE, shipped_weights
+from .detection import get_detector, working_side
 from .imageio import (
     PART_SUFFIX,
     FolderScan,
@@ -382,8 +383,6 @@ class ImageFaces:
 
 
 def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int | None) -> ImageFaces:
-    from .detection import working_side
-
     def side_for(width: int, height: int) -> int:
         side = working_side(aligner.detector, width, height)
         return side if max_side is None else min(side, max_side)
@@ -1384,12 +1383,8 @@ def _validate_settings(settings: CropSettings) -> Any:
     parent process that only writes records need not spend: the workers build their own).
     """
     from .alignment import get_template
-    from .constants import ENGINES, WEIGHTS_DIR
-    from .detection import get_detector
 
-    if settings.engine not in ENGINES:
-        raise ValueError(f"unknown engine {settings.engine!r}; choose one of {list(ENGINES)}")
-    weights = WEIGHTS_DIR / f"{settings.engine}.pt"
+    weights = shipped_weights(settings.engine)
     if not weights.is_file():
         raise FileNotFoundError(f"no weights file at {weights}")
     get_detector(settings.detector, min_face=settings.min_face)

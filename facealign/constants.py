@@ -51,6 +51,13 @@ DEFAULT_ENGINE: Final[str] = ENGINES[0]
 #: Folder of the shipped weights (``<engine>.pt``, ``box_maps.json``).
 WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"
 
+
+def shipped_weights(engine: str) -> Path:
+    """Path of the weights file shipped for ``engine`` (no torch needed to find it)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    return WEIGHTS_DIR / f"{engine}.pt"
+
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 

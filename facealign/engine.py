@@ -29,20 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, WEIGHTS_DIR
+from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, shipped_weights
 from .cropping import crop_faces, from_box_coordinates
 from .model import TweakedHeads, VanillaCNN
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 
 WEIGHTS_FORMAT_VERSION = 1
-
-
-def shipped_weights(engine: str) -> Path:
-    """Path of the weights file shipped for ``engine``."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
-    return WEIGHTS_DIR / f"{engine}.pt"
 
 
 def load_weights(path: "str | Path") -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..constants import NUM_POINTS
 
-__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "confident_or_best", "nms", "DEFAULT_MIN_FACE"]
+__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "confident_or_best", "from_resized", "nms", "DEFAULT_MIN_FACE"]
 
 #: Smallest face (box width, pixels of the photo) the CNN detectors look for by default.
 DEFAULT_MIN_FACE: int = 20
@@ -137,6 +137,14 @@ def confident_or_best(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.array([int(np.argmax(scores))], np.intp)
 
 
+def from_resized(points: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Map ``(..., 2)`` points (or box corners) of an image resized by ``sx, sy`` back to it.
+
+    Pixel-centre rule (:mod:`facealign.constants`): ``x = (x_resized + 0.5) / sx - 0.5``.
+    """
+    return (np.asarray(points, np.float64) + 0.5) / np.array([sx, sy]) - 0.5
+
+
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``[0, length)`` with at least ``overlap`` shared."""
     if length <= tile:
@@ -144,6 +152,28 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     count = math.ceil((length - overlap) / (tile - overlap))
     stride = (length - tile) / (count - 1)
     return [round(i * stride) for i in range(count)]
+
+
+def _clear_of_inner_edges(
+    boxes: np.ndarray, origin: tuple[int, int], tile_shape: tuple[int, int], level_size: tuple[int, int],
+    margin: float = 2.0,
+) -> np.ndarray:
+    """Mask of the tile's boxes that do not touch an edge the tile shares with a neighbour.
+
+    A face cut by such an edge is whole in the neighbouring tile (the tiles
+    overlap by the largest face of the level); edges of the photo itself do not count.
+    """
+    (x0, y0), (th, tw), (width, height) = origin, tile_shape, level_size
+    keep = np.ones(len(boxes), bool)
+    if x0 > 0:
+        keep &= boxes[:, 0] > margin
+    if y0 > 0:
+        keep &= boxes[:, 1] > margin
+    if x0 + tw < width:
+        keep &= boxes[:, 2] < tw - 1 - margin
+    if y0 + th < height:
+        keep &= boxes[:, 3] < th - 1 - margin
+    return keep
 
 
 class PyramidDetector:
@@ -154,10 +184,10 @@ class PyramidDetector:
     ``tile`` pixels a side. To find every face down to ``min_face`` pixels in a
     photo of any size with bounded memory:
 
-    1. the first level resizes the photo by ``native_min / min_face`` (never
-       up when that is below 1... i.e. small photos are searched at their own
-       size unless ``min_face`` is below ``native_min``), so the smallest face
-       wanted becomes ``native_min`` pixels wide;
+    1. the first level resizes the photo by ``native_min / min_face``
+       (:meth:`work_scale`), so the smallest face wanted becomes ``native_min``
+       pixels wide: at the default ``min_face`` a photo is searched at its own
+       size, upscaled only when ``min_face`` is below ``native_min``;
     2. each further level shrinks by ``band``, until the whole photo fits in one
        tile, so every face size falls in the band of some level;
     3. a level larger than a tile is cut into tiles that overlap by the largest
@@ -216,13 +246,13 @@ class PyramidDetector:
 
     # -- the pyramid -------------------------------------------------------- #
     def work_scale(self, height: int, width: int) -> float:
-        """The largest resize factor this detector uses on a photo of this size (<= 1 means
+        """The largest resize factor this detector uses on a photo of this size (below 1:
         it never needs more than that fraction of the full resolution)."""
         return self.native_min / self.min_face
 
     def levels(self, height: int, width: int) -> list[float]:
         """Resize factors of the pyramid levels for a photo of this size, finest first."""
-        scale = self.native_min / self.min_face
+        scale = self.work_scale(height, width)
         levels = [scale]
         while max(height, width) * scale > self.tile:
             scale /= self.band
@@ -251,28 +281,13 @@ class PyramidDetector:
                     if len(b) == 0:
                         continue
                     b = np.asarray(b, np.float64).reshape(-1, 4)
-                    inner = np.ones(len(b), bool)
-                    th, tw = tile.shape[:2]
-                    margin = 2.0
-                    if x0 > 0:
-                        inner &= b[:, 0] > margin
-                    if y0 > 0:
-                        inner &= b[:, 1] > margin
-                    if x0 + tw < size[0]:
-                        inner &= b[:, 2] < tw - 1 - margin
-                    if y0 + th < size[1]:
-                        inner &= b[:, 3] < th - 1 - margin
-                    b = b[inner] + [x0, y0, x0, y0]
-                    # level pixels -> photo pixels (pixel-centre rule, see constants)
-                    b[:, [0, 2]] = (b[:, [0, 2]] + 0.5) / sx - 0.5
-                    b[:, [1, 3]] = (b[:, [1, 3]] + 0.5) / sy - 0.5
-                    boxes.append(b)
+                    inner = _clear_of_inner_edges(b, (x0, y0), tile.shape[:2], size)
+                    # tile pixels -> level pixels -> photo pixels
+                    boxes.append(from_resized(b[inner].reshape(-1, 2, 2) + [x0, y0], sx, sy).reshape(-1, 4))
                     scores.append(np.asarray(s, np.float64).reshape(-1)[inner])
                     if p is not None:
                         q = np.asarray(p, np.float64).reshape(-1, NUM_POINTS, 2)[inner] + [x0, y0]
-                        q[..., 0] = (q[..., 0] + 0.5) / sx - 0.5
-                        q[..., 1] = (q[..., 1] + 0.5) / sy - 0.5
-                        points.append(q)
+                        points.append(from_resized(q, sx, sy))
                     else:
                         points.append(None)
         if not boxes:

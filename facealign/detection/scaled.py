@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..constants import WORK_MAX_SIDE
-from .base import Detections, check_image, confident_or_best
+from .base import Detections, check_image, confident_or_best, from_resized
 
 __all__ = ["ScaledDetector", "DlibHogDetector", "FastDlibHogDetector", "HaarDetector"]
 
@@ -96,11 +96,8 @@ class ScaledDetector:
         boxes, scores = self._detect_gray(gray)
         if len(boxes) == 0:
             return Detections.empty()
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        # Box edges are continuous coordinates; map with the pixel-centre rule
-        # x_orig = (x_scaled + 0.5) / s - 0.5.
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] + 0.5) / sx - 0.5
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] + 0.5) / sy - 0.5
+        # Box edges are continuous coordinates, mapped with the pixel-centre rule.
+        boxes = from_resized(np.asarray(boxes, np.float64).reshape(-1, 2, 2), sx, sy).reshape(-1, 4)
         return Detections(boxes, scores).sorted_by_area()
 
 
