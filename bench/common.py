@@ -40,12 +40,17 @@ LANDMARK_KINDS = ("tcnn", "vanilla", DLIB_ERT)
 # --------------------------------------------------------------------------- #
 
 
-def set_threads(n: int) -> None:
-    """Compute threads of torch and OpenCV in this process (dlib is single-threaded)."""
-    import cv2
-    import torch
+#: Threads of the landmark engines the benches build (:func:`set_threads`); None: onnxruntime's choice.
+ENGINE_THREADS: "int | None" = None
 
-    torch.set_num_threads(int(n))
+
+def set_threads(n: int) -> None:
+    """Compute threads of OpenCV in this process and of the landmark engines built after
+    this call (:data:`ENGINE_THREADS`); dlib is single-threaded."""
+    import cv2
+
+    global ENGINE_THREADS
+    ENGINE_THREADS = int(n)
     cv2.setNumThreads(int(n))
 
 
@@ -179,7 +184,7 @@ def build_landmarker(kind: str, mirror: bool | None = None):
         return DlibShapePredictor()
     from facealign.engine import LandmarkEngine
 
-    return LandmarkEngine(kind, mirror=mirror)
+    return LandmarkEngine(kind, mirror=mirror, threads=ENGINE_THREADS)
 
 
 _PIPELINES: dict[PipelineSpec, tuple[Any, Any, Any]] = {}

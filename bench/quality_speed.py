@@ -39,7 +39,7 @@ def main() -> None:
     images, boxes = decode_and_detect(sample_paths(CELEBA_IMAGES, args.images), get_detector("dlib"))
     many_images, many_boxes = repeat_to_faces(images, boxes, args.faces)
     faces = sum(len(b) for b in many_boxes)
-    engine = LandmarkEngine("tcnn")
+    engine = LandmarkEngine("tcnn", threads=args.threads)
     runs = {
         "points only": lambda: engine.predict_many(many_images, many_boxes),
         "points and quality": lambda: engine.predict_many(many_images, many_boxes, return_quality=True),

@@ -1,6 +1,6 @@
 """Speed figures of facealign on this machine (issues 2 and 3). Prints figures; asserts nothing.
 
-1. Landmark throughput, faces/s, with ``--threads`` torch threads (default 2):
+1. Landmark throughput, faces/s, with ``--threads`` engine threads (default 2):
    a batch of ``--batch`` face crops already cut (``predict_crops``, the network
    alone) and the same number of faces cut from celeba_wild images
    (``predict_many``, crop cutting included), for TCNN with and without the
@@ -31,6 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common  # noqa: E402
 from bench.common import (  # noqa: E402
     CELEBA_IMAGES,
     STAGES,
@@ -88,7 +89,8 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
     many_images, many_boxes = repeat_to_faces(images, boxes, batch)
     many_faces = sum(len(b) for b in many_boxes)
     engines = {
-        label: LandmarkEngine(name, mirror=mirror, refine=refine) for label, name, mirror, refine in ENGINE_CONFIGS
+        label: LandmarkEngine(name, mirror=mirror, refine=refine, threads=common.ENGINE_THREADS)
+        for label, name, mirror, refine in ENGINE_CONFIGS
     }
     times: dict[str, dict[str, list[float]]] = {label: {"crops": [], "many": []} for label in engines}
     for label, engine in engines.items():  # warm up
@@ -125,25 +127,18 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
 
 def batch_size_sweep(images, boxes, batch: int, repeats: int, threads_list, sizes=SWEEP_SIZES) -> list[dict]:
     """faces/s on ``batch`` crops for each engine ``batch_size`` (faces per network pass) and thread count."""
-    import torch
-
     from facealign.engine import LandmarkEngine
 
     crops = face_crops(images, boxes, batch)
-    saved = torch.get_num_threads()
     rows = []
-    try:
-        for threads in threads_list:
-            set_threads(threads)
-            for label, name, mirror, refine in (ENGINE_CONFIGS[0], ENGINE_CONFIGS[-1]):
-                for size in sizes:
-                    engine = LandmarkEngine(name, mirror=mirror, refine=refine, batch_size=size)
-                    seconds = timed_runs(lambda: network_passes(engine, crops), repeats)
-                    rows.append({"engine": label, "threads": threads, "batch_size": size,
-                                 "faces_per_s": batch / median(seconds), "seconds": seconds})
-                    log(f"  sweep {label} threads={threads} batch_size={size}: {rows[-1]['faces_per_s']:.0f} faces/s")
-    finally:
-        set_threads(saved)
+    for threads in threads_list:
+        for label, name, mirror, refine in (ENGINE_CONFIGS[0], ENGINE_CONFIGS[-1]):
+            for size in sizes:
+                engine = LandmarkEngine(name, mirror=mirror, refine=refine, batch_size=size, threads=threads)
+                seconds = timed_runs(lambda: network_passes(engine, crops), repeats)
+                rows.append({"engine": label, "threads": threads, "batch_size": size,
+                             "faces_per_s": batch / median(seconds), "seconds": seconds})
+                log(f"  sweep {label} threads={threads} batch_size={size}: {rows[-1]['faces_per_s']:.0f} faces/s")
     return rows
 
 
@@ -220,7 +215,7 @@ def report(res: dict) -> str:
         "# facealign speed",
         "",
         machine_lines(res["machine"]),
-        f"## Landmarks, {res['threads']} torch threads (median of {res['repeats']} runs)",
+        f"## Landmarks, {res['threads']} engine threads (median of {res['repeats']} runs)",
         "",
         markdown_table(
             [
@@ -272,7 +267,7 @@ def report(res: dict) -> str:
             "",
             markdown_table(["", "images/s", "cold first run, images/s", "faces"], rows),
             "",
-            "With jobs=2 each worker runs torch and OpenCV single-threaded; jobs=1 runs in this process with "
+            "With jobs=2 each worker runs the networks and OpenCV single-threaded; jobs=1 runs in this process with "
             f"{res['threads']} threads.",
             "",
         ]
@@ -288,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2048, help="faces per landmark batch (default 2048)")
     ap.add_argument("--repeats", type=int, default=5, help="landmark timing repeats (default 5)")
     ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end repeats (default 3)")
-    ap.add_argument("--threads", type=int, default=2, help="torch / OpenCV threads (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="landmark engine / OpenCV threads (default 2)")
     ap.add_argument("--engine", default="tcnn", choices=("tcnn", "vanilla"), help="engine of the end-to-end runs")
     ap.add_argument("--no-sweep", action="store_true", help="skip the engine batch_size sweep")
     ap.add_argument("--no-job", action="store_true", help="skip the run_crop_job timings")

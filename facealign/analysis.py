@@ -398,19 +398,24 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 2, scale: int
 # --------------------------------------------------------------------------- #
 
 
-def extract_layer_inputs(engine, crops: np.ndarray, layers: tuple[str, ...], batch_size: int = 500) -> dict[str, np.ndarray]:
+def extract_layer_inputs(weights, crops: np.ndarray, layers: tuple[str, ...], batch_size: int = 500) -> dict[str, np.ndarray]:
     """Representations at the input of ``layers`` for uint8 crops (``N x 40 x 40 x 3``).
 
-    ``engine`` is a :class:`facealign.engine.LandmarkEngine`; its normalisation
-    (training mean and std images) is applied, as for a prediction. Returns
-    ``layer -> N x D`` float32 arrays.
+    ``weights`` is a training weights file (``.pt``) of the vanilla network; its
+    normalisation (training mean and std images) is applied, as for a
+    prediction. Returns ``layer -> N x D`` float32 arrays.
     """
     import torch
 
+    from .engine import load_weights
+    from .export import load_network
+    from .tweak import to_tensor
+
+    model, mean, std = load_network(load_weights(weights))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     with torch.inference_mode():
         for s in range(0, len(crops), batch_size):
-            feats = engine.model.layer_inputs(engine.normalize(crops[s : s + batch_size]))
+            feats = model.layer_inputs(to_tensor(crops[s : s + batch_size], mean, std))
             for name in layers:
                 parts[name].append(feats[name].float().numpy())
     return {name: np.concatenate(p) if p else np.zeros((0, 0), np.float32) for name, p in parts.items()}
@@ -904,7 +909,7 @@ def run_analysis(
     from .cropping import to_box_coordinates
     from .detection import DEFAULT_DETECTOR
     from .data import cached_boxes, load_mtfl
-    from .engine import LandmarkEngine
+    from .engine import load_weights, shipped_weights
     from .evaluation import write_json
     from .model import LAYER_NAMES
     from .cropping import crop_faces
@@ -927,8 +932,8 @@ def run_analysis(
         if progress is not None:
             progress(done, len(steps), label)
 
-    engine = LandmarkEngine("vanilla", weights=weights, mirror=False)
-    wmeta = dict(engine.meta)
+    weights_path = Path(weights) if weights is not None else shipped_weights("vanilla")
+    wmeta = dict(load_weights(weights_path).get("meta", {}))
     if detector is None:
         try:
             detector = json.loads(wmeta.get("config", "{}")).get("detector") or DEFAULT_DETECTOR
@@ -952,7 +957,7 @@ def run_analysis(
 
     step("extracting features")
     crops = crop_faces(images[found], boxes[found, :4])
-    features = extract_layer_inputs(engine, crops, layers)
+    features = extract_layer_inputs(weights_path, crops, layers)
     pts80 = data.points[found]
     points = {"input40": to_box_coordinates(pts80, boxes[found, :4]) * INPUT_SIZE, "image80": pts80}
     attributes = data.attributes[found]
@@ -982,7 +987,7 @@ def run_analysis(
     meta = {
         "paper_section": "2.2",
         "weights": {
-            "path": str(engine.weights_path),
+            "path": str(weights_path),
             "val_nme": wmeta.get("val_nme"),
             "best_epoch": wmeta.get("best_epoch"),
             "placeholder": bool(wmeta.get("placeholder", False)),

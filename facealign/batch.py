@@ -104,7 +104,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .alignment import warp_face
-from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE, shipped_weights
+from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE, shipped_runtime_weights
 from .detection import get_detector, working_side
 from .imageio import (
     PART_SUFFIX,
@@ -156,7 +156,7 @@ CHUNK_SIZE: int = 32
 FAILURES_NAME: str = "failures.jsonl"
 
 #: With ``jobs="auto"``, one worker process per this many images to process
-#: (at most one per core): starting a worker (torch, the weights) costs about as
+#: (at most one per core): starting a worker (the networks, the weights) costs about as
 #: much as this many images in one process (measured: see README, ``--jobs``).
 AUTO_IMAGES_PER_PROCESS: int = 100
 
@@ -621,8 +621,11 @@ def _process_chunk(
     if single_thread:
         _limit_threads()
     aligner = get_aligner(settings)
-    if single_thread and hasattr(aligner.detector, "set_threads"):
-        aligner.detector.set_threads(1)  # onnxruntime's own thread pool
+    if single_thread:
+        # onnxruntime's own thread pools (the detector's and the landmark network's)
+        aligner.engine.set_threads(1)
+        if hasattr(aligner.detector, "set_threads"):
+            aligner.detector.set_threads(1)
     by_path = {t.path: t for t in tasks}
     done = _ChunkResult([])
     for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
@@ -689,13 +692,12 @@ def _own_worker(parent_pid: int) -> None:
 
 
 def _limit_threads() -> None:
-    """One compute thread per worker process (the job is parallel over processes)."""
+    """One OpenCV thread per worker process (the job is parallel over processes; the
+    networks' onnxruntime sessions get one thread each in :func:`_process_chunk`)."""
     global _THREADS_LIMITED
     if not _THREADS_LIMITED:
         import cv2
-        import torch
 
-        torch.set_num_threads(1)
         cv2.setNumThreads(1)
         _THREADS_LIMITED = True
 
@@ -1205,7 +1207,7 @@ def run_crop_job(
         Worker processes (joblib, loky). ``"auto"`` (default; also None) runs
         one process per :data:`AUTO_IMAGES_PER_PROCESS` images to process, at
         most one per core, so small jobs run in this process; -1 means all
-        cores. With more than one, each worker runs torch and OpenCV
+        cores. With more than one, each worker runs the networks and OpenCV
         single-threaded, and dies with this process (:func:`_own_worker`).
     fmt : {"jpg", "png"}, optional
         Crop file format; by default JPEG sources give ``.jpg`` crops and all
@@ -1379,12 +1381,12 @@ def _cluster_chunk_size() -> int:
 
 def _validate_settings(settings: CropSettings) -> Any:
     """The crop template of ``settings``, after checking the detector, engine and template
-    without loading the landmark network (torch and the weights take a second, which a
-    parent process that only writes records need not spend: the workers build their own).
+    without loading the landmark network (the parent process only writes records; the
+    workers build their own).
     """
     from .alignment import get_template
 
-    weights = shipped_weights(settings.engine)
+    weights = shipped_runtime_weights(settings.engine)
     if not weights.is_file():
         raise FileNotFoundError(f"no weights file at {weights}")
     get_detector(settings.detector, min_face=settings.min_face)

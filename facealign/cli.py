@@ -401,6 +401,7 @@ from .analysis import analyze  # noqa: E402
 from .model_cli import (  # noqa: E402
     evaluate_command,
     evaluate_quality_command,
+    export_engine_command,
     fit_box_maps_command,
     fit_quality_command,
     sweep_k_command,
@@ -416,6 +417,7 @@ main.add_command(sweep_k_command)
 main.add_command(fit_quality_command)
 main.add_command(evaluate_quality_command)
 main.add_command(fit_box_maps_command)
+main.add_command(export_engine_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

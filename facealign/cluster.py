@@ -18,7 +18,7 @@ plan only when submitted. Workers return the rows; only the driver writes the
 manifest and the failures list.
 
 Each worker process builds the aligner once (:func:`facealign.batch.get_aligner`
-caches it per process) and runs torch, OpenCV and onnxruntime with as many
+caches it per process) and runs OpenCV and onnxruntime with as many
 threads as the worker has (``--nthreads``; 1 in ``--cluster local:N``).
 
 A worker that dies (killed, out of memory, a crashing decoder) loses its
@@ -208,7 +208,7 @@ _THREADS_SET: set[CropSettings] = set()
 
 
 def _use_worker_threads(settings: CropSettings) -> None:
-    """Build the aligner of ``settings`` in this worker process once, with torch, OpenCV and
+    """Build the aligner of ``settings`` in this worker process once, with OpenCV and
     onnxruntime using as many threads as the Dask worker has."""
     if settings in _THREADS_SET:
         return
@@ -216,15 +216,14 @@ def _use_worker_threads(settings: CropSettings) -> None:
         if settings in _THREADS_SET:
             return
         import cv2
-        import torch
         from distributed import get_worker
 
         worker = get_worker()
         state = getattr(worker, "state", None)  # distributed >= 2022.11 keeps nthreads there
         threads = max(1, int(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)))
-        torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         aligner = get_aligner(settings)
+        aligner.engine.set_threads(threads)  # onnxruntime's own thread pools
         if hasattr(aligner.detector, "set_threads"):
             aligner.detector.set_threads(threads)  # onnxruntime's own thread pool
         _THREADS_SET.add(settings)

@@ -48,15 +48,26 @@ NOSE: Final[int] = 2
 ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla")
 DEFAULT_ENGINE: Final[str] = ENGINES[0]
 
-#: Folder of the shipped weights (``<engine>.pt``, ``box_maps.json``).
+#: Folder of the shipped weights (``<engine>.pt``, ``<engine>.npz``, ``box_maps.json``).
 WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"
 
 
 def shipped_weights(engine: str) -> Path:
-    """Path of the weights file shipped for ``engine`` (no torch needed to find it)."""
+    """Path of the training weights shipped for ``engine`` (``<engine>.pt``, a torch file).
+
+    Training, tweaking and the research commands read and write this file; the
+    run-time engine reads :func:`shipped_runtime_weights`, compiled from it.
+    """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
     return WEIGHTS_DIR / f"{engine}.pt"
+
+
+def shipped_runtime_weights(engine: str) -> Path:
+    """Path of the run-time weights shipped for ``engine`` (``<engine>.npz``: numpy arrays and
+    the convolutional layers as ONNX; :mod:`facealign.export` compiles it from
+    :func:`shipped_weights`, and a test checks that the two agree)."""
+    return shipped_weights(engine).with_suffix(".npz")
 
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40

@@ -1,8 +1,8 @@
-"""Landmark engines: the vanilla CNN and the Tweaked CNN, batched, with shipped weights.
+"""Landmark engines: the vanilla CNN and the Tweaked CNN, batched, without torch at run time.
 
 An engine turns face boxes into five points. It crops every box to the
-``40 x 40`` network input (:mod:`facealign.cropping`), normalises the crops by the
-training mean and std images, and runs the network on the whole batch at once.
+``40 x 40`` network input (:mod:`facealign.cropping`) and runs the network on the
+whole batch at once.
 
 * ``vanilla``: the paper's CNN (section 2.1).
 * ``tcnn``: the vanilla convolutional layers, then a Gaussian-mixture router on
@@ -15,31 +15,64 @@ an engine whose weights carry a box model re-boxes by default
 predicts the points, the box those points imply is cropped, and the engine's
 full pass runs on that crop.
 
-Weights are plain ``torch.save`` dictionaries of tensors and numbers, loaded with
-``weights_only=True``; the ones we trained ship in ``facealign/weights``.
+Two files hold an engine's weights:
+
+* the **training weights** ``<engine>.pt``: a ``torch.save`` dictionary of
+  tensors and numbers (:func:`load_weights`, ``weights_only=True``), written and
+  read by training, tweaking and the research commands;
+* the **run-time weights** ``<engine>.npz``, compiled from it by
+  :mod:`facealign.export` (``facealign export-engine``): the normalisation and
+  the convolutional layers CL1-CL4 as an ONNX graph (uint8 crops in, FC5 inputs
+  out) run by ``onnxruntime``, and the fully connected heads, the mixture and the
+  box and quality models as numpy arrays. The run time (this module) needs
+  neither torch nor pickle; a torch ``.pt`` given as ``weights`` is compiled in
+  memory (which needs torch).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, shipped_weights
+from .constants import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    INPUT_SIZE,
+    MIRROR_PERMUTATION,
+    NUM_POINTS,
+    shipped_runtime_weights,
+    shipped_weights,
+)
 from .cropping import crop_faces, from_box_coordinates
-from .model import TweakedHeads, VanillaCNN
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 
 WEIGHTS_FORMAT_VERSION = 1
+#: Version of the run-time weights layout (:func:`load_runtime_weights`).
+RUNTIME_FORMAT_VERSION = 1
+#: Name of the ONNX graph's input (uint8 ``N x 40 x 40 x 3`` RGB crops) and output (``N x 256`` FC5 inputs).
+TRUNK_INPUT, TRUNK_OUTPUT = "crops", "fc5_input"
+
+__all__ = [
+    "GaussianRouter",
+    "LandmarkEngine",
+    "estimate_mirror_shift",
+    "load_runtime_weights",
+    "load_weights",
+    "mirror_coordinates",
+    "shipped_runtime_weights",
+    "shipped_weights",
+]
 
 
 def load_weights(path: "str | Path") -> dict[str, Any]:
-    """Load a weights dictionary safely (``weights_only=True``)."""
+    """Load a training weights dictionary (``<engine>.pt``) safely (``weights_only=True``; needs torch)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
@@ -51,51 +84,80 @@ def load_weights(path: "str | Path") -> dict[str, Any]:
     return state
 
 
-class GaussianRouter(nn.Module):
+def load_runtime_weights(path: "str | Path") -> dict[str, np.ndarray]:
+    """The run-time weights (see the module docstring) of ``path``: an ``.npz`` file, or
+    a torch ``.pt`` training file compiled in memory (:func:`facealign.export.runtime_arrays`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix == ".pt":
+        from .export import runtime_arrays
+
+        return runtime_arrays(load_weights(path))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a facealign weights file ({exc})") from None
+    if "trunk_onnx" not in arrays or "format" not in arrays:
+        raise ValueError(f"{path} is not a facealign run-time weights file")
+    if int(arrays["format"]) > RUNTIME_FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer facealign (format {int(arrays['format'])})")
+    return arrays
+
+
+class GaussianRouter:
     """Most probable component of a diagonal-covariance Gaussian mixture (Eq. 2).
 
     The log posterior, up to a per-face constant, is
     ``log w_k - sum_d log sigma_kd - 0.5 * sum_d (f_d - mu_kd)^2 / sigma_kd^2``;
-    expanding the square gives two matrix products for a whole batch.
+    expanding the square gives two matrix products for a whole batch. Computed
+    in float32, as the network.
     """
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> None:
-        super().__init__()
+    def __init__(self, weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> None:
+        weights, means, variances = (np.asarray(a, np.float32) for a in (weights, means, variances))
         prec = 1.0 / variances
         # log w_k + D/2 log(2 pi): what separates the log posterior above from the
         # component's log density (see routed_fit).
-        self.register_buffer("density_offset", torch.log(weights) + 0.5 * means.shape[1] * math.log(2 * math.pi))
-        self.register_buffer("prec", prec)  # K x D
-        self.register_buffer("mean_prec", means * prec)  # K x D
-        const = torch.log(weights) - 0.5 * torch.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)
-        self.register_buffer("const", const)  # K
+        self.density_offset = (np.log(weights) + np.float32(0.5 * means.shape[1] * math.log(2 * math.pi))).astype(np.float32)
+        self.prec_t = np.ascontiguousarray(prec.T)  # D x K
+        self.mean_prec_t = np.ascontiguousarray((means * prec).T)  # D x K
+        self.const = (np.log(weights) - 0.5 * np.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)).astype(np.float32)
 
-    def log_posterior(self, f: torch.Tensor) -> torch.Tensor:
-        """Unnormalised log posteriors, ``N x K``."""
-        return f @ self.mean_prec.t() - 0.5 * (f * f) @ self.prec.t() + self.const
+    @property
+    def num_components(self) -> int:
+        return len(self.const)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def log_posterior(self, f: np.ndarray) -> np.ndarray:
+        """Unnormalised log posteriors, ``N x K``, of features ``f`` (``N x D``)."""
+        f = np.asarray(f, np.float32)
+        return f @ self.mean_prec_t - 0.5 * ((f * f) @ self.prec_t) + self.const
+
+    def __call__(self, f: np.ndarray) -> np.ndarray:
+        """The routed component of each face, ``N`` integers."""
         return self.log_posterior(f).argmax(1)
 
-    def routed_fit(self, log_posterior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def routed_fit(self, log_posterior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Routed component, its log density and its posterior, from :meth:`log_posterior`.
 
-        Returns ``cluster`` (``N``, the argmax, as :meth:`forward`),
+        Returns ``cluster`` (``N``, the argmax, as calling the router),
         ``log N(f | mu_k, Sigma_k)`` of that component (nats, normalised density)
         and its posterior probability ``p(k | f)``, each ``N``.
         """
-        best, cluster = log_posterior.max(1)
+        cluster = log_posterior.argmax(1)
+        best = np.take_along_axis(log_posterior, cluster[:, None], 1)[:, 0]
         log_density = best - self.density_offset[cluster]
-        posterior = torch.exp(best - torch.logsumexp(log_posterior, 1))
+        posterior = 1.0 / np.exp(log_posterior - best[:, None]).sum(1)
         return cluster, log_density, posterior
 
 
-def mirror_coordinates(coords: torch.Tensor) -> torch.Tensor:
+def mirror_coordinates(coords: np.ndarray) -> np.ndarray:
     """Map box-normalised points predicted on a mirrored crop back to the original.
 
     ``coords`` is ``N x 5 x 2``; x becomes ``1 - x`` and left/right points swap.
     """
-    out = coords[:, list(MIRROR_PERMUTATION)].clone()
+    out = np.array(np.asarray(coords)[:, list(MIRROR_PERMUTATION)])
     out[..., 0] = 1.0 - out[..., 0]
     return out
 
@@ -113,6 +175,21 @@ def estimate_mirror_shift(direct: np.ndarray, flipped: np.ndarray) -> float:
     return float(np.mean(direct[..., 0] - flipped[..., 0]))
 
 
+def _dense_head(f: np.ndarray, w5: np.ndarray, b5: np.ndarray, w6: np.ndarray, b6: np.ndarray) -> np.ndarray:
+    """FC5 (``abs(tanh)``) then FC6 on FC5 inputs ``f``; weights laid out input x output."""
+    return np.abs(np.tanh(f @ w5 + b5)) @ w6 + b6
+
+
+def _trunk_session(onnx_bytes: bytes, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
 class LandmarkEngine:
     """Five-point landmarks for face boxes.
 
@@ -121,7 +198,8 @@ class LandmarkEngine:
     engine : {"tcnn", "vanilla"}
         Which network to run.
     weights : path, optional
-        A weights file; defaults to the shipped one for ``engine``.
+        A weights file: run-time ``.npz`` or training ``.pt`` (compiled in
+        memory, needs torch); defaults to the shipped run-time weights of ``engine``.
     mirror : bool, optional
         Average with the prediction on the mirrored crop. Defaults to True for
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
@@ -131,6 +209,9 @@ class LandmarkEngine:
         Re-box before the reported pass (see the module docstring). Defaults to
         True when the weights carry a box model (``box_model``); True for weights
         without one is an error.
+    threads : int, optional
+        Threads of the convolutional layers (onnxruntime's intra-op pool); by
+        default onnxruntime's choice (all cores). See :meth:`set_threads`.
     """
 
     #: Faces routed and sent through the heads together (bounds memory).
@@ -143,165 +224,157 @@ class LandmarkEngine:
         mirror: bool | None = None,
         batch_size: int = 64,
         refine: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
         self.engine = engine
-        self.weights_path = Path(weights) if weights is not None else shipped_weights(engine)
-        state = load_weights(self.weights_path)
-        self.meta: dict[str, Any] = dict(state.get("meta", {}))
-        self.model = VanillaCNN(int(state.get("fc5_dim", 100)))
-        self.model.load_state_dict(state["vanilla"])
-        # Channels-last (NHWC) weights and inputs: about 2.3x faster convolutions
-        # on our CPUs for these small layers; same values (README, Speed).
-        self.model.eval().to(memory_format=torch.channels_last)
-        self.mean = state["mean"].float()  # 3 x 40 x 40, RGB in [0, 255]
-        self.std = state["std"].float()
-        self.heads: TweakedHeads | None = None
+        self.weights_path = Path(weights) if weights is not None else shipped_runtime_weights(engine)
+        arrays = load_runtime_weights(self.weights_path)
+        self.meta: dict[str, Any] = json.loads(str(arrays["meta"]))
+        self._trunk_onnx = arrays["trunk_onnx"].tobytes()
+        self._threads = threads
+        self._trunk = _trunk_session(self._trunk_onnx, threads)
+        self._vanilla_head = tuple(arrays[f"vanilla_{k}"] for k in ("w5", "b5", "w6", "b6"))
+        self._heads: tuple[np.ndarray, ...] | None = None
         self.router: GaussianRouter | None = None
         if engine == "tcnn":
-            if "heads" not in state:
+            if "heads_w5" not in arrays:
                 raise ValueError(f"{self.weights_path} holds no TCNN heads; use engine='vanilla'")
-            gmm = state["gmm"]
-            self.heads = TweakedHeads(gmm["means"].shape[0], int(state.get("fc5_dim", 100)))
-            self.heads.load_state_dict(state["heads"])
-            self.heads.eval()
-            self.router = GaussianRouter(gmm["weights"], gmm["means"], gmm["variances"])
+            self._heads = tuple(arrays[f"heads_{k}"] for k in ("w5", "b5", "w6", "b6"))
+            self.router = GaussianRouter(arrays["gmm_weights"], arrays["gmm_means"], arrays["gmm_variances"])
         self.mirror = (engine == "tcnn") if mirror is None else bool(mirror)
         #: x shift (box units) added to the un-mirrored prediction of the mirrored
         #: crop; see :func:`estimate_mirror_shift`.
-        self.mirror_shift = float(state.get("mirror_shift", 0.0))
+        self.mirror_shift = float(arrays["mirror_shift"])
         self.batch_size = int(batch_size)
         self.box_model: BoxFromLandmarks | None = (
-            BoxFromLandmarks.from_tensor(state["box_model"]) if "box_model" in state else None
+            BoxFromLandmarks.from_tensor(arrays["box_model"]) if "box_model" in arrays else None
         )
         if refine and self.box_model is None:
             raise ValueError(f"{self.weights_path} holds no box model, so it cannot re-box; use refine=False")
         self.refine = (self.box_model is not None) if refine is None else bool(refine)
         #: Per-face quality model (:mod:`facealign.quality`), when the weights carry one.
-        self.quality_model: QualityModel | None = (
-            QualityModel.from_state(state["quality"]) if "quality" in state else None
-        )
+        self.quality_model: QualityModel | None = None
+        if "quality_signals" in arrays:
+            state = {k[len("quality_"):]: v for k, v in arrays.items() if k.startswith("quality_")}
+            state["signals"] = json.loads(str(state["signals"]))
+            self.quality_model = QualityModel.from_state(state)
+
+    def set_threads(self, threads: int | None) -> None:
+        """Run the convolutional layers on ``threads`` threads (None: onnxruntime's choice).
+
+        The crop job gives each worker process one thread.
+        """
+        if threads != self._threads:
+            self._threads = threads
+            self._trunk = _trunk_session(self._trunk_onnx, threads)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_trunk"]  # an onnxruntime session does not pickle; rebuilt from the bytes
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._trunk = _trunk_session(self._trunk_onnx, self._threads)
 
     @property
     def num_clusters(self) -> int:
-        return 1 if self.heads is None else self.heads.num_clusters
+        return 1 if self.router is None else self.router.num_components
 
-    def normalize(self, crops: np.ndarray) -> torch.Tensor:
-        """uint8 ``N x 40 x 40 x 3`` RGB crops to normalised ``N x 3 x 40 x 40`` floats."""
+    @staticmethod
+    def _check_crops(crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
             raise ValueError(f"expected N x {INPUT_SIZE} x {INPUT_SIZE} x 3 crops, got {crops.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
-        return x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
+        return np.ascontiguousarray(crops, np.uint8)
 
-    @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Convolutions in small chunks (they stay in cache), the router and the
-        # heads once for the whole chunk (one matrix product per cluster present).
-        # The third output is N x 2: the routed component's log density and
-        # posterior (NaN without a router), for the quality signals.
-        x = x.contiguous(memory_format=torch.channels_last)
-        f = torch.cat([self.model.features(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)])
-        if self.heads is None:
-            return self.model.head(f), torch.zeros(len(f), dtype=torch.long), torch.full((len(f), 2), math.nan)
+    def features(self, crops: np.ndarray) -> np.ndarray:
+        """FC5 inputs (``N x 256`` float32) of uint8 RGB crops ``N x 40 x 40 x 3``.
+
+        The convolutions see ``batch_size`` faces at a time (64 was the fastest on
+        our 2-core machines: see ``bench/speed.py``; the activations stay in cache).
+        """
+        crops = self._check_crops(crops)
+        parts = [
+            self._trunk.run([TRUNK_OUTPUT], {TRUNK_INPUT: crops[s : s + self.batch_size]})[0]
+            for s in range(0, len(crops), self.batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self._vanilla_head[0].shape[0]), np.float32)
+
+    def _forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # The router and the heads once for the whole chunk (one matrix product per
+        # cluster present). The third output is N x 2: the routed component's log
+        # density and posterior (NaN without a router), for the quality signals.
+        f = self.features(crops)
+        if self._heads is None or self.router is None:
+            return _dense_head(f, *self._vanilla_head), np.zeros(len(f), np.intp), np.full((len(f), 2), math.nan)
         cluster, log_density, posterior = self.router.routed_fit(self.router.log_posterior(f))
-        return self.heads(f, cluster), cluster, torch.stack([log_density, posterior], 1)
+        w5, b5, w6, b6 = self._heads
+        out = np.empty((len(f), w6.shape[2]), np.float32)
+        for k in np.unique(cluster):
+            idx = np.flatnonzero(cluster == k)
+            out[idx] = _dense_head(f[idx], w5[k], b5[k], w6[k], b6[k])
+        return out, cluster, np.stack([log_density, posterior], 1)
 
-    @torch.inference_mode()
-    def predict_normalized(
-        self,
-        x: torch.Tensor,
-        return_clusters: bool = False,
-        mirrored: torch.Tensor | None = None,
-        return_signals: bool = False,
-    ):
-        """Box-normalised points ``N x 5 x 2`` for normalised crops ``x``.
-
-        ``mirrored``, optional, is the normalised mirror image of ``x`` (computed
-        from ``x`` when needed and not given). The convolutions see ``batch_size``
-        faces at a time (64 was the fastest on our 2-core machines: see
-        ``bench/speed.py``); routing and the heads see up to :attr:`HEAD_CHUNK`
-        faces at a time.
+    def predict_crops(self, crops: np.ndarray, return_signals: bool = False):
+        """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops.
 
         With ``return_signals`` a dict of the network's quality signals comes
-        last in the returned tuple: ``mirror_gap`` (``N x 5 x 2``, the direct
-        minus the shifted un-mirrored prediction, box units; NaN without
-        mirroring), ``gmm_log_likelihood`` and ``gmm_posterior`` (``N``, of the
-        direct crop's routed component; NaN without a router), all float64 numpy.
+        second: ``mirror_gap`` (``N x 5 x 2``, the direct minus the shifted
+        un-mirrored prediction, box units; NaN without mirroring),
+        ``gmm_log_likelihood`` and ``gmm_posterior`` (``N``, of the direct crop's
+        routed component; NaN without a router), all float64. Routing and the
+        heads see up to :attr:`HEAD_CHUNK` faces at a time.
         """
-        if mirrored is not None and mirrored.shape != x.shape:
-            raise ValueError(f"mirrored {tuple(mirrored.shape)} does not match x {tuple(x.shape)}")
-        outs, clusters, gaps, fits = [], [], [], []
-        for s in range(0, len(x), self.HEAD_CHUNK):
-            xb = x[s : s + self.HEAD_CHUNK]
+        crops = self._check_crops(crops)
+        outs, gaps, fits = [], [], []
+        for s in range(0, len(crops), self.HEAD_CHUNK):
+            chunk = crops[s : s + self.HEAD_CHUNK]
+            n = len(chunk)
             if self.mirror:
-                n = len(xb)
-                xm = self._mirror_input(xb) if mirrored is None else mirrored[s : s + self.HEAD_CHUNK]
-                both, cl, fit = self._forward(torch.cat([xb, xm]))
-                direct = both[:n].view(n, NUM_POINTS, 2)
-                flipped = mirror_coordinates(both[n:].view(n, NUM_POINTS, 2))
-                flipped[..., 0] += self.mirror_shift
+                both, _, fit = self._forward(np.concatenate([chunk, chunk[:, :, ::-1]]))
+                direct = both[:n].reshape(n, NUM_POINTS, 2)
+                flipped = mirror_coordinates(both[n:].reshape(n, NUM_POINTS, 2))
+                flipped[..., 0] += np.float32(self.mirror_shift)
                 outs.append(0.5 * (direct + flipped))
-                clusters.append(cl[:n])
                 gaps.append(direct - flipped)
                 fits.append(fit[:n])
             else:
-                out, cl, fit = self._forward(xb)
-                outs.append(out.view(-1, NUM_POINTS, 2))
-                clusters.append(cl)
-                gaps.append(torch.full((len(xb), NUM_POINTS, 2), math.nan))
+                out, _, fit = self._forward(chunk)
+                outs.append(out.reshape(n, NUM_POINTS, 2))
+                gaps.append(np.full((n, NUM_POINTS, 2), math.nan))
                 fits.append(fit)
-        pts = torch.cat(outs) if outs else torch.zeros(0, NUM_POINTS, 2)
-        cl = torch.cat(clusters) if clusters else torch.zeros(0, dtype=torch.long)
+        points = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, NUM_POINTS, 2))
         if not return_signals:
-            return (pts, cl) if return_clusters else pts
-        fit = torch.cat(fits).double().numpy() if fits else np.zeros((0, 2))
+            return points
+        fit = np.concatenate(fits).astype(np.float64) if fits else np.zeros((0, 2))
         signals = {
-            "mirror_gap": torch.cat(gaps).double().numpy() if gaps else np.zeros((0, NUM_POINTS, 2)),
+            "mirror_gap": np.concatenate(gaps).astype(np.float64) if gaps else np.zeros((0, NUM_POINTS, 2)),
             "gmm_log_likelihood": fit[:, 0],
             "gmm_posterior": fit[:, 1],
         }
-        return (pts, cl, signals) if return_clusters else (pts, signals)
-
-    def _mirror_input(self, x: torch.Tensor) -> torch.Tensor:
-        # The normalised mirror image: mirror the raw crop, then normalise (the
-        # mean image is not symmetric): (flip(raw) - mean) / std, with
-        # raw = x * std + mean.
-        return (x * self.std + self.mean).flip(-1).sub_(self.mean).div_(self.std)
+        return points, signals
 
     def predict_pair(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Box-normalised points on the crops and, un-mirrored, on their mirror images.
 
         Neither is averaged nor shifted; used to calibrate :attr:`mirror_shift`.
         """
-        x = self.normalize(crops)
+        crops = self._check_crops(crops)
         mirror, self.mirror = self.mirror, False
         try:
-            direct = self.predict_normalized(x)
-            flipped = mirror_coordinates(self.predict_normalized(self._mirror_input(x)))
+            direct = self.predict_crops(crops)
+            flipped = mirror_coordinates(self.predict_crops(crops[:, :, ::-1]))
         finally:
             self.mirror = mirror
-        return direct.double().numpy(), flipped.double().numpy()
+        return direct, flipped
 
-    def predict_crops(self, crops: np.ndarray, return_signals: bool = False):
-        """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops.
-
-        With ``return_signals``, ``(points, signals)``: see :meth:`predict_normalized`.
-        """
-        # Mirroring the uint8 crops before normalising is cheaper than un-normalising.
-        mirrored = self.normalize(np.asarray(crops)[:, :, ::-1]) if self.mirror else None
-        if return_signals:
-            pts, signals = self.predict_normalized(self.normalize(crops), mirrored=mirrored, return_signals=True)
-            return pts.double().numpy(), signals
-        return self.predict_normalized(self.normalize(crops), mirrored=mirrored).double().numpy()
-
-    @torch.inference_mode()
     def first_pass_crops(self, crops: np.ndarray) -> np.ndarray:
         """Box-normalised points from the vanilla head alone, no mirror (re-boxing's first pass)."""
-        x = self.normalize(crops)
-        out = [self.model(x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
-        return torch.cat(out).view(-1, NUM_POINTS, 2).double().numpy()
+        out = _dense_head(self.features(crops), *self._vanilla_head)
+        return out.reshape(-1, NUM_POINTS, 2).astype(np.float64)
 
     def predict_faces(
         self, images: list[np.ndarray], owner: np.ndarray, boxes: np.ndarray, return_quality: bool = False

@@ -409,3 +409,33 @@ def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
         },
         BOX_MAPS_FILE if out is None else out,
     )
+
+
+@click.command("export-engine")
+@click.option("--engine", "engine_names", type=click.Choice(["tcnn", "vanilla"]), multiple=True,
+              help="Engines whose shipped run-time weights to rebuild [default: all].")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A training weights file (.pt) to compile instead (needs --out).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Run-time weights file (.npz) to write.")
+def export_engine_command(engine_names, weights, out) -> None:
+    """Compile training weights (.pt) into the run-time weights (.npz) the engines load.
+
+    The run-time file holds the convolutional layers as ONNX (run by onnxruntime)
+    and the rest as numpy arrays, so that cropping needs no torch. Run it after
+    train, tweak or fit-quality have rewritten a shipped .pt file.
+
+    \b
+    Examples:
+      facealign export-engine                      # rebuild facealign/weights/*.npz
+      facealign export-engine --weights runs/tcnn.pt --out runs/tcnn.npz
+    """
+    from .constants import ENGINES, shipped_runtime_weights, shipped_weights
+    from .export import write_runtime_weights
+
+    if (weights is None) != (out is None):
+        raise click.UsageError("--weights and --out go together")
+    if weights is not None:
+        click.echo(f"wrote {write_runtime_weights(weights, out)}")
+        return
+    for name in engine_names or ENGINES:
+        click.echo(f"wrote {write_runtime_weights(shipped_weights(name), shipped_runtime_weights(name))}")

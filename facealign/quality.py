@@ -41,7 +41,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .constants import LEFT_EYE, NOSE, RIGHT_EYE
 
@@ -110,7 +109,7 @@ def face_signals(
     first_points : ndarray (N, 5, 2) or None
         Re-boxing's first-pass points, pixels; None without re-boxing.
     network : dict
-        :meth:`LandmarkEngine.predict_normalized`'s signals for the crops of ``boxes``.
+        :meth:`LandmarkEngine.predict_crops`'s signals for the crops of ``boxes``.
     """
     points = np.asarray(points, np.float64)
     size = _box_sizes(given_boxes)
@@ -244,6 +243,8 @@ class QualityModel:
 
     def to_state(self) -> dict:
         """A dict of tensors, strings and numbers for a weights file (``weights_only`` loadable)."""
+        import torch
+
         state: dict = {"signals": list(self.signals), "error_smearing": self.error_smearing}
         for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef"):
             state[attr] = torch.from_numpy(getattr(self, attr).copy())
@@ -252,7 +253,7 @@ class QualityModel:
     @classmethod
     def from_state(cls, state: dict) -> "QualityModel":
         arrays = {
-            attr: torch.as_tensor(state[attr]).double().numpy()
+            attr: np.asarray(state[attr], np.float64)
             for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef")
         }
         return cls(tuple(state["signals"]), error_smearing=float(state["error_smearing"]), **arrays)

@@ -34,11 +34,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .constants import NUM_POINTS, WEIGHTS_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 #: Number of input features: a constant and the ten normalised coordinates.
 NUM_FEATURES = 1 + 2 * NUM_POINTS
@@ -132,13 +135,16 @@ class BoxFromLandmarks:
         boxes = np.concatenate([mid - half, mid + half], axis=1)
         return boxes, valid & np.isfinite(boxes).all(1)
 
-    def to_tensor(self) -> torch.Tensor:
+    def to_tensor(self) -> "torch.Tensor":
         """The coefficients as a float64 tensor, for a weights file."""
+        import torch
+
         return torch.from_numpy(self.coef.copy())
 
     @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> "BoxFromLandmarks":
-        return cls(t.detach().cpu().double().numpy())
+    def from_tensor(cls, t: "torch.Tensor | np.ndarray") -> "BoxFromLandmarks":
+        """From :meth:`to_tensor`'s tensor, or the same coefficients as an array (run-time weights)."""
+        return cls(np.array(t.numpy() if hasattr(t, "numpy") else t, np.float64))
 
 
 # --------------------------------------------------------------------------- #

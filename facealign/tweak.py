@@ -95,13 +95,11 @@ def fit_gmm(features: np.ndarray, k: int, seed: int = 0, reg_covar: float = 1e-3
 
 
 def make_router(gmm: dict[str, np.ndarray]) -> GaussianRouter:
-    t = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in gmm.items()}
-    return GaussianRouter(t["weights"], t["means"], t["variances"])
+    return GaussianRouter(gmm["weights"], gmm["means"], gmm["variances"])
 
 
-@torch.inference_mode()
 def route(router: GaussianRouter, features: np.ndarray) -> np.ndarray:
-    return router(torch.from_numpy(np.ascontiguousarray(features, np.float32))).numpy()
+    return router(features)
 
 
 # ---------------------------------------------------------------- augmentation

@@ -408,3 +408,33 @@ def test_crop_quality_limits_list_low_quality_faces(face_photos, tmp_path) -> No
 def test_crop_quality_limit_out_of_range(face_photos, tmp_path) -> None:
     result = CliRunner().invoke(main, ["crop", str(face_photos[0].parent), str(tmp_path / "o"), "--max-p-fail", "2"])
     assert result.exit_code != 0 and "--max-p-fail" in result.output
+
+
+def test_crop_and_landmarks_run_without_torch(face_photos, tmp_path) -> None:
+    # The run time needs no torch: in a fresh interpreter where importing torch
+    # fails, `crop` (two worker processes) and `landmarks` still work. The workers
+    # are new interpreters too, so the block is installed through sitecustomize.
+    import subprocess
+    import sys
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch -> ImportError\n")
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in face_photos[:2]:
+        (src / p.name).symlink_to(p)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), str(Path(__file__).resolve().parents[1])]))
+    code = (
+        "import sys; from facealign.cli import main; sys.argv = ['facealign'] + sys.argv[1:]; main()"
+    )
+    crop = subprocess.run([sys.executable, "-c", code, "crop", "--jobs", "2", "--silent", str(src), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert crop.returncode == 0, crop.stderr
+    assert len(list((tmp_path / "out").glob("*.jpg"))) >= 2
+    marks = subprocess.run([sys.executable, "-c", code, "landmarks", "--json", str(src / face_photos[0].name)],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert marks.returncode == 0, marks.stderr
+    assert json.loads(marks.stdout)
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0  # the block works, so the runs above had no torch

@@ -22,10 +22,8 @@ def test_router_matches_sklearn_gmm():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(m, s, (200, 6)) for m, s in [(0, 1), (3, 0.5), (-2, 2)]])
     gmm = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
-    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    router = GaussianRouter(t(gmm.weights_), t(gmm.means_), t(gmm.covariances_))
-    ours = router(t(x)).numpy()
-    assert (ours == gmm.predict(x)).mean() == 1.0
+    router = GaussianRouter(gmm.weights_, gmm.means_, gmm.covariances_)
+    assert (router(x) == gmm.predict(x)).mean() == 1.0
 
 
 def test_each_face_goes_through_its_own_head():
@@ -53,11 +51,11 @@ def test_heads_from_vanilla_reproduce_vanilla():
 
 
 def test_mirror_coordinates_is_an_involution_that_swaps_sides():
-    pts = torch.rand(7, 5, 2)
+    pts = np.random.default_rng(0).random((7, 5, 2))
     back = mirror_coordinates(mirror_coordinates(pts))
-    torch.testing.assert_close(back, pts)
+    np.testing.assert_allclose(back, pts, atol=1e-15)
     m = mirror_coordinates(pts)
-    torch.testing.assert_close(m[:, 0, 0], 1 - pts[:, MIRROR_PERMUTATION[0], 0])
+    np.testing.assert_allclose(m[:, 0, 0], 1 - pts[:, MIRROR_PERMUTATION[0], 0])
 
 
 @pytest.mark.parametrize("engine", ["tcnn", "vanilla"])
@@ -70,7 +68,7 @@ def test_flipping_the_image_flips_the_prediction(engine):
     rng = np.random.default_rng(1)
     crops = rng.integers(0, 256, (6, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     a = eng.predict_crops(crops)
-    b = mirror_coordinates(torch.from_numpy(eng.predict_crops(crops[:, :, ::-1].copy()))).numpy()
+    b = mirror_coordinates(eng.predict_crops(crops[:, :, ::-1]))
     b[..., 0] += eng.mirror_shift
     np.testing.assert_allclose(b, a, atol=1e-4)
     direct, flipped = eng.predict_pair(crops)
@@ -162,3 +160,84 @@ def test_pooled_blocks_equal_the_papers_order():
     (g_ours,) = torch.autograd.grad(ours.sum(), x)
     (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
     torch.testing.assert_close(g_ours, g_theirs, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["tcnn", "vanilla"])
+def test_runtime_engine_matches_the_torch_networks(engine):
+    # The run-time engine (onnxruntime + numpy, from the shipped .npz) against the
+    # torch modules of the shipped training weights (.pt), evaluated here directly:
+    # box-normalised points agree to 1e-5 box widths (float32 rounding), so the
+    # shipped .npz was compiled from the shipped .pt and the graph is faithful.
+    from facealign.engine import shipped_runtime_weights
+    from facealign.export import load_network
+    from facealign.training import to_tensor
+
+    state = load_weights(shipped_weights(engine))
+    model, mean, std = load_network(state)
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (70, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    eng = LandmarkEngine(engine, mirror=False, refine=False)
+    assert eng.weights_path == shipped_runtime_weights(engine)
+    with torch.inference_mode():
+        f = model.features(to_tensor(crops, mean, std))
+        if engine == "vanilla":
+            expected = model.head(f)
+        else:
+            heads = TweakedHeads(state["gmm"]["means"].shape[0])
+            heads.load_state_dict(state["heads"])
+            g = state["gmm"]
+            router = GaussianRouter(g["weights"].numpy(), g["means"].numpy(), g["variances"].numpy())
+            expected = heads(f, torch.from_numpy(router(f.numpy())))
+        first = model.head(f)
+    np.testing.assert_allclose(eng.predict_crops(crops).reshape(-1, 10), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(eng.first_pass_crops(crops).reshape(-1, 10), first.numpy(), atol=1e-5)
+    assert eng.mirror_shift == pytest.approx(float(state["mirror_shift"]))
+    np.testing.assert_array_equal(eng.box_model.coef, state["box_model"].numpy())
+
+
+def test_training_weights_compile_in_memory_to_the_same_engine():
+    # A .pt passed as weights is compiled on the fly: the same points as the shipped
+    # .npz (1e-6 box widths), quality model included.
+    crops = np.random.default_rng(4).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    from_pt = LandmarkEngine("tcnn", weights=shipped_weights("tcnn"))
+    shipped = LandmarkEngine("tcnn")
+    np.testing.assert_allclose(from_pt.predict_crops(crops), shipped.predict_crops(crops), atol=1e-6)
+    assert from_pt.quality_model is not None and shipped.quality_model is not None
+    assert from_pt.quality_model.signals == shipped.quality_model.signals
+
+
+def test_engine_threads_and_pickling_keep_the_results():
+    import pickle
+
+    crops = np.random.default_rng(5).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    eng = LandmarkEngine("tcnn")
+    before = eng.predict_crops(crops)
+    eng.set_threads(1)
+    np.testing.assert_allclose(eng.predict_crops(crops), before, atol=1e-6)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(eng)).predict_crops(crops), before, atol=1e-6)
+
+
+def test_runtime_weights_reject_other_files(tmp_path):
+    bad = tmp_path / "other.npz"
+    np.savez(bad, x=np.zeros(2))
+    with pytest.raises(ValueError, match="not a facealign run-time weights file"):
+        LandmarkEngine("vanilla", weights=bad)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a facealign weights file"):
+        LandmarkEngine("vanilla", weights=tmp_path / "junk.npz")
+
+
+def test_export_engine_command_writes_a_loadable_file(tmp_path):
+    from click.testing import CliRunner
+
+    from facealign.cli import main
+
+    out = tmp_path / "v.npz"
+    result = CliRunner().invoke(main, ["export-engine", "--weights", str(shipped_weights("vanilla")), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    crops = np.random.default_rng(6).integers(0, 256, (2, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        LandmarkEngine("vanilla", weights=out).predict_crops(crops), LandmarkEngine("vanilla").predict_crops(crops), atol=1e-6
+    )
+    result = CliRunner().invoke(main, ["export-engine", "--out", str(out)])
+    assert result.exit_code != 0 and "go together" in result.output
