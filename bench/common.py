@@ -154,7 +154,7 @@ class PipelineSpec:
     """A detector and a landmark step.
 
     ``landmarks`` is ``"tcnn"``, ``"vanilla"`` (our engines; ``mirror`` None is the
-    engine default) or ``"dlib-ert68"`` (:class:`facealign.peers.DlibShapePredictor`).
+    engine default) or ``"dlib-ert68"`` (:class:`facealign.research.peers.DlibShapePredictor`).
     """
 
     name: str
@@ -174,7 +174,7 @@ class PipelineSpec:
 def build_landmarker(kind: str, mirror: bool | None = None):
     """A landmark step with ``predict_many(images, boxes)``: a LandmarkEngine or the dlib peer."""
     if kind == DLIB_ERT:
-        from facealign.peers import DlibShapePredictor
+        from facealign.research.peers import DlibShapePredictor
 
         return DlibShapePredictor()
     from facealign.engine import LandmarkEngine

@@ -110,7 +110,7 @@ def log(msg: str) -> None:
 def peers_available() -> str | None:
     """None when the dlib peers can run, else why not."""
     try:
-        from facealign.peers import dlib_model_path
+        from facealign.research.peers import dlib_model_path
 
         dlib_model_path(68)
     except ImportError as exc:

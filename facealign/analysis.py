@@ -544,15 +544,6 @@ def landmark_ratio(stats: dict[str, Any], frame: str, top: str = "FC5", bottom: 
 # --------------------------------------------------------------------------- #
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _errorbar_figure(
     series: dict[str, tuple[list[float], list[float]]],
     layers: list[str],
@@ -561,8 +552,9 @@ def _errorbar_figure(
     path: Path,
     references: dict[str, float] | None = None,
 ) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.2, 4.4), dpi=120)
+    from .research.figures import subplots
+
+    fig, ax = subplots(figsize=(8.2, 4.4), dpi=120)
     xs = np.arange(len(layers))
     for i, (name, (mean, se)) in enumerate(series.items()):
         color = f"C{i}"
@@ -580,7 +572,6 @@ def _errorbar_figure(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_landmark_variance(stats: dict[str, Any], frame: str, path: Path, k: int) -> None:
@@ -620,8 +611,9 @@ def plot_attribute_variance(stats: dict[str, Any], path: Path, k: int) -> None:
 
 def plot_cluster_means(panels: dict[str, np.ndarray], path: Path) -> None:
     """Fig. 1: mosaics of cluster-average crops, one panel per layer, largest cluster first."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 6.4), dpi=110)
+    from .research.figures import subplots
+
+    fig, axes = subplots(1, len(panels), figsize=(6.0 * len(panels), 6.4), dpi=110)
     axes = np.atleast_1d(axes)
     for ax, (title, img) in zip(axes, panels.items()):
         ax.imshow(img)
@@ -629,7 +621,6 @@ def plot_cluster_means(panels: dict[str, np.ndarray], path: Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_cluster_scatter(
@@ -641,10 +632,10 @@ def plot_cluster_scatter(
     Returns the chosen cluster of each layer.
     """
     from .constants import POINT_NAMES
+    from .research.figures import subplots
 
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.0 * len(layers), 4.2), dpi=110)
+    fig, axes = subplots(1, len(layers), figsize=(4.0 * len(layers), 4.2), dpi=110)
     axes = np.atleast_1d(axes)
     chosen = {}
     for ax, layer in zip(axes, layers):
@@ -665,7 +656,6 @@ def plot_cluster_scatter(
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return chosen
 
 

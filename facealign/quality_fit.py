@@ -144,12 +144,9 @@ def quality_report(sample: QualitySample) -> dict:
 
 def plot_quality_report(reports: dict[str, dict], path: "str | Path") -> None:
     """One PNG: ``p_fail`` calibration, ``expected_error`` calibration and error-reject curves per report."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .research.figures import subplots
 
-    fig = Figure(figsize=(13, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    cal, exp, rej = fig.subplots(1, 3)
+    fig, (cal, exp, rej) = subplots(1, 3, figsize=(13, 4.2), dpi=110)
     for label, rep in reports.items():
         rows = rep["calibration_p_fail"]
         cal.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-", label=f"{label} (AUC {rep['auc_p_fail']:.3f})")

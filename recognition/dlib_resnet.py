@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from facealign.alignment import Template, estimate_similarity, get_template, transform_points
-from facealign.peers import box_to_dlib_rect, dlib_model_path
+from facealign.research.peers import box_to_dlib_rect, dlib_model_path
 
 __all__ = [
     "DLIB_CHIP_SIZE",
@@ -292,7 +292,7 @@ class DlibFivePointPredictor:
 
     Points come in dlib's order (not MTFL's): align them with
     :func:`dlib5_template`. Boxes and points follow facealign's conventions
-    (see :class:`facealign.peers.DlibShapePredictor`).
+    (see :class:`facealign.research.peers.DlibShapePredictor`).
     """
 
     name = "dlib-5pt"

@@ -4,7 +4,7 @@ Only the alignment differs between the aligners compared here (paper,
 section 5.2); everything else is shared and computed once:
 
 1. **Detection** (:class:`DetectionCache`). Every image is decoded (at most
-   :data:`~facealign.batch.WORK_MAX_SIDE` pixels on its longer side) and the
+   :data:`~facealign.constants.WORK_MAX_SIDE` pixels on its longer side) and the
    detector runs once on it. The boxes and scores of all faces, in pixels of
    the original image, are appended to a JSON-lines file in the cache folder,
    named after the detector and a hash of the resolved image root, so a rerun
@@ -26,7 +26,7 @@ section 5.2); everything else is shared and computed once:
    * ``tcnn`` / ``vanilla``: five points from a facealign landmark engine run
      on the face box, then the similarity that maps them onto the template.
    * ``dlib-ert``: dlib's 68-point ERT on the face box, reduced to the five
-     MTFL points (:func:`facealign.peers.reduce_68_to_5`), then the same.
+     MTFL points (:func:`facealign.research.peers.reduce_68_to_5`), then the same.
    * ``dlib-5pt``: dlib's 5-point model on the face box; its own points are
      mapped onto where they go in the template
      (:func:`recognition.dlib_resnet.dlib5_template`), which for the
@@ -660,7 +660,7 @@ class LandmarkAligner:
             engine = LandmarkEngine(name, weights)
             return cls(name, engine, template, engine.weights_path)
         if name == "dlib-ert":
-            from facealign.peers import DlibShapePredictor
+            from facealign.research.peers import DlibShapePredictor
 
             ert = DlibShapePredictor(weights)
             return cls(name, ert, template, ert.model_path)
@@ -1285,12 +1285,9 @@ def format_tar(mean: float, std: float) -> str:
 
 def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> None:
     """Mean ROC (TAR vs log FAR, ±1 std band) of one or several aligners, as PNG."""
-    import matplotlib
+    from facealign.research.figures import subplots
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    fig, ax = subplots(figsize=(5.5, 4.2), dpi=120)
     for name, roc in curves.items():
         far = np.asarray(roc["far"])
         mean, std = np.asarray(roc["tar_mean"]), np.asarray(roc["tar_std"])
@@ -1311,7 +1308,6 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import NUM_POINTS
+from ..constants import NUM_POINTS
 
 __all__ = [
     "BENCH_INSTALL_HINT",
