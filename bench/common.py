@@ -17,9 +17,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def link_photos(paths: Sequence[Path], folder: Path) -> Path:
     return folder
 
 
-def sample_paths(folder: "str | Path", n: int | None) -> list[Path]:
+def sample_paths(folder: str | Path, n: int | None) -> list[Path]:
     """``n`` images spread evenly over the sorted listing of ``folder`` (all when ``n`` is None)."""
     from facealign.imageio import find_images
 
@@ -214,7 +215,7 @@ class StageTimes:
     encode: float = 0.0
     wall: float = 0.0
 
-    def add(self, other: "StageTimes") -> None:
+    def add(self, other: StageTimes) -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 
@@ -225,8 +226,8 @@ class StageTimes:
 
 def process_images(
     spec: PipelineSpec,
-    paths: Sequence["str | Path"],
-    out_dir: "str | Path | None" = None,
+    paths: Sequence[str | Path],
+    out_dir: str | Path | None = None,
     chunk_size: int | None = None,
 ) -> StageTimes:
     """Crop every face of ``paths`` as the batch job does, timing each stage.

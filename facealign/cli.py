@@ -223,7 +223,12 @@ class _ProgressBar:
     show_default=True,
     help="Alignment template: 'arcface', 'loose', or a JSON file {\"size\": [w, h], \"points\": [[x, y] x 5]}.",
 )
-@click.option("--size", type=click.IntRange(min=8), default=None, help="Crop side in pixels [default: the template's, 112 for arcface].")
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Crop side in pixels [default: the template's, 112 for arcface].",
+)
 @click.option("--largest-only", is_flag=True, help="Crop only the largest face of each image.")
 @click.option(
     "--jobs",
@@ -248,7 +253,9 @@ class _ProgressBar:
     show_default=True,
     help="Format of OUT_DIR/manifest.*.",
 )
-@click.option("--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume).")
+@click.option(
+    "--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume)."
+)
 @click.option(
     "--cluster",
     metavar="ADDRESS",
@@ -263,7 +270,9 @@ class _ProgressBar:
     default=None,
     help="Images per task [default: 32 with --jobs, 256 with --cluster].",
 )
-@click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors.")
+@click.option(
+    "--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors."
+)
 @click.option(
     "--max-expected-error",
     type=click.FloatRange(min=0),

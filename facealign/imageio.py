@@ -219,7 +219,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
 def _decode(
     path: str | os.PathLike[str],
     max_pixels: int,
-    max_side: "int | MaxSide | None",
+    max_side: int | MaxSide | None,
     decoder_warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode ``path``; with ``max_side``, use JPEG draft mode and return the DCT scale."""
@@ -315,7 +315,7 @@ MaxSide = Callable[[int, int], int]
 
 def read_image_reduced(
     path: str | os.PathLike[str],
-    max_side: "int | MaxSide",
+    max_side: int | MaxSide,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     decoder_warnings: list[str] | None = None,
@@ -574,12 +574,12 @@ class FolderScan:
         Sub-folders that could not be listed (their files are unknown).
     """
 
-    images: list[tuple[Path, "os.stat_result | None", "str | None"]] = field(default_factory=list)
+    images: list[tuple[Path, os.stat_result | None, str | None]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
     unreadable_folders: list[Path] = field(default_factory=list)
 
 
-def _classify(entry: os.DirEntry) -> tuple[str, "os.stat_result | None", str | None]:
+def _classify(entry: os.DirEntry) -> tuple[str, os.stat_result | None, str | None]:
     """``("dir" | "image" | "other", stat, problem)`` for one directory entry."""
     try:
         if entry.is_dir(follow_symlinks=False):

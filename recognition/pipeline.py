@@ -86,9 +86,9 @@ from facealign.imageio import ImageReadError, read_image_reduced
 
 from .matching import PCAProjector, power_normalize, template_scores
 from .metrics import tar_at_far
-from .statistics import SplitComparisons
 from .protocol import Protocol as VerificationProtocol
 from .protocol import Split
+from .statistics import SplitComparisons
 
 if TYPE_CHECKING:
     from .backbone import Backbone

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import two_face_photo
 from PIL import Image
 
 import facealign
@@ -21,8 +22,6 @@ from facealign.alignment import estimate_similarity, get_template, transform_poi
 from facealign.cli import main
 from facealign.constants import DEFAULT_DETECTOR
 from facealign.imageio import read_image
-
-from conftest import two_face_photo
 
 MANIFEST_KEYS = {
     "source", "face", "num_faces", "box", "score", "landmarks", "transform", "output",
@@ -86,7 +85,12 @@ def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
             assert im.size == (112, 112)
         stem, ext = os.path.splitext(r["source"])
         assert r["output"] == f"{stem}_{r['face']}{'.jpg' if ext == '.jpg' else '.png'}"
-        assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", DEFAULT_DETECTOR)
+        assert (r["size"], r["template"], r["engine"], r["detector"]) == (
+            [112, 112],
+            "arcface",
+            "tcnn",
+            DEFAULT_DETECTOR,
+        )
         assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
     # Only crops, the two record files, the locks and the settings: nothing else (no .part
     # temporaries, no pending list once the job finished).

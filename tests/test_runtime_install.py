@@ -15,10 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import FACE_IMAGES, SHARED_DATASETS
 
 from facealign.research import TRAIN_INSTALL_HINT
-
-from conftest import FACE_IMAGES, SHARED_DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
 

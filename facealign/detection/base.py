@@ -16,7 +16,16 @@ import numpy as np
 
 from ..constants import NUM_POINTS
 
-__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "confident_or_best", "from_resized", "nms", "DEFAULT_MIN_FACE"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "PyramidDetector",
+    "check_image",
+    "confident_or_best",
+    "from_resized",
+    "nms",
+    "DEFAULT_MIN_FACE",
+]
 
 #: Smallest face (box width, pixels of the photo) the CNN detectors look for by default.
 DEFAULT_MIN_FACE: int = 20
@@ -59,15 +68,15 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
 
-    def take(self, index: "np.ndarray | slice") -> "Detections":
+    def take(self, index: np.ndarray | slice) -> Detections:
         """The faces at ``index`` (an index array, mask or slice), landmarks included."""
         points = None if self.landmarks is None else self.landmarks[index]
         return Detections(self.boxes[index], self.scores[index], points)
 
-    def sorted_by_area(self) -> "Detections":
+    def sorted_by_area(self) -> Detections:
         """The same faces, largest box first."""
         area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
         return self.take(np.argsort(-area, kind="stable"))
@@ -223,7 +232,10 @@ class PyramidDetector:
     rescue_threshold: float | None = None
 
     def __init__(
-        self, min_face: float = DEFAULT_MIN_FACE, threshold: float | None = None, rescue_threshold: "float | None | str" = "default"
+        self,
+        min_face: float = DEFAULT_MIN_FACE,
+        threshold: float | None = None,
+        rescue_threshold: float | None | str = "default",
     ) -> None:
         if not min_face > 0:
             raise ValueError(f"min_face must be positive, got {min_face}")

@@ -114,7 +114,7 @@ class RetinaFaceDetector(PyramidDetector):
         self,
         min_face: float = DEFAULT_MIN_FACE,
         threshold: float | None = None,
-        rescue_threshold: "float | None | str" = "default",
+        rescue_threshold: float | None | str = "default",
         threads: int | None = None,
     ) -> None:
         super().__init__(min_face, threshold, rescue_threshold)
@@ -155,7 +155,9 @@ class RetinaFaceDetector(PyramidDetector):
         # One channel at a time, straight into the input: 7x faster than a
         # float copy of the whole image and a transpose.
         for channel in range(3):
-            np.subtract(rgb[:, :, 2 - channel], _MEAN_BGR[channel], out=x[0, channel, :height, :width], dtype=np.float32)
+            np.subtract(
+                rgb[:, :, 2 - channel], _MEAN_BGR[channel], out=x[0, channel, :height, :width], dtype=np.float32
+            )
         loc, conf, landmarks = self._get_session().run(None, {"input": x})
         score = conf[0, :, 1]
         idx = np.flatnonzero(score >= self.lowest_score)
