@@ -394,7 +394,7 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 2, scale: int
             tile = np.full((th, tw, 3), 128, np.uint8)
         else:
             tile8 = np.clip(np.round(np.nan_to_num(img, nan=128.0)), 0, 255).astype(np.uint8)
-            tile = np.asarray(Image.fromarray(tile8).resize((tw, th), Image.BICUBIC))
+            tile = np.asarray(Image.fromarray(tile8).resize((tw, th), Image.Resampling.BICUBIC))
         r, c = divmod(i, cols)
         y, x = pad + r * (th + pad), pad + c * (tw + pad)
         canvas[y : y + th, x : x + tw] = tile
@@ -1002,9 +1002,8 @@ def run_analysis(
         order = np.argsort(-stats["layers"][layer]["sizes"], kind="stable")
         panels[f"clusters of {LAYER_LABELS[layer]} features"] = mosaic(means[order])
     plot_cluster_means(panels, out_dir / FIG1)
-    np.savez_compressed(
-        out_dir / ASSIGNMENTS, rows=rows[found], **{layer: labels[layer].astype(np.int16) for layer in layers}
-    )
+    assignments = {layer: labels[layer].astype(np.int16) for layer in layers}
+    np.savez_compressed(out_dir / ASSIGNMENTS, rows=rows[found], **assignments)  # type: ignore[arg-type]
     meta = {
         "paper_section": "2.2",
         "weights": {

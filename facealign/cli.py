@@ -33,6 +33,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -99,7 +100,7 @@ def _needs_train_extra(name: str, missing: list[str]) -> click.Command:
         name,
         callback=fail,
         help=message,
-        short_help=f"[needs {TRAIN_INSTALL_HINT}]",
+        short_help="(not installed: needs the train extra)",
         add_help_option=False,
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
@@ -194,7 +195,7 @@ class _ProgressBar:
     def __init__(self, label: str, enabled: bool) -> None:
         self.label = label
         self.enabled = enabled
-        self.bar = None
+        self.bar: Any = None  # a click progress bar, once the total is known
         self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
@@ -335,6 +336,7 @@ def crop(
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
     bar = _ProgressBar("Cropping", enabled=not quiet)
     try:
+        connection: contextlib.AbstractContextManager[Any]
         if cluster is None:
             connection = contextlib.nullcontext(None)
         else:
@@ -378,7 +380,7 @@ def crop(
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        warnings.filters[:] = saved_warnings[1]
+        warnings.filters[:] = saved_warnings[1]  # type: ignore[index]  # a list; typeshed says Sequence
         if saved_warnings[0] is None:
             os.environ.pop("PYTHONWARNINGS", None)
         else:

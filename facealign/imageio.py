@@ -137,7 +137,7 @@ def _strict_pillow(decoder_warnings: list[str] | None = None) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    if caught:
+                    if caught and decoder_warnings is not None:
                         decoder_warnings.extend(str(w.message) for w in caught)
         finally:
             Image.MAX_IMAGE_PIXELS = saved_max
@@ -170,6 +170,8 @@ def _to_uint8_gray(array: np.ndarray, mode: str) -> np.ndarray:
     """
     if array.dtype == np.uint8:
         return array
+    lo: float
+    hi: float
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         return (array.astype(np.uint16) >> 8).astype(np.uint8)
     if array.dtype.kind == "i" and array.dtype.itemsize == 2:

