@@ -303,7 +303,7 @@ class DlibFivePointPredictor:
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(self.model_path))
 
-    def detection(self, image: np.ndarray, box: Sequence[float]):
+    def detection(self, image: np.ndarray, box: Sequence[float] | np.ndarray):
         """dlib's ``full_object_detection`` for one face box of an ``H x W x 3`` uint8 RGB image."""
         return self._predictor(np.ascontiguousarray(image), self._dlib.rectangle(*box_to_dlib_rect(box)))
 

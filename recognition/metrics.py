@@ -112,7 +112,7 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | Non
 def tar_at_far(
     scores: np.ndarray,
     genuine: np.ndarray,
-    far: float | Sequence[float],
+    far: float | Sequence[float] | np.ndarray,
     weights: np.ndarray | None = None,
 ) -> float | np.ndarray:
     """True accept rate at a target false accept rate.

@@ -522,7 +522,9 @@ class FaceInput:
         return _map_box(self.box, _to_working, self.scale)[0]
 
 
-def read_face_inputs(root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float]]) -> list[FaceInput]:
+def read_face_inputs(
+    root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float] | np.ndarray]
+) -> list[FaceInput]:
     """Decode ``files`` (relative to ``root``) at the working resolution, with their face boxes.
 
     Detection already read every file, so a read error here means the file changed.
@@ -560,7 +562,7 @@ class Aligner(Protocol):
         ...
 
 
-def box_alignment_matrix(box: Sequence[float], template: Template) -> np.ndarray:
+def box_alignment_matrix(box: Sequence[float] | np.ndarray, template: Template) -> np.ndarray:
     """The ``box`` aligner's 2 x 3 image-to-crop map for one face box.
 
     The box is made square about its centre (side ``sqrt(w * h)``); the mean
@@ -1293,8 +1295,8 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
         mean, std = np.asarray(roc["tar_mean"]), np.asarray(roc["tar_std"])
         ax.plot(far, mean, label=name)
         ax.fill_between(far, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
-    for far in FAR_TARGETS:
-        ax.axvline(far, color="0.7", lw=0.8, ls="--")
+    for target in FAR_TARGETS:
+        ax.axvline(target, color="0.7", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlim(ROC_GRID[0], 1)
     ax.set_ylim(0, 1)

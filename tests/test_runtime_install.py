@@ -142,3 +142,32 @@ def test_research_commands_load_with_the_extras() -> None:
         assert "needs the train extra" not in (command.help or "")
         help_text = CliRunner().invoke(main, [name, "--help"])
         assert help_text.exit_code == 0 and "Usage: " in help_text.stdout
+
+
+def _requirements(text: str) -> set[str]:
+    """Distribution names (lower case, no version or extras) of a setup.cfg requirement list."""
+    import re
+
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_install_requirements_and_extras() -> None:
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    runtime = _requirements(cfg["options"]["install_requires"])
+    assert not runtime & {"scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
+    extras = {name: _requirements(value) for name, value in cfg["options.extras_require"].items()}
+    assert {"train", "recognition", "dask", "bench", "test"} <= set(extras)
+    # The README's install command (the test extra) brings every other extra's packages.
+    for name, packages in extras.items():
+        assert packages <= extras["test"], f"the test extra lacks {sorted(packages - extras['test'])} of [{name}]"
+    install = (REPO / "README.md").read_text().split("## Install and test", 1)[1].split("\n## ", 1)[0]
+    for name in extras:
+        assert f"| `{name}` |" in install, f"README's install section does not name the {name} extra"

@@ -31,6 +31,7 @@ image-right mouth corner       54
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def reduce_68_to_5(points68: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_to_dlib_rect(box: np.ndarray | tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+def box_to_dlib_rect(box: np.ndarray | Sequence[float]) -> tuple[int, int, int, int]:
     """A facealign box (continuous edges) as dlib's inclusive pixel indices ``(left, top, right, bottom)``.
 
     The inverse of :class:`facealign.detection.DlibHogDetector`, which turns a dlib
