@@ -1,8 +1,8 @@
 """The run time stands without the research extras (issue 12).
 
 ``pip install facealign`` (no extras) brings no scikit-learn, SciPy, matplotlib or
-scikit-image. ``facealign crop`` and ``facealign landmarks`` are run here in a child
-process in which an import hook makes those packages unimportable, so the test
+scikit-image. ``facealign crop``, ``facealign landmarks`` and ``FaceAligner`` are run
+here in a child process in which an import hook makes those packages unimportable, so the test
 fails as soon as a run-time path imports one of them (or a research module).
 """
 
@@ -62,6 +62,12 @@ for key, args in {commands!r}.items():
     result = runner.invoke(main, args)
     results[key] = {{"exit_code": result.exit_code, "stdout": result.stdout, "output": result.output,
                     "exception": repr(result.exception) if result.exit_code and result.exception else None}}
+import numpy as np
+
+import facealign
+
+faces = facealign.FaceAligner().process(np.asarray(facealign.read_image({photo!r})))
+results["api_faces"] = len(faces)
 results["modules"] = sorted(sys.modules)
 print(json.dumps(results))
 """
@@ -92,7 +98,8 @@ def test_crop_and_landmarks_run_without_the_research_extras(tmp_path: Path) -> N
         "help": ["--help"],
         "train": ["train", "--data", str(tmp_path)],
     }
-    script = textwrap.dedent(CHILD).format(blocked=BLOCKED, commands=commands)
+    photo = str(photos / faces[0]) if faces else str(photos / "blank.png")
+    script = textwrap.dedent(CHILD).format(blocked=BLOCKED, commands=commands, photo=photo)
     child = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
     )
@@ -114,6 +121,9 @@ def test_crop_and_landmarks_run_without_the_research_extras(tmp_path: Path) -> N
     found = {Path(r["image"]).name: len(r["faces"]) for r in lines}
     assert found["blank.png"] == 0
     assert all(found[name] >= 1 for name in faces)
+
+    # The public API too.
+    assert results["api_faces"] == (1 if faces else 0)
 
     # The research commands are listed with how to install them, and say it in one line when run.
     assert results["help"]["exit_code"] == 0
