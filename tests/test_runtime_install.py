@@ -152,6 +152,17 @@ def test_research_commands_load_with_the_extras() -> None:
         assert "needs the train extra" not in (command.help or "")
         help_text = CliRunner().invoke(main, [name, "--help"])
         assert help_text.exit_code == 0 and "Usage: " in help_text.stdout
+    # Every command the research modules define is reachable (a new one needs its RESEARCH_COMMANDS entry).
+    import importlib
+
+    import click
+
+    for module in {module for module, _ in RESEARCH_COMMANDS.values()}:
+        for value in vars(importlib.import_module(module)).values():
+            if isinstance(value, click.Command):
+                assert RESEARCH_COMMANDS.get(value.name or "", ("", ""))[0] == module, (
+                    f"{module} defines the command {value.name!r}: add it to facealign.cli.RESEARCH_COMMANDS"
+                )
 
 
 def _requirements(text: str) -> set[str]:
