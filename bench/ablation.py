@@ -95,7 +95,8 @@ def main() -> None:
     ]
     for r in table:
         lines.append(
-            f"| {r['configuration']} | {r['validation_nme']:.2f}% | {r['aflw_nme']:.2f}% | {100 * r['aflw_failure_rate']:.1f}% |"
+            f"| {r['configuration']} | {r['validation_nme']:.2f}% | {r['aflw_nme']:.2f}% "
+            f"| {100 * r['aflw_failure_rate']:.1f}% |"
         )
     (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

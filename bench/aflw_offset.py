@@ -78,7 +78,10 @@ def main() -> None:
         r = out[name] = signed_offsets(engine, split, args.cache_dir)
         print(f"{name}: {r['n']} faces, box width {r['mean_box_width']:.1f} px, NME {r['nme']:.2f}%")
         print(f"  mean signed offset (x, y): {r['offset_px'][0]:+.2f} px, {r['offset_px'][1]:+.2f} px")
-        print(f"  ground-truth centroid in the box: ({r['truth_centroid_in_box'][0]:.4f}, {r['truth_centroid_in_box'][1]:.4f})")
+        print(
+            "  ground-truth centroid in the box: "
+            f"({r['truth_centroid_in_box'][0]:.4f}, {r['truth_centroid_in_box'][1]:.4f})"
+        )
         for b in r["by_box_width"]:
             lo, hi = b["box_width"]
             print(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -73,7 +72,10 @@ def chunk_overhead(n_chunks: int, chunk_size: int) -> float:
     from facealign.batch import _Task
     from facealign.cluster import CHUNKS_IN_FLIGHT_PER_THREAD
 
-    chunk = [_Task(f"a/b/{i:08d}.jpg", f"/data/in/a/b/{i:08d}.jpg", f"a/b/{i:08d}", ".jpg", 123456, 1) for i in range(chunk_size)]
+    chunk = [
+        _Task(f"a/b/{i:08d}.jpg", f"/data/in/a/b/{i:08d}.jpg", f"a/b/{i:08d}", ".jpg", 123456, 1)
+        for i in range(chunk_size)
+    ]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(
         cluster
     ) as client:

@@ -17,9 +17,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ LANDMARK_KINDS = ("tcnn", "vanilla", DLIB_ERT)
 
 
 #: Threads of the landmark engines the benches build (:func:`set_threads`); None: onnxruntime's choice.
-ENGINE_THREADS: "int | None" = None
+ENGINE_THREADS: int | None = None
 
 
 def set_threads(n: int) -> None:
@@ -89,7 +90,7 @@ def link_photos(paths: Sequence[Path], folder: Path) -> Path:
     return folder
 
 
-def sample_paths(folder: "str | Path", n: int | None) -> list[Path]:
+def sample_paths(folder: str | Path, n: int | None) -> list[Path]:
     """``n`` images spread evenly over the sorted listing of ``folder`` (all when ``n`` is None)."""
     from facealign.imageio import find_images
 
@@ -159,7 +160,7 @@ class PipelineSpec:
     """A detector and a landmark step.
 
     ``landmarks`` is ``"tcnn"``, ``"vanilla"`` (our engines; ``mirror`` None is the
-    engine default) or ``"dlib-ert68"`` (:class:`facealign.peers.DlibShapePredictor`).
+    engine default) or ``"dlib-ert68"`` (:class:`facealign.research.peers.DlibShapePredictor`).
     """
 
     name: str
@@ -179,7 +180,7 @@ class PipelineSpec:
 def build_landmarker(kind: str, mirror: bool | None = None):
     """A landmark step with ``predict_many(images, boxes)``: a LandmarkEngine or the dlib peer."""
     if kind == DLIB_ERT:
-        from facealign.peers import DlibShapePredictor
+        from facealign.research.peers import DlibShapePredictor
 
         return DlibShapePredictor()
     from facealign.engine import LandmarkEngine
@@ -219,7 +220,7 @@ class StageTimes:
     encode: float = 0.0
     wall: float = 0.0
 
-    def add(self, other: "StageTimes") -> None:
+    def add(self, other: StageTimes) -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 
@@ -230,8 +231,8 @@ class StageTimes:
 
 def process_images(
     spec: PipelineSpec,
-    paths: Sequence["str | Path"],
-    out_dir: "str | Path | None" = None,
+    paths: Sequence[str | Path],
+    out_dir: str | Path | None = None,
     chunk_size: int | None = None,
 ) -> StageTimes:
     """Crop every face of ``paths`` as the batch job does, timing each stage.

@@ -110,7 +110,7 @@ def log(msg: str) -> None:
 def peers_available() -> str | None:
     """None when the dlib peers can run, else why not."""
     try:
-        from facealign.peers import dlib_model_path
+        from facealign.research.peers import dlib_model_path
 
         dlib_model_path(68)
     except ImportError as exc:
@@ -201,7 +201,7 @@ def landmark_throughput(pipelines: list[PipelineSpec], paths: list[Path], batch:
     for spec in pipelines:
         kinds.setdefault((spec.landmarks, spec.mirror), get_pipeline(spec)[1])
     times = {k: {"crops": [], "images": []} for k in kinds}
-    for k, lm in kinds.items():  # warm up
+    for lm in kinds.values():  # warm up
         if hasattr(lm, "predict_crops"):
             lm.predict_crops(crops[:64])
         lm.predict_many(many_images[:16], many_boxes[:16])
@@ -275,7 +275,7 @@ def speed(
 def add_ratios(speed_res: dict) -> None:
     """Speed-up of every figure against the reference pipeline (> 1: faster than dlib)."""
     ref = speed_res["pipelines"].get(REFERENCE)
-    for name, res in speed_res["pipelines"].items():
+    for res in speed_res["pipelines"].values():
         ratios = {}
         for key, value in list(res.items()):
             if not isinstance(value, float) or key.endswith("_batched"):
@@ -325,10 +325,19 @@ def report(result: dict) -> str:
         rows = []
         for name, r in acc["pipelines"].items():
             c = r["common"]
-            rows.append([
-                f"{name}: {DESCRIPTIONS.get(name, '')}", r["detected"], r["misses"], fmt(r["nme"], 2), fmt(r["median"], 2),
-                fmt(100 * r["failure_rate"], 1), fmt(c["nme"], 2), fmt(c["median"], 2), fmt(100 * c["failure_rate"], 1),
-            ])
+            rows.append(
+                [
+                    f"{name}: {DESCRIPTIONS.get(name, '')}",
+                    r["detected"],
+                    r["misses"],
+                    fmt(r["nme"], 2),
+                    fmt(r["median"], 2),
+                    fmt(100 * r["failure_rate"], 1),
+                    fmt(c["nme"], 2),
+                    fmt(c["median"], 2),
+                    fmt(100 * c["failure_rate"], 1),
+                ]
+            )
         lines += [
             markdown_table(
                 ["pipeline", "detected", "misses", "mean %", "median %", "failure %",
@@ -372,18 +381,27 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help=f"small subset: every {QUICK_MTFL_STEP}th MTFL test face, {QUICK_IMAGES} celeba_wild images, 2 repeats")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small subset: every {QUICK_MTFL_STEP}th MTFL test face, {QUICK_IMAGES} celeba_wild images, 2 repeats",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for compare.md and compare.json")
-    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"detector box cache (default {DEFAULT_CACHE})")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"detector box cache (default {DEFAULT_CACHE})"
+    )
     ap.add_argument("--mtfl", type=Path, default=MTFL_ROOT, help="MTFL root")
     ap.add_argument("--celeba", type=Path, default=CELEBA_IMAGES, help="celeba_wild image folder")
     ap.add_argument("--images", type=int, default=None, help="celeba_wild images for speed (default 300; quick 100)")
     ap.add_argument("--all", action="store_true", help="every celeba_wild image for speed")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3; quick 2)")
     ap.add_argument("--threads", type=int, default=1, help="compute threads per process (default 1)")
-    ap.add_argument("--batch", type=int, default=None, help="crops per batched landmark timing (default 2048; quick 512)")
+    ap.add_argument(
+        "--batch", type=int, default=None, help="crops per batched landmark timing (default 2048; quick 512)"
+    )
     ap.add_argument("--no-accuracy", action="store_true", help="skip the MTFL accuracy part")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed part")
     args = ap.parse_args(argv)

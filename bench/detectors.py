@@ -134,7 +134,10 @@ def main() -> None:
 
     print(f"\nceleba_wild ({len(paths)} photos; time: median ms of detect() per photo, one thread, "
           f"and its ratio to {REFERENCE} in the same run)\n")
-    print("| detector | photos with a face | with several faces | finds 000093.jpg | ms per photo | time vs dlib HOG up-1 |")
+    print(
+        "| detector | photos with a face | with several faces | finds 000093.jpg | ms per photo "
+        "| time vs dlib HOG up-1 |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in result["celeba_wild"].items():
         print(f"| {name} | {100 * r['with_face']:.1f}% | {100 * r['several_faces']:.1f}% | "

@@ -8,7 +8,7 @@ at 112 px, every face of every JPEG under IN_DIR written as OUT_DIR/<stem>_<k>.j
 with OpenCV. ``--shard K/N`` takes every N-th image from the K-th, so that N
 processes share a folder. Deliberately as short as a user's script: no resume,
 no manifest, no error handling. (The model file is located with
-``facealign.peers.dlib_model_path``: ``face_recognition_models``' own helper
+``facealign.research.peers.dlib_model_path``: ``face_recognition_models``' own helper
 imports ``pkg_resources``, which recent setuptools no longer ship.)
 """
 
@@ -18,7 +18,7 @@ import pathlib
 import cv2
 import dlib
 
-from facealign.peers import dlib_model_path  # the model file of face-recognition-models
+from facealign.research.peers import dlib_model_path  # the model file of face-recognition-models
 
 ap = argparse.ArgumentParser()
 ap.add_argument("in_dir", type=pathlib.Path)

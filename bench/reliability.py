@@ -51,9 +51,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from common import CELEBA_IMAGES, REPO_ROOT, sample_paths
+from PIL import Image
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import _save_variants  # noqa: E402  (the odd encodings the tests use)
@@ -84,7 +83,9 @@ def build_bad(folder: Path, photo: Path, out_dir: Path) -> None:
     (folder / "dirlink").symlink_to(folder / "odd", target_is_directory=True)
     (folder / "photo.heic").write_bytes(data)
     (folder / "notes.txt").write_text("not a photo\n")
-    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+    header = (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+    )
     (folder / "bomb.png").write_bytes(header + b"\x00" * 64)
     big = Image.new("RGB", (8000, 6000), (120, 110, 100))
     face = Image.open(photo).convert("RGB")
@@ -166,7 +167,10 @@ def snapshot_inputs(corpus: Path, photo_dir: Path) -> dict[str, tuple]:
 
 
 def expected_sources(root: Path) -> set[str]:
-    """Image-named entries under ``root`` that are not hidden and not in hidden folders (links to folders not followed)."""
+    """Image-named entries under ``root`` that are not hidden and not in hidden folders.
+
+    Links to folders are not followed.
+    """
     found = set()
     for directory, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]

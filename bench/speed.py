@@ -93,7 +93,7 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
         for label, name, mirror, refine in ENGINE_CONFIGS
     }
     times: dict[str, dict[str, list[float]]] = {label: {"crops": [], "many": []} for label in engines}
-    for label, engine in engines.items():  # warm up
+    for engine in engines.values():  # warm up
         network_passes(engine, crops)
         engine.predict_many(many_images, many_boxes)
     for r in range(repeats):
@@ -135,7 +135,7 @@ def batch_size_sweep(images, boxes, batch: int, repeats: int, threads_list, size
         for label, name, mirror, refine in (ENGINE_CONFIGS[0], ENGINE_CONFIGS[-1]):
             for size in sizes:
                 engine = LandmarkEngine(name, mirror=mirror, refine=refine, batch_size=size, threads=threads)
-                seconds = timed_runs(lambda: network_passes(engine, crops), repeats)
+                seconds = timed_runs(lambda engine=engine: network_passes(engine, crops), repeats)
                 rows.append({"engine": label, "threads": threads, "batch_size": size,
                              "faces_per_s": batch / median(seconds), "seconds": seconds})
                 log(f"  sweep {label} threads={threads} batch_size={size}: {rows[-1]['faces_per_s']:.0f} faces/s")
@@ -253,15 +253,22 @@ def report(res: dict) -> str:
         f"Instrumented loop ({e2e['pipeline']}): **{e2e['images_per_s']:.1f} images/s** "
         f"(median of {res['e2e_repeats']} runs)",
         "",
-        markdown_table(["stage", "ms / image", "share"],
-                       [[s, e2e["ms_per_image"][s], f"{100 * e2e['ms_per_image'][s] / e2e['ms_per_image']['total']:.0f}%"]
-                        for s in STAGES] + [["total (wall)", e2e["ms_per_image"]["total"], "100%"]]),
+        markdown_table(
+            ["stage", "ms / image", "share"],
+            [
+                [s, e2e["ms_per_image"][s], f"{100 * e2e['ms_per_image'][s] / e2e['ms_per_image']['total']:.0f}%"]
+                for s in STAGES
+            ]
+            + [["total (wall)", e2e["ms_per_image"]["total"], "100%"]],
+        ),
         "",
         "encode includes the atomic write (fsync) of each crop, as in the batch job.",
         "",
     ]
     if res.get("crop_job"):
-        rows = [[f"jobs={j}", v["images_per_s"], v["cold_images_per_s"], v["faces"]] for j, v in res["crop_job"].items()]
+        rows = [
+            [f"jobs={j}", v["images_per_s"], v["cold_images_per_s"], v["faces"]] for j, v in res["crop_job"].items()
+        ]
         text += [
             f"### `run_crop_job` (median of {res['e2e_repeats']} warm runs; the cold first run apart)",
             "",
@@ -276,7 +283,9 @@ def report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=300, help="celeba_wild images in the sample (default 300)")
     ap.add_argument("--all", action="store_true", help="use every celeba_wild image")
     ap.add_argument("--folder", type=Path, default=CELEBA_IMAGES, help="image folder (default celeba_wild/images)")

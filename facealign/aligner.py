@@ -73,10 +73,10 @@ class FaceAligner:
 
     def __init__(
         self,
-        detector: "str | Detector | None" = None,
-        engine: "str | LandmarkEngine" = DEFAULT_ENGINE,
-        template: "str | Path | Template | np.ndarray" = "arcface",
-        size: "int | tuple[int, int] | None" = None,
+        detector: str | Detector | None = None,
+        engine: str | LandmarkEngine = DEFAULT_ENGINE,
+        template: str | Path | Template | np.ndarray = "arcface",
+        size: int | tuple[int, int] | None = None,
         min_face: float | None = None,
     ) -> None:
         self.detector = get_detector(detector, min_face=min_face)

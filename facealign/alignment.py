@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import cv2
 import numpy as np
@@ -364,7 +364,8 @@ def get_template(spec: TemplateSpec, size: int | tuple[int, int] | None = None) 
         if size is None:
             raise ValueError("a template given as a point array needs size=(width, height)")
         try:
-            return Template("custom", np.asarray(spec, dtype=np.float64), size)
+            # Template normalises an int size (square) to (width, height).
+            return Template("custom", np.asarray(spec, dtype=np.float64), cast(tuple[int, int], size))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid template points: {exc}") from exc
     if size is not None and _as_size(size) != template.size:

@@ -51,9 +51,10 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -237,7 +238,9 @@ def mean_se(values: np.ndarray) -> dict[str, float | int]:
     return {"mean": mean, "se": se, "clusters": n}
 
 
-def binary_attribute_labels(attributes: np.ndarray, names: tuple[str, ...] = BINARY_ATTRIBUTES) -> dict[str, np.ndarray]:
+def binary_attribute_labels(
+    attributes: np.ndarray, names: tuple[str, ...] = BINARY_ATTRIBUTES
+) -> dict[str, np.ndarray]:
     """MTFL attribute codes to 0/1 labels: code 1 -> 1.0, code 2 -> 0.0, -1 -> NaN.
 
     Parameters
@@ -285,7 +288,12 @@ def reduce_features(x: np.ndarray, dims: int, above: int, seed: int) -> tuple[np
     dims = int(min(dims, n, d))
     pca = PCA(n_components=dims, whiten=False, svd_solver="randomized", random_state=seed)
     y = pca.fit_transform(x.astype(np.float32)).astype(np.float64)
-    info = {"input_dims": d, "dims": dims, "pca": True, "explained_variance": float(pca.explained_variance_ratio_.sum())}
+    info = {
+        "input_dims": d,
+        "dims": dims,
+        "pca": True,
+        "explained_variance": float(pca.explained_variance_ratio_.sum()),
+    }
     return y, info
 
 
@@ -386,7 +394,7 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 2, scale: int
             tile = np.full((th, tw, 3), 128, np.uint8)
         else:
             tile8 = np.clip(np.round(np.nan_to_num(img, nan=128.0)), 0, 255).astype(np.uint8)
-            tile = np.asarray(Image.fromarray(tile8).resize((tw, th), Image.BICUBIC))
+            tile = np.asarray(Image.fromarray(tile8).resize((tw, th), Image.Resampling.BICUBIC))
         r, c = divmod(i, cols)
         y, x = pad + r * (th + pad), pad + c * (tw + pad)
         canvas[y : y + th, x : x + tw] = tile
@@ -398,7 +406,9 @@ def mosaic(images: np.ndarray, cols: int | None = None, pad: int = 2, scale: int
 # --------------------------------------------------------------------------- #
 
 
-def extract_layer_inputs(weights, crops: np.ndarray, layers: tuple[str, ...], batch_size: int = 500) -> dict[str, np.ndarray]:
+def extract_layer_inputs(
+    weights, crops: np.ndarray, layers: tuple[str, ...], batch_size: int = 500
+) -> dict[str, np.ndarray]:
     """Representations at the input of ``layers`` for uint8 crops (``N x 40 x 40 x 3``).
 
     ``weights`` is a training weights file (``.pt``) of the vanilla network; its
@@ -549,15 +559,6 @@ def landmark_ratio(stats: dict[str, Any], frame: str, top: str = "FC5", bottom: 
 # --------------------------------------------------------------------------- #
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _errorbar_figure(
     series: dict[str, tuple[list[float], list[float]]],
     layers: list[str],
@@ -566,8 +567,9 @@ def _errorbar_figure(
     path: Path,
     references: dict[str, float] | None = None,
 ) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.2, 4.4), dpi=120)
+    from .research.figures import subplots
+
+    fig, ax = subplots(figsize=(8.2, 4.4), dpi=120)
     xs = np.arange(len(layers))
     for i, (name, (mean, se)) in enumerate(series.items()):
         color = f"C{i}"
@@ -577,7 +579,7 @@ def _errorbar_figure(
     if references:
         ax.plot([], [], color="grey", ls=":", lw=1, label="all faces, one cluster")
     ax.set_xticks(xs)
-    ax.set_xticklabels([LAYER_LABELS.get(l, l) for l in layers], rotation=15)
+    ax.set_xticklabels([LAYER_LABELS.get(layer, layer) for layer in layers], rotation=15)
     ax.set_xlabel("representation clustered (input of layer)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -585,7 +587,6 @@ def _errorbar_figure(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_landmark_variance(stats: dict[str, Any], frame: str, path: Path, k: int) -> None:
@@ -594,8 +595,8 @@ def plot_landmark_variance(stats: dict[str, Any], frame: str, path: Path, k: int
     names = list(stats["layers"][layers[0]]["landmark"][frame]["per_landmark"])
     series = {
         j: (
-            [stats["layers"][l]["landmark"][frame]["per_landmark"][j]["mean"] for l in layers],
-            [stats["layers"][l]["landmark"][frame]["per_landmark"][j]["se"] for l in layers],
+            [stats["layers"][layer]["landmark"][frame]["per_landmark"][j]["mean"] for layer in layers],
+            [stats["layers"][layer]["landmark"][frame]["per_landmark"][j]["se"] for layer in layers],
         )
         for j in names
     }
@@ -612,8 +613,8 @@ def plot_attribute_variance(stats: dict[str, Any], path: Path, k: int) -> None:
     names = list(stats["layers"][layers[0]]["attribute"])
     series = {
         a: (
-            [stats["layers"][l]["attribute"][a]["mean"] for l in layers],
-            [stats["layers"][l]["attribute"][a]["se"] for l in layers],
+            [stats["layers"][layer]["attribute"][a]["mean"] for layer in layers],
+            [stats["layers"][layer]["attribute"][a]["se"] for layer in layers],
         )
         for a in names
     }
@@ -625,8 +626,9 @@ def plot_attribute_variance(stats: dict[str, Any], path: Path, k: int) -> None:
 
 def plot_cluster_means(panels: dict[str, np.ndarray], path: Path) -> None:
     """Fig. 1: mosaics of cluster-average crops, one panel per layer, largest cluster first."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 6.4), dpi=110)
+    from .research.figures import subplots
+
+    fig, axes = subplots(1, len(panels), figsize=(6.0 * len(panels), 6.4), dpi=110)
     axes = np.atleast_1d(axes)
     for ax, (title, img) in zip(axes, panels.items()):
         ax.imshow(img)
@@ -634,7 +636,6 @@ def plot_cluster_means(panels: dict[str, np.ndarray], path: Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_cluster_scatter(
@@ -646,10 +647,10 @@ def plot_cluster_scatter(
     Returns the chosen cluster of each layer.
     """
     from .constants import POINT_NAMES
+    from .research.figures import subplots
 
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.0 * len(layers), 4.2), dpi=110)
+    fig, axes = subplots(1, len(layers), figsize=(4.0 * len(layers), 4.2), dpi=110)
     axes = np.atleast_1d(axes)
     chosen = {}
     for ax, layer in zip(axes, layers):
@@ -670,7 +671,6 @@ def plot_cluster_scatter(
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return chosen
 
 
@@ -701,15 +701,18 @@ def build_report(stats: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     layers = list(stats["layers"])
     rep: dict[str, Any] = dict(meta)
     rep["layers"] = layers
-    rep["layer_labels"] = {l: LAYER_LABELS.get(l, l) for l in layers}
-    rep["reduction"] = {l: stats["layers"][l]["reduction"] for l in layers}
-    rep["gmm"] = {l: stats["layers"][l]["gmm"] for l in layers}
-    rep["cluster_sizes"] = {l: stats["layers"][l]["sizes"] for l in layers}
-    rep["table1"] = {l: stats["layers"][l]["table1"] for l in layers}
+    rep["layer_labels"] = {layer: LAYER_LABELS.get(layer, layer) for layer in layers}
+    rep["reduction"] = {layer: stats["layers"][layer]["reduction"] for layer in layers}
+    rep["gmm"] = {layer: stats["layers"][layer]["gmm"] for layer in layers}
+    rep["cluster_sizes"] = {layer: stats["layers"][layer]["sizes"] for layer in layers}
+    rep["table1"] = {layer: stats["layers"][layer]["table1"] for layer in layers}
     rep["landmark_variance"] = {
         frame: {
-            l: {key: stats["layers"][l]["landmark"][frame][key] for key in ("per_landmark", "mean", "skipped_clusters")}
-            for l in layers
+            layer: {
+                key: stats["layers"][layer]["landmark"][frame][key]
+                for key in ("per_landmark", "mean", "skipped_clusters")
+            }
+            for layer in layers
         }
         for frame in LANDMARK_FRAMES
         if frame in stats["layers"][layers[0]]["landmark"]
@@ -717,15 +720,16 @@ def build_report(stats: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     rep["landmark_frames"] = {f: LANDMARK_FRAMES[f] for f in rep["landmark_variance"]}
     if "CL1" in layers and "FC5" in layers:
         rep["landmark_variance_ratio"] = {
-            "definition": "mean landmark variance (Eq. 3, averaged over the 5 landmarks) at FC5 input / at RGB (CL1 input)",
+            "definition": "mean landmark variance (Eq. 3, averaged over the 5 landmarks) "
+            "at FC5 input / at RGB (CL1 input)",
             "paper": PAPER_RATIO,
             **{f: landmark_ratio(stats, f) for f in rep["landmark_variance"]},
         }
-    rep["attribute_variance"] = {l: stats["layers"][l]["attribute"] for l in layers}
+    rep["attribute_variance"] = {layer: stats["layers"][layer]["attribute"] for layer in layers}
     rep["attribute_coding"] = {a: f"1 = {p}, 0 = not; unknown (-1) dropped" for a, p in ATTRIBUTE_POSITIVE.items()}
     rep["pose_variance"] = {
         "note": "extra, not in the paper: variance of the MTFL pose index 1..5 within clusters",
-        **{l: stats["layers"][l]["pose"] for l in layers},
+        **{layer: stats["layers"][layer]["pose"] for layer in layers},
     }
     rep["reference_one_cluster"] = stats["reference"]
     return rep
@@ -738,7 +742,7 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def report_markdown(rep: dict[str, Any]) -> str:
     """A short ``report.md`` for a :func:`build_report` dictionary (PNGs are referenced by name)."""
     layers = rep["layers"]
-    labels = [rep["layer_labels"][l] for l in layers]
+    labels = [rep["layer_labels"][layer] for layer in layers]
     s = rep["settings"]
     f = rep["faces"]
     lines = [
@@ -749,40 +753,51 @@ def report_markdown(rep: dict[str, Any]) -> str:
         + ".",
     ]
     if rep["weights"].get("placeholder"):
-        lines.append("**These weights are an untrained placeholder: the figures below say nothing about a trained network.**")
+        lines.append(
+            "**These weights are an untrained placeholder: the figures below say nothing about a trained network.**"
+        )
     lines += [
         "",
         f"Faces: {f['listed']} listed in `train.txt`"
         + (f", a seeded sample of {f['sampled']}" if f["sampled"] != f["listed"] else "")
-        + f"; the {s['detector']} detector missed {f['missed']}, which are skipped; **{f['analysed']} faces analysed**.",
+        + f"; the {s['detector']} detector missed {f['missed']}, which are skipped; "
+        f"**{f['analysed']} faces analysed**.",
         f"Clustering: Gaussian mixture by EM, K = {s['clusters']}, diagonal covariances, one k-means-seeded run "
         f"(seed {s['seed']}), at most {s['max_iter']} iterations, reg_covar {s['reg_covar']:g} x the mean feature "
         "variance; each face goes to the component of highest posterior (Eq. 2).",
     ]
     red = rep["reduction"]
-    pca = [l for l in layers if red[l]["pca"]]
-    raw = [l for l in layers if not red[l]["pca"]]
+    pca = [layer for layer in layers if red[layer]["pca"]]
+    raw = [layer for layer in layers if not red[layer]["pca"]]
     if pca:
         lines.append(
             "PCA (no whitening) before clustering: "
             + ", ".join(
-                f"{rep['layer_labels'][l]} {red[l]['input_dims']} -> {red[l]['dims']} dims "
-                f"({100 * red[l]['explained_variance']:.1f}% of the variance)"
-                for l in pca
+                f"{rep['layer_labels'][layer]} {red[layer]['input_dims']} -> {red[layer]['dims']} dims "
+                f"({100 * red[layer]['explained_variance']:.1f}% of the variance)"
+                for layer in pca
             )
             + "."
         )
     if raw:
-        lines.append("Clustered in full: " + ", ".join(f"{rep['layer_labels'][l]} ({red[l]['input_dims']} dims)" for l in raw) + ".")
-    nconv = [l for l in layers if not rep["gmm"][l]["converged"]]
+        lines.append(
+            "Clustered in full: "
+            + ", ".join(f"{rep['layer_labels'][layer]} ({red[layer]['input_dims']} dims)" for layer in raw)
+            + "."
+        )
+    nconv = [layer for layer in layers if not rep["gmm"][layer]["converged"]]
     if nconv:
         lines.append("EM stopped at the iteration limit before converging for: " + ", ".join(nconv) + ".")
     lines += ["", "## Table 1: cluster sizes (median ± SD over the K clusters)", ""]
     lines.append("| | " + " | ".join(labels) + " |")
     lines.append("|---" * (len(layers) + 1) + "|")
     t1 = rep["table1"]
-    lines.append("| size | " + " | ".join(f"{_fmt(t1[l]['median'], 1)} ± {_fmt(t1[l]['sd'], 1)}" for l in layers) + " |")
-    lines.append("| empty clusters | " + " | ".join(str(t1[l]["empty"]) for l in layers) + " |")
+    lines.append(
+        "| size | "
+        + " | ".join(f"{_fmt(t1[layer]['median'], 1)} ± {_fmt(t1[layer]['sd'], 1)}" for layer in layers)
+        + " |"
+    )
+    lines.append("| empty clusters | " + " | ".join(str(t1[layer]["empty"]) for layer in layers) + " |")
     lines.append("")
     lines.append("Paper (K = 64, 7,571 faces): 92.0 ± 98.3, 110.5 ± 55.1, 116.0 ± 70.0, 118.5 ± 81.6, 110.0 ± 58.3.")
 
@@ -800,11 +815,14 @@ def report_markdown(rep: dict[str, Any]) -> str:
     for j in names:
         lines.append(
             f"| {j} | "
-            + " | ".join(f"{_fmt(lv[l]['per_landmark'][j]['mean'])} ± {_fmt(lv[l]['per_landmark'][j]['se'])}" for l in layers)
+            + " | ".join(
+                f"{_fmt(lv[layer]['per_landmark'][j]['mean'])} ± {_fmt(lv[layer]['per_landmark'][j]['se'])}"
+                for layer in layers
+            )
             + " |"
         )
-    lines.append("| **mean** | " + " | ".join(_fmt(lv[l]["mean"]) for l in layers) + " |")
-    lines.append("| skipped clusters | " + " | ".join(str(lv[l]["skipped_clusters"]) for l in layers) + " |")
+    lines.append("| **mean** | " + " | ".join(_fmt(lv[layer]["mean"]) for layer in layers) + " |")
+    lines.append("| skipped clusters | " + " | ".join(str(lv[layer]["skipped_clusters"]) for layer in layers) + " |")
     ratio = rep.get("landmark_variance_ratio")
     if ratio:
         r40, r80 = ratio["input40"]["mean"], ratio.get("image80", {}).get("mean")
@@ -812,7 +830,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
             "",
             f"**Measured ratio of mean landmark variance FC5 / RGB: {_fmt(r40, 3)}** "
             f"(mean variance {_fmt(lv['CL1']['mean'])} -> {_fmt(lv['FC5']['mean'])} px²; "
-            f"in 80 x 80 image pixels: {_fmt(r80, 3)}). The paper reports that it roughly halves (ratio about {PAPER_RATIO}).",
+            f"in 80 x 80 image pixels: {_fmt(r80, 3)}). "
+            f"The paper reports that it roughly halves (ratio about {PAPER_RATIO}).",
             "In 80 x 80 image pixels the variances also hold where the detector put the face box and how large it "
             "made it, which no layer sees: every layer works on the box crop.",
         ]
@@ -835,7 +854,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
     for a in av[layers[0]]:
         lines.append(
             f"| {a} | "
-            + " | ".join(f"{_fmt(av[l][a]['mean'], 3)} ± {_fmt(av[l][a]['se'], 3)}" for l in layers)
+            + " | ".join(f"{_fmt(av[layer][a]['mean'], 3)} ± {_fmt(av[layer][a]['se'], 3)}" for layer in layers)
             + f" | {_fmt(ref[a]['variance'], 3)} (p = {_fmt(ref[a]['positive_fraction'], 3)}) |"
         )
     if "CL1" in layers and "FC5" in layers:
@@ -843,7 +862,9 @@ def report_markdown(rep: dict[str, Any]) -> str:
         for a in av["CL1"]:
             lo, hi = av["CL1"][a]["mean"], av["FC5"][a]["mean"]
             change = (hi - lo) / lo if lo else float("nan")
-            lines.append(f"- {a}: {_fmt(lo, 3)} at the RGB input -> {_fmt(hi, 3)} at the FC5 input ({100 * change:+.0f}%).")
+            lines.append(
+                f"- {a}: {_fmt(lo, 3)} at the RGB input -> {_fmt(hi, 3)} at the FC5 input ({100 * change:+.0f}%)."
+            )
 
     lines += [
         "",
@@ -869,10 +890,10 @@ def _write_text_atomic(text: str, path: Path) -> None:
 
 
 def run_analysis(
-    data_root: "str | Path",
-    out_dir: "str | Path",
-    weights: "str | Path | None" = None,
-    cache_dir: "str | Path" = "cache",
+    data_root: str | Path,
+    out_dir: str | Path,
+    weights: str | Path | None = None,
+    cache_dir: str | Path = "cache",
     settings: AnalysisSettings | None = None,
     detector: str | None = None,
     include_fc6: bool = True,
@@ -906,17 +927,20 @@ def run_analysis(
         The content of ``report.json``.
     """
     from .constants import INPUT_SIZE
-    from .cropping import to_box_coordinates
-    from .detection import DEFAULT_DETECTOR
+    from .cropping import crop_faces, to_box_coordinates
     from .data import cached_boxes, load_mtfl
+    from .detection import DEFAULT_DETECTOR
     from .engine import load_weights, shipped_weights
     from .evaluation import write_json
     from .model import LAYER_NAMES
-    from .cropping import crop_faces
 
     settings = settings or AnalysisSettings()
-    layers = tuple(l for l in LAYER_NAMES if l in PAPER_LAYERS or (include_fc6 and l in EXTRA_LAYERS))
-    steps = ["loading images", "detecting faces", "extracting features"] + [f"clustering {l}" for l in layers] + ["writing report"]
+    layers = tuple(layer for layer in LAYER_NAMES if layer in PAPER_LAYERS or (include_fc6 and layer in EXTRA_LAYERS))
+    steps = (
+        ["loading images", "detecting faces", "extracting features"]
+        + [f"clustering {layer}" for layer in layers]
+        + ["writing report"]
+    )
     done = 0
     timing: dict[str, float] = {}
     t_start = t_step = time.perf_counter()
@@ -971,19 +995,20 @@ def run_analysis(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = settings.clusters
-    paper_layers = tuple(l for l in layers if l in ("CL1", "FC5"))
+    paper_layers = tuple(layer for layer in layers if layer in ("CL1", "FC5"))
     plot_landmark_variance(stats, "input40", out_dir / FIG3, k)
     plot_attribute_variance(stats, out_dir / FIG4, k)
-    scatter_clusters = plot_cluster_scatter(points["input40"], stats, labels, paper_layers, "input40", out_dir / FIG3_SCATTER, settings.seed)
-    panels = {}
-    for l in paper_layers:
-        means = cluster_mean_images(crops, labels[l], k)
-        order = np.argsort(-stats["layers"][l]["sizes"], kind="stable")
-        panels[f"clusters of {LAYER_LABELS[l]} features"] = mosaic(means[order])
-    plot_cluster_means(panels, out_dir / FIG1)
-    np.savez_compressed(
-        out_dir / ASSIGNMENTS, rows=rows[found], **{l: labels[l].astype(np.int16) for l in layers}
+    scatter_clusters = plot_cluster_scatter(
+        points["input40"], stats, labels, paper_layers, "input40", out_dir / FIG3_SCATTER, settings.seed
     )
+    panels = {}
+    for layer in paper_layers:
+        means = cluster_mean_images(crops, labels[layer], k)
+        order = np.argsort(-stats["layers"][layer]["sizes"], kind="stable")
+        panels[f"clusters of {LAYER_LABELS[layer]} features"] = mosaic(means[order])
+    plot_cluster_means(panels, out_dir / FIG1)
+    assignments = {layer: labels[layer].astype(np.int16) for layer in layers}
+    np.savez_compressed(out_dir / ASSIGNMENTS, rows=rows[found], **assignments)  # type: ignore[arg-type]
     meta = {
         "paper_section": "2.2",
         "weights": {
@@ -993,9 +1018,20 @@ def run_analysis(
             "placeholder": bool(wmeta.get("placeholder", False)),
         },
         "data": str(data_root),
-        "settings": {**asdict(settings), "detector": detector, "covariance_type": "diag", "n_init": 1,
-                     "variance": "population (divide by n)", "include_fc6": include_fc6},  # fmt: skip
-        "faces": {"listed": listed, "sampled": len(rows), "analysed": int(len(found)), "missed": int(len(rows) - len(found))},
+        "settings": {
+            **asdict(settings),
+            "detector": detector,
+            "covariance_type": "diag",
+            "n_init": 1,
+            "variance": "population (divide by n)",
+            "include_fc6": include_fc6,
+        },  # fmt: skip
+        "faces": {
+            "listed": listed,
+            "sampled": len(rows),
+            "analysed": int(len(found)),
+            "missed": int(len(rows) - len(found)),
+        },
         "figures": {"fig1": FIG1, "fig3": FIG3, "fig3_scatter": FIG3_SCATTER, "fig4": FIG4},
         "fig3_scatter_clusters": scatter_clusters,
         "assignments": ASSIGNMENTS,
@@ -1031,21 +1067,50 @@ def _default_data() -> str:
     show_default="$FACEALIGN_MTFL or ../shared/datasets/mtfl",
     help="MTFL folder (train.txt and its images).",
 )
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default="report", show_default=True, help="Report folder.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="report",
+    show_default=True,
+    help="Report folder.",
+)
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Vanilla engine weights [default: the shipped facealign/weights/vanilla.pt].",
 )
-@click.option("--clusters", "-k", type=click.IntRange(min=1), default=64, show_default=True, help="Gaussian mixture components per layer (K).")
-@click.option("--faces", type=click.IntRange(min=1), default=None, help="Analyse a seeded random sample of this many listed faces [default: all].")
+@click.option(
+    "--clusters",
+    "-k",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Gaussian mixture components per layer (K).",
+)
+@click.option(
+    "--faces",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Analyse a seeded random sample of this many listed faces [default: all].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample, the PCA and EM.")
-@click.option("--pca-dims", type=click.IntRange(min=1), default=64, show_default=True, help="PCA dimensions for wide layers.")
-@click.option("--pca-above", type=click.IntRange(min=1), default=256, show_default=True, help="Reduce only layers with more dimensions than this (FC5 input: 256).")
+@click.option(
+    "--pca-dims", type=click.IntRange(min=1), default=64, show_default=True, help="PCA dimensions for wide layers."
+)
+@click.option(
+    "--pca-above",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Reduce only layers with more dimensions than this (FC5 input: 256).",
+)
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="EM iterations at most.")
 @click.option("--no-fc6", is_flag=True, help="Leave out the extra FC6-input column.")
-@click.option("--detector", default=None, help="Face detector [default: the one the weights were trained with, else dlib].")
+@click.option(
+    "--detector", default=None, help="Face detector [default: the one the weights were trained with, else dlib]."
+)
 @cache_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def analyze(
@@ -1088,7 +1153,14 @@ def analyze(
 
     try:
         rep = run_analysis(
-            data_root, out_dir, weights, cache_dir, settings, detector=detector, include_fc6=not no_fc6, progress=progress
+            data_root,
+            out_dir,
+            weights,
+            cache_dir,
+            settings,
+            detector=detector,
+            include_fc6=not no_fc6,
+            progress=progress,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -1101,8 +1173,11 @@ def analyze(
     click.echo(f"{f['analysed']} faces analysed ({f['missed']} missed by the detector, skipped)", err=True)
     t1 = rep["table1"]
     click.echo("Table 1 (cluster size median ± SD): " + ", ".join(
-        f"{l} {t1[l]['median']:.1f} ± {t1[l]['sd']:.1f}" for l in rep["layers"]), err=True)  # fmt: skip
+        f"{layer} {t1[layer]['median']:.1f} ± {t1[layer]['sd']:.1f}" for layer in rep["layers"]), err=True)  # fmt: skip
     ratio = rep.get("landmark_variance_ratio")
     if ratio:
-        click.echo(f"mean landmark variance FC5 / RGB: {_fmt(ratio['input40']['mean'], 3)} (paper: about {PAPER_RATIO})", err=True)
+        click.echo(
+            f"mean landmark variance FC5 / RGB: {_fmt(ratio['input40']['mean'], 3)} (paper: about {PAPER_RATIO})",
+            err=True,
+        )
     click.echo(f"report: {Path(out_dir) / REPORT_MD} ({rep['timing_s']['total']:.0f} s)", err=True)

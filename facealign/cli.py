@@ -1,8 +1,13 @@
 """The ``facealign`` command line.
 
 Commands defined here: ``crop`` (batch alignment, :mod:`facealign.batch`) and
-``landmarks``. Other commands live in their own modules and are attached with
-``main.add_command(...)`` at the bottom of this file.
+``landmarks``: the run time, which needs no extra. The research commands
+(``train``, ``tweak``, ``evaluate``, ``analyze``, ``fit-quality``, ...: see
+:data:`RESEARCH_COMMANDS`) live in their own modules and need the ``train`` extra
+(scikit-learn, SciPy, matplotlib). They are imported only when that extra is
+installed and the command is run or listed; ``facealign --help`` lists them in a
+section of their own, and without the extra says how to install it, and running
+one exits 1 with that one line.
 
 Heavy modules (torch, the engines) are imported inside the commands, so
 ``facealign --help`` stays fast. User errors exit non-zero with a one-line
@@ -22,11 +27,13 @@ Exit codes (one scheme for every command; README, "Exit codes"):
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,7 +73,80 @@ def _jobs_type(value: str | int) -> int | str:
         raise click.BadParameter(f"{value!r} is not a number of processes, 'auto' or -1") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The research commands: name -> (module, attribute). They need the ``train`` extra,
+#: and their modules are imported only when one is listed or run with it installed.
+RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("facealign.analysis", "analyze"),
+    "evaluate": ("facealign.model_cli", "evaluate_command"),
+    "evaluate-quality": ("facealign.model_cli", "evaluate_quality_command"),
+    "export-engine": ("facealign.model_cli", "export_engine_command"),
+    "fit-box-maps": ("facealign.model_cli", "fit_box_maps_command"),
+    "fit-quality": ("facealign.model_cli", "fit_quality_command"),
+    "sweep-k": ("facealign.model_cli", "sweep_k_command"),
+    "train": ("facealign.model_cli", "train_command"),
+    "tweak": ("facealign.model_cli", "tweak_command"),
+}
+
+
+def _needs_train_extra(name: str, missing: list[str]) -> click.Command:
+    """A stand-in for research command ``name`` when the ``train`` extra is missing: one line, exit 1."""
+    from .research import TRAIN_INSTALL_HINT
+
+    message = f"'facealign {name}' needs the train extra ({', '.join(missing)} not installed): {TRAIN_INSTALL_HINT}"
+
+    def fail() -> None:
+        raise click.ClickException(message)
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=message,
+        short_help="(not installed: needs the train extra)",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+class _Commands(click.Group):
+    """The run-time commands, plus the research commands of :data:`RESEARCH_COMMANDS`, loaded lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *RESEARCH_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in RESEARCH_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        from .research import missing_train_modules
+
+        missing = missing_train_modules()
+        if missing:
+            return _needs_train_extra(cmd_name, missing)
+        module, attribute = RESEARCH_COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .research import TRAIN_INSTALL_HINT, missing_train_modules
+
+        runtime = [name for name in super().list_commands(ctx) if name not in RESEARCH_COMMANDS]
+        sections = [("Commands", runtime)]
+        heading = "Research commands"
+        if missing_train_modules():
+            heading += f" (need the train extra: {TRAIN_INSTALL_HINT})"
+        sections.append((heading, sorted(RESEARCH_COMMANDS)))
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        for heading, names in sections:
+            rows = []
+            for name in names:
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit)))
+            if rows:
+                with formatter.section(heading):
+                    formatter.write_dl(rows)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="facealign", message="%(prog)s %(version)s")
 def main() -> None:
     """Face detection, five TCNN landmarks and aligned face crops."""
@@ -116,7 +196,7 @@ class _ProgressBar:
     def __init__(self, label: str, enabled: bool) -> None:
         self.label = label
         self.enabled = enabled
-        self.bar = None
+        self.bar: Any = None  # a click progress bar, once the total is known
         self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
@@ -145,7 +225,12 @@ class _ProgressBar:
     show_default=True,
     help="Alignment template: 'arcface', 'loose', or a JSON file {\"size\": [w, h], \"points\": [[x, y] x 5]}.",
 )
-@click.option("--size", type=click.IntRange(min=8), default=None, help="Crop side in pixels [default: the template's, 112 for arcface].")
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Crop side in pixels [default: the template's, 112 for arcface].",
+)
 @click.option("--largest-only", is_flag=True, help="Crop only the largest face of each image.")
 @click.option(
     "--jobs",
@@ -170,7 +255,9 @@ class _ProgressBar:
     show_default=True,
     help="Format of OUT_DIR/manifest.*.",
 )
-@click.option("--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume).")
+@click.option(
+    "--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume)."
+)
 @click.option(
     "--cluster",
     metavar="ADDRESS",
@@ -185,7 +272,9 @@ class _ProgressBar:
     default=None,
     help="Images per task [default: 32 with --jobs, 256 with --cluster].",
 )
-@click.option("--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors.")
+@click.option(
+    "--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors."
+)
 @click.option(
     "--max-expected-error",
     type=click.FloatRange(min=0),
@@ -248,6 +337,7 @@ def crop(
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
     bar = _ProgressBar("Cropping", enabled=not quiet)
     try:
+        connection: contextlib.AbstractContextManager[Any]
         if cluster is None:
             connection = contextlib.nullcontext(None)
         else:
@@ -291,7 +381,7 @@ def crop(
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        warnings.filters[:] = saved_warnings[1]
+        warnings.filters[:] = saved_warnings[1]  # type: ignore[index]  # a list; typeshed says Sequence
         if saved_warnings[0] is None:
             os.environ.pop("PYTHONWARNINGS", None)
         else:
@@ -388,36 +478,6 @@ def landmarks(
                     )
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
-
-
-# --------------------------------------------------------------------------- #
-# Commands defined in other modules are registered here, e.g.
-#   from .training import train_command
-#   main.add_command(train_command, "train")
-# (train, tweak, evaluate, analyze, bench).
-# --------------------------------------------------------------------------- #
-
-from .analysis import analyze  # noqa: E402
-from .model_cli import (  # noqa: E402
-    evaluate_command,
-    evaluate_quality_command,
-    export_engine_command,
-    fit_box_maps_command,
-    fit_quality_command,
-    sweep_k_command,
-    train_command,
-    tweak_command,
-)
-
-main.add_command(analyze)
-main.add_command(train_command)
-main.add_command(tweak_command)
-main.add_command(evaluate_command)
-main.add_command(sweep_k_command)
-main.add_command(fit_quality_command)
-main.add_command(evaluate_quality_command)
-main.add_command(fit_box_maps_command)
-main.add_command(export_engine_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,7 +70,7 @@ def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int = INPUT_SIZE) -> 
     return crop_faces([image], boxes, np.zeros(len(boxes), np.intp), size)
 
 
-def crop_faces(images, boxes: np.ndarray, owner: "np.ndarray | None" = None, size: int = INPUT_SIZE) -> np.ndarray:
+def crop_faces(images, boxes: np.ndarray, owner: np.ndarray | None = None, size: int = INPUT_SIZE) -> np.ndarray:
     """Crops ``N x size x size x 3`` uint8 of ``boxes[i]`` in ``images[owner[i]]``.
 
     ``images`` is any sequence of RGB images (or an ``M x H x W x 3`` array);

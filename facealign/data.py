@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class LandmarkSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, index: np.ndarray) -> "LandmarkSet":
+    def subset(self, index: np.ndarray) -> LandmarkSet:
         index = np.asarray(index)
         return LandmarkSet(self.root, [self.paths[i] for i in index], self.points[index], self.attributes[index])
 
@@ -82,7 +82,7 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "facealign"
 
 
-def load_mtfl(root: "str | Path", split: str = "train") -> LandmarkSet:
+def load_mtfl(root: str | Path, split: str = "train") -> LandmarkSet:
     """Read ``train.txt`` (``split="train"``) or ``test_aflw.txt`` (``split="test"``)."""
     root = Path(root)
     try:
@@ -103,7 +103,9 @@ def load_mtfl(root: "str | Path", split: str = "train") -> LandmarkSet:
     return LandmarkSet(root, paths, np.ascontiguousarray(xy), np.asarray(attrs, np.int64))
 
 
-def train_validation_split(n: int, fraction: float = VALIDATION_FRACTION, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def train_validation_split(
+    n: int, fraction: float = VALIDATION_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """Fixed, seeded split of ``range(n)`` into sorted train and validation indices."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * fraction))
@@ -155,7 +157,7 @@ def detection_points(detections: np.ndarray) -> np.ndarray | None:
 def detect_boxes(
     images: np.ndarray,
     points: np.ndarray,
-    detector: "str | Detector | None" = None,
+    detector: str | Detector | None = None,
     jobs: int = -1,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
@@ -197,7 +199,7 @@ def _detector_fingerprint(name: str) -> str:
 def cached_boxes(
     data: LandmarkSet,
     images: np.ndarray,
-    cache_dir: "str | Path",
+    cache_dir: str | Path,
     detector_name: str,
     jobs: int = -1,
     progress: Callable[[int], None] | None = None,

@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 
-def load_weights(path: "str | Path") -> dict[str, Any]:
+def load_weights(path: str | Path) -> dict[str, Any]:
     """Load a training weights dictionary (``<engine>.pt``) safely (``weights_only=True``; needs torch)."""
     import torch
 
@@ -84,7 +84,7 @@ def load_weights(path: "str | Path") -> dict[str, Any]:
     return state
 
 
-def load_runtime_weights(path: "str | Path") -> dict[str, np.ndarray]:
+def load_runtime_weights(path: str | Path) -> dict[str, np.ndarray]:
     """The run-time weights (see the module docstring) of ``path``: an ``.npz`` file, or
     a torch ``.pt`` training file compiled in memory (:func:`facealign.export.runtime_arrays`)."""
     path = Path(path)
@@ -120,10 +120,14 @@ class GaussianRouter:
         prec = 1.0 / variances
         # log w_k + D/2 log(2 pi): what separates the log posterior above from the
         # component's log density (see routed_fit).
-        self.density_offset = (np.log(weights) + np.float32(0.5 * means.shape[1] * math.log(2 * math.pi))).astype(np.float32)
+        self.density_offset = (np.log(weights) + np.float32(0.5 * means.shape[1] * math.log(2 * math.pi))).astype(
+            np.float32
+        )
         self.prec_t = np.ascontiguousarray(prec.T)  # D x K
         self.mean_prec_t = np.ascontiguousarray((means * prec).T)  # D x K
-        self.const = (np.log(weights) - 0.5 * np.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)).astype(np.float32)
+        self.const = (np.log(weights) - 0.5 * np.log(variances).sum(1) - 0.5 * (means**2 * prec).sum(1)).astype(
+            np.float32
+        )
 
     @property
     def num_components(self) -> int:
@@ -220,7 +224,7 @@ class LandmarkEngine:
     def __init__(
         self,
         engine: str = DEFAULT_ENGINE,
-        weights: "str | Path | None" = None,
+        weights: str | Path | None = None,
         mirror: bool | None = None,
         batch_size: int = 64,
         refine: bool | None = None,
@@ -257,7 +261,7 @@ class LandmarkEngine:
         #: Per-face quality model (:mod:`facealign.quality`), when the weights carry one.
         self.quality_model: QualityModel | None = None
         if "quality_signals" in arrays:
-            state = {k[len("quality_"):]: v for k, v in arrays.items() if k.startswith("quality_")}
+            state = {k[len("quality_") :]: v for k, v in arrays.items() if k.startswith("quality_")}
             state["signals"] = json.loads(str(state["signals"]))
             self.quality_model = QualityModel.from_state(state)
 
@@ -395,7 +399,7 @@ class LandmarkEngine:
             return (empty, self.assess(empty_signals())) if return_quality else empty
         crops = crop_faces(images, boxes, owner)
         given, first = boxes, None
-        if self.refine:
+        if self.refine and self.box_model is not None:  # refine implies a box model (see __init__)
             first = from_box_coordinates(self.first_pass_crops(crops), boxes)
             boxes = self.box_model.rebox(first, boxes)
             crops = crop_faces(images, boxes, owner)

@@ -65,12 +65,9 @@ def cumulative_error_curve(errors: np.ndarray, n_total: int, max_error: float = 
 
 def plot_cumulative_error(curves: dict[str, tuple[np.ndarray, int]], path: "str | Path") -> None:
     """Write a cumulative-error-curve PNG; ``curves`` maps a label to (errors, n_total)."""
-    import matplotlib
+    from .research.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    fig, ax = subplots(figsize=(5.5, 4.2), dpi=120)
     for label, (errors, n_total) in curves.items():
         thr, frac = cumulative_error_curve(errors, n_total)
         nme = 100 * np.mean(errors) if len(errors) else float("nan")
@@ -84,7 +81,6 @@ def plot_cumulative_error(curves: dict[str, tuple[np.ndarray, int]], path: "str 
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def evaluate_engines(

@@ -42,6 +42,9 @@ ONNX_OPSET = 17
 class _NormalizedTrunk(nn.Module):
     """uint8 NHWC RGB crops -> normalised NCHW floats -> CL1-CL4 -> FC5 inputs."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model
@@ -70,15 +73,21 @@ def trunk_onnx(state: dict[str, Any]) -> bytes:
         # own deprecation; neither matters for this fixed, loop-free graph.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            trunk, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+            trunk, (example,), buffer,  # type: ignore[arg-type]  # a file object is accepted
+            dynamo=False, opset_version=ONNX_OPSET,
             input_names=[TRUNK_INPUT], output_names=[TRUNK_OUTPUT],
             dynamic_axes={TRUNK_INPUT: {0: "faces"}, TRUNK_OUTPUT: {0: "faces"}},
         )  # fmt: skip
     return buffer.getvalue()
 
 
-def _head_arrays(w5: torch.Tensor, b5: torch.Tensor, w6: torch.Tensor, b6: torch.Tensor, prefix: str) -> dict[str, np.ndarray]:
-    return {f"{prefix}_{name}": t.detach().float().numpy().copy() for name, t in zip(("w5", "b5", "w6", "b6"), (w5, b5, w6, b6))}
+def _head_arrays(
+    w5: torch.Tensor, b5: torch.Tensor, w6: torch.Tensor, b6: torch.Tensor, prefix: str
+) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_{name}": t.detach().float().numpy().copy()
+        for name, t in zip(("w5", "b5", "w6", "b6"), (w5, b5, w6, b6))
+    }
 
 
 def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -90,7 +99,13 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "meta": np.array(json.dumps(dict(state.get("meta", {})), sort_keys=True)),
         "mirror_shift": np.array(float(state.get("mirror_shift", 0.0))),
         # nn.Linear keeps output x input; the run time multiplies input x output.
-        **_head_arrays(vanilla["fc5.0.weight"].t(), vanilla["fc5.0.bias"], vanilla["fc6.weight"].t(), vanilla["fc6.bias"], "vanilla"),
+        **_head_arrays(
+            vanilla["fc5.0.weight"].t(),
+            vanilla["fc5.0.bias"],
+            vanilla["fc6.weight"].t(),
+            vanilla["fc6.bias"],
+            "vanilla",
+        ),
     }
     if "heads" in state:
         h = state["heads"]
@@ -108,14 +123,14 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_runtime_weights(weights: "str | Path", out: "str | Path") -> Path:
+def write_runtime_weights(weights: str | Path, out: str | Path) -> Path:
     """Compile the training weights file ``weights`` (``.pt``) into ``out`` (``.npz``), atomically."""
     out = Path(out)
     arrays = runtime_arrays(load_weights(weights))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the file from other users
         os.replace(tmp, out)
     except BaseException:

@@ -137,7 +137,7 @@ def _strict_pillow(decoder_warnings: list[str] | None = None) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    if caught:
+                    if caught and decoder_warnings is not None:
                         decoder_warnings.extend(str(w.message) for w in caught)
         finally:
             Image.MAX_IMAGE_PIXELS = saved_max
@@ -170,6 +170,8 @@ def _to_uint8_gray(array: np.ndarray, mode: str) -> np.ndarray:
     """
     if array.dtype == np.uint8:
         return array
+    lo: float
+    hi: float
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
         return (array.astype(np.uint16) >> 8).astype(np.uint8)
     if array.dtype.kind == "i" and array.dtype.itemsize == 2:
@@ -219,7 +221,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
 def _decode(
     path: str | os.PathLike[str],
     max_pixels: int,
-    max_side: "int | MaxSide | None",
+    max_side: int | MaxSide | None,
     decoder_warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode ``path``; with ``max_side``, use JPEG draft mode and return the DCT scale."""
@@ -315,7 +317,7 @@ MaxSide = Callable[[int, int], int]
 
 def read_image_reduced(
     path: str | os.PathLike[str],
-    max_side: "int | MaxSide",
+    max_side: int | MaxSide,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     decoder_warnings: list[str] | None = None,
@@ -574,12 +576,12 @@ class FolderScan:
         Sub-folders that could not be listed (their files are unknown).
     """
 
-    images: list[tuple[Path, "os.stat_result | None", "str | None"]] = field(default_factory=list)
+    images: list[tuple[Path, os.stat_result | None, str | None]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
     unreadable_folders: list[Path] = field(default_factory=list)
 
 
-def _classify(entry: os.DirEntry) -> tuple[str, "os.stat_result | None", str | None]:
+def _classify(entry: os.DirEntry) -> tuple[str, os.stat_result | None, str | None]:
     """``("dir" | "image" | "other", stat, problem)`` for one directory entry."""
     try:
         if entry.is_dir(follow_symlinks=False):

@@ -132,7 +132,7 @@ class TweakedHeads(nn.Module):
         self.b6 = nn.Parameter(torch.zeros(num_clusters, OUTPUT_DIM))
 
     @classmethod
-    def from_vanilla(cls, model: VanillaCNN, num_clusters: int) -> "TweakedHeads":
+    def from_vanilla(cls, model: VanillaCNN, num_clusters: int) -> TweakedHeads:
         """Initialise every head with the vanilla FC5 and FC6 weights."""
         fc5: nn.Linear = model.fc5[0]  # type: ignore[assignment]
         heads = cls(num_clusters, fc5.out_features)

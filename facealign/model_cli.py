@@ -223,13 +223,9 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
     Slow (one full tweak per K); resumable through --work-dir. K was fixed to 48
     from the paper, not chosen with this sweep.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .engine import LandmarkEngine
     from .evaluation import evaluate_engines, write_json
+    from .research.figures import subplots
     from .tweak import TweakConfig, tweak
 
     _check_data(data)
@@ -254,7 +250,7 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
         log(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
     out.mkdir(parents=True, exist_ok=True)
     write_json({"target": target, "boxes": boxes, "rows": rows}, out / "sweep-k.json")
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    fig, ax = subplots(figsize=(5, 3.6), dpi=120)
     ax.plot([r["K"] for r in rows], [r["nme_mirror"] for r in rows], "o-", label="TCNN with mirroring")
     ax.plot([r["K"] for r in rows], [r["nme_no_mirror"] for r in rows], "s--", label="TCNN without mirroring")
     ax.set_xlabel("number of clusters K")
@@ -264,7 +260,6 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "sweep-k.png")
-    plt.close(fig)
     click.echo(json.dumps(rows))
 
 

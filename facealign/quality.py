@@ -218,7 +218,14 @@ class QualityModel:
             raise ValueError(f"unknown quality signals {unknown}; known: {list(SIGNAL_FLOORS)}")
         object.__setattr__(self, "signals", names)
         f = len(names)
-        for attr, size in (("center", f), ("scale", f), ("low", f), ("high", f), ("error_coef", f + 1), ("fail_coef", f + 1)):
+        for attr, size in (
+            ("center", f),
+            ("scale", f),
+            ("low", f),
+            ("high", f),
+            ("error_coef", f + 1),
+            ("fail_coef", f + 1),
+        ):
             value = np.asarray(getattr(self, attr), np.float64).reshape(-1)
             if value.shape != (size,) or not np.all(np.isfinite(value)):
                 raise ValueError(f"{attr} must be {size} finite numbers, got shape {value.shape}")
@@ -251,7 +258,7 @@ class QualityModel:
         return state
 
     @classmethod
-    def from_state(cls, state: dict) -> "QualityModel":
+    def from_state(cls, state: dict) -> QualityModel:
         arrays = {
             attr: np.asarray(state[attr], np.float64)
             for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef")

@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class QualitySample:
 
 
 def collect_quality(
-    engine, mtfl_root: "str | Path", split: str, cache_dir: "str | Path", detector: str = TRAINING_DETECTOR,
+    engine, mtfl_root: str | Path, split: str, cache_dir: str | Path, detector: str = TRAINING_DETECTOR,
     log: Callable[[str], None] = lambda s: None,
 ) -> QualitySample:
     """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW).
@@ -73,7 +73,7 @@ def collect_quality(
 
 
 def fit_engine_quality(
-    weights: "str | Path", out: "str | Path", engine_name: str, sample: QualitySample, signals: tuple[str, ...]
+    weights: str | Path, out: str | Path, engine_name: str, sample: QualitySample, signals: tuple[str, ...]
 ) -> QualityModel:
     """Fit the quality model on ``sample`` (the validation split) and write ``weights`` + model to ``out``."""
     from .engine import load_weights
@@ -142,30 +142,43 @@ def quality_report(sample: QualitySample) -> dict:
     }
 
 
-def plot_quality_report(reports: dict[str, dict], path: "str | Path") -> None:
+def plot_quality_report(reports: dict[str, dict], path: str | Path) -> None:
     """One PNG: ``p_fail`` calibration, ``expected_error`` calibration and error-reject curves per report."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .research.figures import subplots
 
-    fig = Figure(figsize=(13, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    cal, exp, rej = fig.subplots(1, 3)
+    fig, (cal, exp, rej) = subplots(1, 3, figsize=(13, 4.2), dpi=110)
     for label, rep in reports.items():
         rows = rep["calibration_p_fail"]
-        cal.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-", label=f"{label} (AUC {rep['auc_p_fail']:.3f})")
+        cal.plot(
+            [r["predicted"] for r in rows],
+            [r["observed"] for r in rows],
+            "o-",
+            label=f"{label} (AUC {rep['auc_p_fail']:.3f})",
+        )
         rows = rep["calibration_expected_error"]
         exp.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-",
                  label=f"{label} (Spearman {rep['spearman_expected_error']:.3f})")
-        line = rej.plot([100 * r["rejected"] for r in rep["error_reject"]], [r["nme"] for r in rep["error_reject"]], "o-",
-                        label=f"{label}, by expected_error")[0]
+        line = rej.plot(
+            [100 * r["rejected"] for r in rep["error_reject"]],
+            [r["nme"] for r in rep["error_reject"]],
+            "o-",
+            label=f"{label}, by expected_error",
+        )[0]
         rej.plot([100 * r["rejected"] for r in rep["oracle_reject"]], [r["nme"] for r in rep["oracle_reject"]], ":",
                  color=line.get_color(), label=f"{label}, oracle (true error)")
     cal.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    cal.set(xlabel="predicted p_fail (bin mean)", ylabel="observed failure rate (NME > 10%)", title="p_fail calibration",
-            xlim=(0, 1), ylim=(0, 1))
+    cal.set(
+        xlabel="predicted p_fail (bin mean)",
+        ylabel="observed failure rate (NME > 10%)",
+        title="p_fail calibration",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     top = max(max(r["observed"] for r in rep["calibration_expected_error"]) for rep in reports.values())
     exp.plot([0, top], [0, top], color="grey", lw=0.8)
-    exp.set(xlabel="expected_error, % IOD (decile mean)", ylabel="observed NME, % IOD", title="expected_error calibration")
+    exp.set(
+        xlabel="expected_error, % IOD (decile mean)", ylabel="observed NME, % IOD", title="expected_error calibration"
+    )
     rej.set(xlabel="faces rejected, highest expected_error first (%)", ylabel="mean NME of kept faces (% IOD)",
             title="Error-reject curve")
     for ax in (cal, exp, rej):

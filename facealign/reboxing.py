@@ -85,7 +85,7 @@ class BoxFromLandmarks:
         object.__setattr__(self, "coef", coef)
 
     @classmethod
-    def fit(cls, points: np.ndarray, boxes: np.ndarray) -> "BoxFromLandmarks":
+    def fit(cls, points: np.ndarray, boxes: np.ndarray) -> BoxFromLandmarks:
         """Fit on ground-truth ``points`` (``N x 5 x 2``) and detector ``boxes`` (``N x 4``)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         centre, spread, feats, valid = _normalized_shape(points)
@@ -111,7 +111,9 @@ class BoxFromLandmarks:
             raise ValueError("points must be finite and not all coincident")
         return boxes
 
-    def rebox(self, points: np.ndarray, boxes: np.ndarray, scale_range: tuple[float, float] = (1 / 3, 3.0)) -> np.ndarray:
+    def rebox(
+        self, points: np.ndarray, boxes: np.ndarray, scale_range: tuple[float, float] = (1 / 3, 3.0)
+    ) -> np.ndarray:
         """The boxes ``points`` imply, except where that is implausible: there ``boxes`` stay.
 
         Implausible: the points are not finite or all coincide, or the implied
@@ -135,14 +137,14 @@ class BoxFromLandmarks:
         boxes = np.concatenate([mid - half, mid + half], axis=1)
         return boxes, valid & np.isfinite(boxes).all(1)
 
-    def to_tensor(self) -> "torch.Tensor":
+    def to_tensor(self) -> torch.Tensor:
         """The coefficients as a float64 tensor, for a weights file."""
         import torch
 
         return torch.from_numpy(self.coef.copy())
 
     @classmethod
-    def from_tensor(cls, t: "torch.Tensor | np.ndarray") -> "BoxFromLandmarks":
+    def from_tensor(cls, t: torch.Tensor | np.ndarray) -> BoxFromLandmarks:
         """From :meth:`to_tensor`'s tensor, or the same coefficients as an array (run-time weights)."""
         return cls(np.array(t.numpy() if hasattr(t, "numpy") else t, np.float64))
 
@@ -188,7 +190,7 @@ class DetectorBoxMap:
     @classmethod
     def fit(
         cls, detector: str, boxes: np.ndarray, target_boxes: np.ndarray, points: np.ndarray | None = None
-    ) -> "DetectorBoxMap":
+    ) -> DetectorBoxMap:
         """Fit on faces found by both: the detector's ``boxes`` (and ``points``) against ``target_boxes``."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         target = np.asarray(target_boxes, np.float64).reshape(-1, 4)
@@ -227,7 +229,7 @@ class DetectorBoxMap:
         }
 
     @classmethod
-    def from_json(cls, detector: str, obj: dict) -> "DetectorBoxMap":
+    def from_json(cls, detector: str, obj: dict) -> DetectorBoxMap:
         points = obj.get("from_points")
         return cls(
             detector,
@@ -238,7 +240,7 @@ class DetectorBoxMap:
         )
 
 
-def load_box_maps(path: "str | Path" = BOX_MAPS_FILE) -> dict[str, DetectorBoxMap]:
+def load_box_maps(path: str | Path = BOX_MAPS_FILE) -> dict[str, DetectorBoxMap]:
     """The fitted maps by detector name (empty when the file does not exist)."""
     path = Path(path)
     if not path.exists():

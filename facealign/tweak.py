@@ -463,15 +463,12 @@ def plot_cluster_errors(records: list[dict], path: "str | Path") -> dict:
 
     Writes the PNG at ``path`` and the same numbers as JSON beside it; returns them.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .research.figures import subplots
 
     rows = [(k, r["val_before"], r["val_after"], r["n_val"]) for k, r in enumerate(records) if r["n_val"]]
     rows.sort(key=lambda r: r[2])
     table = {"cluster": [r[0] for r in rows], "vanilla": [r[1] for r in rows], "tcnn": [r[2] for r in rows], "n_val": [r[3] for r in rows]}
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+    fig, ax = subplots(figsize=(8, 3.6), dpi=120)
     x = np.arange(len(rows))
     ax.plot(x, table["vanilla"], "o-", color="tab:red", ms=3, label="vanilla CNN")
     ax.plot(x, table["tcnn"], "o-", color="tab:blue", ms=3, label="TCNN (tweaked head)")
@@ -486,6 +483,5 @@ def plot_cluster_errors(records: list[dict], path: "str | Path") -> dict:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     path.with_suffix(".json").write_text(json.dumps(table, indent=1))
     return table

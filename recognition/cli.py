@@ -133,6 +133,7 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
     from .protocol import items_from_folders, items_from_identity_list, make_protocol, sample_subjects
 
     try:
+        root: Path | None
         if source.is_dir():
             items = items_from_folders(source)
             root = source

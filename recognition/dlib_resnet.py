@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from facealign.alignment import Template, estimate_similarity, get_template, transform_points
-from facealign.peers import box_to_dlib_rect, dlib_model_path
+from facealign.research.peers import box_to_dlib_rect, dlib_model_path
 
 __all__ = [
     "DLIB_CHIP_SIZE",
@@ -292,7 +292,7 @@ class DlibFivePointPredictor:
 
     Points come in dlib's order (not MTFL's): align them with
     :func:`dlib5_template`. Boxes and points follow facealign's conventions
-    (see :class:`facealign.peers.DlibShapePredictor`).
+    (see :class:`facealign.research.peers.DlibShapePredictor`).
     """
 
     name = "dlib-5pt"
@@ -303,7 +303,7 @@ class DlibFivePointPredictor:
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(str(self.model_path))
 
-    def detection(self, image: np.ndarray, box: Sequence[float]):
+    def detection(self, image: np.ndarray, box: Sequence[float] | np.ndarray):
         """dlib's ``full_object_detection`` for one face box of an ``H x W x 3`` uint8 RGB image."""
         return self._predictor(np.ascontiguousarray(image), self._dlib.rectangle(*box_to_dlib_rect(box)))
 

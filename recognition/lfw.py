@@ -165,7 +165,7 @@ def prepare_lfw(
 
     samples = out / "samples.txt"
     lines = [f"{crop_path(f).relative_to(out).as_posix()} {identity[f]}" for f in detected]
-    samples.write_text("# path identity (LFW people with >= %d images, aligned crops)\n" % min_images
+    samples.write_text(f"# path identity (LFW people with >= {min_images} images, aligned crops)\n"
                        + "".join(line + "\n" for line in lines), encoding="utf-8")
     (out / "no_face.txt").write_text("".join(f + "\n" for f in no_face), encoding="utf-8")
     return PrepareSummary(images=len(files), identities=len(set(identity.values())), written=len(todo),

@@ -112,7 +112,7 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | Non
 def tar_at_far(
     scores: np.ndarray,
     genuine: np.ndarray,
-    far: float | Sequence[float],
+    far: float | Sequence[float] | np.ndarray,
     weights: np.ndarray | None = None,
 ) -> float | np.ndarray:
     """True accept rate at a target false accept rate.
@@ -314,7 +314,9 @@ def read_lfw_pairs(path: str | Path, folder: str = "lfw-deepfunneled") -> list[L
     n_folds, per_class = (int(f) for f in lines[0])
     expected = n_folds * 2 * per_class
     if len(lines) - 1 != expected:
-        raise ValueError(f"{path}: expected {expected} pair lines for {n_folds} folds of {per_class}, got {len(lines) - 1}")
+        raise ValueError(
+            f"{path}: expected {expected} pair lines for {n_folds} folds of {per_class}, got {len(lines) - 1}"
+        )
     pairs: list[LfwPair] = []
     for n, fields in enumerate(lines[1:]):
         fold, within = divmod(n, 2 * per_class)

@@ -4,7 +4,7 @@ Only the alignment differs between the aligners compared here (paper,
 section 5.2); everything else is shared and computed once:
 
 1. **Detection** (:class:`DetectionCache`). Every image is decoded (at most
-   :data:`~facealign.batch.WORK_MAX_SIDE` pixels on its longer side) and the
+   :data:`~facealign.constants.WORK_MAX_SIDE` pixels on its longer side) and the
    detector runs once on it. The boxes and scores of all faces, in pixels of
    the original image, are appended to a JSON-lines file in the cache folder,
    named after the detector and a hash of the resolved image root, so a rerun
@@ -26,7 +26,7 @@ section 5.2); everything else is shared and computed once:
    * ``tcnn`` / ``vanilla``: five points from a facealign landmark engine run
      on the face box, then the similarity that maps them onto the template.
    * ``dlib-ert``: dlib's 68-point ERT on the face box, reduced to the five
-     MTFL points (:func:`facealign.peers.reduce_68_to_5`), then the same.
+     MTFL points (:func:`facealign.research.peers.reduce_68_to_5`), then the same.
    * ``dlib-5pt``: dlib's 5-point model on the face box; its own points are
      mapped onto where they go in the template
      (:func:`recognition.dlib_resnet.dlib5_template`), which for the
@@ -86,9 +86,9 @@ from facealign.imageio import ImageReadError, read_image_reduced
 
 from .matching import PCAProjector, power_normalize, template_scores
 from .metrics import tar_at_far
-from .statistics import SplitComparisons
 from .protocol import Protocol as VerificationProtocol
 from .protocol import Split
+from .statistics import SplitComparisons
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -522,7 +522,9 @@ class FaceInput:
         return _map_box(self.box, _to_working, self.scale)[0]
 
 
-def read_face_inputs(root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float]]) -> list[FaceInput]:
+def read_face_inputs(
+    root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float] | np.ndarray]
+) -> list[FaceInput]:
     """Decode ``files`` (relative to ``root``) at the working resolution, with their face boxes.
 
     Detection already read every file, so a read error here means the file changed.
@@ -560,7 +562,7 @@ class Aligner(Protocol):
         ...
 
 
-def box_alignment_matrix(box: Sequence[float], template: Template) -> np.ndarray:
+def box_alignment_matrix(box: Sequence[float] | np.ndarray, template: Template) -> np.ndarray:
     """The ``box`` aligner's 2 x 3 image-to-crop map for one face box.
 
     The box is made square about its centre (side ``sqrt(w * h)``); the mean
@@ -660,7 +662,7 @@ class LandmarkAligner:
             engine = LandmarkEngine(name, weights)
             return cls(name, engine, template, engine.weights_path)
         if name == "dlib-ert":
-            from facealign.peers import DlibShapePredictor
+            from facealign.research.peers import DlibShapePredictor
 
             ert = DlibShapePredictor(weights)
             return cls(name, ert, template, ert.model_path)
@@ -1285,19 +1287,16 @@ def format_tar(mean: float, std: float) -> str:
 
 def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> None:
     """Mean ROC (TAR vs log FAR, ±1 std band) of one or several aligners, as PNG."""
-    import matplotlib
+    from facealign.research.figures import subplots
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
+    fig, ax = subplots(figsize=(5.5, 4.2), dpi=120)
     for name, roc in curves.items():
         far = np.asarray(roc["far"])
         mean, std = np.asarray(roc["tar_mean"]), np.asarray(roc["tar_std"])
         ax.plot(far, mean, label=name)
         ax.fill_between(far, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
-    for far in FAR_TARGETS:
-        ax.axvline(far, color="0.7", lw=0.8, ls="--")
+    for target in FAR_TARGETS:
+        ax.axvline(target, color="0.7", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlim(ROC_GRID[0], 1)
     ax.set_ylim(0, 1)
@@ -1311,7 +1310,6 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_json(path: str | Path, data: Any) -> None:

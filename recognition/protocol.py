@@ -644,7 +644,8 @@ def make_protocol(
                 ids.append(template_id)
                 for i in sorted(chunk.tolist()):
                     template_rows.append(
-                        [str(template_id), subject, paths[i], str(i + 1), str(i + 1), ""] + _box_fields(boxes.get(paths[i]))
+                        [str(template_id), subject, paths[i], str(i + 1), str(i + 1), ""]
+                        + _box_fields(boxes.get(paths[i]))
                     )
             template_ids_of[subject] = ids
 

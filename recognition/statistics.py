@@ -56,14 +56,14 @@ EXACT_SIGN_FLIP_MAX = 16
 SIGNIFICANCE_LEVEL = 0.05
 
 
-def _differences(values: Sequence[float]) -> np.ndarray:
+def _differences(values: Sequence[float] | np.ndarray) -> np.ndarray:
     d = np.asarray(values, dtype=np.float64).ravel()
     if d.size == 0 or not np.all(np.isfinite(d)):
         raise ValueError(f"need at least one finite paired difference, got {values!r}")
     return d
 
 
-def sign_flip_test(differences: Sequence[float], n_permutations: int = 100_000, seed: int = 0) -> float:
+def sign_flip_test(differences: Sequence[float] | np.ndarray, n_permutations: int = 100_000, seed: int = 0) -> float:
     """Two-sided sign-flip permutation p-value of ``mean(differences) == 0``.
 
     Parameters
@@ -97,7 +97,7 @@ def sign_flip_test(differences: Sequence[float], n_permutations: int = 100_000, 
     return (extreme + 1) / (n_permutations + 1)
 
 
-def wilcoxon_p(differences: Sequence[float]) -> float:
+def wilcoxon_p(differences: Sequence[float] | np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired differences (scipy; 1.0 if all are zero)."""
     from scipy.stats import wilcoxon
 
@@ -245,7 +245,7 @@ class PairComparison:
         """Sign-flip p-value below :data:`SIGNIFICANCE_LEVEL`."""
         return self.p_sign_flip < SIGNIFICANCE_LEVEL
 
-    def to_json(self) -> dict[str, float | str | bool]:
+    def to_json(self) -> dict[str, float | str | bool | list[float]]:
         return {"a": self.a, "b": self.b, "far": self.far, "mean": self.mean, "std": self.std,
                 "p_sign_flip": self.p_sign_flip, "p_wilcoxon": self.p_wilcoxon,
                 "ci95": [self.ci_low, self.ci_high], "significant": self.significant}

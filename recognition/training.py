@@ -190,7 +190,7 @@ def _load_rgb(path: Path, size: int) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
     if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(rgb, dtype=np.uint8)  # writable copy
 
 

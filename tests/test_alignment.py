@@ -82,6 +82,23 @@ def test_noisy_fit_is_the_least_squares_similarity(seed: int) -> None:
         assert _sse(composed[:2], src, dst) >= best
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_similarity_matches_scikit_image(seed: int) -> None:
+    """Oracle: scikit-image's SimilarityTransform (Umeyama) on noisy five-point sets (test extra)."""
+    transform = pytest.importorskip("skimage.transform")
+    rng = np.random.default_rng(200 + seed)
+    truth = _similarity(rng.uniform(-1, 1), rng.uniform(0.3, 3.0), *rng.uniform(-80, 80, 2))
+    src = ARCFACE_TEMPLATE_112 + rng.normal(0, 4.0, (5, 2))
+    dst = transform_points(truth, src) + rng.normal(0, 3.0, (5, 2))
+    if hasattr(transform.SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        oracle = transform.SimilarityTransform.from_estimate(src, dst)
+        assert oracle
+    else:
+        oracle = transform.SimilarityTransform()
+        assert oracle.estimate(src, dst)
+    np.testing.assert_allclose(estimate_similarity(src, dst), oracle.params[:2], atol=1e-9)
+
+
 def test_reflected_points_do_not_give_a_reflection() -> None:
     src = ARCFACE_TEMPLATE_112.copy()
     dst = src * np.array([-1.0, 1.0]) + np.array([120.0, 0.0])  # mirror image

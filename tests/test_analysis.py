@@ -172,8 +172,8 @@ def test_cluster_features_recovers_blobs_deterministically() -> None:
     x, truth = _blobs()
     labels, info = cluster_features(x, k=3, seed=7)
     # every true blob maps onto exactly one cluster (up to relabelling)
-    pairs = {(t, l) for t, l in zip(truth, labels)}
-    assert len(pairs) == 3 and len({l for _, l in pairs}) == 3
+    pairs = {(t, lab) for t, lab in zip(truth, labels)}
+    assert len(pairs) == 3 and len({lab for _, lab in pairs}) == 3
     assert info["converged"] and info["reg_covar"] > 0
     again, _ = cluster_features(x, k=3, seed=7)
     np.testing.assert_array_equal(labels, again)
@@ -210,9 +210,9 @@ def test_analyze_representations_tells_informative_layer_apart() -> None:
     stats, labels = analyze_representations(
         {"CL1": noise, "FC5": informative}, {"input40": points}, attrs, settings
     )
-    lv = {l: stats["layers"][l]["landmark"]["input40"]["mean"] for l in ("CL1", "FC5")}
+    lv = {layer: stats["layers"][layer]["landmark"]["input40"]["mean"] for layer in ("CL1", "FC5")}
     assert lv["FC5"] < 0.2 * lv["CL1"]
-    av = {l: stats["layers"][l]["attribute"]["smile"]["mean"] for l in ("CL1", "FC5")}
+    av = {layer: stats["layers"][layer]["attribute"]["smile"]["mean"] for layer in ("CL1", "FC5")}
     assert av["FC5"] < 0.02 and av["CL1"] > 0.15
     assert stats["layers"]["FC5"]["sizes"].sum() == n
     assert stats["reference"]["attribute"]["smile"]["positive_fraction"] == pytest.approx(smile.mean())
@@ -270,7 +270,7 @@ def test_analyze_command_report(analysis_run) -> None:
         for a in rep["attribute_variance"][layer].values():
             assert 0 <= a["mean"] <= 0.25 and a["clusters"] + a["skipped_clusters"] == K
     red = rep["reduction"]
-    assert [red[l]["pca"] for l in LAYERS] == [True, True, True, True, False, False]
+    assert [red[layer]["pca"] for layer in LAYERS] == [True, True, True, True, False, False]
     assert red["CL1"]["input_dims"] == 4800 and red["CL1"]["dims"] == 64
     assert 0 < red["CL1"]["explained_variance"] <= 1
     ratio = rep["landmark_variance_ratio"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Stop, photo_folder, stop_after
 
 from facealign.batch import (
     CSV_COLUMNS,
@@ -20,8 +21,6 @@ from facealign.batch import (
     iter_image_faces,
     run_crop_job,
 )
-
-from conftest import Stop, photo_folder, stop_after
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -175,7 +174,9 @@ def test_bad_arguments(small_input, tmp_path) -> None:
 
 def test_summary(small_input, tmp_path) -> None:
     calls = []
-    summary = run_crop_job(small_input, tmp_path / "out", jobs=1, chunk_size=2, progress=lambda d, t: calls.append((d, t)))
+    summary = run_crop_job(
+        small_input, tmp_path / "out", jobs=1, chunk_size=2, progress=lambda d, t: calls.append((d, t))
+    )
     assert calls == [(0, 5), (2, 5), (4, 5), (5, 5)]
     assert summary.seconds > 0 and summary.images_per_second == pytest.approx(5 / summary.seconds)
     assert summary.line().startswith("5 images: 5 processed, 0 skipped; 5 faces cropped, 1 failures; ")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import two_face_photo
 from PIL import Image
 
 import facealign
@@ -21,8 +22,6 @@ from facealign.alignment import estimate_similarity, get_template, transform_poi
 from facealign.cli import main
 from facealign.constants import DEFAULT_DETECTOR
 from facealign.imageio import read_image
-
-from conftest import two_face_photo
 
 MANIFEST_KEYS = {
     "source", "face", "num_faces", "box", "score", "landmarks", "transform", "output",
@@ -86,7 +85,12 @@ def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
             assert im.size == (112, 112)
         stem, ext = os.path.splitext(r["source"])
         assert r["output"] == f"{stem}_{r['face']}{'.jpg' if ext == '.jpg' else '.png'}"
-        assert (r["size"], r["template"], r["engine"], r["detector"]) == ([112, 112], "arcface", "tcnn", DEFAULT_DETECTOR)
+        assert (r["size"], r["template"], r["engine"], r["detector"]) == (
+            [112, 112],
+            "arcface",
+            "tcnn",
+            DEFAULT_DETECTOR,
+        )
         assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
     # Only crops, the two record files, the locks and the settings: nothing else (no .part
     # temporaries, no pending list once the job finished).
@@ -419,17 +423,16 @@ def test_crop_and_landmarks_run_without_torch(face_photos, tmp_path) -> None:
 
     block = tmp_path / "block"
     block.mkdir()
-    (block / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch -> ImportError\n")
+    hook = "import sys\nsys.modules['torch'] = None  # import torch -> ImportError\n"
+    (block / "sitecustomize.py").write_text(hook)
     src = tmp_path / "in"
     src.mkdir()
     for p in face_photos[:2]:
         (src / p.name).symlink_to(p)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), str(Path(__file__).resolve().parents[1])]))
-    code = (
-        "import sys; from facealign.cli import main; sys.argv = ['facealign'] + sys.argv[1:]; main()"
-    )
-    crop = subprocess.run([sys.executable, "-c", code, "crop", "--jobs", "2", "--silent", str(src), str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    code = "import sys; from facealign.cli import main; sys.argv = ['facealign'] + sys.argv[1:]; main()"
+    crop_args = ["crop", "--jobs", "2", "--silent", str(src), str(tmp_path / "out")]
+    crop = subprocess.run([sys.executable, "-c", code, *crop_args], env=env, capture_output=True, text=True, timeout=300)  # noqa: E501
     assert crop.returncode == 0, crop.stderr
     assert len(list((tmp_path / "out").glob("*.jpg"))) >= 2
     marks = subprocess.run([sys.executable, "-c", code, "landmarks", "--json", str(src / face_photos[0].name)],

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import child_pids, is_alive, photo_folder
 
 from facealign.batch import _CROP_NAME, CropJobError, run_crop_job
 from facealign.cli import main
-
-from conftest import child_pids, is_alive, photo_folder
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'facealign[dask]'")
 

@@ -25,14 +25,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import Stop, child_pids, is_alive, photo_folder, stop_after
 from PIL import Image
 
 import facealign.batch as batch
 import facealign.imageio as imageio
 from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
 from facealign.cli import EXIT_TEMPORARY, main
-
-from conftest import Stop, child_pids, is_alive, photo_folder, stop_after
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_bytes().decode("utf-8").splitlines()]
 
 
-def run_cli(*args) -> "object":
+def run_cli(*args) -> object:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -283,7 +282,9 @@ def test_item5_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> No
     "first, second, changed",
     [((), ("--largest-only",), "largest_only"), (("--format", "png"), (), "format")],
 )
-def test_item6_resuming_with_other_largest_only_or_format_is_refused(photos_in, tmp_path, first, second, changed) -> None:
+def test_item6_resuming_with_other_largest_only_or_format_is_refused(
+    photos_in, tmp_path, first, second, changed
+) -> None:
     out = tmp_path / "out"
     assert run_cli("crop", photos_in, out, "-j", "1", "-q", *first).exit_code == 0
     result = run_cli("crop", photos_in, out, "-j", "1", "-q", *second)
@@ -292,7 +293,7 @@ def test_item6_resuming_with_other_largest_only_or_format_is_refused(photos_in, 
     assert_consistent(out)
 
 
-# --------------------------------------------------------------------------- 9 and 12. OUT_DIR holds only recorded crops
+# ------------------------------------------------------------- 9 and 12. OUT_DIR holds only recorded crops
 
 
 def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -205,7 +204,9 @@ def test_thirty_faces_of_125px_on_a_6000x4000_canvas_are_all_found(face_photos, 
     photo = read_image(face_photos[0])
     box = get_detector("retinaface").detect(photo).boxes[0]
     face_w = box[2] - box[0]
-    cut = photo[max(0, int(box[1] - face_w)) : int(box[3] + face_w), max(0, int(box[0] - face_w)) : int(box[2] + face_w)]
+    cut = photo[
+        max(0, int(box[1] - face_w)) : int(box[3] + face_w), max(0, int(box[0] - face_w)) : int(box[2] + face_w)
+    ]
     scale = 125 / face_w
     tile = cv2.resize(cut, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     canvas = np.full((4000, 6000, 3), 90, np.uint8)
@@ -252,8 +253,23 @@ def test_entry_point_plugin_runs_in_crop_workers(face_photos, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "facealign.cli", "crop", str(in_dir), str(out), "--detector", "centre-box", "--jobs", "2", "-q"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "facealign.cli",
+            "crop",
+            str(in_dir),
+            str(out),
+            "--detector",
+            "centre-box",
+            "--jobs",
+            "2",
+            "-q",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

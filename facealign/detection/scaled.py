@@ -19,6 +19,8 @@ large one (``dlib-fast``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -135,7 +137,7 @@ class DlibHogDetector(ScaledDetector):
         self.rescue_threshold = None if rescue_threshold is None else float(rescue_threshold)
         if self.rescue_threshold is not None and self.rescue_threshold > self.threshold:
             raise ValueError("rescue_threshold must not exceed threshold")
-        self._detector = None
+        self._detector: Any = None  # dlib's detector, built on first use
 
     def __getstate__(self) -> dict:
         # dlib objects do not pickle; rebuild lazily in worker processes.
@@ -196,7 +198,7 @@ class HaarDetector(ScaledDetector):
         self.cascade = cascade
         self.min_neighbors = int(min_neighbors)
         self.scale_factor = float(scale_factor)
-        self._classifier = None
+        self._classifier: cv2.CascadeClassifier | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -205,7 +207,7 @@ class HaarDetector(ScaledDetector):
 
     def _detect_gray(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._classifier is None:
-            path = cv2.data.haarcascades + self.cascade
+            path = cv2.data.haarcascades + self.cascade  # type: ignore[attr-defined]  # not in OpenCV's stubs
             classifier = cv2.CascadeClassifier(path)
             if classifier.empty():
                 raise RuntimeError(f"could not load the OpenCV cascade {path}")
@@ -220,8 +222,8 @@ class HaarDetector(ScaledDetector):
         )
         if len(rects) == 0:
             return np.zeros((0, 4)), np.zeros((0,))
-        rects = np.asarray(rects, np.float64)
+        xywh = np.asarray(rects, np.float64)
         boxes = np.stack(
-            [rects[:, 0] - 0.5, rects[:, 1] - 0.5, rects[:, 0] + rects[:, 2] - 0.5, rects[:, 1] + rects[:, 3] - 0.5], 1
+            [xywh[:, 0] - 0.5, xywh[:, 1] - 0.5, xywh[:, 0] + xywh[:, 2] - 0.5, xywh[:, 1] + xywh[:, 3] - 0.5], 1
         )
         return boxes, np.asarray(weights, np.float64).reshape(-1)

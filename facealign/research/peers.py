@@ -31,11 +31,12 @@ image-right mouth corner       54
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .constants import NUM_POINTS
+from ..constants import NUM_POINTS
 
 __all__ = [
     "BENCH_INSTALL_HINT",
@@ -98,7 +99,7 @@ def reduce_68_to_5(points68: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_to_dlib_rect(box: "np.ndarray | tuple[float, float, float, float]") -> tuple[int, int, int, int]:
+def box_to_dlib_rect(box: np.ndarray | Sequence[float]) -> tuple[int, int, int, int]:
     """A facealign box (continuous edges) as dlib's inclusive pixel indices ``(left, top, right, bottom)``.
 
     The inverse of :class:`facealign.detection.DlibHogDetector`, which turns a dlib
@@ -167,7 +168,7 @@ class DlibShapePredictor:
 
     name = "dlib-ert68"
 
-    def __init__(self, model_path: "str | Path | None" = None) -> None:
+    def __init__(self, model_path: str | Path | None = None) -> None:
         dlib = _import_dlib()
         self.model_path = Path(model_path) if model_path is not None else dlib_model_path(68)
         if not self.model_path.is_file():
