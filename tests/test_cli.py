@@ -414,10 +414,10 @@ def test_crop_quality_limit_out_of_range(face_photos, tmp_path) -> None:
     assert result.exit_code != 0 and "--max-p-fail" in result.output
 
 
-def test_crop_and_landmarks_run_without_torch(face_photos, tmp_path) -> None:
-    # The run time needs no torch: in a fresh interpreter where importing torch
-    # fails, `crop` (two worker processes) and `landmarks` still work. The workers
-    # are new interpreters too, so the block is installed through sitecustomize.
+def test_crop_workers_and_landmarks_run_without_torch(face_photos, tmp_path) -> None:
+    # The run time needs no torch (tests/test_runtime_install.py checks one process):
+    # with importing torch failing, `crop` with two worker processes and `landmarks`
+    # still work. The workers are new interpreters, so the block goes in sitecustomize.
     import subprocess
     import sys
 

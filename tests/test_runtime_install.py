@@ -22,12 +22,14 @@ from facealign.research import TRAIN_INSTALL_HINT
 REPO = Path(__file__).resolve().parents[1]
 
 #: Packages of the extras that the run time must not import.
-BLOCKED = ("sklearn", "scipy", "matplotlib", "skimage")
+BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "skimage")
 #: Research modules that the run time must not import either.
 RESEARCH_MODULES = (
     "facealign.analysis",
     "facealign.data",
     "facealign.evaluation",
+    "facealign.export",
+    "facealign.model",
     "facealign.model_cli",
     "facealign.quality_fit",
     "facealign.research.peers",
@@ -183,7 +185,7 @@ def test_install_requirements_and_extras() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     runtime = _requirements(cfg["options"]["install_requires"])
-    assert not runtime & {"scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
+    assert not runtime & {"torch", "scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
     extras = {name: _requirements(value) for name, value in cfg["options.extras_require"].items()}
     assert {"train", "recognition", "dask", "bench", "test"} <= set(extras)
     # The README's install command (the test extra) brings every other extra's packages.
