@@ -2,7 +2,7 @@
 
 Layout
 ------
-``IN_DIR`` is walked recursively (:func:`facealign.imageio.scan_folder`) and its
+``IN_DIR`` is walked recursively and its
 sub-folders are mirrored in ``OUT_DIR``: face ``k`` (``k`` from 0, largest face
 first) of ``IN_DIR/a/b/photo.jpg`` becomes ``OUT_DIR/a/b/photo_<k>.<ext>``. When
 two sources of one folder would share output names (``photo.jpg`` and
@@ -32,7 +32,29 @@ processes while they write, so that a second job on the same ``OUT_DIR`` stops
 with an error instead of interleaving records, also while the workers of a
 killed job still run; ``.facealign-crop.json`` holds the settings (a rerun with
 other settings is refused); ``.facealign-crop.pending`` lists the crop names the
-current run may write.
+current run may write (appended a folder at a time, before that folder's images
+go out); ``.facealign-crop.dropped`` lists the records a run dropped (sources
+gone or changed) until it has rewritten the record files without them.
+
+The walk streams
+----------------
+The job never lists ``IN_DIR`` as a whole. A first pass counts image names
+(:func:`facealign.imageio.count_images`: names only, no ``stat``, no list) to
+size the job (``jobs="auto"``, the chunk size, the progress total) and to refuse
+an ``IN_DIR`` without images when ``OUT_DIR`` has records. Then
+:func:`facealign.imageio.walk_images` lists one folder at a time, in the order
+of :func:`facealign.imageio.scan_folder`, and :class:`_Planner` plans each
+folder when the walk reaches it (output names, its records, the pending list);
+its images go out in chunks while the walk goes on, and the walk advances only
+as chunks are submitted. So the driver holds the chunks in flight, the folder
+being walked and the entries still to walk of the folders above it: a folder of
+a million images costs as much as a listing of a million images, and a tree of
+ten million images in folders of a few thousand costs a few thousand entries.
+The records of earlier runs (:func:`_load_records`) are held for the whole run:
+memory proportional to the images already recorded, the work done. Output names
+are those of planning the whole tree at once (:func:`_plan`), as collisions can
+only happen within a folder or between folders whose names differ only in case
+or by ``%XX`` (their names are kept until the walk leaves their parent folder).
 
 Resuming
 --------
@@ -42,20 +64,26 @@ only after all its crops have been written (each atomically, with
 :func:`facealign.imageio.write_image_atomic`), so an image is recorded either
 completely or not at all. A manifest row is the only thing that makes a crop
 done: on a rerun, files named like the crops of the pending list (or of dropped
-records) that the manifest does not list are deleted, and files named like a
+records) that the manifest does not list are deleted (the pending list only names
+the folders the killed run had reached: it could not write elsewhere), and files named like a
 crop that no run of the job planned (the user's) are never overwritten: their
 image gets an ``output name taken`` failure. Images recorded in the manifest or
 the failures list with the same relative path, byte size and modification time
 are skipped; an image that changed since it was recorded is processed again and
 its old rows and crops are dropped, and so are those of a source no longer in
-``IN_DIR`` (unless it lies in a sub-folder that could not be listed). Failures
+``IN_DIR`` (unless it lies in a sub-folder that could not be listed): as the walk
+reaches the source's folder (before any image of it goes out, so a new source
+may take the name), or, for folders gone as a whole, at the end of the walk. Their
+crops are deleted at once, after they are listed in the dropped list; the
+record files are rewritten without their rows at the end of the run (streaming),
+or by the next run if this one is killed first. Failures
 in :data:`RETRIED_REASONS` are retried by every run. A torn last line (the job
 killed mid-write) is discarded. ``overwrite=True`` deletes the records and the
 crops they list and starts again.
 
 Errors
 ------
-Nothing in ``IN_DIR`` stops a job (:func:`facealign.imageio.scan_folder`; every
+Nothing in ``IN_DIR`` stops a job (:func:`facealign.imageio.walk_images`; every
 image-named entry is cropped or gets a failure; with worker processes, an image
 that kills its worker gets a failure too, see :func:`_run_chunks`). An error writing ``OUT_DIR``
 (disk full, I/O, permissions, too many open files) is not the image's fault: the
@@ -84,10 +112,12 @@ decoded images are batched for the landmark network until
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import errno
 import io
+import itertools
 import json
 import math
 import os
@@ -96,7 +126,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,11 +140,13 @@ from .imageio import (
     PART_SUFFIX,
     FolderScan,
     ImageReadError,
+    _list_folder,
+    count_images,
     name_from_b64,
     portable_name,
     raw_name_b64,
     read_image_reduced,
-    scan_folder,
+    walk_images,
     write_bytes_atomic,
     write_image_atomic,
 )
@@ -181,6 +213,11 @@ _PENDING_NAME = ".facealign-crop.pending"
 #: Indices of the chunks that worker processes started, one per line: when a worker
 #: dies, the images of these chunks are redone one per process (see _run_chunks).
 _STARTED_NAME = ".facealign-crop.started"
+#: The records a run dropped (sources gone from IN_DIR or changed), one JSON
+#: ``[source, bytes, mtime_ns]`` a line, written before their crops are deleted;
+#: the record files are rewritten without them at the end of the run, or by the
+#: next run when this one is killed first.
+_DROPPED_NAME = ".facealign-crop.dropped"
 #: A crop file name: ``<stem>_<face><ext>``.
 _CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)$")
 
@@ -762,14 +799,20 @@ def _encode_rows(rows: list[dict[str, Any]], fmt: str) -> str:
 
 @dataclass
 class _Records:
-    """What earlier runs recorded: the identity of each recorded source, and its crops."""
+    """What earlier runs recorded: the identity of each recorded source, and its crops.
+
+    Held for the whole job: memory proportional to the images already recorded
+    (the work done), not to IN_DIR.
+    """
 
     done: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (bytes, mtime_ns)
     settings: tuple[str, str, str, str] | None = None  # template, engine, detector, width
     outputs: set[str] = field(default_factory=set)  # crops listed in the manifest
     dropped: set[tuple[str, str]] = field(default_factory=set)  # (stem, ext) of the crops of dropped rows
     gone: int = 0  # sources no longer in IN_DIR whose records were dropped
-
+    crops: dict[str, list[str]] = field(default_factory=dict)  # source -> its crops (manifest rows)
+    failure_rows: Counter = field(default_factory=Counter)  # source -> its failure rows
+    folders: dict[str, set[str]] = field(default_factory=dict)  # folder of a source -> recorded sources there
 
 def _read_text(path: Path) -> tuple[str, bool]:
     """A record file's complete lines and whether a torn last line was cut off."""
@@ -845,47 +888,53 @@ def _rewrite(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def _load_records(
-    out_dir: Path, fmt: str, current: dict[str, tuple[int, int]], unknown: Callable[[str], bool]
-) -> _Records:
-    """Read earlier records, dropping incomplete images, sources that changed and sources gone.
+def _load_records(out_dir: Path, fmt: str) -> _Records:
+    """Read earlier records, dropping incomplete images and the rows a killed run had dropped.
 
-    ``current`` maps each source found now to its ``(bytes, mtime_ns)``;
-    ``unknown(source)`` is true for a source that is not in ``current`` but may
-    still exist (it lies in a sub-folder that could not be listed): its records
-    are kept. Records of the other sources not in ``current`` are dropped, with
-    their crops. Failures with a reason in :data:`RETRIED_REASONS` are dropped
-    (retried). The record files are rewritten when rows are dropped, and the
-    crops of dropped manifest rows are deleted, so every crop is listed exactly
-    once afterwards.
+    Which sources are gone from IN_DIR or changed is not known yet (the walk
+    streams): :class:`_Planner` drops their records folder by folder
+    (:meth:`_Planner.drop`). Here the rows named in the dropped list
+    (``.facealign-crop.dropped``) of a run that was killed before it rewrote
+    the record files are removed, as are incomplete images (with their crops)
+    and failures in :data:`RETRIED_REASONS` (retried). The record files are
+    rewritten when rows are dropped, so every crop is listed exactly once
+    afterwards.
     """
     records = _Records()
+    tombstones = _read_dropped(out_dir / _DROPPED_NAME)
     manifest = out_dir / manifest_name(fmt)
     entries, dropped = _manifest_entries(manifest, fmt)
+    live = []
+    for info, raw in entries:
+        if (info["source"], info["id"]) in tombstones:  # its crops were removed, or are unrecorded now
+            dropped = True
+            match = _CROP_NAME.match(info["output"])
+            if match:
+                records.dropped.add((match["stem"], match["ext"]))
+        else:
+            live.append((info, raw))
     groups: dict[str, list[dict[str, Any]]] = {}
-    for info, _ in entries:
+    for info, _ in live:
         groups.setdefault(info["source"], []).append(info)
     keep = set()
     for source, group in groups.items():
         complete = len({r["id"] for r in group}) == 1 and sorted(r["face"] for r in group) == list(
             range(group[0]["num_faces"])
         )
-        exists = source in current or unknown(source)
-        changed = source in current and current[source] != group[0]["id"]
-        if complete and exists and not changed:
+        if complete:
             keep.add(source)
             records.done[source] = group[0]["id"]
             records.settings = records.settings or group[0]["settings"]
             records.outputs.update(r["output"] for r in group)
+            records.crops[source] = [r["output"] for r in group]
         else:
-            records.gone += not exists
             for r in group:
                 _remove_output(out_dir, r["output"])
                 match = _CROP_NAME.match(r["output"])
                 if match:
                     records.dropped.add((match["stem"], match["ext"]))
     if dropped or len(keep) != len(groups):
-        _write_manifest(manifest, fmt, [raw for info, raw in entries if info["source"] in keep])
+        _write_manifest(manifest, fmt, [raw for info, raw in live if info["source"] in keep])
 
     failures_path = out_dir / FAILURES_NAME
     text, dropped = _read_text(failures_path)
@@ -898,23 +947,74 @@ def _load_records(
         except (ValueError, KeyError, TypeError):
             dropped = True
             continue
-        exists = source in current or unknown(source)
         low_quality = row.get("reason") == LOW_QUALITY
         if (
             retried
-            or not exists
-            or (source in current and current[source] != ident)
+            or (source, ident) in tombstones
             or (source in keep and not low_quality)
             or (source in groups and source not in keep)
         ):
-            dropped = True  # retried, gone, changed since (try again), superseded by crops, or its image is redone
-            records.gone += not exists and not retried
+            dropped = True  # retried, dropped by a killed run, superseded by crops, or its image is redone
             continue
         records.done.setdefault(source, ident)
+        records.failure_rows[source] += 1
         kept_lines.append(line)
     if dropped:
         _rewrite(failures_path, "".join(line + "\n" for line in kept_lines))
+    _unlink_quietly(out_dir / _DROPPED_NAME)  # applied
+    for source in records.done:
+        records.folders.setdefault(source.rpartition("/")[0], set()).add(source)
     return records
+
+
+def _read_dropped(path: Path) -> set[tuple[str, tuple[int, int]]]:
+    """The ``(source, (bytes, mtime_ns))`` of the records a run dropped (see :class:`_Planner`)."""
+    text, _ = _read_text(path)
+    found = set()
+    for line in text.splitlines():
+        try:
+            source, size, mtime_ns = json.loads(line)
+            found.add((str(source), (int(size), int(mtime_ns))))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]) -> None:
+    """Rewrite a record file (``fmt``: ``"jsonl"`` or ``"csv"``) without the rows of ``drop``,
+    streaming (one row in memory at a time), atomically (the temporary is renamed onto it)."""
+    if not path.exists():
+        return
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as source, \
+                os.fdopen(fd, "w", encoding="utf-8", newline="") as target:  # fmt: skip
+            if fmt == "jsonl":
+                for line in source:
+                    try:
+                        row = json.loads(line)
+                        key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                    except (ValueError, KeyError, TypeError):
+                        key = None  # left to the next run's checks
+                    if key not in drop:
+                        target.write(line)
+            else:
+                reader, writer = csv.reader(source), csv.writer(target, lineterminator="\n")
+                for n, values in enumerate(reader):
+                    row = dict(zip(CSV_COLUMNS, values))
+                    try:
+                        key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                    except (ValueError, KeyError, TypeError):
+                        key = None  # the header, or left to the next run's checks
+                    if n == 0 or key not in drop:
+                        writer.writerow(values)
+            target.flush()
+            os.fsync(target.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        _unlink_quietly(Path(tmp_name))
+        raise
 
 
 def _remove_output(out_dir: Path, output: str) -> None:
@@ -964,20 +1064,47 @@ def _output_ext(source: Path, fmt: str | None) -> str:
 
 
 def _plan(in_dir: Path, scan: FolderScan, fmt: str | None) -> tuple[list[_Task], list[tuple[_Task, str]]]:
-    """One task per image, with collision-free output names (see the module notes).
+    """One task per image of a whole :func:`facealign.imageio.scan_folder` listing (the planning of
+    facealign 0.3, kept as the reference the streaming planner, :class:`_Planner`, must match).
 
     Returns the tasks of the readable images, and ``(task, reason)`` for the
     image-named entries that cannot be read (broken links, FIFOs, ...).
-    Output names are valid UTF-8 (:func:`facealign.imageio.portable_name`);
-    should two still coincide, the later one gets ``~1``, ``~2``, ... added.
     """
-    paths = [path for path, _, _ in scan.images]
+    planned = _plan_images(in_dir, scan.images, fmt, set())
+    return [t for t, p in planned if p is None], [(t, f"unreadable file: {p}") for t, p in planned if p is not None]
+
+
+def _plan_images(
+    in_dir: Path, images: Sequence[tuple[Path, "os.stat_result | None", "str | None"]], fmt: str | None,
+    taken: set[tuple[str, str]], twins: Sequence[Path] = (),
+) -> list[tuple[_Task, "str | None"]]:  # fmt: skip
+    """``(task, problem)`` per image, in order, with collision-free output names (see the module notes).
+
+    ``images`` are :attr:`facealign.imageio.FolderScan.images`, sorted by path
+    components. Sources of one folder whose names differ only in extension or
+    case get the full name as stem; output names are valid UTF-8
+    (:func:`facealign.imageio.portable_name`); should two still coincide
+    (case-insensitively: also across folders whose names differ only in case),
+    the later one gets ``~1``, ``~2``, ... added. ``taken`` holds the
+    ``(lower-case stem, ext)`` already given out, and is updated: names can only
+    coincide between sources whose folders have the same lower-case portable
+    name, so it need only hold the names of those folders. ``twins`` are the
+    image paths of other folders with the same portable name as the folder of
+    ``images`` (one named with bytes that are not UTF-8, one with their ``%XX``):
+    their names count as the folder's own when choosing stems.
+    """
+
+    def key(path: Path) -> tuple[str, str, str]:
+        rel = path.relative_to(in_dir)
+        return portable_name(rel.parent.as_posix()), portable_name(rel.stem).lower(), _output_ext(path, fmt)
+
+    paths = [path for path, _, _ in images]
     rels = [p.relative_to(in_dir) for p in paths]
-    exts = [_output_ext(p, fmt) for p in paths]
-    keys = [(portable_name(r.parent.as_posix()), portable_name(r.stem).lower(), e) for r, e in zip(rels, exts)]
-    counts = Counter(keys)
-    tasks, unreadable, taken = [], [], set()
-    for (path, info, problem), rel, ext, key in zip(scan.images, rels, exts, keys):
+    keys = [key(p) for p in paths]
+    exts = [k[2] for k in keys]
+    counts = Counter(keys) + Counter(key(p) for p in twins)
+    planned: list[tuple[_Task, str | None]] = []
+    for (path, info, problem), rel, ext, key in zip(images, rels, exts, keys):
         stem = portable_name((rel.parent / (rel.name if counts[key] > 1 else rel.stem)).as_posix())
         unique, n = stem, 0
         while (unique.lower(), ext) in taken:
@@ -990,12 +1117,8 @@ def _plan(in_dir: Path, scan: FolderScan, fmt: str | None) -> tuple[list[_Task],
             except OSError:
                 info = None
         size, mtime_ns = (info.st_size, info.st_mtime_ns) if info is not None else (0, 0)
-        task = _Task(rel.as_posix(), str(path), unique, ext, size, mtime_ns)
-        if problem is None:
-            tasks.append(task)
-        else:
-            unreadable.append((task, f"unreadable file: {problem}"))
-    return tasks, unreadable
+        planned.append((_Task(rel.as_posix(), str(path), unique, ext, size, mtime_ns), problem))
+    return planned
 
 
 class _Lock:
@@ -1140,23 +1263,55 @@ def _remove_unrecorded(out_dir: Path, recorded: set[str], dropped: set[tuple[str
     (its pending file) or of the records just ``dropped`` (``(stem, ext)``) that
     the manifest does not list, and the ``.part`` temporaries beside them.
     Files named otherwise, or like crops of other images, are never touched.
+    The pending file is read a folder at a time (:func:`_pending_groups`).
     """
-    path = out_dir / _PENDING_NAME
-    text, _ = _read_text(path)
-    pending = set(dropped)
-    for line in text.splitlines():
-        try:
-            stem, ext = json.loads(line)
-            pending.add((str(stem), str(ext)))
-        except (ValueError, TypeError):
-            continue
-    crops, parts = _crop_files(out_dir, {_folder(stem) for stem, _ in pending})
-    for key in pending:
+    for names in _pending_groups(out_dir):
+        _remove_crops_named(out_dir, names, recorded, parts=True)
+    by_folder: dict[str, set[tuple[str, str]]] = {}
+    for stem, ext in dropped:
+        by_folder.setdefault(_folder(stem), set()).add((stem, ext))
+    for names in by_folder.values():
+        _remove_crops_named(out_dir, names, recorded, parts=True)
+
+
+def _remove_crops_named(out_dir: Path, names: set[tuple[str, str]], recorded: set[str], parts: bool) -> None:
+    """Delete the files named like crops of ``names`` (``(stem, ext)``) that ``recorded`` does not
+    list, and with ``parts`` the ``.part`` temporaries in their folders."""
+    crops, temporaries = _crop_files(out_dir, {_folder(stem) for stem, _ in names})
+    for key in names:
         for rel in crops.get(key, []):
             if rel not in recorded:
                 _remove_output(out_dir, rel)
-    for part in parts:
+    for part in temporaries if parts else ():
         _unlink_quietly(part)
+
+
+def _pending_groups(out_dir: Path) -> Iterator[set[tuple[str, str]]]:
+    """The ``(stem, ext)`` of the pending file, a group of consecutive lines of one output
+    folder at a time (the planner appends a folder at a time), read as a stream."""
+    path = out_dir / _PENDING_NAME
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    with handle:
+        group: set[tuple[str, str]] = set()
+        folder = None
+        for line in handle:
+            if not line.endswith("\n"):
+                continue  # torn
+            try:
+                stem, ext = json.loads(line)
+                stem, ext = str(stem), str(ext)
+            except (ValueError, TypeError):
+                continue
+            if group and _folder(stem) != folder:
+                yield group
+                group = set()
+            folder = _folder(stem)
+            group.add((stem, ext))
+        if group:
+            yield group
 
 
 def _taken_outputs(out_dir: Path, todo: list[_Task], recorded: set[str]) -> dict[str, str]:
@@ -1204,10 +1359,12 @@ def run_crop_job(
     largest_only : bool
         Crop only the largest face of each image.
     jobs : int or "auto", optional
-        Worker processes (joblib, loky). ``"auto"`` (default; also None) runs
-        one process per :data:`AUTO_IMAGES_PER_PROCESS` images to process, at
-        most one per core, so small jobs run in this process; -1 means all
-        cores. With more than one, each worker runs the networks and OpenCV
+        Worker processes (loky, joblib's process pool). ``"auto"`` (default;
+        also None) runs one process per :data:`AUTO_IMAGES_PER_PROCESS` images
+        to process, at most one per core, so small jobs run in this process;
+        the images to process are estimated before the walk, as the image names
+        counted in ``in_dir`` less the images recorded in ``out_dir``. -1 means
+        all cores. With more than one, each worker runs the networks and OpenCV
         single-threaded, and dies with this process (:func:`_own_worker`).
     fmt : {"jpg", "png"}, optional
         Crop file format; by default JPEG sources give ``.jpg`` crops and all
@@ -1224,8 +1381,10 @@ def run_crop_job(
     progress : callable, optional
         ``progress(done, total)``, called with ``done = 0`` before the first
         image and after each chunk, in the parent process; ``total`` counts the
-        images this run processes. An exception raised by it stops the job
-        after the chunk's records were written.
+        images this run processes: until the walk has finished it is the
+        estimate of ``jobs="auto"`` (or the images planned so far, if more), then
+        exact, so it may change between calls. An exception raised by it stops
+        the job after the chunk's records were written.
     max_expected_error : float, optional
         Do not crop faces whose ``expected_error`` (% of the inter-ocular
         distance) is above this; list them in the failures file as ``low quality``.
@@ -1296,7 +1455,16 @@ def _run_locked(
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
     client: "distributed.Client | None" = None,
 ) -> None:  # fmt: skip
-    """The body of :func:`run_crop_job`, run while OUT_DIR is locked."""
+    """The body of :func:`run_crop_job`, run while OUT_DIR is locked.
+
+    IN_DIR is walked twice: a count of image names (:func:`facealign.imageio.count_images`:
+    no ``stat``, no list) sizes the job (``jobs="auto"``, the chunk size, the
+    progress total) and guards against an empty IN_DIR; then the walk that plans
+    streams (:func:`facealign.imageio.walk_images`): each folder is planned
+    (:class:`_Planner`) when the walk reaches it, and its images go out in chunks
+    while the walk goes on, so the driver holds the chunks in flight and the
+    folders being walked, never the listing of IN_DIR.
+    """
     other = dst / manifest_name("csv" if manifest_format == "jsonl" else "jsonl")
     if overwrite:
         _remove_unrecorded(dst, set())
@@ -1307,23 +1475,18 @@ def _run_locked(
             f"format; rerun with --manifest-format {other.suffix[1:]} or --overwrite"
         )
     try:
-        scan = scan_folder(src)
+        found, unlistable = count_images(src)
     except OSError as exc:
         raise CropJobError(f"cannot list IN_DIR {str(src)!r}: {exc.strerror or exc}") from exc
-    tasks, unreadable = _plan(src, scan, fmt)
-    summary.ignored = scan.ignored
     wanted = _job_settings(settings, resolved, largest_only, fmt)
     has_records = _has_records(dst)
     _check_settings(dst, wanted, has_records)
-    current = {t.source: (t.size, t.mtime_ns) for t in tasks + [t for t, _ in unreadable]}
-    hidden = [f.relative_to(src).as_posix() + "/" for f in scan.unreadable_folders]
-    if not current and not hidden and has_records:
+    if not found and not unlistable and has_records:
         raise CropJobError(
             f"IN_DIR {str(src)!r} holds no images, but OUT_DIR holds the records of earlier runs; if IN_DIR is "
             "not mounted, mount it; to empty OUT_DIR, rerun with --overwrite"
         )
-    records = _load_records(dst, manifest_format, current, lambda source: source.startswith(tuple(hidden)))
-    summary.gone = records.gone
+    records = _load_records(dst, manifest_format)
     legacy = (resolved.name, settings.engine, settings.detector, str(resolved.size[0]))
     if records.settings is not None and records.settings != legacy:
         raise CropJobError(
@@ -1333,44 +1496,221 @@ def _run_locked(
         )
     _rewrite(dst / _SETTINGS_NAME, json.dumps(wanted, indent=1) + "\n")
     _remove_unrecorded(dst, records.outputs, records.dropped)
-    todo = [t for t in tasks if records.done.get(t.source) != (t.size, t.mtime_ns)]
-    summary.images, summary.skipped = len(current), len(tasks) - len(todo)
-    taken = _taken_outputs(dst, todo, records.outputs)
-    early = unreadable + [
-        (t, f"output name taken: {taken[t.source]} in OUT_DIR was not written by facealign; move it away and rerun")
-        for t in todo
-        if t.source in taken
-    ]
-    todo = [t for t in todo if t.source not in taken]
-    _rewrite(dst / _PENDING_NAME, "".join(json.dumps([t.output_stem, t.ext]) + "\n" for t in todo))
+    records.dropped.clear()
+    _rewrite(dst / _PENDING_NAME, "")
+    # Images to process, as far as names tell: what the count found less what is recorded.
+    estimate = max(0, found - len(records.done))
     manifest_path = dst / manifest_name(manifest_format)
     new_csv = manifest_format == "csv" and (not manifest_path.exists() or manifest_path.stat().st_size == 0)
     with open(manifest_path, "ab", buffering=0) as manifest, open(dst / FAILURES_NAME, "ab", buffering=0) as failures:
         if new_csv:
             _append(manifest, ",".join(CSV_COLUMNS) + "\n")
-        _append(failures, "".join(json.dumps(_failure(t, reason), ensure_ascii=False) + "\n" for t, reason in early))
-        summary.processed += len(early)
-        summary.failures += len(early)
-        if progress is not None:
-            progress(0, len(todo))
-        done = 0
-        n_jobs = _resolve_jobs(jobs, len(todo))
-        for chunk_tasks, chunk in _run_chunks(todo, settings, largest_only, dst, n_jobs, chunk_size, client):
-            rows = [r for image_rows, _ in chunk.results for r in image_rows]
-            fails = [f for _, f in chunk.results if f is not None]
-            _append(manifest, _encode_rows(rows, manifest_format))
-            _append(failures, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails))
-            summary.processed += len(chunk.results)
-            summary.faces += len(rows)
-            summary.failures += len(fails)
-            summary.chunks += 1
-            if chunk.stopped is not None:
-                raise CropJobTransientError(f"{chunk.stopped}; fix it and rerun to continue")
-            done += len(chunk_tasks)
-            summary.seconds = time.perf_counter() - start
+        planner = _Planner(src, dst, fmt, records, failures, summary, estimate)
+        try:
+            try:
+                walk = walk_images(src, planner.plan_folder)
+            except OSError as exc:
+                raise CropJobError(f"cannot list IN_DIR {str(src)!r}: {exc.strerror or exc}") from exc
             if progress is not None:
-                progress(done, len(todo))
+                progress(0, planner.total())
+            done = 0
+            n_jobs = _resolve_jobs(jobs, estimate)
+            for chunk_tasks, chunk in _run_chunks(planner.tasks(walk), estimate, settings, largest_only, dst, n_jobs,
+                                                  chunk_size, client):  # fmt: skip
+                rows = [r for image_rows, _ in chunk.results for r in image_rows]
+                fails = [f for _, f in chunk.results if f is not None]
+                _append(manifest, _encode_rows(rows, manifest_format))
+                _append(failures, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails))
+                summary.processed += len(chunk.results)
+                summary.faces += len(rows)
+                summary.failures += len(fails)
+                summary.chunks += 1
+                if chunk.stopped is not None:
+                    raise CropJobTransientError(f"{chunk.stopped}; fix it and rerun to continue")
+                done += len(chunk_tasks)
+                summary.seconds = time.perf_counter() - start
+                if progress is not None:
+                    progress(done, planner.total())
+            planner.finish()
+        finally:
+            planner.close()
+    summary.gone = records.gone
+    if planner.dropped:  # rows of sources gone or changed: remove them, then forget the list
+        _filter_records(manifest_path, manifest_format, planner.dropped)
+        _filter_records(dst / FAILURES_NAME, "jsonl", planner.dropped)
+        _unlink_quietly(dst / _DROPPED_NAME)
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+
+
+class _Planner:
+    """Plans the crop job one folder at a time, as the walk reaches it (the ``plan`` of
+    :func:`facealign.imageio.walk_images`), and does each folder's bookkeeping before any
+    of its images goes out:
+
+    * output names (:func:`_plan_images`): names can only collide between
+      sources of folders with the same lower-case portable name, which are
+      siblings or lie in sibling folders whose names differ only in case or by
+      ``%XX``. The names given out in those are kept until the walk leaves their
+      common parent, and a folder with the same portable name as others counts
+      their image names too (it lists them once more); all other folders are
+      planned on their own. So the names are those of planning the whole tree
+      at once (:func:`_plan`);
+    * records: the recorded sources of the folder that are gone or changed are
+      dropped (:meth:`drop`), sources recorded unchanged are skipped; a recorded
+      folder the walk never reached is gone at the end (:meth:`finish`), unless
+      it lies in a folder that could not be listed;
+    * failures of unreadable files and of names a user's file holds are appended;
+    * the folder's images to process are appended, durably, to the pending file
+      before the first of them is yielded (:meth:`tasks`).
+
+    Memory: the records (:class:`_Records`, the work done), the folder being
+    planned (so a folder of a million images costs the driver as much as a
+    listing of a million images), and the names of case-variant folders.
+    """
+
+    def __init__(self, src: Path, dst: Path, fmt: str | None, records: _Records, failures: io.RawIOBase,
+                 summary: Summary, estimate: int) -> None:  # fmt: skip
+        self.src, self.dst, self.fmt, self.records = src, dst, fmt, records
+        self.failures, self.summary, self.estimate = failures, summary, estimate
+        self.planned = 0  # images to process planned so far
+        self.walked = False
+        self.hidden: list[str] = []  # "folder/" of the sub-folders that could not be listed
+        self.dropped: set[tuple[str, tuple[int, int]]] = set()
+        self._dropped_file: io.RawIOBase | None = None
+        self._pending = open(dst / _PENDING_NAME, "ab", buffering=0)
+        #: Case-variant groups being walked: (parent folder, lower-case keys of the variants).
+        self._groups: list[tuple[str, list[str]]] = []
+        self._taken: dict[str, set[tuple[str, str]]] = {}  # lower-case folder key -> names given out there
+        #: Portable folder path -> the folders with that portable name, when there are several.
+        self._twins: dict[str, list[Path]] = {}
+
+    def total(self) -> int:
+        """Images to process: exact once the walk is done, else the estimate from the count."""
+        return self.planned if self.walked else max(self.estimate, self.planned)
+
+    def tasks(self, walk: Iterator[_Task]) -> Iterator[_Task]:
+        yield from walk
+        self.walked = True
+
+    def plan_folder(self, folder: Path, scan: FolderScan) -> list[_Task | None]:
+        """The tasks of ``scan.images`` (None for those not processed now), after the bookkeeping."""
+        rel = folder.relative_to(self.src).as_posix()
+        rel = "" if rel == "." else rel
+        self.summary.ignored.update(scan.ignored)
+        if scan.unreadable_folders:
+            self.hidden.append(rel + "/")
+            return []
+        twins = self._twins_of(folder, rel, scan.folders)
+        planned = _plan_images(self.src, scan.images, self.fmt, self._taken_set(rel, scan.folders), twins)
+        self._judge(rel, {t.source: (t.size, t.mtime_ns) for t, _ in planned})
+        self.summary.images += len(planned)
+        readable = [t for t, problem in planned if problem is None]
+        todo = [t for t in readable if self.records.done.get(t.source) != (t.size, t.mtime_ns)]
+        self.summary.skipped += len(readable) - len(todo)
+        taken = _taken_outputs(self.dst, todo, self.records.outputs) if todo else {}
+        early = [(t, f"unreadable file: {problem}") for t, problem in planned if problem is not None] + [
+            (t, f"output name taken: {taken[t.source]} in OUT_DIR was not written by facealign; move it away and rerun")
+            for t in todo
+            if t.source in taken
+        ]
+        todo = [t for t in todo if t.source not in taken]
+        _append(self.failures, "".join(json.dumps(_failure(t, reason), ensure_ascii=False) + "\n" for t, reason in early))
+        self.summary.processed += len(early)
+        self.summary.failures += len(early)
+        _append(self._pending, "".join(json.dumps([t.output_stem, t.ext]) + "\n" for t in todo))
+        self.planned += len(todo)
+        go = {t.source for t in todo}
+        return [t if t.source in go else None for t, _ in planned]
+
+    def _twins_of(self, folder: Path, rel: str, subfolders: list[Path]) -> list[Path]:
+        """The images of the folders with the same portable name as ``folder`` (see
+        :func:`_plan_images`), and the sub-folders of all of them; notes the twins among those."""
+        path = portable_name(rel)
+        others = [f for f in self._twins.get(path, ()) if f != folder]
+        images: list[Path] = []
+        subfolders = list(subfolders)
+        for other in others:  # listed again when the walk reaches it; twins are rare
+            try:
+                _, scan = _list_folder(other)
+            except OSError:
+                continue
+            images += [p for p, _, _ in scan.images]
+            subfolders += scan.folders
+        by_name: dict[str, list[Path]] = {}
+        for sub in subfolders:
+            by_name.setdefault(portable_name(sub.name), []).append(sub)
+        for name, members in by_name.items():
+            if len(members) > 1:
+                self._twins[f"{path}/{name}" if path else name] = sorted(members)
+        return images
+
+    def _taken_set(self, rel: str, subfolders: list[Path]) -> set[tuple[str, str]]:
+        """The names given out in folders with the same lower-case portable name as ``rel``."""
+        key = portable_name(rel).lower()
+        while self._groups and not _is_within(rel, self._groups[-1][0]):
+            _, keys = self._groups.pop()  # the walk left their parent: forget their names
+            outer = [g for _, more in self._groups for g in more]
+            for name in [k for k in self._taken if any(_is_within(k, g) for g in keys)]:
+                if not any(_is_within(name, g) for g in outer):
+                    del self._taken[name]
+        taken = self._taken.get(key, set())
+        if any(_is_within(key, g) for _, keys in self._groups for g in keys):
+            self._taken[key] = taken
+        variants = Counter(portable_name(f.name).lower() for f in subfolders)
+        shared = [f"{key}/{name}" if key else name for name, n in variants.items() if n > 1]
+        if shared:
+            self._groups.append((rel, shared))
+        return taken
+
+    def _judge(self, rel: str, current: dict[str, tuple[int, int]]) -> None:
+        """Drop the records of the sources of folder ``rel`` that are gone or changed."""
+        recorded = self.records.folders.pop(rel, set())
+        gone = [s for s in recorded if s not in current]
+        changed = [s for s in recorded if s in current and current[s] != self.records.done[s]]
+        self.drop(sorted(gone), gone=True)
+        self.drop(sorted(changed), gone=False)
+
+    def drop(self, sources: list[str], gone: bool) -> None:
+        """Drop the records of ``sources``: list them in the dropped file (durably, so that a
+        killed run's rows are dropped by the next), then delete their crops (and files named
+        like them that no record lists). The record files are rewritten at the end."""
+        if not sources:
+            return
+        if self._dropped_file is None:
+            self._dropped_file = open(self.dst / _DROPPED_NAME, "ab", buffering=0)
+        records = self.records
+        _append(self._dropped_file, "".join(json.dumps([s, *records.done[s]]) + "\n" for s in sources))
+        names = set()
+        for source in sources:
+            self.dropped.add((source, records.done.pop(source)))
+            crops = records.crops.pop(source, [])
+            failures = records.failure_rows.pop(source, 0)
+            records.gone += (bool(crops) + failures) if gone else 0
+            for output in crops:
+                _remove_output(self.dst, output)
+                records.outputs.discard(output)
+                match = _CROP_NAME.match(output)
+                if match:
+                    names.add((match["stem"], match["ext"]))
+        _remove_crops_named(self.dst, names, records.outputs, parts=False)
+
+    def finish(self) -> None:
+        """After the walk: drop the records of the folders it never reached (gone from IN_DIR),
+        except those inside folders that could not be listed (their images are unknown)."""
+        for folder in sorted(self.records.folders):
+            if not (folder + "/").startswith(tuple(self.hidden)):
+                self.drop(sorted(self.records.folders[folder]), gone=True)
+        self.records.folders.clear()
+
+    def close(self) -> None:
+        self._pending.close()
+        if self._dropped_file is not None:
+            self._dropped_file.close()
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether POSIX relative ``path`` is ``folder`` or inside it (``""`` is the root)."""
+    return not folder or path == folder or path.startswith(folder + "/")
 
 
 def _cluster_chunk_size() -> int:
@@ -1419,7 +1759,7 @@ def _clear(out_dir: Path) -> None:
             for info, _ in entries:
                 _remove_output(out_dir, info["output"])
             manifest.unlink()
-    for name in (FAILURES_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME):
+    for name in (FAILURES_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME, _DROPPED_NAME):
         _unlink_quietly(out_dir / name)
 
 
@@ -1431,64 +1771,133 @@ def balanced_chunk_size(n_images: int, n_workers: int, chunk_size: int) -> int:
     return max(1, min(chunk_size, math.ceil(n_images / (4 * n_workers))))
 
 
+#: Chunks per worker process submitted at a time with ``jobs > 1`` (joblib's
+#: ``pre_dispatch``): one running and one queued in loky's call queue, so that no
+#: worker waits for the driver and none waits in loky's own backlog (which its
+#: ``shutdown(kill_workers=True)`` does not clear cleanly).
+LOCAL_CHUNKS_IN_FLIGHT_PER_PROCESS: int = 2
+
+
+def _batched(items: Iterable[_Task], size: int) -> Iterator[list[_Task]]:
+    """Lists of ``size`` items (the last may be shorter), taken from ``items`` only when asked for."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def _run_chunks(
-    todo: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int, chunk_size: int,
-    client: "distributed.Client | None" = None,
+    todo: Iterable[_Task], n_images: int, settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int,
+    chunk_size: int, client: "distributed.Client | None" = None,
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
     """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``,
     or on a Dask cluster, in the order they complete, with ``client``
     (:func:`facealign.cluster.run_chunks_on_cluster`).
 
+    ``todo`` is consumed a chunk at a time, as chunks are submitted (it is the
+    streaming walk, :class:`_Planner`); ``n_images``, the number of images
+    expected, sets the chunk size (:func:`balanced_chunk_size`). At most
+    :data:`LOCAL_CHUNKS_IN_FLIGHT_PER_PROCESS` chunks per process are in flight.
+
     With worker processes, a worker that dies (a crash in a decoder, killed for
-    memory) does not stop the job: the images of every chunk that had started
-    and not finished are redone one per worker process
+    memory) does not stop the job: loky then stops the other workers too, the
+    ``.part`` temporaries in the folders of the chunks in flight are deleted,
+    the images of every chunk that had started and not finished are redone one
+    per worker process
     (:func:`_process_isolated`), and the image that kills its process again gets
     a failure; the other chunks run on as before. (In one process, such an image
     ends the job.)
     """
-    if not todo:
-        return
     if client is not None:
         from .cluster import run_chunks_on_cluster
 
-        yield from run_chunks_on_cluster(client, todo, settings, largest_only, out_dir, chunk_size)
+        yield from run_chunks_on_cluster(client, todo, n_images, settings, largest_only, out_dir, chunk_size)
         return
-    n_jobs = min(n_jobs, len(todo))
-    size = balanced_chunk_size(len(todo), n_jobs, chunk_size)
-    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    n_jobs = max(1, min(n_jobs, n_images))
+    chunks = _batched(todo, balanced_chunk_size(n_images, n_jobs, chunk_size))
     if n_jobs == 1:
         for chunk in chunks:
             yield chunk, _process_chunk(chunk, settings, largest_only, str(out_dir), False)
         return
-    from joblib import Parallel, delayed
-    from joblib.externals.loky.process_executor import TerminatedWorkerError
+    yield from _run_in_processes(chunks, settings, largest_only, out_dir, n_jobs)
+
+
+def _worker_pool(n_jobs: int) -> Any:
+    """joblib's process pool (loky's reusable executor, shared with ``joblib.Parallel``) of
+    ``n_jobs`` workers, with joblib's limits on the threads of native libraries in them."""
+    from joblib.executor import get_memmapping_executor
+
+    threads = str(max(1, (os.cpu_count() or 1) // n_jobs))
+    env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+    if "ENABLE_IPC" not in os.environ:
+        env["ENABLE_IPC"] = "1"
+    return get_memmapping_executor(n_jobs, timeout=300, env=env)
+
+
+#: Thread-count variables joblib sets in its worker processes.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")  # fmt: skip
+
+
+def _run_in_processes(
+    chunks: Iterator[list[_Task]], settings: CropSettings, largest_only: bool, out_dir: Path, n_jobs: int
+) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+    """:func:`_run_chunks` with worker processes: chunks are taken from ``chunks`` and submitted
+    as earlier ones are yielded, results are yielded in order."""
+    from concurrent.futures import wait
+
+    from joblib.externals.loky.process_executor import BrokenProcessPool
 
     parent = os.getpid()
     started = out_dir / _STARTED_NAME
-    while chunks:
-        _rewrite(started, "")
-        parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
-        results = parallel(
-            delayed(_process_chunk)(c, settings, largest_only, str(out_dir), True, parent, i) for i, c in enumerate(chunks)
-        )
-        done, died = 0, False
-        try:
-            for chunk, result in zip(chunks, results):
-                yield chunk, result
-                done += 1
-        except TerminatedWorkerError:
-            died = True
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
-        if not died:
-            break
-        text, _ = _read_text(started)
-        suspects = {int(i) for i in text.split() if i.isdigit() and int(i) >= done} or {done}
-        yield from _process_isolated([t for i in sorted(suspects) for t in chunks[i]], settings, largest_only, out_dir)
-        chunks = [c for i, c in enumerate(chunks) if i >= done and i not in suspects]
-    _unlink_quietly(started)
+    _rewrite(started, "")
+    numbers = itertools.count()
+    window: collections.deque[tuple[int, list[_Task], Any]] = collections.deque()
+    again: collections.deque[list[_Task]] = collections.deque()  # chunks to submit again after a worker died
+    executor = None
+    finished = False
+    try:
+        while True:
+            while len(window) < LOCAL_CHUNKS_IN_FLIGHT_PER_PROCESS * n_jobs:
+                chunk = again.popleft() if again else next(chunks, None)
+                if chunk is None:
+                    break
+                executor = executor or _worker_pool(n_jobs)
+                number = next(numbers)
+                window.append((number, chunk, executor.submit(
+                    _process_chunk, chunk, settings, largest_only, str(out_dir), True, parent, number)))  # fmt: skip
+            if not window:
+                break
+            number, chunk, future = window[0]
+            try:
+                result = future.result()
+            except BrokenProcessPool:  # TerminatedWorkerError: a worker died; the pool is gone
+                lost = list(window)
+                window.clear()
+                wait([f for _, _, f in lost])  # loky has killed every worker: none writes any more
+                _, parts = _crop_files(out_dir, {_folder(t.output_stem) for _, c, _ in lost for t in c})
+                for part in parts:  # the temporaries of the crops they were writing
+                    _unlink_quietly(part)
+                text, _ = _read_text(started)
+                begun = {int(i) for i in text.split() if i.isdigit()} | {number}
+                suspects = []
+                for n, c, f in lost:
+                    if f.exception() is None:
+                        yield c, f.result()
+                    elif n in begun:
+                        suspects.extend(c)
+                    else:
+                        again.append(c)
+                yield from _process_isolated(suspects, settings, largest_only, out_dir)
+                _rewrite(started, "")
+                executor = None
+                continue
+            window.popleft()
+            yield chunk, result
+        finished = True
+    finally:
+        if not finished and executor is not None:  # stopped early: no worker may go on writing
+            executor.terminate(kill_workers=True)  # (cancelling its futures first breaks loky)
+        _unlink_quietly(started)
 
 
 def _process_isolated(

@@ -191,7 +191,11 @@ def _engine_option(f):
 
 
 class _ProgressBar:
-    """Adapter from ``progress(done, total)`` callbacks to a ``click.progressbar`` on stderr."""
+    """Adapter from ``progress(done, total)`` callbacks to a ``click.progressbar`` on stderr.
+
+    ``total`` may change between calls (the crop job's total is an estimate from a
+    count of names until its walk has finished): the bar's length follows it.
+    """
 
     def __init__(self, label: str, enabled: bool) -> None:
         self.label = label
@@ -205,6 +209,7 @@ class _ProgressBar:
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
+        self.bar.length = max(total, done)
         self.bar.update(done - self.done)
         self.done = done
 

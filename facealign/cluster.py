@@ -2,9 +2,10 @@
 
 Only the *execution* of the chunks lives here. Planning, the records, resuming,
 the OUT_DIR lock and the per-chunk worker code are those of the local job
-(:mod:`facealign.batch`): :func:`facealign.batch.run_crop_job` plans as always
-and hands its list of images to :func:`run_chunks_on_cluster` instead of joblib
-when it is given a ``client``.
+(:mod:`facealign.batch`): :func:`facealign.batch.run_crop_job` plans as always,
+folder by folder as its walk streams, and hands the stream of images to
+:func:`run_chunks_on_cluster` instead of local processes when it is given a
+``client``.
 
 How the work goes out
 ---------------------
@@ -14,7 +15,8 @@ worker function :func:`facealign.batch._process_chunk`); at most
 time, and a new one is submitted each time one completes
 (:class:`distributed.as_completed`), so the scheduler never holds more than a
 few hundred tasks whatever the number of images, and chunks are cut from the
-plan only when submitted. Workers return the rows; only the driver writes the
+driver's streaming walk only when submitted: the driver holds the chunks in
+flight and the folder being planned, not a listing of IN_DIR. Workers return the rows; only the driver writes the
 manifest and the failures list.
 
 Each worker process builds the aligner once (:func:`facealign.batch.get_aligner`
@@ -39,7 +41,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +49,12 @@ from typing import TYPE_CHECKING, Any
 from .batch import (
     CropJobError,
     CropSettings,
+    _batched,
     _ChunkResult,
     _crop_files,
     _failure,
     _folder,
+    _pending_groups,
     _process_chunk,
     _Task,
     _unlink_quietly,
@@ -244,7 +248,8 @@ def _crop_chunk_on_worker(tasks: list[_Task], settings: CropSettings, largest_on
 
 def run_chunks_on_cluster(
     client: "distributed.Client",
-    todo: list[_Task],
+    todo: Iterable[_Task],
+    n_images: int,
     settings: CropSettings,
     largest_only: bool,
     out_dir: Path,
@@ -256,26 +261,30 @@ def run_chunks_on_cluster(
     ----------
     client : distributed.Client
         Client of the cluster whose workers run the chunks.
-    todo : list of _Task
-        Images to crop; chunks of ``chunk_size`` are cut from it as they are submitted.
+    todo : iterable of _Task
+        Images to crop (the driver's streaming walk): chunks of ``chunk_size``
+        are taken from it only as they are submitted.
+    n_images : int
+        Images expected (the name count), for the chunk size.
     settings, largest_only, out_dir
         As for :func:`facealign.batch._process_chunk`.
     chunk_size : int
         Images per Dask task, at most (:func:`facealign.batch.balanced_chunk_size`
-        for the worker threads at the start).
+        of ``n_images`` for the worker threads at the start).
 
     Notes
     -----
     At most :data:`CHUNKS_IN_FLIGHT_PER_THREAD` chunks per worker thread (at the
-    start) are in flight. When the consumer stops early (an error, a stopped
-    chunk) the chunks still queued are cancelled; chunks already running finish
-    on their workers, unrecorded, and the next run removes their crops (the
-    pending list) once they have released OUT_DIR's workers lock.
+    start) are in flight, so the driver holds those chunks and the folder the
+    walk is planning, whatever the number of images. When the consumer stops
+    early (an error, a stopped chunk) the chunks still queued are cancelled;
+    chunks already running finish on their workers, unrecorded, and the next
+    run removes their crops (the pending list) once they have released
+    OUT_DIR's workers lock.
     """
     distributed = _import_distributed()
     threads = sum(client.nthreads().values())
-    size = balanced_chunk_size(len(todo), threads, chunk_size)
-    chunks = (todo[i : i + size] for i in range(0, len(todo), size))
+    chunks = _batched(todo, balanced_chunk_size(n_images, threads, chunk_size))
     workers_at_start = set(client.nthreads())
     in_flight = max(2, CHUNKS_IN_FLIGHT_PER_THREAD * threads)
     owner: dict[Any, list[_Task]] = {}
@@ -308,7 +317,7 @@ def run_chunks_on_cluster(
         if owner:
             client.cancel(list(owner))
     if worker_died or set(client.nthreads()) != workers_at_start:
-        _remove_part_files(out_dir, todo)
+        _remove_part_files(out_dir)
 
 
 def _run_isolated(
@@ -344,8 +353,10 @@ def _remove_crops_of(out_dir: Path, task: _Task) -> None:
             _unlink_quietly(part)
 
 
-def _remove_part_files(out_dir: Path, todo: list[_Task]) -> None:
-    """Delete the ``.part`` temporaries in the output folders of ``todo`` (left by workers that died)."""
-    _, parts = _crop_files(out_dir, {_folder(t.output_stem) for t in todo})
-    for part in parts:
-        _unlink_quietly(part)
+def _remove_part_files(out_dir: Path) -> None:
+    """Delete the ``.part`` temporaries (left by workers that died) in the output folders of the
+    images this run planned (its pending list, read a folder at a time)."""
+    for names in _pending_groups(out_dir):
+        _, parts = _crop_files(out_dir, {_folder(stem) for stem, _ in names})
+        for part in parts:
+            _unlink_quietly(part)

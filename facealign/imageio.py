@@ -25,10 +25,11 @@ import tempfile
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FolderScan",
     "ImageReadError",
+    "count_images",
     "find_images",
     "name_from_b64",
     "portable_name",
@@ -47,6 +49,7 @@ __all__ = [
     "read_image",
     "read_image_reduced",
     "scan_folder",
+    "walk_images",
     "write_bytes_atomic",
     "write_image_atomic",
 ]
@@ -574,11 +577,14 @@ class FolderScan:
         special files (FIFOs, sockets, devices) that are not named like images.
     unreadable_folders : list of Path
         Sub-folders that could not be listed (their files are unknown).
+    folders : list of Path
+        With :func:`walk_images` only: the folder's sub-folders, sorted.
     """
 
     images: list[tuple[Path, os.stat_result | None, str | None]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
     unreadable_folders: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
 
 
 def _classify(entry: os.DirEntry) -> tuple[str, os.stat_result | None, str | None]:
@@ -658,6 +664,144 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
                 scan.ignored["unknown extension"] += 1
     scan.images.sort(key=lambda item: item[0].relative_to(root).parts)
     return scan
+
+
+def _list_folder(folder: Path) -> tuple[list[tuple[str, Any]], FolderScan]:
+    """One folder's entries for :func:`walk_images`: ``("dir", path)`` and ``("image", index)``
+    sorted by name, and the folder's own :class:`FolderScan` (its images, sorted; its
+    ignored entries). Raises the ``OSError`` of listing it."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    scan = FolderScan()
+    order: list[tuple[str, Any]] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            scan.ignored["hidden"] += 1
+            continue
+        kind, info, problem = _classify(entry)
+        path = folder / entry.name
+        if kind == "dir":
+            order.append(("dir", path))
+            scan.folders.append(path)
+        elif kind == "image":
+            order.append(("image", len(scan.images)))
+            scan.images.append((path, info, problem))
+        elif problem == "broken symbolic link":
+            scan.ignored["broken symlink"] += 1
+        elif problem in ("directory symlink", "not a regular file"):
+            scan.ignored[problem] += 1
+        else:
+            scan.ignored["unknown extension"] += 1
+    return order, scan
+
+
+def walk_images(
+    root: str | os.PathLike[str], plan: Callable[[Path, FolderScan], Sequence[Any]]
+) -> Iterator[Any]:
+    """Walk a folder for images as :func:`scan_folder` does, one folder at a time, without
+    ever holding the whole listing.
+
+    Each folder is listed once, when the walk reaches it; ``plan(folder, scan)``
+    is then called with that folder's own :class:`FolderScan` (its image-named
+    entries sorted by name, with their ``stat`` or problem, and its ignored
+    entries by kind; ``images`` excludes sub-folders) and returns one item per
+    image of ``scan.images``. The walk yields those items (leaving out ``None``)
+    in the order of :func:`scan_folder` (sorted by path components: a folder's
+    images and sub-folders interleaved by name), so ``plan`` runs for a folder
+    before any item of that folder is yielded. A sub-folder that cannot be
+    listed gives ``plan(folder, scan)`` with ``scan.images`` empty,
+    ``scan.unreadable_folders == [folder]`` and ``ignored["unreadable folder"] == 1``.
+
+    Memory: the entries of the folder being walked and of the folders above it
+    (their entries not yet walked), not of the whole tree.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist.
+    OSError
+        If ``root`` itself cannot be listed (raised by this call, which lists
+        it; ``plan`` runs from the first ``next`` on).
+    """
+    root = Path(root)
+    return _walk(root, _list_folder(root), plan)
+
+
+def _walk(
+    root: Path, listed: tuple[list[tuple[str, Any]], FolderScan], plan: Callable[[Path, FolderScan], Sequence[Any]]
+) -> Iterator[Any]:
+    """The generator of :func:`walk_images`, given the listing of ``root``."""
+
+    def enter(folder: Path) -> Iterator[tuple[str, Any]] | None:
+        try:
+            order, scan = _list_folder(folder)
+        except OSError:
+            unreadable = FolderScan(unreadable_folders=[folder])
+            unreadable.ignored["unreadable folder"] += 1
+            plan(folder, unreadable)
+            return None
+        return planned(folder, order, scan)
+
+    def planned(folder: Path, order: list[tuple[str, Any]], scan: FolderScan) -> Iterator[tuple[str, Any]]:
+        items = plan(folder, scan)
+        if len(items) != len(scan.images):
+            raise ValueError(f"plan returned {len(items)} items for {len(scan.images)} images")
+        return ((kind, value if kind == "dir" else items[value]) for kind, value in order)
+
+    frames = [planned(root, *listed)]
+    del listed
+    while frames:
+        entry = next(frames[-1], None)
+        if entry is None:
+            frames.pop()
+            continue
+        kind, value = entry
+        if kind == "dir":
+            frame = enter(value)
+            if frame is not None:
+                frames.append(frame)
+        elif value is not None:
+            yield value
+
+
+def count_images(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(image-named entries, sub-folders that cannot be listed)`` under ``root``, cheaply.
+
+    A walk like :func:`scan_folder`'s that reads names only: no ``stat`` of the
+    files (the entry type from the listing; file systems that do not give it
+    cost one ``stat`` per entry) and nothing held but the folders still to
+    list. The count is an estimate of :func:`scan_folder`'s ``images``: a
+    symbolic link to a folder named like an image counts, and the tree may
+    change before it is walked again.
+
+    Raises
+    ------
+    OSError
+        If ``root`` itself cannot be listed.
+    """
+    root = Path(root)
+    images = unreadable = 0
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        pending.append(Path(entry.path))
+                    elif _is_image_name(entry.name):
+                        images += 1
+        except OSError:
+            if folder == root:
+                raise
+            unreadable += 1
+    return images, unreadable
 
 
 def find_images(root: str | os.PathLike[str]) -> list[Path]:

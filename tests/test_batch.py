@@ -51,11 +51,11 @@ def test_interrupted_job_resumes_with_each_crop_once(small_input, reference, tmp
         run_crop_job(small_input, out, jobs=1, chunk_size=1, progress=stop_after(2))
     first = read_jsonl(out / "manifest.jsonl")
     assert len({r["source"] for r in first}) == 2
-    # Simulate a kill in the middle of the next record and a crop written but not recorded.
+    # Simulate a kill in the middle of the next record and a crop written but not recorded
+    # (of an image of a folder the walk had planned: the others cannot have crops yet).
     with open(out / "manifest.jsonl", "a") as handle:
-        handle.write('{"source": "b/two.jpg", "face": 0, "num_fa')
-    (out / "b").mkdir(exist_ok=True)
-    (out / "b" / "two_0.jpg").write_bytes(b"stray, unrecorded")
+        handle.write('{"source": "a/000149.jpg", "face": 0, "num_fa')
+    (out / "a" / "000149_0.jpg").write_bytes(b"stray, unrecorded")
     summary = run_crop_job(small_input, out, jobs=1, chunk_size=1)
     assert (summary.skipped, summary.processed) == (2, 3)
     rows = read_jsonl(out / "manifest.jsonl")

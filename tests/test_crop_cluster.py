@@ -91,6 +91,31 @@ def test_cluster_run_writes_what_the_joblib_run_writes(photos_in, reference, cli
     assert (again.skipped, again.processed, again.chunks) == (5, 0, 0)
 
 
+def test_the_first_chunks_go_out_before_the_walk_has_finished(face_photos, client, tmp_path, monkeypatch) -> None:
+    """The driver's walk streams (not a timing test: the folders listed are counted at each submit)."""
+    import facealign.imageio as imageio
+
+    in_dir = tmp_path / "in"
+    for i in range(12):
+        (in_dir / f"f{i:02d}").mkdir(parents=True)
+        (in_dir / f"f{i:02d}" / "p.jpg").symlink_to(face_photos[i % len(face_photos)])
+    listed = []
+    real_list = imageio._list_folder
+    monkeypatch.setattr(imageio, "_list_folder", lambda folder: listed.append(folder) or real_list(folder))
+    at_submit = []
+    real_submit = client.submit
+
+    def submit(*args, **kwargs):
+        at_submit.append(len(listed))
+        return real_submit(*args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", submit)
+    summary = run_crop_job(in_dir, tmp_path / "out", client=client, chunk_size=1)
+    assert (summary.images, summary.faces, summary.chunks) == (12, 12, 12)
+    assert at_submit[:4] == [2, 3, 4, 5]  # 2 chunks per worker thread in flight; the root and a folder each
+    assert len(listed) == 13 and at_submit == sorted(at_submit)
+
+
 def test_a_worker_killed_mid_job_loses_nothing(photos_in, reference, client, tmp_path) -> None:
     killed = []
 

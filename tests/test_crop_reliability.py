@@ -300,17 +300,18 @@ def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> No
     out = tmp_path / "out"
     with pytest.raises(Stop):
         run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
-    # What a kill leaves: complete-looking crops and a temporary of images not recorded.
-    (out / "b").mkdir(exist_ok=True)
-    (out / "b" / "two_7.jpg").write_bytes(b"crop written, never recorded")
-    (out / "b" / ".two_1.jpg.x1y2.part").write_bytes(b"half")
+    # What a kill leaves: complete-looking crops and a temporary of images not recorded, in
+    # the folder the walk had planned (the pending list names its images; b/ was not reached).
+    (out / "a" / "000131_7.jpg").write_bytes(b"crop written, never recorded")
+    (out / "a" / ".000131_1.jpg.x1y2.part").write_bytes(b"half")
     # The user's files: other names, or crop names of no image of the job.
-    (out / "b" / "notes.jpg").write_bytes(b"mine")
+    (out / "a" / "notes.jpg").write_bytes(b"mine")
+    (out / "b").mkdir(exist_ok=True)
     (out / "b" / "holiday_0.jpg").write_bytes(b"mine")
     summary = run_crop_job(photos_in, out, jobs=1)
     assert (summary.skipped, summary.processed) == (1, 3)
-    assert not (out / "b" / "two_7.jpg").exists() and not (out / "b" / ".two_1.jpg.x1y2.part").exists()
-    assert (out / "b" / "notes.jpg").read_bytes() == (out / "b" / "holiday_0.jpg").read_bytes() == b"mine"
+    assert not (out / "a" / "000131_7.jpg").exists() and not (out / "a" / ".000131_1.jpg.x1y2.part").exists()
+    assert (out / "a" / "notes.jpg").read_bytes() == (out / "b" / "holiday_0.jpg").read_bytes() == b"mine"
     rows = read_jsonl(out / "manifest.jsonl")
     assert len(rows) == 5 and all((out / r["output"]).stat().st_size > 100 for r in rows)
     assert not (out / batch._PENDING_NAME).exists()
@@ -387,7 +388,7 @@ def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, m
     def no_pool(*args, **kwargs):
         raise AssertionError("a 4-image job must not start worker processes")
 
-    monkeypatch.setattr(joblib, "Parallel", no_pool)
+    monkeypatch.setattr(batch, "_worker_pool", no_pool)
     assert run_crop_job(photos_in, tmp_path / "out").faces == 5  # the default is "auto"
     assert run_cli("crop", photos_in, tmp_path / "cli", "-q").exit_code == 0
     cores = joblib.cpu_count()
