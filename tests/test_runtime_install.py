@@ -185,7 +185,8 @@ def test_install_requirements_and_extras() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     runtime = _requirements(cfg["options"]["install_requires"])
-    assert not runtime & {"torch", "scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
+    research = {"torch", "scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
+    assert not runtime & research
     extras = {name: _requirements(value) for name, value in cfg["options.extras_require"].items()}
     assert {"train", "recognition", "dask", "bench", "test"} <= set(extras)
     # The README's install command (the test extra) brings every other extra's packages.
