@@ -883,12 +883,6 @@ def report_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run_analysis(
     data_root: str | Path,
     out_dir: str | Path,
@@ -932,6 +926,7 @@ def run_analysis(
     from .detection import DEFAULT_DETECTOR
     from .engine import load_weights, shipped_weights
     from .evaluation import write_json
+    from .imageio import write_bytes_atomic
     from .model import LAYER_NAMES
 
     settings = settings or AnalysisSettings()
@@ -1041,7 +1036,7 @@ def run_analysis(
     rep["timing_s"] = {**timing, "total": time.perf_counter() - t_start}
     rep = _jsonable(rep)
     write_json(rep, out_dir / REPORT_JSON)
-    _write_text_atomic(report_markdown(rep), out_dir / REPORT_MD)
+    write_bytes_atomic(out_dir / REPORT_MD, report_markdown(rep).encode())
     if progress is not None:
         progress(len(steps), len(steps), "done")
     return rep

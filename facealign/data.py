@@ -8,6 +8,7 @@ MTFL order (:data:`facealign.constants.POINT_NAMES`), pixel-centre coordinates.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 
 from .constants import NUM_POINTS
 from .detection import Detector, get_detector
-from .imageio import read_image
+from .imageio import read_image, write_bytes_atomic
 
 #: Attribute columns of MTFL, in file order. Values: gender 1 male / 2 female;
 #: smile, glasses 1 yes / 2 no; pose 1..5 (left profile .. right profile); -1 unknown.
@@ -212,7 +213,7 @@ def cached_boxes(
     if path.exists():
         return np.load(path)
     boxes = detect_boxes(images, data.points, detector_name, jobs=jobs, progress=progress)
-    tmp = path.with_suffix(".part.npy")
-    np.save(tmp, boxes)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, boxes)
+    write_bytes_atomic(path, buffer.getvalue())
     return boxes

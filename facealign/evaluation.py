@@ -129,5 +129,9 @@ def evaluate_engines(
 
 
 def write_json(obj: dict, path: "str | Path") -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`facealign.imageio.write_bytes_atomic`),
+    creating its folder."""
+    from .imageio import write_bytes_atomic
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2))
+    write_bytes_atomic(path, json.dumps(obj, indent=2).encode())

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import nn
 
 from .constants import INPUT_SIZE
 from .engine import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT, load_weights
+from .imageio import write_bytes_atomic
 from .model import VanillaCNN
 
 __all__ = ["load_network", "runtime_arrays", "trunk_onnx", "write_runtime_weights"]
@@ -126,14 +125,6 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
 def write_runtime_weights(weights: str | Path, out: str | Path) -> Path:
     """Compile the training weights file ``weights`` (``.pt``) into ``out`` (``.npz``), atomically."""
     out = Path(out)
-    arrays = runtime_arrays(load_weights(weights))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the file from other users
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    buffer = io.BytesIO()
+    np.savez(buffer, **runtime_arrays(load_weights(weights)))  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+    return write_bytes_atomic(out, buffer.getvalue())

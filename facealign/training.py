@@ -18,8 +18,8 @@ Recipe (``facealign train``):
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,11 +169,13 @@ def interocular_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: never a half-written file."""
+    """``torch.save`` written atomically (:func:`facealign.imageio.write_bytes_atomic`): never a half-written file."""
+    from .imageio import write_bytes_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def weights_dict(
