@@ -182,7 +182,6 @@ def evaluate_protocol(
                               tuple(float(b) for b in betas))
 
 
-
 @dataclass
 class AlignerRun:
     """Everything :func:`run_aligner` produced for one aligner."""
@@ -196,7 +195,6 @@ class AlignerRun:
     def record(self) -> dict[str, Any]:
         return {"aligner": self.aligner, "key": self.key, **self.result.summary(),
                 "manifest_missing": self.manifest_missing, "feature_seconds": round(self.seconds, 1)}
-
 
 
 def run_aligner(

@@ -162,7 +162,6 @@ def extract_features(
     return FeatureTable(files, np.stack([known[f] for f in files]).astype(np.float32))
 
 
-
 def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoice, detections: DetectionCache) -> Path:
     """Cache file of the features of ``aligner`` through ``backbone`` on these detections (module notes)."""
     return cache_dir / f"features-{aligner.key}-{backbone.key}-{detections.key}.npz"
@@ -198,7 +197,7 @@ def fill_feature_caches(
 
     Each worker builds its aligner and backbone from their names and fills the
     aligner's feature cache (:func:`feature_cache_path`), so that
-    :func:`run_aligner` then only evaluates. Aligners whose cache is complete
+    :func:`recognition.evaluate.run_aligner` then only evaluates. Aligners whose cache is complete
     cost nothing. Parallel over aligners rather than images: the dlib models do
     not pickle, and each aligner's pass is the same size.
     """

@@ -51,7 +51,6 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
     fig.savefig(path)
 
 
-
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
     path = Path(path)
