@@ -87,7 +87,9 @@ def fit_pca(x: np.ndarray, n_components: int = 4000) -> PCA:
     sklearn.decomposition.PCA
         Fitted (``svd_solver="full"``, no whitening): ``transform`` projects
         ``(x - mean_) @ components_.T`` and never changes the fitted state, so
-        test features are projected without leaking into the model.
+        test features are projected without leaking into the model. The largest
+        coordinate (in magnitude) of every axis is positive (scikit-learn >= 1.5):
+        the Pearson correlation of projected features depends on the axes' signs.
 
     Raises
     ------
