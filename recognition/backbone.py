@@ -9,7 +9,7 @@ input size and width multiplier so that it can be trained on a CPU.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from facealign.imageio import write_bytes_atomic
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MIN_INPUT_SIZE",
@@ -29,6 +31,7 @@ __all__ = [
     "AlexNetBackbone",
     "save_alexnet",
     "load_alexnet_checkpoint",
+    "export_backbone",
 ]
 
 #: Value of ``"format"`` in files written by :func:`save_alexnet`.
@@ -215,11 +218,16 @@ def save_alexnet(
         mean=[float(v) for v in mean],
         std=[float(v) for v in std],
     )
+    _write_checkpoint(payload, path)
+
+
+def _write_checkpoint(payload: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` ``payload`` to ``path`` atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_alexnet_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -231,6 +239,45 @@ def load_alexnet_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
     return payload
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path, half: bool = True,
+                    keep_classifier: bool = False) -> dict[str, Any]:
+    """Write a small, inference-only copy of a training checkpoint.
+
+    The optimizer state, random-generator states and history are dropped.
+    Unless ``keep_classifier``, the identity classifier (not used for
+    verification features) is replaced by a one-class placeholder of zeros
+    (``config.num_classes = 1``; the trained class count is kept as
+    ``trained_num_classes``). With ``half``, tensors are stored as float16;
+    :meth:`AlexNetBackbone.load` casts them back to float32 when loading.
+
+    Returns
+    -------
+    dict
+        ``{"path", "bytes", "parameters", "half", "classifier"}``.
+    """
+    payload = load_alexnet_checkpoint(checkpoint)
+    config = dict(payload["config"])
+    state = {k: v.detach().clone() for k, v in payload["state_dict"].items()}
+    extra: dict[str, Any] = {}
+    if not keep_classifier:
+        extra["trained_num_classes"] = int(config["num_classes"])
+        config["num_classes"] = 1
+        state["classifier.weight"] = torch.zeros(1, state["classifier.weight"].shape[1])
+        state["classifier.bias"] = torch.zeros(1)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    for key in ("epoch", "history", "training"):
+        if key in payload:
+            extra[key] = payload[key]
+    result = dict(extra, format=CHECKPOINT_FORMAT, config=config, state_dict=state,
+                  mean=list(payload["mean"]), std=list(payload["std"]), storage="float16" if half else "float32")
+    out = Path(out)
+    _write_checkpoint(result, out)
+    return {"path": str(out), "bytes": out.stat().st_size,
+            "parameters": int(sum(v.numel() for v in state.values())), "half": half,
+            "classifier": keep_classifier}
 
 
 class AlexNetBackbone:

@@ -131,6 +131,7 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
     from .protocol import items_from_folders, items_from_identity_list, make_protocol, sample_subjects
+    from .report import write_json
 
     try:
         root: Path | None
@@ -156,7 +157,7 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
         summary["subjects_sampled"] = {"n": n_subjects, "seed": seed}
     if root is not None:
         summary["images_root"] = str(root.resolve())
-    (out_dir / "protocol.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "protocol.json", summary)
     first = summary["splits"][0]
     click.echo(f"{summary['images']} images of {summary['subjects']} subjects -> {splits} splits in {out_dir}; "
                f"split 1: {first['train_subjects']} training subjects ({first['train_images']} images), "
@@ -266,7 +267,8 @@ def train_command(samples: Path, checkpoint: Path, input_size: int, width: float
 @click.option("--keep-classifier", is_flag=True, help="Keep the identity classifier (not used for features).")
 def export_weights_command(checkpoint: Path, out: Path | None, fp32: bool, keep_classifier: bool) -> None:
     """Write a small inference-only copy of a training CHECKPOINT (the weights to ship)."""
-    from .pipeline import default_backbone_path, export_backbone
+    from .backbone import export_backbone
+    from .backbones import default_backbone_path
 
     try:
         info = export_backbone(checkpoint, out or default_backbone_path(), half=not fp32,
@@ -294,8 +296,9 @@ def _images_root(protocol_dir: Path, images_root: Path | None) -> Path:
 def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_dir: Path | None, jobs: int,
            quiet: bool) -> tuple[Any, Any, Any, Path]:
     """Read the protocol, detect (cached) and choose the face boxes."""
-    from .pipeline import DetectionCache, choose_face_boxes, default_cache_dir, protocol_boxes, protocol_files
-    from .protocol import read_protocol
+    from .aligners import choose_face_boxes
+    from .caches import DetectionCache, default_cache_dir
+    from .protocol import protocol_boxes, protocol_files, read_protocol
 
     root = _images_root(protocol_dir, images_root)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
@@ -311,7 +314,10 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
          detector: str, cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
          pca_components: int, jobs: int, threads: int | None, quiet: bool, betas: tuple[float, ...]
          ) -> tuple[Any, Any, list[Any], Any]:
-    from .pipeline import DEFAULT_BETAS, fill_feature_caches, get_aligner, load_backbone, run_aligner
+    from .aligners import get_aligner
+    from .backbones import load_backbone
+    from .evaluate import DEFAULT_BETAS, run_aligner
+    from .features import fill_feature_caches
 
     _set_threads(threads)
     try:
@@ -334,7 +340,7 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
 
 def _context(protocol: Any, faces: Any, backbone: Any, detector: str, pca_components: int,
              images_root: Path) -> dict[str, Any]:
-    from .pipeline import protocol_sizes
+    from .protocol import protocol_sizes
 
     return {
         "protocol": str(protocol.root),
@@ -348,7 +354,7 @@ def _context(protocol: Any, faces: Any, backbone: Any, detector: str, pca_compon
 
 
 def _tar_line(run: Any) -> str:
-    from .pipeline import FAR_TARGETS
+    from .evaluate import FAR_TARGETS
 
     mean, std = run.result.tar_mean, run.result.tar_std
     return ", ".join(f"TAR@FAR={far:.0e} {mean[far]:.3f} ± {std[far]:.3f}" for far in FAR_TARGETS)
@@ -376,7 +382,7 @@ def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: s
                    tcnn_weights: Path | None, vanilla_weights: Path | None, pca_components: int, jobs: int,
                    threads: int | None, quiet: bool) -> None:
     """TAR at FAR 1e-3, 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
-    from .pipeline import plot_rocs, write_json
+    from .report import plot_rocs, write_json
 
     protocol, faces, runs, choice = _run(
         [aligner_spec], protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights,
@@ -410,7 +416,8 @@ def _p_text(p: float) -> str:
 
 def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float, ...],
                     pairs: list[Any], n_bootstrap: int) -> str:
-    from .pipeline import FAR_TARGETS, format_tar
+    from .evaluate import FAR_TARGETS
+    from .report import format_tar
     from .statistics import SIGNIFICANCE_LEVEL
 
     names = [r.aligner for r in runs]
@@ -474,7 +481,7 @@ def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float
 
 def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool) -> list[Any]:
     """Every pair of aligners compared at every FAR (:func:`recognition.statistics.compare_pairs`)."""
-    from .pipeline import FAR_TARGETS
+    from .evaluate import FAR_TARGETS
     from .statistics import compare_pairs, subject_bootstrap
 
     if len(runs) < 2:
@@ -509,7 +516,8 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
                              vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
                              quiet: bool) -> None:
     """Run the same protocol for several aligners; write a Table 2 style table with paired statistics."""
-    from .pipeline import DEFAULT_BETAS, plot_rocs, write_json
+    from .evaluate import DEFAULT_BETAS
+    from .report import plot_rocs, write_json
 
     specs = [s.strip() for s in aligners.split(",") if s.strip()]
     if not specs:
@@ -557,18 +565,13 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     Not independent of training when the backbone was trained on prepare-lfw crops:
     those identities include the people of pairs.txt.
     """
+    from .aligners import choose_face_boxes, get_aligner
+    from .backbones import load_backbone
+    from .caches import DetectionCache, default_cache_dir
+    from .features import extract_features, feature_cache_path
     from .lfw import default_lfw_root, lfw_accuracy
     from .metrics import read_lfw_pairs
-    from .pipeline import (
-        DetectionCache,
-        choose_face_boxes,
-        default_cache_dir,
-        extract_features,
-        feature_cache_path,
-        get_aligner,
-        load_backbone,
-        write_json,
-    )
+    from .report import write_json
 
     _set_threads(threads)
     root = lfw_root or default_lfw_root()

@@ -4,7 +4,7 @@ Training data (:func:`prepare_lfw`)
 -----------------------------------
 The backbone is trained on the LFW identities with at least two images
 (``lfw-deepfunneled``: 1,680 people, 9,164 images), aligned exactly as the
-benchmark aligns test faces: dlib detection (shared :class:`DetectionCache`,
+benchmark aligns test faces: dlib detection (shared :class:`~recognition.caches.DetectionCache`,
 largest face), five points from the *vanilla* landmark engine, similarity
 alignment onto the ``loose`` template at the backbone input side. Images in
 which the detector finds no face are left out of training (listed in
@@ -43,9 +43,10 @@ from facealign.alignment import get_template
 from facealign.constants import TRAINING_DETECTOR
 from facealign.imageio import write_image_atomic
 
-from .matching import PCAProjector, power_normalize, template_scores
+from .aligners import LandmarkAligner, choose_face_boxes, read_face_inputs
+from .caches import DetectionCache
+from .matching import fit_pca, power_normalize, template_scores
 from .metrics import FoldAccuracy, read_lfw_pairs, verification_accuracy_10fold
-from .pipeline import DetectionCache, LandmarkAligner, choose_face_boxes, read_face_inputs
 from .protocol import items_from_folders
 
 __all__ = [
@@ -210,8 +211,8 @@ def lfw_accuracy(
     for k in np.unique(fold):
         test = fold == k
         train_rows = np.unique(np.concatenate([left[~test], right[~test]]))
-        pca = PCAProjector(n_components).fit(raw[train_rows])
-        components.append(pca.n_components_)
+        pca = fit_pca(raw[train_rows], n_components)
+        components.append(int(pca.n_components_))
         used = np.unique(np.concatenate([left[test], right[test]]))
         projected = pca.transform(raw[used])
         by_image = {int(i): projected[n:n + 1] for n, i in enumerate(used)}

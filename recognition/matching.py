@@ -4,9 +4,9 @@ Pipeline
 --------
 1. Raw CNN features are power normalised (:func:`power_normalize`, signed
    square root).
-2. A PCA (:class:`PCAProjector`) is fitted on *training* images only and
-   projects every feature (4,096 -> 4,000 D in the paper; the number of
-   components is capped by the training data).
+2. A PCA (:func:`fit_pca`, scikit-learn's) is fitted on *training* images
+   only and projects every feature (4,096 -> 4,000 D in the paper; the number
+   of components is capped by the training data).
 3. Every image pair ``(I, I')`` with ``I`` in template ``T`` and ``I'`` in
    ``T'`` is scored by the Pearson correlation of their projected features
    (:func:`pearson_matrix`).
@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.decomposition import PCA
 
 __all__ = [
     "DEFAULT_BETA",
     "power_normalize",
-    "PCAProjector",
+    "fit_pca",
     "pearson_matrix",
     "softmax_fusion",
     "group_by_template",
@@ -70,97 +71,39 @@ def power_normalize(x: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return np.sign(array) * np.abs(array) ** array.dtype.type(alpha)
 
 
-class PCAProjector:
-    """PCA projection fitted on training features only.
+def fit_pca(x: np.ndarray, n_components: int = 4000) -> PCA:
+    """PCA fitted on training features only: :class:`sklearn.decomposition.PCA`, exact SVD.
 
     Parameters
     ----------
+    x : numpy.ndarray
+        ``(n_samples, n_features)`` training features.
     n_components : int
         Requested number of components (4,000 in the paper). The fitted number
         ``n_components_`` is ``min(n_components, n_samples, n_features)``.
-    whiten : bool
-        Divide projected coordinates by the square root of their variance.
 
-    Attributes
-    ----------
-    mean_ : numpy.ndarray
-        ``(D,)`` training mean.
-    components_ : numpy.ndarray
-        ``(k, D)`` orthonormal principal axes, by decreasing variance.
-    explained_variance_ : numpy.ndarray
-        ``(k,)`` variance of the training data along each axis (``ddof=1``;
-        zeros when only one sample is given).
-    n_components_ : int
-        ``k``.
+    Returns
+    -------
+    sklearn.decomposition.PCA
+        Fitted (``svd_solver="full"``, no whitening): ``transform`` projects
+        ``(x - mean_) @ components_.T`` and never changes the fitted state, so
+        test features are projected without leaking into the model. The largest
+        coordinate (in magnitude) of every axis is positive (scikit-learn >= 1.5):
+        the Pearson correlation of projected features depends on the axes' signs.
 
-    Notes
-    -----
-    :meth:`transform` never modifies the fitted state, so test features can be
-    projected without leaking into the model.
+    Raises
+    ------
+    ValueError
+        For ``n_components < 1``, fewer than two training samples, or an input
+        that is not a finite 2-D array.
     """
-
-    def __init__(self, n_components: int = 4000, whiten: bool = False) -> None:
-        if n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {n_components}")
-        self.n_components = int(n_components)
-        self.whiten = bool(whiten)
-        self.mean_: np.ndarray | None = None
-        self.components_: np.ndarray | None = None
-        self.explained_variance_: np.ndarray | None = None
-        self.n_components_: int = 0
-
-    def fit(self, x: np.ndarray) -> PCAProjector:
-        """Fit on training features ``x`` of shape ``(n_samples, n_features)``.
-
-        Returns
-        -------
-        PCAProjector
-            ``self``.
-        """
-        data = _as_2d_float(x, "x")
-        n, d = data.shape
-        if n < 1:
-            raise ValueError("cannot fit PCA on zero samples")
-        work = data.astype(np.float64)
-        mean = work.mean(axis=0)
-        centred = work - mean
-        k = min(self.n_components, n, d)
-        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        # Deterministic signs: largest-magnitude coordinate of every axis positive.
-        signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
-        signs[signs == 0] = 1.0
-        vt *= signs[:, None]
-        variance = singular**2 / (n - 1) if n > 1 else np.zeros_like(singular)
-        self.mean_ = mean.astype(data.dtype)
-        self.components_ = vt[:k].astype(data.dtype)
-        self.explained_variance_ = variance[:k].astype(data.dtype)
-        self.n_components_ = k
-        return self
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Project features ``x`` ``(n, D)`` to ``(n, n_components_)``.
-
-        Raises
-        ------
-        RuntimeError
-            If called before :meth:`fit`.
-        ValueError
-            If the feature dimension differs from the training data.
-        """
-        if self.mean_ is None or self.components_ is None or self.explained_variance_ is None:
-            raise RuntimeError("PCAProjector.transform called before fit")
-        data = _as_2d_float(x, "x")
-        if data.shape[1] != self.mean_.shape[0]:
-            raise ValueError(f"expected {self.mean_.shape[0]} features, got {data.shape[1]}")
-        projected = (data - self.mean_) @ self.components_.T
-        if self.whiten:
-            scale = np.sqrt(np.maximum(self.explained_variance_, np.finfo(projected.dtype).tiny))
-            projected = projected / scale
-        return projected
-
-    def fit_transform(self, x: np.ndarray) -> np.ndarray:
-        """Fit on ``x`` then project it."""
-        return self.fit(x).transform(x)
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    data = _as_2d_float(x, "x")
+    n, d = data.shape
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 training samples, got {n}")
+    return PCA(n_components=min(int(n_components), n, d), svd_solver="full").fit(data)
 
 
 def _standardise_rows(x: np.ndarray) -> np.ndarray:

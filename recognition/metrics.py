@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 __all__ = [
     "RocCurve",
@@ -77,6 +78,9 @@ def _check_weights(weights: np.ndarray | None, g: np.ndarray) -> np.ndarray:
 def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | None = None) -> RocCurve:
     """ROC of a verifier that accepts comparisons with ``score >= threshold``.
 
+    :func:`sklearn.metrics.roc_curve` with ``drop_intermediate=False``, after
+    checking the inputs.
+
     Parameters
     ----------
     scores : numpy.ndarray
@@ -87,7 +91,8 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | Non
     weights : numpy.ndarray, optional
         ``(M,)`` non-negative multiplicities of the comparisons (e.g. from a
         bootstrap resample); TAR and FAR are then weighted fractions. Default:
-        every comparison counts once.
+        every comparison counts once. Comparisons of weight zero are left out
+        (they make no operating point of their own).
 
     Returns
     -------
@@ -96,17 +101,9 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray | Non
         threshold ``+inf``; tied scores form a single operating point.
     """
     s, g = _scores_labels(scores, genuine)
-    w = _check_weights(weights, g)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, g_sorted, w_sorted = s[order], g[order], w[order]
-    true_accepts = np.cumsum(w_sorted * g_sorted)
-    false_accepts = np.cumsum(w_sorted * ~g_sorted)
-    # Last index of every run of equal scores.
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
-    tar = np.r_[0.0, np.minimum(true_accepts[last] / true_accepts[-1], 1.0)]
-    far = np.r_[0.0, np.minimum(false_accepts[last] / false_accepts[-1], 1.0)]
-    thresholds = np.r_[np.inf, s_sorted[last]]
-    return RocCurve(far=far, tar=tar, thresholds=thresholds)
+    w = None if weights is None else _check_weights(weights, g)
+    far, tar, thresholds = sklearn_roc_curve(g, s, sample_weight=w, drop_intermediate=False)
+    return RocCurve(far=np.minimum(far, 1.0), tar=np.minimum(tar, 1.0), thresholds=thresholds)
 
 
 def tar_at_far(
@@ -151,15 +148,12 @@ def tar_at_far(
         raise ValueError(f"far must be in [0, 1], got {far!r}")
     roc = roc_curve(scores, genuine, weights)
     flat = np.atleast_1d(targets).ravel()
-    result = np.empty(flat.shape, dtype=np.float64)
-    for n, target in enumerate(flat):
-        i = int(np.searchsorted(roc.far, target, side="right")) - 1  # last point with FAR <= target
-        if roc.far[i] == target or i + 1 == len(roc.far):
-            result[n] = roc.tar[i]
-        else:
-            f0, f1 = roc.far[i], roc.far[i + 1]
-            t0, t1 = roc.tar[i], roc.tar[i + 1]
-            result[n] = t0 + (t1 - t0) * (target - f0) / (f1 - f0)
+    i = np.searchsorted(roc.far, flat, side="right") - 1  # last point with FAR <= target
+    j = np.minimum(i + 1, len(roc.far) - 1)
+    f0, f1, t0, t1 = roc.far[i], roc.far[j], roc.tar[i], roc.tar[j]
+    exact = (f0 == flat) | (j == i)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = np.where(exact, t0, t0 + (t1 - t0) * (flat - f0) / np.where(exact, 1.0, f1 - f0))
     if targets.ndim == 0:
         return float(result[0])
     return result.reshape(targets.shape)

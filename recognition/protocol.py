@@ -55,6 +55,9 @@ __all__ = [
     "sample_subjects",
     "items_from_identity_list",
     "items_from_folders",
+    "protocol_files",
+    "protocol_boxes",
+    "protocol_sizes",
 ]
 
 #: Columns every metadata CSV must have (in this order when written).
@@ -166,6 +169,48 @@ class Protocol:
     root: Path
     splits: list[Split]
     summary: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- what a protocol holds
+
+
+def protocol_files(protocol: Protocol) -> list[str]:
+    """Sorted unique image files of all splits (training and test)."""
+    return sorted({f for s in protocol.splits for f in (*s.train_files, *s.test_files)})
+
+
+def protocol_boxes(protocol: Protocol) -> dict[str, tuple[float, float, float, float]]:
+    """``file -> FACE_* box`` for images that have one (the first one listed)."""
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    for split in protocol.splits:
+        rows = [*split.train, *(r for t in split.templates.values() for r in t)]
+        for row in rows:
+            if row.box is not None:
+                boxes.setdefault(row.file, row.box)
+    return boxes
+
+
+def protocol_sizes(protocol: Protocol) -> dict[str, Any]:
+    """Sizes of a protocol: per split and mean over splits."""
+    per_split = []
+    for s in protocol.splits:
+        per_split.append({
+            "split": s.index,
+            "train_subjects": len({r.subject_id for r in s.train}),
+            "train_images": len(s.train_files),
+            "test_subjects": len({rows[0].subject_id for rows in s.templates.values()}),
+            "test_images": len(s.test_files),
+            "test_templates": len(s.templates),
+            "genuine": int(s.genuine.sum()),
+            "impostor": int((~s.genuine).sum()),
+        })
+    keys = [k for k in per_split[0] if k != "split"]
+    return {
+        "splits": len(per_split),
+        "images": len(protocol_files(protocol)),
+        "mean": {k: float(np.mean([p[k] for p in per_split])) for k in keys},
+        "per_split": per_split,
+    }
 
 
 # --------------------------------------------------------------------------- reading
@@ -699,5 +744,7 @@ def make_protocol(
         "images_with_box": sum(p in boxes for p in paths),
         "splits": split_summaries,
     }
-    (out_dir / "protocol.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    from .report import write_json
+
+    write_json(out_dir / "protocol.json", summary)
     return summary

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from recognition.backbone import AlexNet, AlexNetConfig, load_alexnet_checkpoint, save_alexnet
+from recognition.protocol import items_from_identity_list
 
 __all__ = [
     "TrainingConfig",
@@ -172,14 +173,7 @@ def read_sample_list(path: str | Path, root: str | Path | None = None) -> list[t
                     continue
                 rows.append((values[0], values[1]))
     else:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{line_no}: expected 'path identity', got {line!r}")
-            rows.append((parts[0], parts[1]))
+        rows = items_from_identity_list(path)
     return [(base / p, identity) for p, identity in rows]
 
 

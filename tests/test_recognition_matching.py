@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recognition.matching import (
-    PCAProjector,
+    fit_pca,
     group_by_template,
     pearson_matrix,
     power_normalize,
@@ -92,11 +92,26 @@ def test_group_by_template() -> None:
         group_by_template(feats, [1, 2])
 
 
+def previous_pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hand-written PCA that ``fit_pca`` replaced (recognition 0.1.0): mean, axes, variances.
+
+    Exact SVD of the centred data; the sign of every axis makes its largest-magnitude
+    coordinate positive; variances with ``ddof=1``.
+    """
+    mean = train.mean(axis=0)
+    _, singular, vt = np.linalg.svd(train - mean, full_matrices=False)
+    signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
+    signs[signs == 0] = 1.0
+    vt = vt * signs[:, None]
+    k = min(k, *train.shape)
+    return mean, vt[:k], (singular**2 / (len(train) - 1))[:k]
+
+
 def test_pca_is_fitted_on_training_data_only() -> None:
     rng = np.random.default_rng(1)
     train = rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12)) + 3.0
     test = rng.normal(size=(15, 12)) * 10.0 - 7.0
-    pca = PCAProjector(n_components=5).fit(train)
+    pca = fit_pca(train, n_components=5)
     np.testing.assert_allclose(pca.mean_, train.mean(axis=0), atol=1e-12)
     mean, components = pca.mean_.copy(), pca.components_.copy()
     projected = pca.transform(test)
@@ -111,18 +126,51 @@ def test_pca_is_fitted_on_training_data_only() -> None:
     np.testing.assert_allclose(pca.transform(train).var(axis=0, ddof=1), eigenvalues[:5], rtol=1e-8)
 
 
+@pytest.mark.parametrize("shape, k", [((40, 12), 5), ((30, 64), 4000), ((200, 16), 16)])
+def test_pca_matches_the_previous_implementation(shape: tuple[int, int], k: int) -> None:
+    """scikit-learn's PCA against the hand-written one it replaced, on synthetic features.
+
+    The axes' signs matter: the Pearson correlation across projected dimensions
+    changes when one axis flips. Both make the largest-magnitude coordinate of
+    every axis positive (scikit-learn since 1.5). Tolerances, float64: mean
+    1e-12; variances 1e-9 relative; axes and projections 1e-9 absolute; template
+    scores (Pearson + SoftMax) 1e-12 absolute.
+    """
+    rng = np.random.default_rng(shape[0] + shape[1])
+    train = np.abs(rng.normal(size=shape) @ rng.normal(size=(shape[1], shape[1])))
+    test = np.abs(rng.normal(size=(25, shape[1]))) * 2.0
+    train, test = power_normalize(train), power_normalize(test)
+    mean, axes, variance = previous_pca(train, k)
+    pca = fit_pca(train, k)
+    # The last axis of a rank-deficient fit (n <= D: the centred data has rank n - 1) spans no
+    # variance and is arbitrary: compare the others.
+    m = len(axes) - 1 if shape[0] <= shape[1] else len(axes)
+    assert pca.n_components_ == len(axes)
+    np.testing.assert_allclose(pca.mean_, mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pca.explained_variance_[:m], variance[:m], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pca.components_[:m], axes[:m], atol=1e-9)
+    np.testing.assert_allclose(pca.transform(test)[:, :m], (test - mean) @ axes[:m].T, atol=1e-9)
+    ids = np.repeat(np.arange(5), 5)
+    pairs = np.array([[a, b] for a in range(5) for b in range(a + 1, 5)])
+    new = template_scores(group_by_template(pca.transform(test)[:, :m], ids), pairs, (0.0, 10.0))
+    old = template_scores(group_by_template((test - mean) @ axes[:m].T, ids), pairs, (0.0, 10.0))
+    np.testing.assert_allclose(new, old, atol=1e-12)
+
+
 def test_pca_caps_components_and_checks_input() -> None:
     rng = np.random.default_rng(2)
     train = rng.normal(size=(6, 20))
-    pca = PCAProjector(n_components=4000).fit(train)
+    pca = fit_pca(train, n_components=4000)
     assert pca.n_components_ == 6 and pca.components_.shape == (6, 20)
     # Full-rank projection keeps all pairwise distances of the training data.
     z = pca.transform(train)
     np.testing.assert_allclose(np.linalg.norm(z[0] - z[1]), np.linalg.norm(train[0] - train[1]), rtol=1e-10)
-    assert PCAProjector(3).fit(train.astype(np.float32)).transform(train.astype(np.float32)).dtype == np.float32
-    white = PCAProjector(3, whiten=True).fit(train)
-    np.testing.assert_allclose(white.transform(train).var(axis=0, ddof=1), 1.0, rtol=1e-8)
-    with pytest.raises(RuntimeError):
-        PCAProjector(3).transform(train)
-    with pytest.raises(ValueError, match="expected 20 features"):
+    assert fit_pca(train.astype(np.float32), 3).transform(train.astype(np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_pca(train[:1], 3)
+    with pytest.raises(ValueError, match="n_components"):
+        fit_pca(train, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_pca(np.full((3, 4), np.nan), 3)
+    with pytest.raises(ValueError):
         pca.transform(train[:, :5])

@@ -115,3 +115,52 @@ def test_read_lfw_pairs_real() -> None:
     assert all(p.same for p in pairs[:300]) and not any(p.same for p in pairs[300:600])
     for p in pairs[::300]:
         assert (DATASETS / "lfw" / p.path1).is_file() and (DATASETS / "lfw" / p.path2).is_file()
+
+
+def previous_roc(s: np.ndarray, g: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hand-written ROC that scikit-learn's ``roc_curve`` replaced (recognition 0.1.0)."""
+    order = np.argsort(-s, kind="stable")
+    s_sorted, g_sorted, w_sorted = s[order], g[order], w[order]
+    true_accepts = np.cumsum(w_sorted * g_sorted)
+    false_accepts = np.cumsum(w_sorted * ~g_sorted)
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
+    tar = np.r_[0.0, np.minimum(true_accepts[last] / true_accepts[-1], 1.0)]
+    far = np.r_[0.0, np.minimum(false_accepts[last] / false_accepts[-1], 1.0)]
+    return far, tar
+
+
+def previous_tar_at_far(s: np.ndarray, g: np.ndarray, targets: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The previous TAR@FAR: the documented interpolation, one target at a time."""
+    far, tar = previous_roc(s, g, w)
+    out = []
+    for target in targets:
+        i = int(np.searchsorted(far, target, side="right")) - 1
+        if far[i] == target or i + 1 == len(far):
+            out.append(tar[i])
+        else:
+            out.append(tar[i] + (tar[i + 1] - tar[i]) * (target - far[i]) / (far[i + 1] - far[i]))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_roc_and_tar_match_the_previous_implementation(weighted: bool) -> None:
+    """scikit-learn's ``roc_curve`` under ``tar_at_far`` against the hand-written code it replaced.
+
+    Synthetic verification scores (10,000 impostors, 1,000 genuine, rounded so that
+    ties occur; bootstrap-like integer weights with zeros). Tolerance: 1e-12
+    absolute on the ROC points and on TAR at 49 FARs (1e-5 to 1, the report's
+    grid and targets included).
+    """
+    rng = np.random.default_rng(7)
+    g = np.r_[np.ones(1000, bool), np.zeros(10000, bool)]
+    s = np.round(np.where(g, rng.normal(0.6, 0.2, g.size), rng.normal(0.0, 0.2, g.size)), 3)
+    w = rng.poisson(1.0, g.size).astype(np.float64) if weighted else np.ones(g.size)
+    fars = np.r_[np.logspace(-5, 0, 41), [1e-3, 1e-2, 1e-1], 0.0, 0.5, 2e-4, 3e-3, 0.25]
+    new = tar_at_far(s, g, fars, w if weighted else None)
+    np.testing.assert_allclose(new, previous_tar_at_far(s, g, fars, w), rtol=0, atol=1e-12)
+    far, tar = previous_roc(s, g, w)
+    roc = roc_curve(s, g, w if weighted else None)
+    if not weighted:  # with zero weights the previous ROC repeated points that scikit-learn leaves out
+        np.testing.assert_allclose(roc.far, far, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(roc.tar, tar, rtol=0, atol=1e-12)
+    assert roc.thresholds[0] == np.inf and np.all(np.diff(roc.thresholds) < 0)

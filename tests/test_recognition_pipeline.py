@@ -1,4 +1,5 @@
-"""Tests of recognition.pipeline, recognition.lfw and the ``recognition`` CLI.
+"""Tests of the recognition pipeline (caches, aligners, backbones, features, evaluate, report),
+recognition.lfw and the ``recognition`` CLI.
 
 The end-to-end tests run the real detector and landmark engines on a small
 celeba_wild subset (10 people, 4 photos each, plus one blank image) with a
@@ -20,22 +21,20 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facealign.alignment import get_template, transform_points
-from recognition.backbone import AlexNet, AlexNetBackbone, AlexNetConfig, save_alexnet
-from recognition.cli import main
-from recognition.lfw import lfw_accuracy
-from recognition.pipeline import (
+from recognition.aligners import (
     BOX_MEAN_SHAPE,
-    DetectionCache,
-    DetectionRecord,
     FaceInput,
     LandmarkAligner,
     box_alignment_matrix,
     choose_face_box,
     choose_face_boxes,
-    export_backbone,
-    format_tar,
     read_landmark_manifest,
 )
+from recognition.backbone import AlexNet, AlexNetBackbone, AlexNetConfig, export_backbone, save_alexnet
+from recognition.caches import DetectionCache, DetectionRecord
+from recognition.cli import main
+from recognition.lfw import lfw_accuracy
+from recognition.report import format_tar
 
 N_PEOPLE = 10
 PER_PERSON = 4
@@ -70,6 +69,46 @@ def test_choose_face_box_rules() -> None:
     broken = DetectionRecord("d.jpg", (0, 0), np.zeros((0, 4)), np.zeros(0), error="truncated")
     with pytest.raises(ValueError, match="could not be read"):
         choose_face_boxes({"d.jpg": broken})
+
+
+def test_detection_cache_is_keyed_by_the_detector_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed detector setting misses the cache (no stale boxes); the same settings hit it."""
+    from facealign.detection import DETECTORS
+    from facealign.detection.base import Detections
+
+    calls: list[float] = []
+
+    class Fake:
+        def __init__(self, threshold: float = 0.5) -> None:
+            self.threshold = threshold
+
+        def detect(self, image: np.ndarray) -> Detections:
+            calls.append(self.threshold)
+            h, w = image.shape[:2]
+            box = [w * self.threshold / 4, h / 4, w * 3 / 4, h * 3 / 4]  # the boxes depend on the setting
+            return Detections(np.array([box], np.float32), np.array([0.9], np.float32))
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(root / name)
+    monkeypatch.setitem(DETECTORS, "fake", Fake)
+    first = DetectionCache(root, "fake", tmp_path / "cache")
+    boxes = {f: r.boxes for f, r in first.ensure(["a.png", "b.png"]).items()}
+    assert calls == [0.5, 0.5] and first.path.is_file()
+    assert first.path.name.startswith("detections-fake-") and first.path.name.endswith(".jsonl")
+    same = DetectionCache(root, "fake", tmp_path / "cache")
+    assert same.path == first.path
+    assert {f: r.boxes.tolist() for f, r in same.ensure(["a.png", "b.png"]).items()} == {
+        f: b.tolist() for f, b in boxes.items()}
+    assert calls == [0.5, 0.5]  # served from the cache
+    monkeypatch.setitem(DETECTORS, "fake", lambda **kwargs: Fake(threshold=0.25, **kwargs))
+    changed = DetectionCache(root, "fake", tmp_path / "cache")
+    assert changed.path != first.path and changed.load() == {}
+    records = changed.ensure(["a.png", "b.png"])
+    assert calls == [0.5, 0.5, 0.25, 0.25]  # detected again with the new setting
+    assert records["a.png"].boxes[0, 0] != boxes["a.png"][0, 0]
+    assert first.path.is_file() and len(first.load()) == 2  # the old settings' boxes stay under their own key
 
 
 def test_detection_record_json_round_trip() -> None:
@@ -364,7 +403,9 @@ def test_feature_cache_key_changes_with_every_setting(bench: dict[str, Path], tm
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Features are cached per (aligner and template, backbone weights, detector and its settings, image root)."""
     from facealign.detection import DETECTORS
-    from recognition.pipeline import BoxAligner, feature_cache_path, load_backbone
+    from recognition.aligners import BoxAligner
+    from recognition.backbones import load_backbone
+    from recognition.features import feature_cache_path
 
     alexnet = load_backbone(bench["backbone"])
     other_weights = load_backbone(tiny_backbone(tmp_path / "other.pt", seed=1))

@@ -1,0 +1,243 @@
+"""Shared detection, computed once per image and kept on disk, and the cache folder.
+
+Every image is decoded (at most :data:`~facealign.constants.WORK_MAX_SIDE`
+pixels on its longer side) and the detector runs once on it
+(:class:`DetectionCache`). The boxes and scores of all faces, in pixels of the
+original image, are appended to a JSON-lines file in the cache folder, named
+after the detector, a fingerprint of its settings
+(``facealign.data._detector_fingerprint``, the one facealign's detection caches
+use, so a changed setting never reuses
+stale boxes) and a hash of the resolved image root, so a rerun (or another
+aligner, another protocol on the same images) reuses them. A killed run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facealign.constants import TRAINING_DETECTOR, WORK_MAX_SIDE
+from facealign.detection.base import from_resized
+from facealign.imageio import ImageReadError, read_image_reduced
+
+__all__ = [
+    "DetectionRecord",
+    "DetectionCache",
+    "default_cache_dir",
+    "file_digest",
+    "text_digest",
+]
+
+_DETECTION_CHUNK = 32
+
+
+def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
+    """First ``length`` hex digits of the SHA-1 of a file's content."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def text_digest(text: str, length: int = 12) -> str:
+    """First ``length`` hex digits of the SHA-1 of a text (UTF-8)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
+
+
+def default_cache_dir() -> Path:
+    """Cache folder: ``$RECOGNITION_CACHE`` if set, else ``./cache/recognition``."""
+    return Path(os.environ.get("RECOGNITION_CACHE", "cache/recognition"))
+
+
+@dataclass(frozen=True)
+class DetectionRecord:
+    """Detector output for one image, in pixels of the original (EXIF-oriented) image.
+
+    Attributes
+    ----------
+    file : str
+        Image path relative to the image root.
+    size : tuple of float
+        Original ``(width, height)``.
+    boxes : numpy.ndarray
+        ``(K, 4)`` boxes, largest first.
+    scores : numpy.ndarray
+        ``(K,)`` detector scores.
+    error : str or None
+        Why the image could not be read (then ``boxes`` is empty).
+    """
+
+    file: str
+    size: tuple[float, float]
+    boxes: np.ndarray
+    scores: np.ndarray
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "size": [round(float(v), 3) for v in self.size],
+            "boxes": [[round(float(v), 3) for v in b] for b in self.boxes],
+            "scores": [round(float(s), 5) for s in self.scores],
+        }
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> DetectionRecord:
+        if "error" in row:
+            return cls(str(row["file"]), (0.0, 0.0), np.zeros((0, 4)), np.zeros(0), str(row["error"]))
+        boxes = np.asarray(row["boxes"], np.float64).reshape(-1, 4)
+        scores = np.asarray(row["scores"], np.float64).reshape(-1)
+        if len(boxes) != len(scores):
+            raise ValueError("boxes and scores differ in length")
+        width, height = (float(v) for v in row["size"])
+        return cls(str(row["file"]), (width, height), boxes, scores)
+
+
+def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread: bool) -> list[dict[str, Any]]:
+    """Worker: detect faces in ``files`` (relative to ``root``); JSON-ready records."""
+    import cv2
+
+    from facealign.detection import get_detector
+    from facealign.reboxing import training_boxes
+
+    if single_thread:
+        cv2.setNumThreads(1)
+    det = get_detector(detector)
+    out = []
+    for file in files:
+        try:
+            image, scale = read_image_reduced(Path(root) / file, WORK_MAX_SIDE)
+        except ImageReadError as exc:
+            out.append(DetectionRecord(file, (0.0, 0.0), np.zeros((0, 4)), np.zeros(0), exc.reason).to_json())
+            continue
+        found = det.detect(image)
+        # In the training detector's box convention (identity for dlib), so that
+        # every aligner and the box baseline see the same framing whatever the detector.
+        boxes = training_boxes(detector, found.boxes, found.landmarks)
+        boxes = from_resized(np.asarray(boxes, np.float64).reshape(-1, 2, 2), scale, scale).reshape(-1, 4)
+        h, w = image.shape[:2]
+        out.append(DetectionRecord(file, (w / scale, h / scale), boxes, found.scores.astype(np.float64)).to_json())
+    return out
+
+
+class DetectionCache:
+    """Face detections of the images under one root, computed once and kept on disk.
+
+    Parameters
+    ----------
+    images_root : path
+        Folder the image paths are relative to.
+    detector : str
+        Detector name (:func:`facealign.detection.get_detector`).
+    cache_dir : path
+        Folder of the cache file
+        ``detections-<detector>-<hash of its settings>-<hash of root>.jsonl``
+        (the settings hash is ``facealign.data._detector_fingerprint``'s, so
+        changed detector settings never reuse stale boxes).
+
+    Notes
+    -----
+    Records are keyed by relative path only: if images under the root are
+    replaced, delete the cache file.
+    """
+
+    def __init__(
+        self, images_root: str | Path, detector: str = TRAINING_DETECTOR, cache_dir: str | Path | None = None
+    ) -> None:
+        self.images_root = Path(images_root)
+        if not self.images_root.is_dir():
+            raise FileNotFoundError(f"image root not found: {self.images_root}")
+        self.detector = detector
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        from facealign.data import _detector_fingerprint
+
+        self.key = f"{detector}-{_detector_fingerprint(detector)}-{text_digest(str(self.images_root.resolve()))}"
+        self.path = cache / f"detections-{self.key}.jsonl"
+
+    def load(self) -> dict[str, DetectionRecord]:
+        """Records found in the cache file (a torn or malformed line is ignored)."""
+        records: dict[str, DetectionRecord] = {}
+        if not self.path.is_file():
+            return records
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = DetectionRecord.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+            records[record.file] = record
+        return records
+
+    def ensure(
+        self,
+        files: Sequence[str],
+        jobs: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, DetectionRecord]:
+        """Detections of ``files``, running the detector on those not cached yet.
+
+        Parameters
+        ----------
+        files : sequence of str
+            Paths relative to the image root.
+        jobs : int
+            Worker processes (joblib, loky); ``-1`` for all cores.
+        progress : callable, optional
+            ``progress(done, total)`` over the images detected by this call.
+
+        Returns
+        -------
+        dict
+            ``file -> DetectionRecord`` for every requested file.
+        """
+        records = self.load()
+        todo = [f for f in dict.fromkeys(files) if f not in records]
+        if todo:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            n_jobs = _resolve_jobs(jobs, len(todo))
+            chunks = [todo[i:i + _DETECTION_CHUNK] for i in range(0, len(todo), _DETECTION_CHUNK)]
+            root = str(self.images_root)
+            if n_jobs == 1:
+                results: Iterable[list[dict[str, Any]]] = (
+                    _detect_chunk(root, c, self.detector, False) for c in chunks
+                )
+            else:
+                from joblib import Parallel, delayed
+
+                results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
+                    delayed(_detect_chunk)(root, c, self.detector, True) for c in chunks
+                )
+            done = 0
+            if progress is not None:
+                progress(0, len(todo))
+            with self.path.open("a", encoding="utf-8") as handle:
+                for rows in results:
+                    handle.write("".join(json.dumps(r) + "\n" for r in rows))
+                    handle.flush()
+                    for row in rows:
+                        records[row["file"]] = DetectionRecord.from_json(row)
+                    done += len(rows)
+                    if progress is not None:
+                        progress(done, len(todo))
+        return {f: records[f] for f in files}
+
+
+def _resolve_jobs(jobs: int, n_items: int) -> int:
+    if jobs == -1:
+        import joblib
+
+        jobs = joblib.cpu_count()
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1 or -1 (all cores), got {jobs}")
+    return max(1, min(jobs, n_items))
+
