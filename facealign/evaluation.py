@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
+from .imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
 
 #: Error above which a face counts as a failure (fraction of inter-ocular distance).
 FAILURE_THRESHOLD = 0.10
@@ -128,10 +128,3 @@ def evaluate_engines(
     return results
 
 
-def write_json(obj: dict, path: "str | Path") -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`facealign.imageio.write_bytes_atomic`),
-    creating its folder."""
-    from .imageio import write_bytes_atomic
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, json.dumps(obj, indent=2).encode())

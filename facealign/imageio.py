@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import logging
 import math
 import os
@@ -51,6 +52,7 @@ __all__ = [
     "scan_folder",
     "walk_images",
     "write_bytes_atomic",
+    "write_json",
     "write_image_atomic",
 ]
 
@@ -488,6 +490,14 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``obj`` as indented JSON (UTF-8, final newline) to ``path`` atomically
+    (:func:`write_bytes_atomic`), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def _is_image_name(name: str) -> bool:

@@ -130,8 +130,9 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
                           impostor_ratio: float, n_subjects: int | None) -> None:
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
+    from facealign.imageio import write_json
+
     from .protocol import items_from_folders, items_from_identity_list, make_protocol, sample_subjects
-    from .report import write_json
 
     try:
         root: Path | None
@@ -157,7 +158,7 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
         summary["subjects_sampled"] = {"n": n_subjects, "seed": seed}
     if root is not None:
         summary["images_root"] = str(root.resolve())
-    write_json(out_dir / "protocol.json", summary)
+    write_json(summary, out_dir / "protocol.json")
     first = summary["splits"][0]
     click.echo(f"{summary['images']} images of {summary['subjects']} subjects -> {splits} splits in {out_dir}; "
                f"split 1: {first['train_subjects']} training subjects ({first['train_images']} images), "
@@ -382,7 +383,9 @@ def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: s
                    tcnn_weights: Path | None, vanilla_weights: Path | None, pca_components: int, jobs: int,
                    threads: int | None, quiet: bool) -> None:
     """TAR at FAR 1e-3, 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
-    from .report import plot_rocs, write_json
+    from facealign.imageio import write_json
+
+    from .report import plot_rocs
 
     protocol, faces, runs, choice = _run(
         [aligner_spec], protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights,
@@ -390,8 +393,8 @@ def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: s
     run = runs[0]
     root = _images_root(protocol_dir, images_root)
     record = {**run.record(), **_context(protocol, faces, choice, detector, pca_components, root)}
-    write_json(out_dir / "results.json", record)
-    write_json(out_dir / "roc.json", {"aligner": run.aligner, **run.result.roc()})
+    write_json(record, out_dir / "results.json")
+    write_json({"aligner": run.aligner, **run.result.roc()}, out_dir / "roc.json")
     plot_rocs({run.aligner: run.result.roc()}, out_dir / "roc.png", title=f"{protocol_dir.name}: {run.aligner}")
     click.echo(f"{run.aligner}: {_tar_line(run)} over {len(protocol.splits)} splits")
     click.echo(_boxes_line(faces))
@@ -516,8 +519,10 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
                              vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
                              quiet: bool) -> None:
     """Run the same protocol for several aligners; write a Table 2 style table with paired statistics."""
+    from facealign.imageio import write_json
+
     from .evaluate import DEFAULT_BETAS
-    from .report import plot_rocs, write_json
+    from .report import plot_rocs
 
     specs = [s.strip() for s in aligners.split(",") if s.strip()]
     if not specs:
@@ -533,12 +538,12 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
     pairs = _paired_statistics(runs, n_bootstrap, seed, quiet)
     for run in runs:
         folder = out_dir / _safe_name(run.aligner)
-        write_json(folder / "results.json", {**run.record(), **context})
-        write_json(folder / "roc.json", {"aligner": run.aligner, **run.result.roc()})
-    write_json(out_dir / "table.json", {"aligners": [r.record() for r in runs], **context})
-    write_json(out_dir / "pairs.json", {"bootstrap_resamples": n_bootstrap, "seed": seed,
-                                        "pairs": [p.to_json() for p in pairs]})
-    write_json(out_dir / "roc.json", {r.aligner: r.result.roc() for r in runs})
+        write_json({**run.record(), **context}, folder / "results.json")
+        write_json({"aligner": run.aligner, **run.result.roc()}, folder / "roc.json")
+    write_json({"aligners": [r.record() for r in runs], **context}, out_dir / "table.json")
+    pairs_record = {"bootstrap_resamples": n_bootstrap, "seed": seed, "pairs": [p.to_json() for p in pairs]}
+    write_json(pairs_record, out_dir / "pairs.json")
+    write_json({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.json")
     plot_rocs({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png",
               title=f"{protocol_dir.name}, {choice.name}")
     table = _table_markdown(runs, context, tuple(used_betas), pairs, n_bootstrap)
@@ -565,13 +570,14 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     Not independent of training when the backbone was trained on prepare-lfw crops:
     those identities include the people of pairs.txt.
     """
+    from facealign.imageio import write_json
+
     from .aligners import choose_face_boxes, get_aligner
     from .backbones import load_backbone
     from .caches import DetectionCache, default_cache_dir
     from .features import extract_features, feature_cache_path
     from .lfw import default_lfw_root, lfw_accuracy
     from .metrics import read_lfw_pairs
-    from .report import write_json
 
     _set_threads(threads)
     root = lfw_root or default_lfw_root()
@@ -596,12 +602,12 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     click.echo("caveat: not an independent figure if the backbone was trained on LFW identities "
                "(recognition prepare-lfw includes the pairs.txt people)")
     if out_dir is not None:
-        write_json(out_dir / "lfw_accuracy.json", {
+        write_json({
             "aligner": aligner.name, "key": aligner.key, "mean": accuracy.mean, "std": accuracy.std,
             "folds": accuracy.accuracies.tolist(), "thresholds": accuracy.thresholds.tolist(), **info,
             "face_boxes": faces.counts(), "backbone": choice.describe(),
             "caveat": "backbone trained on LFW identities that include the pairs.txt people: not independent",
-        })
+        }, out_dir / "lfw_accuracy.json")
 
 
 if __name__ == "__main__":  # pragma: no cover

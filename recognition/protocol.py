@@ -744,7 +744,7 @@ def make_protocol(
         "images_with_box": sum(p in boxes for p in paths),
         "splits": split_summaries,
     }
-    from .report import write_json
+    from facealign.imageio import write_json
 
-    write_json(out_dir / "protocol.json", summary)
+    write_json(summary, out_dir / "protocol.json")
     return summary

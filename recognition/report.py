@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facealign.imageio import write_bytes_atomic
-
-__all__ = ["format_tar", "plot_rocs", "write_json"]
+__all__ = ["format_tar", "plot_rocs"]
 
 
 def format_tar(mean: float, std: float) -> str:
@@ -51,8 +48,4 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
     fig.savefig(path)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
