@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -1131,21 +1130,9 @@ def analyze(
     settings = AnalysisSettings(
         clusters=clusters, seed=seed, pca_dims=pca_dims, pca_above=pca_above, max_iter=max_iter, faces=faces
     )
-    bar = None
-    shown = 0
+    from .progress import Progress
 
-    def progress(done: int, total: int, label: str) -> None:
-        nonlocal bar, shown
-        if quiet:
-            return
-        if bar is None:
-            bar = click.progressbar(
-                length=total, label="Analysing", file=sys.stderr, show_eta=False, item_show_func=lambda item: item
-            )
-            bar.__enter__()
-        bar.update(done - shown, label)
-        shown = done
-
+    progress = Progress("Analysing", enabled=not quiet)
     try:
         rep = run_analysis(
             data_root,
@@ -1160,8 +1147,7 @@ def analyze(
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        progress.close()
     if quiet:
         return
     f = rep["faces"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import json
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import click
 
 from . import __version__
 from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES
+from .progress import Progress
 
 ENGINE_CHOICES = ENGINES
 #: Images per landmark-network batch in ``facealign landmarks``.
@@ -190,35 +190,6 @@ def _engine_option(f):
     )(f)
 
 
-class _ProgressBar:
-    """Adapter from ``progress(done, total)`` callbacks to a ``click.progressbar`` on stderr.
-
-    ``total`` may change between calls (the crop job's total is an estimate from a
-    count of names until its walk has finished): the bar's length follows it.
-    """
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.bar: Any = None  # a click progress bar, once the total is known
-        self.done = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total == 0:
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.length = max(total, done)
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
 @main.command()
 @click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
@@ -340,7 +311,7 @@ def crop(
     # SIGTERM (timeout, docker stop, Kubernetes, Slurm) unwinds like Ctrl-C: the
     # records are closed, the workers stopped, then the lock released.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
-    bar = _ProgressBar("Cropping", enabled=not quiet)
+    bar = Progress("Cropping", enabled=not quiet)
     try:
         connection: contextlib.AbstractContextManager[Any]
         if cluster is None:

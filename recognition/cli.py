@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import click
 
 from facealign.constants import BUILTIN_DETECTORS, TRAINING_DETECTOR
+from facealign.progress import Progress
 
 from . import __version__
 
@@ -39,22 +39,6 @@ ALIGNER_HELP = ("'tcnn', 'vanilla', 'dlib-ert', 'dlib-5pt', 'box' or 'manifest:P
 @click.version_option(__version__, "--version", prog_name="recognition", message="%(prog)s %(version)s")
 def main() -> None:
     """Face verification benchmark that measures what an alignment is worth (paper, section 5.2)."""
-
-
-class _Progress:
-    """``progress(done, total)`` callback printing a line to stderr at most every few seconds."""
-
-    def __init__(self, label: str, enabled: bool = True, every: float = 10.0) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.every = every
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if self.enabled and total and (done == total or now - self.last >= self.every):
-            self.last = now
-            click.echo(f"{self.label}: {done}/{total}", err=True)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -190,7 +174,7 @@ def prepare_lfw_command(out_dir: Path, lfw_root: Path | None, size: int, detecto
     """
     from .lfw import prepare_lfw
 
-    progress = {"detect": _Progress("detect"), "align": _Progress("align")}
+    progress = {"detect": Progress("detect"), "align": Progress("align")}
     try:
         summary = prepare_lfw(out_dir, lfw_root, size=size, detector=detector, weights=weights,
                               cache_dir=cache_dir, jobs=jobs, min_images=min_images, limit=limit,
@@ -306,7 +290,7 @@ def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_di
     protocol = read_protocol(protocol_dir)
     detections = DetectionCache(root, detector, cache)
     files = protocol_files(protocol)
-    records = detections.ensure(files, jobs=jobs, progress=_Progress("detect", not quiet))
+    records = detections.ensure(files, jobs=jobs, progress=Progress("detect", not quiet))
     faces = choose_face_boxes(records, protocol_boxes(protocol))
     return protocol, detections, faces, cache
 
@@ -332,7 +316,7 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
                                 _images_root(protocol_dir, images_root),
                                 {"tcnn": tcnn_weights, "vanilla": vanilla_weights}, jobs, quiet)
         runs = [run_aligner(protocol, faces, a, choice, detections, cache, betas or DEFAULT_BETAS,
-                            pca_components, _Progress(f"features {a.name}", not quiet))
+                            pca_components, Progress(f"features {a.name}", not quiet))
                 for a in aligners]
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
@@ -495,7 +479,7 @@ def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool
         splits = [s.comparisons for s in runs[0].result.splits]
         scores = {r.aligner: [s.scores for s in r.result.splits] for r in runs}
         bootstrap = subject_bootstrap(splits, scores, FAR_TARGETS, n_bootstrap, seed,
-                                      _Progress(f"subject bootstrap ({len(splits)} splits)", not quiet))
+                                      Progress(f"subject bootstrap ({len(splits)} splits)", not quiet))
     return compare_pairs(tars, bootstrap, FAR_TARGETS)
 
 
@@ -589,10 +573,10 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
         cache = cache_dir if cache_dir is not None else default_cache_dir()
         detections = DetectionCache(root, detector, cache)
         files = sorted({p for pair in read_lfw_pairs(pairs_path) for p in (pair.path1, pair.path2)})
-        faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=_Progress("detect", not quiet)))
+        faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=Progress("detect", not quiet)))
         table = extract_features(files, root, faces.boxes, aligner, choice.network,
                                  feature_cache_path(cache, aligner, choice, detections),
-                                 _Progress(f"features {aligner.name}", not quiet))
+                                 Progress(f"features {aligner.name}", not quiet))
         accuracy, info = lfw_accuracy(table.rows, pairs_path, pca_components)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc

@@ -441,3 +441,45 @@ def test_crop_workers_and_landmarks_run_without_torch(face_photos, tmp_path) -> 
     assert json.loads(marks.stdout)
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0  # the block works, so the runs above had no torch
+
+
+def test_progress_shows_lines_in_a_log_and_nothing_when_quiet() -> None:
+    # stderr is a file (a batch job's log): a line at most every `every` seconds and
+    # at the end, never more; disabled: nothing at all.
+    import io
+
+    from facealign.progress import Progress
+
+    log = io.StringIO()
+    progress = Progress("Cropping", every=3600, stream=log)
+    for done in range(1, 11):
+        progress(done, 10)
+    progress.close()
+    assert log.getvalue().splitlines() == ["Cropping: 1/10", "Cropping: 10/10"]
+    quiet = io.StringIO()
+    Progress("Cropping", enabled=False, stream=quiet)(5, 10)
+    assert quiet.getvalue() == ""
+
+
+def test_progress_bar_follows_a_total_that_changes() -> None:
+    # On a terminal: a click bar whose length follows the total (the crop job's
+    # total is an estimate until its walk has finished).
+    import io
+
+    from facealign.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bar = Progress("Cropping", stream=Terminal())
+    try:
+        bar(0, 0)  # nothing known to do yet: no bar
+        assert bar._bar is None
+        bar(0, 5)
+        bar(3, 8)  # the walk found more than the estimate
+        assert (bar._bar.length, bar._bar.pos) == (8, 3)
+        bar(7, 7)  # the walk has finished: exact
+        assert (bar._bar.length, bar._bar.pos) == (7, 7)
+    finally:
+        bar.close()

@@ -225,19 +225,3 @@ def test_empty_in_dir_with_records_is_refused_before_anything_is_dropped(face_ph
     with pytest.raises(batch.CropJobError, match="holds no images"):
         run_crop_job(src, out, jobs=1)
     assert (out / "manifest.jsonl").read_bytes() == before and not (out / batch._DROPPED_NAME).exists()
-
-
-def test_progress_bar_follows_a_total_that_changes() -> None:
-    from facealign.cli import _ProgressBar
-
-    bar = _ProgressBar("Cropping", enabled=True)
-    try:
-        bar(0, 0)  # nothing known to do yet: no bar
-        assert bar.bar is None
-        bar(0, 5)
-        bar(3, 8)  # the walk found more than the estimate
-        assert (bar.bar.length, bar.bar.pos) == (8, 3)
-        bar(7, 7)  # the walk has finished: exact
-        assert (bar.bar.length, bar.bar.pos) == (7, 7)
-    finally:
-        bar.close()
