@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
+from facealign.constants import TRAINING_DETECTOR  # noqa: E402
 from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors, summarize  # noqa: E402
@@ -34,7 +35,7 @@ from facealign.evaluation import normalized_errors, summarize  # noqa: E402
 def faces(split: str, cache: Path):
     data = load_mtfl(MTFL_ROOT, split)
     images = data.load_images()
-    boxes = cached_boxes(data, images, cache, "dlib")
+    boxes = cached_boxes(data, images, cache, TRAINING_DETECTOR)
     rows = np.arange(len(data)) if split == "test" else train_validation_split(len(data))[1]
     found = rows[np.isfinite(boxes[rows, 0])]
     return images, found, boxes[found, :4], data.points[found], len(rows) - len(found)

@@ -25,8 +25,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
+from facealign.constants import DEFAULT_ENGINE, ENGINES, TRAINING_DETECTOR  # noqa: E402
 from facealign.cropping import to_box_coordinates  # noqa: E402
-from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
+from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors  # noqa: E402
 
@@ -37,7 +38,7 @@ WIDTH_BINS = ((0, 35), (35, 45), (45, 55), (55, 65), (65, 1000))
 def signed_offsets(engine: LandmarkEngine, split: str, cache: Path) -> dict:
     data = load_mtfl(MTFL_ROOT, split)
     images = data.load_images()
-    boxes = cached_boxes(data, images, cache, "dlib")
+    boxes = cached_boxes(data, images, cache, TRAINING_DETECTOR)
     rows = np.arange(len(data)) if split == "test" else train_validation_split(len(data))[1]
     found = rows[np.isfinite(boxes[rows, 0])]
     box, truth = boxes[found, :4], data.points[found]
@@ -68,8 +69,9 @@ def signed_offsets(engine: LandmarkEngine, split: str, cache: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=["tcnn", "vanilla"], default="tcnn")
-    ap.add_argument("--cache-dir", type=Path, default=Path(".facealign-cache"))
+    ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                    help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
     engine = LandmarkEngine(args.engine)

@@ -1,6 +1,6 @@
 """Landmark error when the face box is misplaced, with and without re-boxing. Prints figures.
 
-    python bench/box_robustness.py [--cache-dir .facealign-cache]
+    python bench/box_robustness.py [--cache-dir DIR]
 
 On the MTFL validation split (faces the dlib detector found), each engine runs on
 the dlib box and on three deliberately misplaced versions of it (shifted by 10%
@@ -21,7 +21,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
-from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
+from facealign.constants import ENGINES, TRAINING_DETECTOR  # noqa: E402
+from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors  # noqa: E402
 
@@ -39,17 +40,18 @@ def misplaced_boxes(boxes: np.ndarray) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", type=Path, default=Path(".facealign-cache"))
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                    help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]")
     args = ap.parse_args()
     data = load_mtfl(MTFL_ROOT, "train")
     images = data.load_images()
-    boxes = cached_boxes(data, images, args.cache_dir, "dlib")
+    boxes = cached_boxes(data, images, args.cache_dir, TRAINING_DETECTOR)
     rows = train_validation_split(len(data))[1]
     found = rows[np.isfinite(boxes[rows, 0])]
     truth = data.points[found]
     print(f"{len(found)} validation faces\n")
     print("| engine | box | one pass | re-boxing |\n|---|---|---|---|")
-    for name in ("tcnn", "vanilla"):
+    for name in ENGINES:
         engines = [LandmarkEngine(name, refine=refine) for refine in (False, True)]
         for label, b in misplaced_boxes(boxes[found, :4]).items():
             errs = [100 * normalized_errors(e.predict_faces(images, found, b), truth).mean() for e in engines]

@@ -53,6 +53,7 @@ from bench.common import (  # noqa: E402
     timed_runs,
     to_jsonable,
 )
+from facealign.constants import DEFAULT_ENGINE, ENGINES  # noqa: E402
 
 #: (label, engine, mirror, refine) of the landmark configurations timed; the first
 #: is facealign's default. With re-boxing, the "crops" figure times the network's
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="landmark timing repeats (default 5)")
     ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end repeats (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="landmark engine / OpenCV threads (default 2)")
-    ap.add_argument("--engine", default="tcnn", choices=("tcnn", "vanilla"), help="engine of the end-to-end runs")
+    ap.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES, help="engine of the end-to-end runs")
     ap.add_argument("--no-sweep", action="store_true", help="skip the engine batch_size sweep")
     ap.add_argument("--no-job", action="store_true", help="skip the run_crop_job timings")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")

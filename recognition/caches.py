@@ -54,8 +54,13 @@ def text_digest(text: str, length: int = 12) -> str:
 
 
 def default_cache_dir() -> Path:
-    """Cache folder: ``$RECOGNITION_CACHE`` if set, else ``./cache/recognition``."""
-    return Path(os.environ.get("RECOGNITION_CACHE", "cache/recognition"))
+    """Cache folder: ``$RECOGNITION_CACHE`` if set, else ``recognition/`` in facealign's
+    cache folder (:func:`facealign.data.default_cache_dir`: ``$FACEALIGN_CACHE``, else
+    ``$XDG_CACHE_HOME/facealign`` or ``~/.cache/facealign``)."""
+    from facealign.data import default_cache_dir as facealign_cache_dir
+
+    env = os.environ.get("RECOGNITION_CACHE")
+    return Path(env) if env else facealign_cache_dir() / "recognition"
 
 
 @dataclass(frozen=True)

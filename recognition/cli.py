@@ -63,7 +63,8 @@ def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True,
                      help="Face detector (run once per image, cached)."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Detection and feature caches [default: $RECOGNITION_CACHE or ./cache/recognition]."),
+                     help="Detection and feature caches [default: $RECOGNITION_CACHE, else recognition/ in "
+                          "facealign's cache folder: $FACEALIGN_CACHE or ~/.cache/facealign]."),
         click.option("--tcnn-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
                      help="Weights of the tcnn aligner [default: shipped]."),
         click.option("--vanilla-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
