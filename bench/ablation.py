@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
 from facealign.constants import TRAINING_DETECTOR  # noqa: E402
-from facealign.data import cached_boxes, load_mtfl, train_validation_split  # noqa: E402
+from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors, summarize  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--paper-labels", type=Path, required=True, help="TCNN with augmentation, paper labels")
     ap.add_argument("--detector-boxes", type=Path, required=True, help="TCNN, warped labels, tweaked on detector boxes")
     ap.add_argument("--tcnn", type=Path, required=True, help="TCNN tweaked on re-boxed crops (shipped)")
-    ap.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="detector-box cache")
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = ap.parse_args()
 

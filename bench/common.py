@@ -24,12 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from facealign.data import default_cache_dir, default_datasets_root
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The read-only data sets beside the checkout (``$FACEALIGN_DATASETS`` overrides).
-DATASETS = Path(os.environ.get("FACEALIGN_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+DATASETS = default_datasets_root(beside=REPO_ROOT)
 CELEBA_IMAGES = DATASETS / "celeba_wild" / "images"
 MTFL_ROOT = DATASETS / "mtfl"
-DEFAULT_CACHE = REPO_ROOT / "cache"
+#: Detector-box caches: facealign's default (``$FACEALIGN_CACHE``, else ``~/.cache/facealign``).
+DEFAULT_CACHE = default_cache_dir()
 
 #: Landmark steps: our two engines and dlib's 68-point ERT reduced to 5 points.
 DLIB_ERT = "dlib-ert68"

@@ -67,10 +67,20 @@ class LandmarkSet:
         return hashlib.sha1("\n".join(self.paths).encode()).hexdigest()[:12]
 
 
+def default_datasets_root(beside: str | Path | None = None) -> Path:
+    """The read-only data sets: ``$FACEALIGN_DATASETS``, else ``../shared/datasets`` beside
+    ``beside`` (default: the current folder, i.e. a checkout's root). Every default data
+    path (MTFL, LFW, celeba_wild; the commands, ``recognition`` and ``bench/``) starts here."""
+    env = os.environ.get("FACEALIGN_DATASETS")
+    if env:
+        return Path(env)
+    return Path(beside if beside is not None else Path.cwd()).resolve().parent / "shared" / "datasets"
+
+
 def default_mtfl_root() -> Path:
-    """``$FACEALIGN_MTFL`` or ``../shared/datasets/mtfl`` beside the current directory."""
+    """``$FACEALIGN_MTFL``, else ``mtfl/`` in :func:`default_datasets_root`."""
     env = os.environ.get("FACEALIGN_MTFL")
-    return Path(env) if env else Path.cwd().parent / "shared" / "datasets" / "mtfl"
+    return Path(env) if env else default_datasets_root() / "mtfl"
 
 
 def default_cache_dir() -> Path:

@@ -65,8 +65,11 @@ _ALIGN_BATCH = 64
 
 
 def default_lfw_root() -> Path:
-    """``../shared/datasets/lfw`` beside the checkout."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "lfw"
+    """``lfw/`` in the data sets folder (:func:`facealign.data.default_datasets_root`:
+    ``$FACEALIGN_DATASETS``, else ``../shared/datasets``)."""
+    from facealign.data import default_datasets_root
+
+    return default_datasets_root() / "lfw"
 
 
 def lfw_training_items(lfw_root: str | Path, min_images: int = 2) -> list[tuple[str, str]]:

@@ -7,6 +7,15 @@ import pytest
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that reads ../shared (through the ``shared_datasets`` fixture, directly
+    or through another fixture) with ``data``: ``pytest -m "not data"`` runs the rest, and
+    without ../shared they are reported as skipped with the reason."""
+    for item in items:
+        if "shared_datasets" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The read-only datasets folder beside the checkout; skip the test if absent."""
