@@ -53,7 +53,7 @@ from typing import Protocol
 import numpy as np
 
 from facealign.alignment import Template, warp_face
-from facealign.constants import WORK_MAX_SIDE
+from facealign.constants import ENGINES, WORK_MAX_SIDE
 from facealign.imageio import ImageReadError, read_image_reduced
 
 from .caches import DetectionRecord, file_digest, text_digest
@@ -361,7 +361,7 @@ class LandmarkAligner:
         ``weights`` replaces the shipped engine weights (``tcnn``, ``vanilla``)
         or dlib's model file (``dlib-ert``, ``dlib-5pt``).
         """
-        if name in ("tcnn", "vanilla"):
+        if name in ENGINES:
             from facealign.engine import LandmarkEngine
 
             engine = LandmarkEngine(name, weights)
