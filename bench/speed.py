@@ -126,6 +126,49 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
     return out
 
 
+def torch_reference(images, boxes, batch: int, repeats: int, threads: int) -> dict:
+    """The run-time engine (onnxruntime) against the training code's torch network, in one run.
+
+    Both evaluate the paper's vanilla network once (one pass, no mirror, no
+    re-boxing) on the same ``batch`` crops, 64 faces per convolution pass, with
+    ``threads`` threads, alternating over ``repeats``; the torch side is
+    :class:`facealign.model.VanillaCNN` in channels-last memory, as the engine ran
+    it before onnxruntime. Returns faces/s of each and their ratio.
+    """
+    import torch
+
+    from facealign.engine import LandmarkEngine, load_weights, shipped_weights
+    from facealign.export import load_network
+    from facealign.training import to_tensor
+
+    crops = face_crops(images, boxes, batch)
+    engine = LandmarkEngine("vanilla", mirror=False, refine=False, threads=threads)
+    model, mean, std = load_network(load_weights(shipped_weights("vanilla")))
+    model = model.to(memory_format=torch.channels_last)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def torch_pass() -> None:
+        with torch.inference_mode():
+            x = to_tensor(crops, mean, std).contiguous(memory_format=torch.channels_last)
+            for s in range(0, len(x), engine.batch_size):
+                model(x[s : s + engine.batch_size])
+
+    try:
+        seconds: dict[str, list[float]] = {"onnxruntime": [], "torch": []}
+        for fn in (lambda: engine.predict_crops(crops), torch_pass):  # warm up
+            fn()
+        for _ in range(repeats):
+            for label, fn in (("onnxruntime", lambda: engine.predict_crops(crops)), ("torch", torch_pass)):
+                t = time.perf_counter()
+                fn()
+                seconds[label].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(saved)
+    out = {label: batch / median(s) for label, s in seconds.items()}
+    return {"faces_per_s": out, "ratio": out["onnxruntime"] / out["torch"], "threads": threads, "seconds": seconds}
+
+
 def batch_size_sweep(images, boxes, batch: int, repeats: int, threads_list, sizes=SWEEP_SIZES) -> list[dict]:
     """faces/s on ``batch`` crops for each engine ``batch_size`` (faces per network pass) and thread count."""
     from facealign.engine import LandmarkEngine
@@ -234,6 +277,17 @@ def report(res: dict) -> str:
         f"({lm['engine_batch_size']} faces per network pass).",
         "",
     ]
+    if res.get("torch_reference"):
+        text += [
+            "## The run-time engine against the torch network (vanilla, one pass, same crops, same run)",
+            "",
+            markdown_table(
+                ["threads", "onnxruntime faces/s", "torch faces/s", "ratio"],
+                [[t, r["faces_per_s"]["onnxruntime"], r["faces_per_s"]["torch"], f"{r['ratio']:.2f}x"]
+                 for t, r in res["torch_reference"].items()],
+            ),
+            "",
+        ]
     if res.get("batch_sweep"):
         sweep = res["batch_sweep"]
         sizes = sorted({r["batch_size"] for r in sweep})
@@ -313,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     images, boxes = decode_and_detect(paths, detector)
     log("landmark throughput ...")
     res["landmarks"] = landmark_throughput(images, boxes, args.batch, args.repeats)
+    log("onnxruntime against torch ...")
+    thread_counts = sorted({1, args.threads})
+    res["torch_reference"] = {t: torch_reference(images, boxes, args.batch, args.repeats, t) for t in thread_counts}
     if not args.no_sweep:
         log("engine batch_size sweep ...")
         res["batch_sweep"] = batch_size_sweep(images, boxes, args.batch, args.repeats, sorted({1, args.threads}))
