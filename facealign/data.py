@@ -182,14 +182,14 @@ def detect_boxes(
         detector missed the face (such faces are dropped from training and count
         as failures in evaluation). See :data:`DETECTION_COLUMNS`.
     """
-    from joblib import Parallel, delayed
+    from .research.parallel import parallel_map
 
     detector = get_detector(detector)
     chunk = 256
     starts = list(range(0, len(images), chunk))
     parts: list[np.ndarray] = []
-    runner = Parallel(n_jobs=jobs, return_as="generator")
-    for part in runner(delayed(_detect_chunk)(detector, images[s : s + chunk], points[s : s + chunk]) for s in starts):
+    tasks = [(detector, images[s : s + chunk], points[s : s + chunk]) for s in starts]
+    for part in parallel_map(_detect_chunk, tasks, jobs):
         parts.append(part)
         if progress is not None:
             progress(len(part))

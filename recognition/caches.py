@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 from facealign.constants import TRAINING_DETECTOR, WORK_MAX_SIDE
 from facealign.detection.base import from_resized
 from facealign.imageio import ImageReadError, read_image_reduced
+from facealign.research.parallel import parallel_map, resolve_jobs
 
 __all__ = [
     "DetectionRecord",
@@ -116,7 +117,7 @@ def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread:
     from facealign.detection import get_detector
     from facealign.reboxing import training_boxes
 
-    if single_thread:
+    if single_thread:  # a worker process, one of several
         cv2.setNumThreads(1)
     det = get_detector(detector)
     out = []
@@ -209,19 +210,12 @@ class DetectionCache:
         todo = [f for f in dict.fromkeys(files) if f not in records]
         if todo:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            n_jobs = _resolve_jobs(jobs, len(todo))
+            if jobs < 1 and jobs != -1:
+                raise ValueError(f"jobs must be >= 1 or -1 (all cores), got {jobs}")
             chunks = [todo[i:i + _DETECTION_CHUNK] for i in range(0, len(todo), _DETECTION_CHUNK)]
             root = str(self.images_root)
-            if n_jobs == 1:
-                results: Iterable[list[dict[str, Any]]] = (
-                    _detect_chunk(root, c, self.detector, False) for c in chunks
-                )
-            else:
-                from joblib import Parallel, delayed
-
-                results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(
-                    delayed(_detect_chunk)(root, c, self.detector, True) for c in chunks
-                )
+            in_workers = resolve_jobs(jobs, len(chunks)) > 1
+            results = parallel_map(_detect_chunk, [(root, c, self.detector, in_workers) for c in chunks], jobs)
             done = 0
             if progress is not None:
                 progress(0, len(todo))
@@ -236,13 +230,4 @@ class DetectionCache:
                         progress(done, len(todo))
         return {f: records[f] for f in files}
 
-
-def _resolve_jobs(jobs: int, n_items: int) -> int:
-    if jobs == -1:
-        import joblib
-
-        jobs = joblib.cpu_count()
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1 or -1 (all cores), got {jobs}")
-    return max(1, min(jobs, n_items))
 

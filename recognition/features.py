@@ -170,13 +170,16 @@ def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoi
 def _fill_one_cache(spec: str, backbone_spec: str | Path | None, images_root: Path,
                     weights: Mapping[str, str | Path | None], files: list[str], boxes: Mapping[str, np.ndarray],
                     cache_path: Path) -> None:
-    """Worker: the features of one aligner into its cache file (one torch thread)."""
-    import torch
+    """Worker: the features of one aligner into its cache file (one torch thread; the caller's
+    thread counts come back when it runs in the calling process)."""
+    import torch  # noqa: F401  (loaded first, so that single_threaded limits it)
 
-    torch.set_num_threads(1)
-    choice = load_backbone(backbone_spec)
-    aligner = get_aligner(spec, choice.template, images_root=images_root, weights=weights)
-    extract_features(files, images_root, boxes, aligner, choice.network, cache_path)
+    from facealign.research.parallel import single_threaded
+
+    with single_threaded():
+        choice = load_backbone(backbone_spec)
+        aligner = get_aligner(spec, choice.template, images_root=images_root, weights=weights)
+        extract_features(files, images_root, boxes, aligner, choice.network, cache_path)
 
 
 def fill_feature_caches(
@@ -201,14 +204,16 @@ def fill_feature_caches(
     cost nothing. Parallel over aligners rather than images: the dlib models do
     not pickle, and each aligner's pass is the same size.
     """
-    from joblib import Parallel, cpu_count, delayed
+    from facealign.progress import Progress
+    from facealign.research.parallel import parallel_map
 
     files = protocol_files(protocol)
     tasks = [
-        delayed(_fill_one_cache)(spec, backbone_spec, images_root, weights, files, faces.boxes,
-                                 feature_cache_path(cache_dir, aligner, backbone, detections))
+        (spec, backbone_spec, images_root, weights, files, faces.boxes,
+         feature_cache_path(cache_dir, aligner, backbone, detections))
         for spec, aligner in zip(specs, aligners)
     ]
-    n_jobs = min(len(tasks), cpu_count() if jobs < 1 else jobs)
-    Parallel(n_jobs=n_jobs, backend="loky", verbose=0 if quiet else 5)(tasks)
+    with Progress("features, aligners done", enabled=not quiet, every=0) as progress:
+        for done, _ in enumerate(parallel_map(_fill_one_cache, tasks, jobs), 1):
+            progress(done, len(tasks))
 
