@@ -31,8 +31,8 @@ RESEARCH_MODULES = (
     "facealign.export",
     "facealign.model",
     "facealign.model_cli",
-    "facealign.quality_fit",
     "facealign.research.peers",
+    "facealign.research.quality_fit",
     "facealign.training",
     "facealign.tweak",
 )
