@@ -76,7 +76,7 @@ def _jobs_type(value: str | int) -> int | str:
 #: The research commands: name -> (module, attribute). They need the ``train`` extra,
 #: and their modules are imported only when one is listed or run with it installed.
 RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
-    "analyze": ("facealign.analysis", "analyze"),
+    "analyze": ("facealign.research.analysis.command", "analyze"),
     "evaluate": ("facealign.model_cli", "evaluate_command"),
     "evaluate-quality": ("facealign.model_cli", "evaluate_quality_command"),
     "export-engine": ("facealign.model_cli", "export_engine_command"),

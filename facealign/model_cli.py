@@ -291,7 +291,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
     """
     from .engine import shipped_weights
     from .quality import SIGNAL_FLOORS
-    from .quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
+    from .research.quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
 
     _check_data(data)
     source = weights if weights is not None else shipped_weights(engine_name)
@@ -325,7 +325,7 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
     error-reject curve, as JSON and PNG.
     """
     from .evaluation import write_json
-    from .quality_fit import SPLITS, collect_quality, plot_quality_report, quality_report
+    from .research.quality_fit import SPLITS, collect_quality, plot_quality_report, quality_report
 
     _check_data(data)
     engine = _quality_engine(engine_name, weights)

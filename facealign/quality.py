@@ -21,7 +21,7 @@ its points, signals of how much to trust them (:func:`face_signals`):
 * ``box_size``: the given box's size ``sqrt(w h)`` in pixels.
 
 A :class:`QualityModel`, fitted on the MTFL validation split
-(:mod:`facealign.quality_fit`) and shipped in the weights file under the key
+(:mod:`facealign.research.quality_fit`) and shipped in the weights file under the key
 ``"quality"``, turns the signals it was fitted with into
 
 * ``expected_error``: the expected NME of the face, % of the inter-ocular

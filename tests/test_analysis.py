@@ -17,29 +17,21 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from facealign.analysis import (
-    ASSIGNMENTS,
-    FIG1,
-    FIG3,
-    FIG3_SCATTER,
-    FIG4,
-    REPORT_JSON,
-    REPORT_MD,
-    AnalysisSettings,
-    analyze_representations,
+from facealign.cli import main
+from facealign.research.analysis.clustering import cluster_features, reduce_features
+from facealign.research.analysis.figures import mosaic
+from facealign.research.analysis.report import ASSIGNMENTS, FIG1, FIG3, FIG3_SCATTER, FIG4, REPORT_JSON, REPORT_MD
+from facealign.research.analysis.representations import AnalysisSettings, analyze_representations
+from facealign.research.analysis.statistics import (
     binary_attribute_labels,
-    cluster_features,
     cluster_mean_images,
     cluster_sizes,
     label_cluster_variances,
     landmark_cluster_variances,
     mean_se,
-    mosaic,
     principal_axis_variance,
-    reduce_features,
     size_summary,
 )
-from facealign.cli import main
 
 # --------------------------------------------------------------------------- #
 # A hand-computed example: 4 clusters, 2 landmarks

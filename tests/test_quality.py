@@ -15,7 +15,13 @@ from facealign.quality import (
     fit_quality_model,
     over_limits,
 )
-from facealign.quality_fit import DEFAULT_SIGNALS, QualitySample, error_reject_curve, fit_engine_quality, quality_report
+from facealign.research.quality_fit import (
+    DEFAULT_SIGNALS,
+    QualitySample,
+    error_reject_curve,
+    fit_engine_quality,
+    quality_report,
+)
 
 #: A frontal face in 80 x 80 pixels: eyes level, nose and mouth centred.
 FRONTAL = np.array([[30.0, 35.0], [50.0, 35.0], [40.0, 45.0], [32.0, 55.0], [48.0, 55.0]])

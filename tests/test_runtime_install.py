@@ -25,14 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "skimage")
 #: Research modules that the run time must not import either.
 RESEARCH_MODULES = (
-    "facealign.analysis",
     "facealign.data",
     "facealign.evaluation",
     "facealign.export",
     "facealign.model",
     "facealign.model_cli",
-    "facealign.quality_fit",
+    "facealign.research.analysis",
     "facealign.research.peers",
+    "facealign.research.quality_fit",
     "facealign.training",
     "facealign.tweak",
 )

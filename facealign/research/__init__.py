@@ -1,6 +1,8 @@
 """Research code that the run time does not need: comparisons with other landmark
-detectors (:mod:`~facealign.research.peers`) and the figure helper
-(:mod:`~facealign.research.figures`).
+detectors (:mod:`~facealign.research.peers`), the figure helper
+(:mod:`~facealign.research.figures`), the section 2.2 analysis (``facealign analyze``,
+:mod:`~facealign.research.analysis`) and the fitting and evaluation of the per-face
+quality model (:mod:`~facealign.research.quality_fit`).
 
 Nothing here is imported by ``facealign crop``, ``facealign landmarks`` or
 :class:`~facealign.FaceAligner`. The research commands (``train``, ``tweak``,

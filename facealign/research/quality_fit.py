@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import TRAINING_DETECTOR
-from .evaluation import FAILURE_THRESHOLD, evaluate_engines
-from .quality import QualityModel, fit_quality_model
+from ..constants import TRAINING_DETECTOR
+from ..evaluation import FAILURE_THRESHOLD, evaluate_engines
+from ..quality import QualityModel, fit_quality_model
 
 #: Signals of the shipped models, per engine: intrinsic to the landmark engine and
 #: not tied to the detector's box convention (no detector score, box size or
@@ -76,8 +76,8 @@ def fit_engine_quality(
     weights: str | Path, out: str | Path, engine_name: str, sample: QualitySample, signals: tuple[str, ...]
 ) -> QualityModel:
     """Fit the quality model on ``sample`` (the validation split) and write ``weights`` + model to ``out``."""
-    from .engine import load_weights
-    from .training import atomic_save
+    from ..engine import load_weights
+    from ..training import atomic_save
 
     if sample.split != "validation":
         raise ValueError("the quality model is fitted on the validation split only")
@@ -144,7 +144,7 @@ def quality_report(sample: QualitySample) -> dict:
 
 def plot_quality_report(reports: dict[str, dict], path: str | Path) -> None:
     """One PNG: ``p_fail`` calibration, ``expected_error`` calibration and error-reject curves per report."""
-    from .research.figures import subplots
+    from .figures import subplots
 
     fig, (cal, exp, rej) = subplots(1, 3, figsize=(13, 4.2), dpi=110)
     for label, rep in reports.items():
