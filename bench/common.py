@@ -390,23 +390,3 @@ def machine_lines(info: dict[str, Any]) -> str:
         f"Python {info['python']}\n"
         + (f"- load average at start (1, 5, 15 min): {load}\n" if load else "")
     )
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, numpy scalars and arrays, paths -> plain JSON values."""
-    if hasattr(obj, "__dataclass_fields__"):
-        return to_jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-

@@ -68,8 +68,8 @@ from bench.common import (  # noqa: E402
     repeat_to_faces,
     sample_paths,
     set_threads,
-    to_jsonable,
 )
+from facealign.imageio import to_jsonable  # noqa: E402
 
 PIPELINES: tuple[PipelineSpec, ...] = (
     PipelineSpec("ours-tcnn", "retinaface", "tcnn"),

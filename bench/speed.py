@@ -51,9 +51,9 @@ from bench.common import (  # noqa: E402
     set_threads,
     spread,
     timed_runs,
-    to_jsonable,
 )
 from facealign.constants import DEFAULT_ENGINE, ENGINES  # noqa: E402
+from facealign.imageio import to_jsonable  # noqa: E402
 
 #: (label, engine, mirror, refine) of the landmark configurations timed; the first
 #: is facealign's default. With re-boxing, the "crops" figure times the network's

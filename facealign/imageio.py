@@ -52,6 +52,7 @@ __all__ = [
     "scan_folder",
     "walk_images",
     "write_bytes_atomic",
+    "to_jsonable",
     "write_json",
     "write_image_atomic",
 ]
@@ -490,6 +491,27 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, numpy scalars and arrays, paths -> plain JSON values; NaN and infinities -> None."""
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        from dataclasses import asdict
+
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:

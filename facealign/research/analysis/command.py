@@ -18,6 +18,7 @@ from typing import Any
 import click
 import numpy as np
 
+from ...imageio import to_jsonable
 from ...model_cli import cache_dir_option
 from .features import EXTRA_LAYERS, LAYER_LABELS, PAPER_LAYERS, extract_layer_inputs
 from .figures import mosaic, plot_attribute_variance, plot_cluster_means, plot_cluster_scatter, plot_landmark_variance
@@ -31,7 +32,6 @@ from .report import (
     REPORT_JSON,
     REPORT_MD,
     _fmt,
-    _jsonable,
     build_report,
     report_markdown,
 )
@@ -194,7 +194,7 @@ def run_analysis(
     rep = build_report(stats, meta)
     timing[current] = time.perf_counter() - t_step
     rep["timing_s"] = {**timing, "total": time.perf_counter() - t_start}
-    rep = _jsonable(rep)
+    rep = to_jsonable(rep)
     write_json(rep, out_dir / REPORT_JSON)
     write_bytes_atomic(out_dir / REPORT_MD, report_markdown(rep).encode())
     if progress is not None:

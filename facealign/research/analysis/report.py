@@ -2,16 +2,13 @@
 
 The names of the files in the report folder, :func:`build_report` (the JSON
 content), :func:`report_markdown` (the text) and the JSON conversion
-(:func:`_jsonable`).
+(:func:`facealign.imageio.to_jsonable`).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .features import LAYER_LABELS
 from .representations import landmark_ratio
@@ -27,23 +24,6 @@ FIG3 = "fig3_landmark_variance.png"
 FIG3_SCATTER = "fig3_scatter.png"
 FIG4 = "fig4_attribute_variance.png"
 ASSIGNMENTS = "assignments.npz"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Numpy scalars and arrays to Python; NaN and infinities to None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def build_report(stats: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
