@@ -664,37 +664,14 @@ def scan_folder(root: str | os.PathLike[str]) -> FolderScan:
     OSError
         If ``root`` itself cannot be listed.
     """
-    root = Path(root)
     scan = FolderScan()
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError:
-            if folder == root:
-                raise
-            scan.ignored["unreadable folder"] += 1
-            scan.unreadable_folders.append(folder)
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                scan.ignored["hidden"] += 1
-                continue
-            kind, info, problem = _classify(entry)
-            path = folder / entry.name
-            if kind == "dir":
-                pending.append(path)
-            elif kind == "image":
-                scan.images.append((path, info, problem))
-            elif problem == "broken symbolic link":
-                scan.ignored["broken symlink"] += 1
-            elif problem in ("directory symlink", "not a regular file"):
-                scan.ignored[problem] += 1
-            else:
-                scan.ignored["unknown extension"] += 1
-    scan.images.sort(key=lambda item: item[0].relative_to(root).parts)
+
+    def gather(folder: Path, part: FolderScan) -> list[tuple[Path, os.stat_result | None, str | None]]:
+        scan.ignored.update(part.ignored)
+        scan.unreadable_folders.extend(part.unreadable_folders)
+        return part.images
+
+    scan.images.extend(walk_images(root, gather))  # the walk's order: sorted by path components
     return scan
 
 
