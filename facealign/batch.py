@@ -141,6 +141,7 @@ from .imageio import (
     FolderScan,
     ImageReadError,
     _list_folder,
+    atomic_file,
     count_images,
     name_from_b64,
     portable_name,
@@ -985,36 +986,27 @@ def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]
     streaming (one row in memory at a time), atomically (the temporary is renamed onto it)."""
     if not path.exists():
         return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
-    try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as source, \
-                os.fdopen(fd, "w", encoding="utf-8", newline="") as target:  # fmt: skip
-            if fmt == "jsonl":
-                for line in source:
-                    try:
-                        row = json.loads(line)
-                        key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
-                    except (ValueError, KeyError, TypeError):
-                        key = None  # left to the next run's checks
-                    if key not in drop:
-                        target.write(line)
-            else:
-                reader, writer = csv.reader(source), csv.writer(target, lineterminator="\n")
-                for n, values in enumerate(reader):
-                    row = dict(zip(CSV_COLUMNS, values))
-                    try:
-                        key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
-                    except (ValueError, KeyError, TypeError):
-                        key = None  # the header, or left to the next run's checks
-                    if n == 0 or key not in drop:
-                        writer.writerow(values)
-            target.flush()
-            os.fsync(target.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        _unlink_quietly(Path(tmp_name))
-        raise
+    with open(path, encoding="utf-8", errors="replace", newline="") as source, \
+            atomic_file(path, "w", encoding="utf-8", newline="") as target:  # fmt: skip
+        if fmt == "jsonl":
+            for line in source:
+                try:
+                    row = json.loads(line)
+                    key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                except (ValueError, KeyError, TypeError):
+                    key = None  # left to the next run's checks
+                if key not in drop:
+                    target.write(line)
+        else:
+            reader, writer = csv.reader(source), csv.writer(target, lineterminator="\n")
+            for n, values in enumerate(reader):
+                row = dict(zip(CSV_COLUMNS, values))
+                try:
+                    key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                except (ValueError, KeyError, TypeError):
+                    key = None  # the header, or left to the next run's checks
+                if n == 0 or key not in drop:
+                    writer.writerow(values)
 
 
 def _remove_output(out_dir: Path, output: str) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "read_image_reduced",
     "scan_folder",
     "walk_images",
+    "atomic_file",
     "write_bytes_atomic",
     "to_jsonable",
     "write_json",
@@ -462,24 +463,22 @@ def write_image_atomic(
     return write_bytes_atomic(path, encoded.tobytes())
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` so that ``path`` appears all at once, with its new content or its old.
+@contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any) -> Iterator[Any]:
+    """Open a file that appears at ``path`` all at once, with its new content or its old.
 
-    The bytes go to a hidden temporary file ``.<name>.<random>.part`` in the
-    same folder, are flushed to disk with ``fsync`` and renamed onto ``path``
-    (:func:`os.replace`); on any error the temporary file is removed and the
-    error raised. The folder must exist.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
+    The writes go to a hidden temporary file ``.<name>.<random>.part`` in the
+    same folder (``mode`` and ``open_args`` as for :func:`open`); when the block
+    ends it is flushed to disk with ``fsync``, made ``0644`` and renamed onto
+    ``path`` (:func:`os.replace`). On any error the temporary file is removed and
+    the error raised, ``path`` untouched. The folder must exist. Every atomic
+    write of facealign and ``recognition`` goes through here.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, mode, **open_args) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
@@ -490,7 +489,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` so that ``path`` appears all at once (:func:`atomic_file`); returns ``path``."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def to_jsonable(obj: Any) -> Any:
