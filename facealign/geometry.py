@@ -13,13 +13,11 @@ coordinates of a photo decoded at reduced resolution to its original pixels.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
 __all__ = ["from_resized", "from_resized_matrix", "to_resized", "to_resized_matrix"]
 
-Scale = Union[float, tuple[float, float], np.ndarray]
+Scale = float | tuple[float, float] | np.ndarray
 
 
 def _xy(scale: Scale) -> tuple[float, float]:

@@ -236,7 +236,7 @@ class Pipeline:
         )
 
     def load_and_detect(
-        self, path: "str | os.PathLike[str]", *, largest_only: bool = False, max_side: int | None = None,
+        self, path: str | os.PathLike[str], *, largest_only: bool = False, max_side: int | None = None,
         timer: StageTimer | None = None,
     ) -> ImageFaces:
         """Decode one file at its working resolution and detect its faces.
@@ -264,7 +264,9 @@ class Pipeline:
         except MemoryError:
             return ImageFaces(path, error="unreadable image: out of memory while decoding")
         try:
-            return self.detect_image(image, path=path, scale=scale, largest_only=largest_only, warnings=decoder_warnings)
+            return self.detect_image(
+                image, path=path, scale=scale, largest_only=largest_only, warnings=decoder_warnings
+            )
         except Exception as exc:  # a detector failing on one odd image must not stop a batch
             return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
         finally:
@@ -287,7 +289,7 @@ class Pipeline:
         _lap(timer, "landmarks", start)
 
     def iter_image_faces(
-        self, paths: Sequence["str | os.PathLike[str]"], *, largest_only: bool = False,
+        self, paths: Sequence[str | os.PathLike[str]], *, largest_only: bool = False,
         max_side: int | None = None, batch_pixels: int = BATCH_PIXELS, timer: StageTimer | None = None,
     ) -> Iterator[ImageFaces]:
         """:func:`iter_image_faces` with this pipeline."""
@@ -341,7 +343,7 @@ class Pipeline:
 
 def iter_image_faces(
     pipeline: Pipeline,
-    paths: Sequence["str | os.PathLike[str]"],
+    paths: Sequence[str | os.PathLike[str]],
     *,
     largest_only: bool = False,
     max_side: int | None = None,
