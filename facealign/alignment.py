@@ -31,6 +31,7 @@ from facealign.geometry import from_resized_matrix, to_resized
 
 __all__ = [
     "ANTIALIAS_BELOW",
+    "WARP_VERSION",
     "LOOSE_SHRINK",
     "LOOSE_SIZE",
     "TEMPLATES",
@@ -379,6 +380,10 @@ def get_template(spec: TemplateSpec, size: int | tuple[int, int] | None = None) 
 #: The warp reduces the source by area averaging first when its map shrinks the
 #: image by more than this factor (see :func:`warp_affine`).
 ANTIALIAS_BELOW: float = 0.5
+
+#: Names the warp's resampling in the keys of caches that hold crops or what is
+#: computed from them (``recognition``'s feature caches): changed with the warp.
+WARP_VERSION: str = "aa2"
 
 
 def warp_affine(

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FACE_IMAGES
 
 from facealign.batch import CropSettings, get_aligner
 from facealign.pipeline import STAGES, Pipeline, iter_image_faces
-
-from conftest import FACE_IMAGES
 
 
 @pytest.fixture(scope="module")
