@@ -223,7 +223,12 @@ class Pipeline:
         warnings: Sequence[str] = (),
     ) -> ImageFaces:
         """Detect the faces of a decoded image (no landmarks yet); raises what the detector raises."""
-        det = self.detect(image)
+        return self._image_faces(path, image, scale, self.detect(image), largest_only, warnings)
+
+    def _image_faces(
+        self, path: Path, image: np.ndarray, scale: float, det: Detections, largest_only: bool,
+        warnings: Sequence[str],
+    ) -> ImageFaces:
         det = det.take(slice(0, 1 if largest_only else len(det)))
         return ImageFaces(
             path,
@@ -253,24 +258,22 @@ class Pipeline:
         decoder_warnings: list[str] = []
         start = time.perf_counter()
         try:
-            try:
-                image, scale = read_image_reduced(path, side_for, decoder_warnings=decoder_warnings)
-            finally:
-                start = _lap(timer, "decode", start)
+            image, scale = read_image_reduced(path, side_for, decoder_warnings=decoder_warnings)
         except ImageReadError as exc:
             if exc.errno is not None:  # the file system, not the contents (see batch.RETRIED_REASONS)
                 return ImageFaces(path, error=f"unreadable file: {exc.reason}", errno=exc.errno)
             return ImageFaces(path, error=f"unreadable image: {exc.reason}")
         except MemoryError:
             return ImageFaces(path, error="unreadable image: out of memory while decoding")
+        finally:
+            start = _lap(timer, "decode", start)
         try:
-            return self.detect_image(
-                image, path=path, scale=scale, largest_only=largest_only, warnings=decoder_warnings
-            )
+            det = self.detect(image)
         except Exception as exc:  # a detector failing on one odd image must not stop a batch
             return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
         finally:
             _lap(timer, "detect", start)
+        return self._image_faces(path, image, scale, det, largest_only, decoder_warnings)
 
     # -- landmarks ------------------------------------------------------------ #
 
