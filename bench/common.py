@@ -2,10 +2,10 @@
 
 * :class:`PipelineSpec` / :func:`get_pipeline` -- a detector plus a landmark
   step (one of our engines or the dlib 68-point peer), built once per process.
-* :func:`process_images` -- the crop pipeline of :mod:`facealign.batch`
-  (decode at the working resolution, detect, landmark the faces of a chunk of
-  images in one batch, warp onto the template, encode), written out as a loop
-  with a timer around each stage.
+* :func:`process_images` -- the crop job's pipeline (:mod:`facealign.pipeline`:
+  decode at the working resolution, detect, landmark the faces of a chunk of
+  images in one batch, warp onto the template), timed per stage through the
+  pipeline's timing hook, then encode.
 * Timing helpers, the celeba_wild sample, machine information, markdown tables.
 """
 
@@ -112,15 +112,18 @@ def sample_paths(folder: str | Path, n: int | None) -> list[Path]:
 
 
 def decode_and_detect(paths: Sequence[Path], detector) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Working-resolution images (as the batch job decodes them) and their detected boxes."""
-    from facealign.batch import WORK_MAX_SIDE
-    from facealign.imageio import read_image_reduced
+    """Working-resolution images and their detected boxes, by the crop job's own decode and
+    detect steps (:meth:`facealign.pipeline.Pipeline.load_and_detect`)."""
+    from facealign.pipeline import Pipeline
 
+    pipeline = Pipeline(detector, None, None)  # decode and detect only
     images, boxes = [], []
     for p in paths:
-        image, _ = read_image_reduced(p, WORK_MAX_SIDE)
-        images.append(image)
-        boxes.append(detector.detect(image).boxes.astype(np.float64))
+        item = pipeline.load_and_detect(p)
+        if item.image is None:
+            raise RuntimeError(f"{p}: {item.error}")
+        images.append(item.image)
+        boxes.append(item.boxes)
     return images, boxes
 
 
@@ -181,14 +184,30 @@ class PipelineSpec:
 
 
 def build_landmarker(kind: str, mirror: bool | None = None):
-    """A landmark step with ``predict_many(images, boxes)``: a LandmarkEngine or the dlib peer."""
+    """A landmark step with ``predict_many(images, boxes, return_quality=False)``: a
+    LandmarkEngine or the dlib peer (:class:`PeerLandmarks`)."""
     if kind == DLIB_ERT:
         from facealign.research.peers import DlibShapePredictor
 
-        return DlibShapePredictor()
+        return PeerLandmarks(DlibShapePredictor())
     from facealign.engine import LandmarkEngine
 
     return LandmarkEngine(kind, mirror=mirror, threads=ENGINE_THREADS)
+
+
+class PeerLandmarks:
+    """dlib's 68-point ERT as the pipeline's landmark step: ``predict_many`` with the
+    engine's signature (no quality figures: they are NaN in the faces)."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+
+    def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray], return_quality: bool = False):
+        points = self.predictor.predict_many(images, boxes)
+        return (points, [{} for _ in points]) if return_quality else points
+
+    def __repr__(self) -> str:
+        return f"PeerLandmarks({self.predictor!r})"
 
 
 _PIPELINES: dict[PipelineSpec, tuple[Any, Any, Any]] = {}
@@ -206,6 +225,7 @@ def get_pipeline(spec: PipelineSpec, template: str = "arcface"):
     return built
 
 
+#: Stages timed by :func:`process_images`: the pipeline's (:data:`facealign.pipeline.STAGES`) and encode.
 STAGES = ("decode", "detect", "landmarks", "warp", "encode")
 
 
@@ -238,68 +258,55 @@ def process_images(
     out_dir: str | Path | None = None,
     chunk_size: int | None = None,
 ) -> StageTimes:
-    """Crop every face of ``paths`` as the batch job does, timing each stage.
+    """Crop every face of ``paths`` with the crop job's code, timing each stage.
 
-    The stages use the batch job's functions: ``read_image_reduced`` at
-    ``WORK_MAX_SIDE`` (decode), the detector (detect), ``predict_many`` once per
-    chunk of ``chunk_size`` images (landmarks; the job's ``CHUNK_SIZE`` by
-    default), ``warp_face`` (warp), and ``write_image_atomic`` into ``out_dir``
-    or, without one, JPEG encoding in memory (encode).
+    Not a copy of the job's loop: per chunk of ``chunk_size`` images (the job's
+    ``CHUNK_SIZE`` by default), the job's own pipeline runs
+    (:meth:`facealign.pipeline.Pipeline.iter_image_faces`: decode at the
+    working resolution, detect, landmarks once per batch of images;
+    :meth:`~facealign.pipeline.Pipeline.align_faces`: warp), timed through the
+    pipeline's timing hook; then each crop is encoded as the job writes it,
+    ``write_image_atomic`` into ``out_dir``, or, without one, JPEG-encoded in
+    memory (encode).
     """
     import cv2
 
-    from facealign.alignment import warp_face
-    from facealign.batch import CHUNK_SIZE, WORK_MAX_SIDE
-    from facealign.imageio import ImageReadError, read_image_reduced, write_image_atomic
-    from facealign.reboxing import training_boxes
+    from facealign.batch import CHUNK_SIZE
+    from facealign.imageio import write_image_atomic
+    from facealign.pipeline import Pipeline
 
-    detector, landmarker, template = get_pipeline(spec)
+    pipeline = Pipeline(*get_pipeline(spec))
     chunk_size = chunk_size or CHUNK_SIZE
     st = StageTimes()
+
+    def timer(stage: str, seconds: float) -> None:
+        setattr(st, stage, getattr(st, stage) + seconds)
+
     start = time.perf_counter()
     clock = time.perf_counter
     for s in range(0, len(paths), chunk_size):
-        images, boxes, names = [], [], []
-        for p in paths[s : s + chunk_size]:
-            t0 = clock()
-            try:
-                image, _ = read_image_reduced(p, WORK_MAX_SIDE)
-            except ImageReadError:
+        for item in pipeline.iter_image_faces(paths[s : s + chunk_size], timer=timer):
+            if item.image is None:
                 st.failures += 1
-                st.decode += clock() - t0
                 continue
-            t1 = clock()
-            det = detector.detect(image)
-            t2 = clock()
-            st.decode += t1 - t0
-            st.detect += t2 - t1
             st.images += 1
-            if len(det):
-                images.append(image)
-                boxes.append(training_boxes(spec.detector, det.boxes, det.landmarks))
-                names.append(Path(p).stem)
-            else:
+            if not len(item.boxes):
                 st.failures += 1
-        if not images:
-            continue
-        t0 = clock()
-        points = landmarker.predict_many(images, boxes)
-        st.landmarks += clock() - t0
-        for image, pts, name in zip(images, points, names):
-            for k, p5 in enumerate(pts):
+                continue
+            name = item.path.stem
+            for k, aligned in enumerate(pipeline.align_faces(item, timer)):
                 t0 = clock()
-                crop, _ = warp_face(image, p5, template)
-                t1 = clock()
                 if out_dir is None:
-                    ok, _ = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    ok, _ = cv2.imencode(
+                        ".jpg", cv2.cvtColor(aligned.crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+                    )
                     if not ok:
                         raise RuntimeError("OpenCV could not encode a crop")
                 else:
-                    write_image_atomic(Path(out_dir) / f"{name}_{k}.jpg", crop)
-                t2 = clock()
-                st.warp += t1 - t0
-                st.encode += t2 - t1
+                    write_image_atomic(Path(out_dir) / f"{name}_{k}.jpg", aligned.crop)
+                st.encode += clock() - t0
                 st.faces += 1
+            item.image = None  # as the job: release the decoded pixels early
     st.wall = time.perf_counter() - start
     return st
 

@@ -19,7 +19,7 @@ step; mean and median error (% of inter-ocular distance), failure rate (error
 > 10% or face missed) and misses, also on the faces every detector found.
 
 Speed, celeba_wild sample (``--images``, default 300; ``--quick`` 100):
-the batch job's loop (:func:`bench.common.process_images`: decode, detect,
+the batch job's pipeline (:func:`bench.common.process_images`: decode, detect,
 landmarks per chunk of images, warp, JPEG encode in memory) run with 1 and
 with 2 processes (joblib/loky), each process with ``--threads`` compute threads
 (default 1: dlib is single-threaded, so every figure is per core); detection

@@ -9,9 +9,10 @@
    machine hit them alike; figures are medians over ``--repeats`` runs. A sweep
    over the engine's ``batch_size`` (faces per network pass), with 1 thread and
    with ``--threads``, shows where the default sits.
-2. End-to-end crop throughput on a celeba_wild sample, one process: an
-   instrumented copy of the batch job's loop (:func:`bench.common.process_images`)
-   split into decode, detect, landmarks, warp and encode (+ atomic write), and
+2. End-to-end crop throughput on a celeba_wild sample, one process: the batch
+   job's own pipeline (:mod:`facealign.pipeline`) timed per stage through its
+   timing hook (:func:`bench.common.process_images`), split into decode,
+   detect, landmarks, warp and encode (+ atomic write), and
    the real :func:`facealign.batch.run_crop_job` with ``jobs=1`` and ``jobs=2``.
 
 Usage::

@@ -27,8 +27,11 @@ import cv2
 import numpy as np
 
 from facealign.constants import ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_SIZE, NUM_POINTS
+from facealign.geometry import from_resized_matrix, to_resized
 
 __all__ = [
+    "ANTIALIAS_BELOW",
+    "WARP_VERSION",
     "LOOSE_SHRINK",
     "LOOSE_SIZE",
     "TEMPLATES",
@@ -37,6 +40,7 @@ __all__ = [
     "get_template",
     "invert_affine",
     "transform_points",
+    "warp_affine",
     "warp_face",
 ]
 
@@ -269,7 +273,7 @@ class Template:
         """
         new_size = _as_size(size)
         factor = np.array(new_size, dtype=np.float64) / np.array(self.size, dtype=np.float64)
-        return Template(self.name, (self.points + 0.5) * factor - 0.5, new_size)
+        return Template(self.name, to_resized(self.points, factor), new_size)
 
 
 #: Side of the built-in ``loose`` template.
@@ -373,6 +377,77 @@ def get_template(spec: TemplateSpec, size: int | tuple[int, int] | None = None) 
     return template
 
 
+#: The warp reduces the source by area averaging first when its map shrinks the
+#: image by more than this factor (see :func:`warp_affine`).
+ANTIALIAS_BELOW: float = 0.5
+
+#: Names the warp's resampling in the keys of caches that hold crops or what is
+#: computed from them (``recognition``'s feature caches): changed with the warp.
+WARP_VERSION: str = "aa2"
+
+
+def warp_affine(
+    image: np.ndarray,
+    matrix: Any,
+    size: int | tuple[int, int],
+    border_mode: int = cv2.BORDER_CONSTANT,
+) -> np.ndarray:
+    """Warp ``image`` by the forward 2 x 3 ``matrix`` into a crop of ``size``, anti-aliased.
+
+    The one warp of facealign: the landmark network's 40 x 40 input crops
+    (:func:`facealign.cropping.warp_crop`) and the aligned output crops
+    (:func:`warp_face`) both go through it. Bilinear sampling reads only the
+    four source pixels around each crop pixel, so a map that shrinks the image
+    by more than 2x (scale below :data:`ANTIALIAS_BELOW`) would skip source
+    pixels and alias; then the source region the crop reads (plus a small
+    margin) is first reduced with area averaging (``cv2.INTER_AREA``) to about
+    twice the crop's resolution, and the map is composed with that reduction
+    (pixel-centre rule, :mod:`facealign.geometry`).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` ``uint8`` image.
+    matrix : array_like, shape (2, 3) or (3, 3)
+        Forward affine map from ``image`` pixels to crop pixels.
+    size : int or (width, height)
+        Crop size.
+    border_mode : int, optional
+        OpenCV border mode for crop pixels outside ``image`` (default black
+        ``BORDER_CONSTANT``; the network crops use ``BORDER_REPLICATE``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(height, width[, C])`` ``uint8`` crop.
+    """
+    width, height = _as_size(size)
+    matrix = _as_affine(matrix)
+    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < ANTIALIAS_BELOW:
+        # Reduce the region that the crop reads to about twice the crop size.
+        inv = cv2.invertAffineTransform(matrix)
+        corners = np.array(
+            [[-0.5, -0.5, 1], [width - 0.5, -0.5, 1], [-0.5, height - 0.5, 1], [width - 0.5, height - 0.5, 1]]
+        )
+        src = corners @ inv.T
+        h, w = image.shape[:2]
+        x0 = int(np.clip(np.floor(src[:, 0].min()) - 1, 0, w - 1))
+        y0 = int(np.clip(np.floor(src[:, 1].min()) - 1, 0, h - 1))
+        x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, w))
+        y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, h))
+        roi = image[y0:y1, x0:x1]
+        f = 0.5 / scale
+        rw, rh = max(1, round(roi.shape[1] / f)), max(1, round(roi.shape[0] / f))
+        small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
+        # small pixel (u, v) <- roi pixel ((u + .5) / fx - .5, ...) <- image pixel (+x0, +y0)
+        to_image = from_resized_matrix((rw / roi.shape[1], rh / roi.shape[0]))
+        to_image[:2, 2] += (x0, y0)
+        matrix = matrix @ to_image
+        image = small
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=border_mode, borderValue=0)
+
+
 def warp_face(
     image: np.ndarray,
     landmarks: Any,
@@ -398,7 +473,8 @@ def warp_face(
     Returns
     -------
     crop : numpy.ndarray
-        ``(template.height, template.width, 3)`` ``uint8`` crop (bilinear).
+        ``(template.height, template.width, 3)`` ``uint8`` crop (bilinear,
+        anti-aliased when the face is shrunk more than 2x: :func:`warp_affine`).
     matrix : numpy.ndarray, shape (2, 3)
         Forward similarity from ``image`` to ``crop`` coordinates; map crop
         points back with ``transform_points(invert_affine(matrix), q)``.
@@ -420,12 +496,4 @@ def warp_face(
             f"landmarks must have shape {resolved.points.shape}, got {points.shape}"
         )
     matrix = estimate_similarity(points, resolved.points)
-    crop = cv2.warpAffine(
-        array,
-        matrix,
-        resolved.size,
-        flags=cv2.INTER_LINEAR,
-        borderMode=border_mode,
-        borderValue=0,
-    )
-    return crop, matrix
+    return warp_affine(array, matrix, resolved.size, border_mode), matrix

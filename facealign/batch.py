@@ -133,30 +133,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .alignment import warp_face
 from .constants import DEFAULT_DETECTOR, POINT_NAMES, WORK_MAX_SIDE, shipped_runtime_weights
-from .detection import get_detector, working_side
+from .detection import get_detector
 from .imageio import (
     PART_SUFFIX,
     FolderScan,
-    ImageReadError,
     _list_folder,
     atomic_file,
     count_images,
     name_from_b64,
     portable_name,
     raw_name_b64,
-    read_image_reduced,
     walk_images,
     write_bytes_atomic,
     write_image_atomic,
 )
+from .pipeline import BATCH_PIXELS, Face, ImageFaces, iter_image_faces
 
 
 if TYPE_CHECKING:  # torch-heavy; imported lazily at run time
     import distributed
 
-    from .aligner import Face, FaceAligner
+    from .aligner import FaceAligner
 
 __all__ = [
     "BATCH_PIXELS",
@@ -177,10 +175,6 @@ __all__ = [
     "run_crop_job",
 ]
 
-
-#: Decoded pixels a worker holds at most before running the landmark network
-#: (about 150 MB of RGB); a single larger image is processed on its own.
-BATCH_PIXELS: int = 50_000_000
 
 #: Images per parallel task (the landmark network is batched across a task).
 CHUNK_SIZE: int = 32
@@ -346,7 +340,7 @@ class Summary:
 
 
 # --------------------------------------------------------------------------- #
-# Aligner cache and the detect-then-landmark pipeline (shared with the CLI)
+# Aligner cache (the pipeline itself is facealign.pipeline, shared with the CLI)
 # --------------------------------------------------------------------------- #
 
 _ALIGNERS: dict[CropSettings, "FaceAligner"] = {}
@@ -361,138 +355,6 @@ def get_aligner(settings: CropSettings) -> "FaceAligner":
         aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size, settings.min_face)
         _ALIGNERS[settings] = aligner
     return aligner
-
-
-def _scale_matrix(scale: float) -> np.ndarray:
-    """3 x 3 map from original pixels to working pixels: ``q = (p + 0.5) * s - 0.5``."""
-    off = 0.5 * (scale - 1.0)
-    return np.array([[scale, 0.0, off], [0.0, scale, off], [0.0, 0.0, 1.0]])
-
-
-@dataclass
-class ImageFaces:
-    """Faces of one image at its working resolution (see :func:`iter_image_faces`).
-
-    ``boxes`` (N x 4), ``scores`` (N,) and ``landmarks`` (N x 5 x 2) are in pixels
-    of ``image``, the working image, which is ``scale`` times the original
-    (pixel-centre rule). ``error`` is set, and ``image`` is None, when the image
-    could not be read or analysed; ``errno`` is then the operating-system error
-    number when the *file* could not be read (see :class:`ImageReadError`).
-    ``warnings`` lists the decoder's warnings on an image that still decoded.
-    """
-
-    path: Path
-    image: np.ndarray | None = None
-    scale: float = 1.0
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
-    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2)))
-    error: str | None = None
-    #: The boxes the landmark engine is given (:meth:`FaceAligner.engine_boxes`).
-    engine_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    errno: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
-    quality: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map ``(..., 2)`` working-image points (or box corners) to original pixels."""
-        return (np.asarray(points, np.float64) + 0.5) / self.scale - 0.5
-
-    def faces(self) -> list["Face"]:
-        """The faces with boxes and landmarks in original-image pixels."""
-        from .aligner import Face
-
-        boxes = self.to_original(self.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
-        points = self.to_original(self.landmarks)
-        unknown = np.full(len(boxes), np.nan)
-        errors, p_fail = self.quality.get("expected_error", unknown), self.quality.get("p_fail", unknown)
-        return [
-            Face(b, float(s), p, float(e), float(f))
-            for b, s, p, e, f in zip(boxes, self.scores, points, errors, p_fail)
-        ]
-
-    def drop_faces(self, drop: np.ndarray) -> None:
-        """Remove the faces where the boolean mask ``drop`` is True."""
-        keep = ~np.asarray(drop, bool)
-        self.boxes, self.scores, self.landmarks = self.boxes[keep], self.scores[keep], self.landmarks[keep]
-        self.engine_boxes = self.engine_boxes[keep]
-        self.quality = {name: values[keep] for name, values in self.quality.items()}
-
-
-def _load_and_detect(aligner: "FaceAligner", path: Path, largest_only: bool, max_side: int | None) -> ImageFaces:
-    def side_for(width: int, height: int) -> int:
-        side = working_side(aligner.detector, width, height)
-        return side if max_side is None else min(side, max_side)
-
-    decoder_warnings: list[str] = []
-    try:
-        image, scale = read_image_reduced(path, side_for, decoder_warnings=decoder_warnings)
-    except ImageReadError as exc:
-        if exc.errno is not None:  # the file system, not the contents (see RETRIED_REASONS)
-            return ImageFaces(path, error=f"unreadable file: {exc.reason}", errno=exc.errno)
-        return ImageFaces(path, error=f"unreadable image: {exc.reason}")
-    except MemoryError:
-        return ImageFaces(path, error="unreadable image: out of memory while decoding")
-    try:
-        det = aligner.detect(image)
-    except Exception as exc:  # a detector failing on one odd image must not stop a batch
-        return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
-    det = det.take(slice(0, 1 if largest_only else len(det)))
-    return ImageFaces(
-        path,
-        image,
-        scale,
-        det.boxes.astype(np.float64),
-        det.scores.astype(np.float64),
-        engine_boxes=aligner.engine_boxes(det),
-        warnings=list(dict.fromkeys(decoder_warnings)),
-    )
-
-
-def iter_image_faces(
-    aligner: "FaceAligner",
-    paths: Sequence["str | os.PathLike[str]"],
-    *,
-    largest_only: bool = False,
-    max_side: int | None = None,
-    batch_pixels: int = BATCH_PIXELS,
-) -> Iterator[ImageFaces]:
-    """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
-
-    Each image is decoded once, at the working resolution its detector needs
-    (:func:`facealign.detection.working_side`: full resolution for the CNN
-    detectors at the default ``min_face``, at most 4,096 pixels for dlib and
-    Haar), and at most ``max_side`` pixels (longer side) when given. Images
-    are detected one by one and accumulated until ``batch_pixels`` decoded
-    pixels are held; then the landmark network runs
-    once on every face of the batch (:meth:`LandmarkEngine.predict_many`).
-    Unreadable images and detector errors are reported in ``error``, never raised.
-    """
-    pending: list[ImageFaces] = []
-    held = 0
-
-    def flush() -> Iterator[ImageFaces]:
-        ok = [item for item in pending if item.error is None and len(item.boxes)]
-        if ok:
-            points, quality = aligner.engine.predict_many(
-                [item.image for item in ok], [item.engine_boxes for item in ok], return_quality=True
-            )
-            for item, pts, figures in zip(ok, points, quality):
-                item.landmarks = np.asarray(pts, np.float64)
-                item.quality = figures
-        yield from pending
-        pending.clear()
-
-    for path in paths:
-        item = _load_and_detect(aligner, Path(path), largest_only, max_side)
-        pending.append(item)
-        if item.image is not None:
-            held += item.image.shape[0] * item.image.shape[1]
-        if held >= batch_pixels:
-            yield from flush()
-            held = 0
-    yield from flush()
 
 
 # --------------------------------------------------------------------------- #
@@ -521,16 +383,14 @@ def _crop_rows(
 ) -> list[dict[str, Any]]:
     """Warp and write every face of one image; its manifest rows (raises on failure)."""
     rows = []
-    to_work = _scale_matrix(item.scale)
     faces = item.faces()
     template = aligner.template
     written: list[Path] = []
     try:
-        for k, (face, work_points) in enumerate(zip(faces, item.landmarks)):
-            crop, matrix = warp_face(item.image, work_points, template)
+        for k, (face, aligned) in enumerate(zip(faces, aligner.align_faces(item))):
             output = f"{task.output_stem}_{k}{task.ext}"
-            written.append(write_image_atomic(out_dir / output, crop))
-            rows.append(_crop_row(task, settings, item, k, face, matrix @ to_work, output, template))
+            written.append(write_image_atomic(out_dir / output, aligned.crop))
+            rows.append(_crop_row(task, settings, item, k, face, aligned.transform, output, template))
     except BaseException:
         for path in written:  # an image is recorded completely or not at all
             _unlink_quietly(path)
@@ -539,7 +399,7 @@ def _crop_rows(
 
 
 def _crop_row(
-    task: _Task, settings: CropSettings, item: ImageFaces, k: int, face: "Face", transform: np.ndarray,
+    task: _Task, settings: CropSettings, item: ImageFaces, k: int, face: Face, transform: np.ndarray,
     output: str, template: Any,
 ) -> dict[str, Any]:
     """The manifest row of face ``k`` (``transform``: original pixels -> crop pixels)."""

@@ -412,8 +412,9 @@ def landmarks(
     file name that is not valid UTF-8 (PATH then shows such bytes as %XX). A missing input
     is an error (exit 1) before any work.
     """
-    from .batch import CropSettings, get_aligner, iter_image_faces
+    from .batch import CropSettings, get_aligner
     from .imageio import portable_name, raw_name_b64
+    from .pipeline import iter_image_faces
 
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
     if missing:

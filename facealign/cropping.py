@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .alignment import warp_affine
 from .constants import INPUT_SIZE
 
 
@@ -35,33 +36,10 @@ def box_matrices(boxes: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
 def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Warp ``image`` by the 2 x 3 ``matrix`` into an ``size x size`` crop, anti-aliased.
 
-    When the map shrinks the image by more than 2x, the image region is first
-    reduced with area averaging so that bilinear sampling does not alias.
+    :func:`facealign.alignment.warp_affine` with the image's edge pixels
+    replicated outside it (``BORDER_REPLICATE``).
     """
-    matrix = np.asarray(matrix, np.float64)
-    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    if scale < 0.5:
-        # Reduce the region that the crop reads to about twice the crop size.
-        inv = cv2.invertAffineTransform(matrix)
-        corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
-        src = corners @ inv.T
-        h, w = image.shape[:2]
-        x0 = int(np.clip(np.floor(src[:, 0].min()) - 1, 0, w - 1))
-        y0 = int(np.clip(np.floor(src[:, 1].min()) - 1, 0, h - 1))
-        x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, w))
-        y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, h))
-        roi = image[y0:y1, x0:x1]
-        f = 0.5 / scale
-        rw, rh = max(1, round(roi.shape[1] / f)), max(1, round(roi.shape[0] / f))
-        small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
-        fx, fy = rw / roi.shape[1], rh / roi.shape[0]
-        # small pixel (u, v) <- roi pixel ((u + .5) / fx - .5, ...) <- image pixel (+x0, +y0)
-        to_image = np.array([[1 / fx, 0, 0.5 / fx - 0.5 + x0], [0, 1 / fy, 0.5 / fy - 0.5 + y0]])
-        matrix = matrix @ np.vstack([to_image, [0, 0, 1]])
-        image = small
-    return cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    return warp_affine(image, matrix, size, border_mode=cv2.BORDER_REPLICATE)
 
 
 def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:

@@ -12,7 +12,8 @@ whole image is the box. These fallbacks are counted and reported.
 produce crops for the same template, the backbone's
 (:attr:`recognition.backbones.BackboneChoice.template`: ``loose`` at the
 AlexNet's input side, dlib's measured chip layout for ``dlib-resnet``), with
-the same bilinear warp and black border:
+the same warp (:func:`facealign.alignment.warp_affine`: bilinear, anti-aliased,
+black border; :data:`~facealign.alignment.WARP_VERSION` is part of the cache keys):
 
 * ``tcnn`` / ``vanilla``: five points from a facealign landmark engine run
   on the face box, then the similarity that maps them onto the template.
@@ -52,8 +53,9 @@ from typing import Protocol
 
 import numpy as np
 
-from facealign.alignment import Template, warp_face
+from facealign.alignment import WARP_VERSION, Template, warp_affine, warp_face
 from facealign.constants import ENGINES, WORK_MAX_SIDE
+from facealign.geometry import to_resized
 from facealign.imageio import ImageReadError, read_image_reduced
 
 from .caches import DetectionRecord, file_digest, text_digest
@@ -91,12 +93,6 @@ BOX_MEAN_SHAPE.flags.writeable = False
 
 #: IoU above which a detection is taken to be the face a protocol box marks.
 PROTOCOL_BOX_IOU = 0.3
-
-
-def _to_working(points: np.ndarray, scale: float) -> np.ndarray:
-    """Original-image pixels to working-image pixels (pixel-centre rule, the inverse of
-    :func:`facealign.detection.base.from_resized`)."""
-    return (np.asarray(points, np.float64) + 0.5) * scale - 0.5
 
 
 # --------------------------------------------------------------------------- face boxes
@@ -224,7 +220,7 @@ class FaceInput:
 
     @property
     def working_box(self) -> np.ndarray:
-        return _to_working(np.asarray(self.box, np.float64).reshape(2, 2), self.scale).reshape(4)
+        return to_resized(np.asarray(self.box, np.float64).reshape(2, 2), self.scale).reshape(4)
 
 
 def read_face_inputs(
@@ -287,14 +283,6 @@ def box_alignment_matrix(box: Sequence[float] | np.ndarray, template: Template) 
     return np.array([[scale, 0.0, shift[0]], [0.0, scale, shift[1]]])
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, template: Template) -> np.ndarray:
-    """The same warp as :func:`facealign.alignment.warp_face` (bilinear, black border)."""
-    import cv2
-
-    return cv2.warpAffine(image, matrix, template.size, flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
 class BoxAligner:
     """The landmark-free baseline: the face box scaled to the template's face size.
 
@@ -308,11 +296,12 @@ class BoxAligner:
 
     def __init__(self, template: Template) -> None:
         self.template = template
-        self.key = f"box-{text_digest(BOX_MEAN_SHAPE.tobytes().hex())[:8]}-{template.name}{template.width}"
+        shape = text_digest(BOX_MEAN_SHAPE.tobytes().hex())[:8]
+        self.key = f"box-{shape}-{template.name}{template.width}-{WARP_VERSION}"
 
     def crop(self, face: FaceInput) -> np.ndarray:
         """Aligned crop of one face."""
-        return _warp(face.image, box_alignment_matrix(face.working_box, self.template), self.template)
+        return warp_affine(face.image, box_alignment_matrix(face.working_box, self.template), self.template.size)
 
     def align(self, faces: Sequence[FaceInput]) -> np.ndarray:
         return _stack([self.crop(f) for f in faces], self.template)
@@ -352,7 +341,7 @@ class LandmarkAligner:
         self.name = name
         self.predictor = predictor
         self.template = template
-        self.key = f"{name}-{file_digest(weights_path)}-{template.name}{template.width}"
+        self.key = f"{name}-{file_digest(weights_path)}-{template.name}{template.width}-{WARP_VERSION}"
 
     @classmethod
     def from_name(cls, name: str, template: Template, weights: str | Path | None = None) -> LandmarkAligner:
@@ -512,14 +501,14 @@ class ManifestAligner:
         self.template = template
         self.points = read_landmark_manifest(self.path, images_root)
         self.fallback = BoxAligner(template)
-        self.key = f"manifest-{file_digest(self.path)}-{template.name}{template.width}"
+        self.key = f"manifest-{file_digest(self.path)}-{template.name}{template.width}-{WARP_VERSION}"
 
     def crop(self, face: FaceInput) -> np.ndarray:
         candidates = self.points.get(face.file)
         if not candidates:
             return self.fallback.crop(face)
         points = _pick_face(candidates, face.box)
-        return warp_face(face.image, _to_working(points, face.scale), self.template)[0]
+        return warp_face(face.image, to_resized(points, face.scale), self.template)[0]
 
     def align(self, faces: Sequence[FaceInput]) -> np.ndarray:
         return _stack([self.crop(f) for f in faces], self.template)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from facealign.constants import TRAINING_DETECTOR, WORK_MAX_SIDE
-from facealign.detection.base import from_resized
+from facealign.geometry import from_resized
 from facealign.imageio import ImageReadError, read_image_reduced
 from facealign.research.parallel import parallel_map, resolve_jobs
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..constants import NUM_POINTS
+from ..geometry import from_resized  # pixel-centre rule; re-exported for the back-ends
 
 __all__ = [
     "Detections",
@@ -144,14 +145,6 @@ def confident_or_best(scores: np.ndarray, threshold: float) -> np.ndarray:
     if len(confident) or not len(scores):
         return confident
     return np.array([int(np.argmax(scores))], np.intp)
-
-
-def from_resized(points: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """Map ``(..., 2)`` points (or box corners) of an image resized by ``sx, sy`` back to it.
-
-    Pixel-centre rule (:mod:`facealign.constants`): ``x = (x_resized + 0.5) / sx - 0.5``.
-    """
-    return (np.asarray(points, np.float64) + 0.5) / np.array([sx, sy]) - 0.5
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:

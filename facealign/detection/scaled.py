@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from ..constants import WORK_MAX_SIDE
-from .base import Detections, check_image, confident_or_best, from_resized
+from ..geometry import from_resized
+from .base import Detections, check_image, confident_or_best
 
 __all__ = ["ScaledDetector", "DlibHogDetector", "FastDlibHogDetector", "HaarDetector"]
 

@@ -1,0 +1,370 @@
+"""The image pipeline: decode -> detect -> engine boxes -> landmarks -> align.
+
+Every path from photos to landmarks and crops runs these steps, and only these:
+the crop job (:mod:`facealign.batch`, also on a cluster), ``facealign landmarks``,
+:class:`facealign.FaceAligner` (a :class:`Pipeline` built from names) and the
+speed benches (``bench/common.py``, through the timing hook).
+
+1. **decode** (:meth:`Pipeline.load_and_detect`): each file is decoded once, at
+   the working resolution its detector needs
+   (:func:`facealign.detection.working_side`), at most ``max_side`` pixels when
+   given (:func:`facealign.imageio.read_image_reduced`); the working image is
+   ``scale`` times the original (pixel-centre rule, :mod:`facealign.geometry`).
+2. **detect**: the detector's boxes and scores, largest first.
+3. **engine boxes** (:meth:`Pipeline.engine_boxes`): the boxes mapped to the
+   training detector's convention, which is what the landmark engine expects
+   (:func:`facealign.reboxing.training_boxes`).
+4. **landmarks** (:meth:`Pipeline.add_landmarks`): one batched network pass for
+   every face of a batch of images (:meth:`LandmarkEngine.predict_many`), with
+   the per-face quality figures; :func:`iter_image_faces` batches images until
+   :data:`BATCH_PIXELS` decoded pixels are held.
+5. **warp** (:meth:`Pipeline.align_faces`): every face onto the template with
+   the one anti-aliased warp (:func:`facealign.alignment.warp_face`), its
+   transform mapped to original-image pixels.
+
+Stages are timed through an optional hook ``timer(stage, seconds)`` (stage
+names :data:`STAGES`); without one nothing is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .alignment import Template, warp_face
+from .detection import Detections, Detector, check_image, working_side
+from .geometry import from_resized, to_resized_matrix
+from .imageio import ImageReadError, read_image_reduced
+from .quality import quality_json
+from .reboxing import training_boxes
+
+__all__ = [
+    "BATCH_PIXELS",
+    "STAGES",
+    "AlignedFace",
+    "Face",
+    "ImageFaces",
+    "Pipeline",
+    "StageTimer",
+    "iter_image_faces",
+]
+
+#: Decoded pixels held at most before the landmark network runs on their faces
+#: (about 150 MB of RGB); a single larger image is processed on its own.
+BATCH_PIXELS: int = 50_000_000
+
+#: Stage names given to a timing hook, in pipeline order.
+STAGES: tuple[str, ...] = ("decode", "detect", "landmarks", "warp")
+
+#: A timing hook: called with a stage name of :data:`STAGES` and the seconds it took.
+StageTimer = Callable[[str, float], None]
+
+
+def _lap(timer: StageTimer | None, stage: str, start: float) -> float:
+    """Report ``stage`` as ended now (when timed); the current clock."""
+    now = time.perf_counter()
+    if timer is not None:
+        timer(stage, now - start)
+    return now
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face.
+
+    Attributes
+    ----------
+    box : ndarray (4,) -- ``x1, y1, x2, y2`` in pixels of the source image.
+    score : float -- detector confidence.
+    landmarks : ndarray (5, 2) -- MTFL-order points, pixels of the source image.
+    expected_error : float -- expected landmark error, % of the inter-ocular
+        distance (:mod:`facealign.quality`); NaN when unknown.
+    p_fail : float -- probability that the error exceeds 10%; NaN when unknown.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    expected_error: float = float("nan")
+    p_fail: float = float("nan")
+
+    def to_json(self) -> dict:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            **quality_json(self.expected_error, self.p_fail),
+        }
+
+
+@dataclass
+class ImageFaces:
+    """Faces of one image at its working resolution (see :func:`iter_image_faces`).
+
+    ``boxes`` (N x 4), ``scores`` (N,) and ``landmarks`` (N x 5 x 2) are in pixels
+    of ``image``, the working image, which is ``scale`` times the original
+    (pixel-centre rule). ``error`` is set, and ``image`` is None, when the image
+    could not be read or analysed; ``errno`` is then the operating-system error
+    number when the *file* could not be read (see :class:`ImageReadError`).
+    ``warnings`` lists the decoder's warnings on an image that still decoded.
+    """
+
+    path: Path
+    image: np.ndarray | None = None
+    scale: float = 1.0
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2)))
+    error: str | None = None
+    #: The boxes the landmark engine is given (:meth:`Pipeline.engine_boxes`).
+    engine_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    errno: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
+    quality: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Map ``(..., 2)`` working-image points (or box corners) to original pixels.
+
+        An image decoded at full size (``scale`` 1) keeps its points exactly.
+        """
+        if self.scale == 1.0:
+            return np.array(points, np.float64)
+        return from_resized(points, self.scale)
+
+    def faces(self) -> list[Face]:
+        """The faces with boxes and landmarks in original-image pixels."""
+        boxes = self.to_original(self.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        points = self.to_original(self.landmarks)
+        unknown = np.full(len(boxes), np.nan)
+        errors, p_fail = self.quality.get("expected_error", unknown), self.quality.get("p_fail", unknown)
+        return [
+            Face(b, float(s), p, float(e), float(f))
+            for b, s, p, e, f in zip(boxes, self.scores, points, errors, p_fail)
+        ]
+
+    def drop_faces(self, drop: np.ndarray) -> None:
+        """Remove the faces where the boolean mask ``drop`` is True."""
+        keep = ~np.asarray(drop, bool)
+        self.boxes, self.scores, self.landmarks = self.boxes[keep], self.scores[keep], self.landmarks[keep]
+        self.engine_boxes = self.engine_boxes[keep]
+        self.quality = {name: values[keep] for name, values in self.quality.items()}
+
+
+#: The ``path`` of an :class:`ImageFaces` made from an image in memory (:meth:`Pipeline.process`).
+_IN_MEMORY = Path("<image>")
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """Face ``k`` of an image warped onto the template (:meth:`Pipeline.align_faces`).
+
+    ``crop`` is the ``H x W x 3`` uint8 crop, ``matrix`` the 2 x 3 map from
+    working-image pixels to crop pixels and ``transform`` the same map from
+    original-image pixels.
+    """
+
+    crop: np.ndarray
+    matrix: np.ndarray
+    transform: np.ndarray
+
+
+class Pipeline:
+    """A detector, a landmark engine and a template, and the steps that use them.
+
+    Parameters
+    ----------
+    detector : Detector
+        Any object with ``detect(image) -> Detections`` (and optionally
+        ``name``, ``work_scale``).
+    engine : LandmarkEngine or compatible
+        Anything with ``predict_many(images, boxes, return_quality=...)``
+        (:meth:`facealign.engine.LandmarkEngine.predict_many`).
+    template : Template
+        Where the five points go in an aligned crop.
+    """
+
+    engine: Any
+
+    def __init__(self, detector: Detector, engine: Any, template: Template) -> None:
+        self.detector = detector
+        self.engine = engine
+        self.template = template
+
+    # -- detect ------------------------------------------------------------- #
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Face boxes and scores in an RGB image, largest first.
+
+        Raises ``ValueError`` for anything but a non-empty ``H x W x 3`` uint8 array.
+        """
+        check_image(image)
+        return self.detector.detect(image)
+
+    def engine_boxes(self, detections: Detections) -> np.ndarray:
+        """The boxes the landmark engine is given for these detections (``N x 4``).
+
+        The detector's boxes mapped to the training detector's convention, with
+        its own five points where it gives them
+        (:func:`facealign.reboxing.training_boxes`); unchanged for the training
+        detector (dlib) and for plug-ins, which re-boxing absorbs.
+        """
+        return training_boxes(getattr(self.detector, "name", ""), detections.boxes, detections.landmarks)
+
+    def detect_image(
+        self, image: np.ndarray, *, path: Path = _IN_MEMORY, scale: float = 1.0, largest_only: bool = False,
+        warnings: Sequence[str] = (),
+    ) -> ImageFaces:
+        """Detect the faces of a decoded image (no landmarks yet); raises what the detector raises."""
+        return self._image_faces(path, image, scale, self.detect(image), largest_only, warnings)
+
+    def _image_faces(
+        self, path: Path, image: np.ndarray, scale: float, det: Detections, largest_only: bool,
+        warnings: Sequence[str],
+    ) -> ImageFaces:
+        det = det.take(slice(0, 1 if largest_only else len(det)))
+        return ImageFaces(
+            path,
+            image,
+            scale,
+            det.boxes.astype(np.float64),
+            det.scores.astype(np.float64),
+            engine_boxes=self.engine_boxes(det),
+            warnings=list(dict.fromkeys(warnings)),
+        )
+
+    def load_and_detect(
+        self, path: str | os.PathLike[str], *, largest_only: bool = False, max_side: int | None = None,
+        timer: StageTimer | None = None,
+    ) -> ImageFaces:
+        """Decode one file at its working resolution and detect its faces.
+
+        Unreadable files and images, and detector errors, are reported in
+        ``error`` (see :class:`ImageFaces`), never raised.
+        """
+        path = Path(path)
+
+        def side_for(width: int, height: int) -> int:
+            side = working_side(self.detector, width, height)
+            return side if max_side is None else min(side, max_side)
+
+        decoder_warnings: list[str] = []
+        start = time.perf_counter()
+        try:
+            image, scale = read_image_reduced(path, side_for, decoder_warnings=decoder_warnings)
+        except ImageReadError as exc:
+            if exc.errno is not None:  # the file system, not the contents (see batch.RETRIED_REASONS)
+                return ImageFaces(path, error=f"unreadable file: {exc.reason}", errno=exc.errno)
+            return ImageFaces(path, error=f"unreadable image: {exc.reason}")
+        except MemoryError:
+            return ImageFaces(path, error="unreadable image: out of memory while decoding")
+        finally:
+            start = _lap(timer, "decode", start)
+        try:
+            det = self.detect(image)
+        except Exception as exc:  # a detector failing on one odd image must not stop a batch
+            return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
+        finally:
+            _lap(timer, "detect", start)
+        return self._image_faces(path, image, scale, det, largest_only, decoder_warnings)
+
+    # -- landmarks ------------------------------------------------------------ #
+
+    def add_landmarks(self, items: Sequence[ImageFaces], timer: StageTimer | None = None) -> None:
+        """Landmarks and quality figures of every face of ``items``, in one network pass."""
+        ok = [item for item in items if item.error is None and len(item.boxes)]
+        if not ok:
+            return
+        start = time.perf_counter()
+        points, quality = self.engine.predict_many(
+            [item.image for item in ok], [item.engine_boxes for item in ok], return_quality=True
+        )
+        for item, pts, figures in zip(ok, points, quality):
+            item.landmarks = np.asarray(pts, np.float64)
+            item.quality = figures
+        _lap(timer, "landmarks", start)
+
+    def iter_image_faces(
+        self, paths: Sequence[str | os.PathLike[str]], *, largest_only: bool = False,
+        max_side: int | None = None, batch_pixels: int = BATCH_PIXELS, timer: StageTimer | None = None,
+    ) -> Iterator[ImageFaces]:
+        """:func:`iter_image_faces` with this pipeline."""
+        pending: list[ImageFaces] = []
+        held = 0
+        for path in paths:
+            item = self.load_and_detect(path, largest_only=largest_only, max_side=max_side, timer=timer)
+            pending.append(item)
+            if item.image is not None:
+                held += item.image.shape[0] * item.image.shape[1]
+            if held >= batch_pixels:
+                self.add_landmarks(pending, timer)
+                yield from pending
+                pending.clear()
+                held = 0
+        self.add_landmarks(pending, timer)
+        yield from pending
+
+    def process(self, image: np.ndarray, largest_only: bool = False) -> list[Face]:
+        """Detect every face of a decoded image and put five landmarks on each, with their quality figures."""
+        item = self.detect_image(image, largest_only=largest_only)
+        self.add_landmarks([item])
+        return item.faces()
+
+    # -- align ---------------------------------------------------------------- #
+
+    def align(
+        self, image: np.ndarray, landmarks: np.ndarray, border_mode: int = cv2.BORDER_CONSTANT
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Warp the face with these five points onto the template.
+
+        Returns the crop (``H x W x 3`` uint8 RGB) and the 2 x 3 image-to-crop matrix.
+        """
+        check_image(image)
+        return warp_face(image, landmarks, self.template, border_mode)
+
+    def align_faces(self, item: ImageFaces, timer: StageTimer | None = None) -> Iterator[AlignedFace]:
+        """Every face of a landmarked image warped onto the template, in face order.
+
+        A generator: each crop is made when it is asked for (and timed as ``warp``).
+        """
+        if item.image is None:
+            return
+        to_work = to_resized_matrix(item.scale)
+        for points in item.landmarks:
+            start = time.perf_counter()
+            crop, matrix = warp_face(item.image, points, self.template)
+            _lap(timer, "warp", start)
+            yield AlignedFace(crop, matrix, matrix @ to_work)
+
+
+def iter_image_faces(
+    pipeline: Pipeline,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    largest_only: bool = False,
+    max_side: int | None = None,
+    batch_pixels: int = BATCH_PIXELS,
+    timer: StageTimer | None = None,
+) -> Iterator[ImageFaces]:
+    """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
+
+    Each image is decoded once, at the working resolution its detector needs
+    (:func:`facealign.detection.working_side`: full resolution for the CNN
+    detectors at the default ``min_face``, at most 4,096 pixels for dlib and
+    Haar), and at most ``max_side`` pixels (longer side) when given. Images
+    are detected one by one and accumulated until ``batch_pixels`` decoded
+    pixels are held; then the landmark network runs once on every face of the
+    batch (:meth:`Pipeline.add_landmarks`). Unreadable images and detector
+    errors are reported in ``error``, never raised. ``timer`` receives the
+    seconds of each stage (:data:`STAGES`).
+    """
+    return pipeline.iter_image_faces(
+        paths, largest_only=largest_only, max_side=max_side, batch_pixels=batch_pixels, timer=timer
+    )
