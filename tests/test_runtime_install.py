@@ -22,7 +22,7 @@ from facealign.research import TRAIN_INSTALL_HINT
 REPO = Path(__file__).resolve().parents[1]
 
 #: Packages of the extras that the run time must not import.
-BLOCKED = ("torch", "sklearn", "scipy", "matplotlib", "skimage")
+BLOCKED = ("torch", "onnx", "sklearn", "scipy", "matplotlib", "skimage")
 #: Research modules that the run time must not import either.
 RESEARCH_MODULES = (
     "facealign.data",
@@ -185,7 +185,8 @@ def test_install_requirements_and_extras() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     runtime = _requirements(cfg["options"]["install_requires"])
-    research = {"torch", "scikit-learn", "scipy", "matplotlib", "scikit-image", "face-recognition-models", "dask"}
+    research = {"torch", "onnx", "scikit-learn", "scipy", "matplotlib", "scikit-image"}
+    research |= {"face-recognition-models", "dask"}
     assert not runtime & research
     extras = {name: _requirements(value) for name, value in cfg["options.extras_require"].items()}
     assert {"train", "recognition", "dask", "bench", "test"} <= set(extras)

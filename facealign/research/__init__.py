@@ -20,7 +20,7 @@ __all__ = ["TRAIN_INSTALL_HINT", "TRAIN_MODULES", "missing_train_modules"]
 #: How to install what the research commands need.
 TRAIN_INSTALL_HINT = "pip install 'facealign[train]'"
 #: The importable modules the ``train`` extra brings (setup.cfg, ``[options.extras_require]``).
-TRAIN_MODULES: tuple[str, ...] = ("torch", "sklearn", "scipy", "matplotlib")
+TRAIN_MODULES: tuple[str, ...] = ("torch", "onnx", "sklearn", "scipy", "matplotlib")
 
 
 def missing_train_modules() -> list[str]:
