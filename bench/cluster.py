@@ -58,7 +58,7 @@ def crop_speed(paths: list[Path], repeats: int, log=print) -> dict[str, list[flo
 
 def _noop_chunk(tasks: list, out_dir: str) -> object:
     """A chunk that crops nothing: as many manifest-like rows as images, returned."""
-    from facealign.batch import _ChunkResult
+    from facealign.batch.worker import _ChunkResult
 
     row = {"source": "", "face": 0, "num_faces": 1, "box": [0.0] * 4, "score": 1.0,
            "landmarks": [[0.0, 0.0]] * 5, "transform": [[0.0] * 3] * 2, "output": "", "size": [112, 112]}  # fmt: skip
@@ -69,7 +69,7 @@ def chunk_overhead(n_chunks: int, chunk_size: int) -> float:
     """Seconds per chunk that the driver and scheduler spend, measured on no-op chunks (see module notes)."""
     from distributed import Client, LocalCluster, as_completed
 
-    from facealign.batch import _Task
+    from facealign.batch.job import _Task
     from facealign.cluster import CHUNKS_IN_FLIGHT_PER_THREAD
 
     chunk = [

@@ -57,7 +57,7 @@ from PIL import Image
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import _save_variants  # noqa: E402  (the odd encodings the tests use)
 
-from facealign.batch import _CROP_NAME, _PENDING_NAME  # noqa: E402
+from facealign.batch.job import _CROP_NAME, _PENDING_NAME  # noqa: E402
 from facealign.constants import IMAGE_EXTENSIONS  # noqa: E402
 
 FUZZ_FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("GIF", ".gif"), ("TIFF", ".tif"), ("WEBP", ".webp"))

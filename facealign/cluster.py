@@ -10,7 +10,7 @@ folder by folder as its walk streams, and hands the stream of images to
 How the work goes out
 ---------------------
 Images go out in chunks of :data:`CLUSTER_CHUNK_SIZE` (one Dask task each, the
-worker function :func:`facealign.batch._process_chunk`); at most
+worker function :func:`facealign.batch.worker._process_chunk`); at most
 :data:`CHUNKS_IN_FLIGHT_PER_THREAD` chunks per worker thread are submitted at a
 time, and a new one is submitted each time one completes
 (:class:`distributed.as_completed`), so the scheduler never holds more than a
@@ -46,22 +46,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch import (
-    CropJobError,
-    CropSettings,
-    _batched,
-    _ChunkResult,
-    _crop_files,
-    _failure,
-    _folder,
-    _pending_groups,
-    _process_chunk,
-    _Task,
-    _unlink_quietly,
-    _WorkersLock,
-    balanced_chunk_size,
-    get_aligner,
-)
+from .batch.job import CropJobError, CropSettings, _Task, _unlink_quietly
+from .batch.locks import _WorkersLock
+from .batch.plan import _crop_files, _folder, _pending_groups
+from .batch.records import _failure
+from .batch.run import _batched, balanced_chunk_size
+from .batch.worker import _ChunkResult, _process_chunk, get_aligner
 
 if TYPE_CHECKING:
     import distributed
@@ -96,7 +86,7 @@ def _import_distributed() -> Any:
 
 
 @contextmanager
-def connect(address: str) -> Iterator["distributed.Client"]:
+def connect(address: str) -> Iterator[distributed.Client]:
     """A Dask client for ``--cluster ADDRESS``, closed (with its local cluster) on exit.
 
     Parameters
@@ -136,7 +126,7 @@ def connect(address: str) -> Iterator["distributed.Client"]:
         yield client
 
 
-def check_workers(client: "distributed.Client", in_dir: Path, out_dir: Path) -> None:
+def check_workers(client: distributed.Client, in_dir: Path, out_dir: Path) -> None:
     """Refuse to start unless every worker sees ``in_dir`` and shares ``out_dir`` with this process.
 
     The driver writes a token file into ``out_dir``; each worker must find it
@@ -224,7 +214,8 @@ def _use_worker_threads(settings: CropSettings) -> None:
 
         worker = get_worker()
         state = getattr(worker, "state", None)  # distributed >= 2022.11 keeps nthreads there
-        threads = max(1, int(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)))
+        nthreads: Any = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
+        threads = max(1, int(nthreads))
         cv2.setNumThreads(threads)
         aligner = get_aligner(settings)
         aligner.engine.set_threads(threads)  # onnxruntime's own thread pools
@@ -234,7 +225,7 @@ def _use_worker_threads(settings: CropSettings) -> None:
 
 
 def _crop_chunk_on_worker(tasks: list[_Task], settings: CropSettings, largest_only: bool, out_dir: str) -> _ChunkResult:
-    """The Dask task: crop a chunk with :func:`facealign.batch._process_chunk`, holding
+    """The Dask task: crop a chunk with :func:`facealign.batch.worker._process_chunk`, holding
     OUT_DIR's workers lock (shared) so that no new job starts while it writes."""
     _use_worker_threads(settings)
     with _WorkersLock(Path(out_dir), shared=True):
@@ -247,7 +238,7 @@ def _crop_chunk_on_worker(tasks: list[_Task], settings: CropSettings, largest_on
 
 
 def run_chunks_on_cluster(
-    client: "distributed.Client",
+    client: distributed.Client,
     todo: Iterable[_Task],
     n_images: int,
     settings: CropSettings,
@@ -267,7 +258,7 @@ def run_chunks_on_cluster(
     n_images : int
         Images expected (the name count), for the chunk size.
     settings, largest_only, out_dir
-        As for :func:`facealign.batch._process_chunk`.
+        As for :func:`facealign.batch.worker._process_chunk`.
     chunk_size : int
         Images per Dask task, at most (:func:`facealign.batch.balanced_chunk_size`
         of ``n_images`` for the worker threads at the start).
@@ -321,7 +312,7 @@ def run_chunks_on_cluster(
 
 
 def _run_isolated(
-    client: "distributed.Client", chunk: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path
+    client: distributed.Client, chunk: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
     """Each image of a chunk that killed its workers as its own task; an image whose task
     kills its workers too gets a failure, and its partial crops are removed."""

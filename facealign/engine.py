@@ -48,6 +48,7 @@ from .constants import (
     shipped_weights,
 )
 from .cropping import crop_faces, from_box_coordinates
+from .inference import onnx_session
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 
@@ -184,16 +185,6 @@ def _dense_head(f: np.ndarray, w5: np.ndarray, b5: np.ndarray, w6: np.ndarray, b
     return np.abs(np.tanh(f @ w5 + b5)) @ w6 + b6
 
 
-def _trunk_session(onnx_bytes: bytes, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
 class LandmarkEngine:
     """Five-point landmarks for face boxes.
 
@@ -238,7 +229,7 @@ class LandmarkEngine:
         self.meta: dict[str, Any] = json.loads(str(arrays["meta"]))
         self._trunk_onnx = arrays["trunk_onnx"].tobytes()
         self._threads = threads
-        self._trunk = _trunk_session(self._trunk_onnx, threads)
+        self._trunk = onnx_session(self._trunk_onnx, threads)
         self._vanilla_head = tuple(arrays[f"vanilla_{k}"] for k in ("w5", "b5", "w6", "b6"))
         self._heads: tuple[np.ndarray, ...] | None = None
         self.router: GaussianRouter | None = None
@@ -272,7 +263,7 @@ class LandmarkEngine:
         """
         if threads != self._threads:
             self._threads = threads
-            self._trunk = _trunk_session(self._trunk_onnx, threads)
+            self._trunk = onnx_session(self._trunk_onnx, threads)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -281,7 +272,7 @@ class LandmarkEngine:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._trunk = _trunk_session(self._trunk_onnx, self._threads)
+        self._trunk = onnx_session(self._trunk_onnx, self._threads)
 
     @property
     def num_clusters(self) -> int:

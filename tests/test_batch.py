@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 from conftest import Stop, photo_folder, stop_after
 
-from facealign.batch import (
-    CSV_COLUMNS,
-    CropJobError,
-    CropSettings,
-    _Lock,
-    get_aligner,
-    iter_image_faces,
-    run_crop_job,
-)
+from facealign.batch import CropJobError, CropSettings, get_aligner, run_crop_job
+from facealign.batch.locks import _Lock
+from facealign.batch.records import CSV_COLUMNS
+from facealign.pipeline import iter_image_faces
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import child_pids, is_alive, photo_folder
 
-from facealign.batch import _CROP_NAME, CropJobError, run_crop_job
+from facealign.batch import CropJobError, run_crop_job
+from facealign.batch.job import _CROP_NAME
 from facealign.cli import main
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'facealign[dask]'")

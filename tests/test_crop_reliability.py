@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +31,8 @@ from PIL import Image
 
 import facealign.batch as batch
 import facealign.imageio as imageio
-from facealign.batch import CropJobError, CropJobTransientError, _resolve_jobs, run_crop_job
+from facealign.batch import CropJobError, CropJobTransientError, run_crop_job
+from facealign.batch.run import _resolve_jobs
 from facealign.cli import EXIT_TEMPORARY, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ def assert_consistent(out: Path) -> list[dict]:
     listed = Counter(r["output"] for r in rows)
     assert max(listed.values(), default=1) == 1
     on_disk = {
-        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and batch._CROP_NAME.match(p.name)
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and batch.job._CROP_NAME.match(p.name)
     }
     assert on_disk == set(listed)
     assert not list(out.rglob("*.part"))
@@ -152,7 +154,7 @@ def test_item2_item8_broken_links_fifos_and_skips_never_stop_the_job(photos_in, 
 
 def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos_in, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    real = batch.write_image_atomic
+    real = batch.worker.write_image_atomic
     written = []
 
     def full_after_two(path, rgb, quality=95):
@@ -161,12 +163,12 @@ def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos
         written.append(path)
         return real(path, rgb, quality)
 
-    monkeypatch.setattr(batch, "write_image_atomic", full_after_two)
+    monkeypatch.setattr(batch.worker, "write_image_atomic", full_after_two)
     with pytest.raises(CropJobTransientError, match="No space left on device"):
         run_crop_job(photos_in, out, jobs=1)
     assert read_jsonl(out / "failures.jsonl") == []  # not recorded as the images' failure
     assert len(read_jsonl(out / "manifest.jsonl")) == 2
-    monkeypatch.setattr(batch, "write_image_atomic", real)
+    monkeypatch.setattr(batch.worker, "write_image_atomic", real)
     summary = run_crop_job(photos_in, out, jobs=1)
     assert (summary.skipped, summary.processed, summary.failures) == (2, 2, 0)
     assert len(assert_consistent(out)) == 5
@@ -174,7 +176,7 @@ def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos
 
 def test_item3_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    real = batch._append
+    real = batch.run._append
 
     def torn(handle, text):  # half a line reaches the disk, then the disk is full
         if '"face"' in text:
@@ -182,12 +184,12 @@ def test_item3_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, 
             raise OSError(errno.ENOSPC, "No space left on device")
         real(handle, text)
 
-    monkeypatch.setattr(batch, "_append", torn)
+    monkeypatch.setattr(batch.run, "_append", torn)
     result = run_cli("crop", photos_in, out, "-j", "1", "-q")
     assert result.exit_code == EXIT_TEMPORARY == 75
     assert "No space left on device" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
-    monkeypatch.setattr(batch, "_append", real)
+    monkeypatch.setattr(batch.run, "_append", real)
     result = run_cli("crop", photos_in, out, "-j", "1", "-q")
     assert result.exit_code == 0, result.output
     assert len(assert_consistent(out)) == 5
@@ -197,7 +199,7 @@ def test_item3_unwritable_out_dir_is_temporary(photos_in, tmp_path, monkeypatch)
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(batch.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
     result = run_cli("crop", photos_in, tmp_path / "out", "-j", "1")
     assert result.exit_code == 75 and "cannot write to OUT_DIR" in result.output
 
@@ -260,7 +262,7 @@ def test_item4_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
 def test_item4_workers_of_a_killed_job_block_a_new_one(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with batch._WorkersLock(out, shared=True):  # what an orphaned worker holds while it writes
+    with batch.locks._WorkersLock(out, shared=True):  # what an orphaned worker holds while it writes
         with pytest.raises(CropJobTransientError, match="still writing"):
             run_crop_job(photos_in, out, jobs=1)
     assert run_crop_job(photos_in, out, jobs=1).faces == 5
@@ -314,7 +316,7 @@ def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> No
     assert (out / "a" / "notes.jpg").read_bytes() == (out / "b" / "holiday_0.jpg").read_bytes() == b"mine"
     rows = read_jsonl(out / "manifest.jsonl")
     assert len(rows) == 5 and all((out / r["output"]).stat().st_size > 100 for r in rows)
-    assert not (out / batch._PENDING_NAME).exists()
+    assert not (out / batch.job._PENDING_NAME).exists()
 
 
 def test_item12_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, tmp_path) -> None:
@@ -388,12 +390,12 @@ def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, m
     def no_pool(*args, **kwargs):
         raise AssertionError("a 4-image job must not start worker processes")
 
-    monkeypatch.setattr(batch, "_worker_pool", no_pool)
+    monkeypatch.setattr(batch.run, "_worker_pool", no_pool)
     assert run_crop_job(photos_in, tmp_path / "out").faces == 5  # the default is "auto"
     assert run_cli("crop", photos_in, tmp_path / "cli", "-q").exit_code == 0
     cores = joblib.cpu_count()
-    assert _resolve_jobs("auto", batch.AUTO_IMAGES_PER_PROCESS - 1) == 1
-    assert _resolve_jobs("auto", 100 * batch.AUTO_IMAGES_PER_PROCESS) == cores
+    assert _resolve_jobs("auto", batch.job.AUTO_IMAGES_PER_PROCESS - 1) == 1
+    assert _resolve_jobs("auto", 100 * batch.job.AUTO_IMAGES_PER_PROCESS) == cores
     assert _resolve_jobs(-1, 1) == cores and _resolve_jobs(3, 1) == 3
     bad = run_cli("crop", photos_in, tmp_path / "x", "--jobs", "many")
     assert bad.exit_code == 2 and "'auto'" in bad.output
@@ -430,14 +432,14 @@ def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> Non
 def test_item2_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
     """A crash in a decoder (or the out-of-memory killer) ends one worker, not the job."""
     shutil.copy(photos_in / "a" / "000131.jpg", photos_in / "a" / "crash.jpg")
-    real = batch._process_chunk
+    real = batch.run._process_chunk
 
     def crashing(tasks, *args):  # pickled by value: runs in the worker processes
         if len(args) > 4 and args[4] is not None and any(t.source.endswith("crash.jpg") for t in tasks):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(tasks, *args)
 
-    monkeypatch.setattr(batch, "_process_chunk", crashing)
+    monkeypatch.setattr(batch.run, "_process_chunk", crashing)
     out = tmp_path / "out"
     summary = run_crop_job(photos_in, out, jobs=2, chunk_size=1)
     assert (summary.processed, summary.faces, summary.failures) == (5, 5, 1)

@@ -15,7 +15,10 @@ from conftest import photo_folder
 
 import facealign.batch as batch
 import facealign.imageio as imageio
-from facealign.batch import Summary, _ChunkResult, _failure, _plan, _Planner, _Records, run_crop_job
+from facealign.batch import Summary, run_crop_job
+from facealign.batch.plan import _plan, _Planner
+from facealign.batch.records import _failure, _Records
+from facealign.batch.worker import _ChunkResult
 from facealign.imageio import scan_folder, walk_images
 
 #: Names that collide in one folder: by case, by extension, by both.
@@ -118,14 +121,14 @@ def test_first_chunk_runs_before_the_walk_has_finished(tmp_path, monkeypatch) ->
     out = tmp_path / "out"
 
     def fake_chunk(tasks, settings, largest_only, out_dir, single_thread, *args):
-        pending = (out / batch._PENDING_NAME).read_text().splitlines()
+        pending = (out / batch.job._PENDING_NAME).read_text().splitlines()
         assert {(t.output_stem, t.ext) for t in tasks} <= {tuple(json.loads(p)) for p in pending}  # written first
         at_chunks.append((len(listed), len(pending)))
         return _ChunkResult([([], _failure(t, "no face found")) for t in tasks])
 
     monkeypatch.setattr(imageio, "_list_folder", counted)
-    monkeypatch.setattr(batch, "_list_folder", counted)
-    monkeypatch.setattr(batch, "_process_chunk", fake_chunk)
+    monkeypatch.setattr(batch.plan, "_list_folder", counted)
+    monkeypatch.setattr(batch.run, "_process_chunk", fake_chunk)
     totals = []
     summary = run_crop_job(src, out, jobs=1, chunk_size=4, progress=lambda done, total: totals.append((done, total)))
     assert (summary.images, summary.processed, summary.failures, summary.chunks) == (80, 80, 80, 20)
@@ -154,7 +157,7 @@ def test_first_chunk_goes_to_worker_processes_before_the_walk_has_finished(tmp_p
             future.set_result(_ChunkResult([([], _failure(t, "no face found")) for t in tasks]))
             return future
 
-    monkeypatch.setattr(batch, "_worker_pool", lambda n_jobs: Pool())
+    monkeypatch.setattr(batch.run, "_worker_pool", lambda n_jobs: Pool())
     summary = run_crop_job(src, tmp_path / "out", jobs=2, chunk_size=1)
     assert (summary.images, summary.failures, summary.chunks) == (30, 30, 30)
     assert submitted[0] <= 3 and len(listed) == 31  # 2 x 2 chunks in flight, one image per folder
@@ -200,14 +203,14 @@ def test_sources_gone_or_changed_resume_after_a_kill_before_the_records_were_rew
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the driver dies after dropping records, before rewriting the files
 
-    monkeypatch.setattr(batch, "_filter_records", killed)
+    monkeypatch.setattr(batch.run, "_filter_records", killed)
     with pytest.raises(KeyboardInterrupt):
         run_crop_job(colliding_photos, out, jobs=1)
-    assert (out / batch._DROPPED_NAME).exists()
+    assert (out / batch.job._DROPPED_NAME).exists()
     monkeypatch.undo()
     again = run_crop_job(colliding_photos, out, jobs=1)
     assert (again.processed, again.gone) == (1, 0)  # the broken link
-    assert not (out / batch._DROPPED_NAME).exists()
+    assert not (out / batch.job._DROPPED_NAME).exists()
     assert (out / "manifest.jsonl").read_bytes() == (clean / "manifest.jsonl").read_bytes()
     assert (out / "failures.jsonl").read_bytes() == (clean / "failures.jsonl").read_bytes()
     crops = {p.relative_to(out).as_posix() for p in out.rglob("*_[0-9].*")}
@@ -224,4 +227,4 @@ def test_empty_in_dir_with_records_is_refused_before_anything_is_dropped(face_ph
     (src / "still-a-folder").mkdir()
     with pytest.raises(batch.CropJobError, match="holds no images"):
         run_crop_job(src, out, jobs=1)
-    assert (out / "manifest.jsonl").read_bytes() == before and not (out / batch._DROPPED_NAME).exists()
+    assert (out / "manifest.jsonl").read_bytes() == before and not (out / batch.job._DROPPED_NAME).exists()

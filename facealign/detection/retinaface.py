@@ -136,16 +136,9 @@ class RetinaFaceDetector(PyramidDetector):
 
     def _get_session(self):
         if self._session is None:
-            import onnxruntime as ort
+            from ..inference import onnx_session
 
-            options = ort.SessionOptions()
-            if self.threads is not None:
-                options.intra_op_num_threads = int(self.threads)
-                options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                load_retinaface_onnx(), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = onnx_session(load_retinaface_onnx(), self.threads)
         return self._session
 
     def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,396 @@
+"""The crop job's records in OUT_DIR: the manifest (JSON lines or CSV), the failures list,
+the settings file, and what resuming reads back from them."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..constants import POINT_NAMES
+from ..imageio import (
+    atomic_file,
+    name_from_b64,
+    portable_name,
+    raw_name_b64,
+    write_bytes_atomic,
+)
+from .job import (
+    _CROP_NAME,
+    _DROPPED_NAME,
+    _FIELDS_ADDED_IN_0_3,
+    _PENDING_NAME,
+    _SETTINGS_NAME,
+    _STARTED_NAME,
+    FAILURES_NAME,
+    LOW_QUALITY,
+    MANIFEST_FIELDS,
+    MANIFEST_FORMATS,
+    RETRIED_REASONS,
+    CropJobError,
+    CropSettings,
+    _Task,
+    _unlink_quietly,
+)
+
+
+def _source_b64(source: str) -> dict[str, str]:
+    """``{"source_b64": ...}`` for a source name that is not valid UTF-8, else ``{}``."""
+    raw = raw_name_b64(source)
+    return {} if raw is None else {"source_b64": raw}
+
+
+def _record_key(row: dict[str, Any]) -> str:
+    """The source of a manifest or failure row as the file-system name (inverse of the row fields)."""
+    raw = row.get("source_b64")
+    return name_from_b64(str(raw)) if raw else str(row["source"])
+
+
+def _failure(task: _Task, reason: str) -> dict[str, Any]:
+    return {"source": portable_name(task.source), "reason": reason, "source_bytes": task.size,
+            "source_mtime_ns": task.mtime_ns, **_source_b64(task.source)}  # fmt: skip
+
+
+def manifest_name(fmt: str) -> str:
+    """File name of the manifest for ``fmt`` (``"jsonl"`` or ``"csv"``)."""
+    if fmt not in MANIFEST_FORMATS:
+        raise CropJobError(f"unknown manifest format {fmt!r}; choose one of {list(MANIFEST_FORMATS)}")
+    return f"manifest.{fmt}"
+
+
+def _csv_columns() -> list[str]:
+    cols: list[str] = []
+    for name in MANIFEST_FIELDS:
+        if name == "box":
+            cols += ["box_x1", "box_y1", "box_x2", "box_y2"]
+        elif name == "landmarks":
+            cols += [f"{p}_{c}" for p in POINT_NAMES for c in ("x", "y")]
+        elif name == "transform":
+            cols += ["m00", "m01", "m02", "m10", "m11", "m12"]
+        elif name == "size":
+            cols += ["width", "height"]
+        else:
+            cols.append(name)
+    return cols
+
+
+CSV_COLUMNS: tuple[str, ...] = tuple(_csv_columns())
+
+
+#: The CSV columns written by facealign 0.2.0 (read, then rewritten).
+_LEGACY_CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CSV_COLUMNS if c not in _FIELDS_ADDED_IN_0_3)
+
+
+def _flatten(row: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name in MANIFEST_FIELDS:
+        value = row.get(name)
+        if name in ("box", "landmarks", "transform", "size"):
+            out += np.asarray(value).reshape(-1).tolist()
+        elif name == "warnings":
+            out.append(json.dumps(value, ensure_ascii=False) if value else "")
+        else:
+            out.append("" if value is None else value)
+    return out
+
+
+def _encode_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for r in rows:
+        writer.writerow(_flatten(r))
+    return buffer.getvalue()
+
+
+@dataclass
+class _Records:
+    """What earlier runs recorded: the identity of each recorded source, and its crops.
+
+    Held for the whole job: memory proportional to the images already recorded
+    (the work done), not to IN_DIR.
+    """
+
+    done: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (bytes, mtime_ns)
+    settings: tuple[str, str, str, str] | None = None  # template, engine, detector, width
+    outputs: set[str] = field(default_factory=set)  # crops listed in the manifest
+    dropped: set[tuple[str, str]] = field(default_factory=set)  # (stem, ext) of the crops of dropped rows
+    gone: int = 0  # sources no longer in IN_DIR whose records were dropped
+    crops: dict[str, list[str]] = field(default_factory=dict)  # source -> its crops (manifest rows)
+    failure_rows: Counter = field(default_factory=Counter)  # source -> its failure rows
+    folders: dict[str, set[str]] = field(default_factory=dict)  # folder of a source -> recorded sources there
+
+
+def _read_text(path: Path) -> tuple[str, bool]:
+    """A record file's complete lines and whether a torn last line was cut off."""
+    if not path.exists():
+        return "", False
+    text = path.read_text(encoding="utf-8", errors="replace")  # a torn write may cut a character
+    end = text.rfind("\n") + 1
+    return text[:end], end != len(text)
+
+
+def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], Any]], bool]:
+    """Parsed manifest rows as ``(info, raw)`` pairs, and whether anything was dropped.
+
+    ``info`` holds the fields resuming needs; ``raw`` is the JSON line or the list
+    of CSV values, to write the row back unchanged. Malformed rows are dropped.
+    """
+    text, torn = _read_text(path)
+    entries: list[tuple[dict[str, Any], Any]] = []
+    dropped = torn
+    if fmt == "jsonl":
+        raws: list[Any] = text.splitlines()
+        rows: list[dict[str, Any] | None] = []
+        for line in raws:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                rows.append(None)
+    else:
+        try:
+            raws = list(csv.reader(io.StringIO(text)))
+        except csv.Error:
+            raise CropJobError(f"{path} is not a readable CSV manifest; rerun with --overwrite") from None
+        if raws and tuple(raws[0]) == _LEGACY_CSV_COLUMNS:  # written by facealign < 0.3: add the new columns
+            raws = [raws[0]] + [v + [""] * (len(CSV_COLUMNS) - len(v)) for v in raws[1:]]
+            dropped = True  # rewrite with the current header
+        elif raws and tuple(raws[0]) != CSV_COLUMNS:
+            raise CropJobError(f"{path} does not have the columns of a facealign manifest; rerun with --overwrite")
+        raws = raws[1:]
+        rows = [dict(zip(CSV_COLUMNS, v)) if len(v) == len(CSV_COLUMNS) else None for v in raws]
+    for raw, row in zip(raws, rows):
+        try:
+            if row is None:
+                raise ValueError("not a row of the manifest's width")
+            width = row["size"][0] if fmt == "jsonl" else row["width"]
+            info = {
+                "source": _record_key(row),
+                "face": int(row["face"]),
+                "num_faces": int(row["num_faces"]),
+                "output": str(row["output"]),
+                "id": (int(row["source_bytes"]), int(row["source_mtime_ns"])),
+                "settings": (str(row["template"]), str(row["engine"]), str(row["detector"]), str(int(float(width)))),
+            }
+        except (ValueError, KeyError, TypeError, IndexError):
+            dropped = True
+            continue
+        entries.append((info, raw))
+    return entries, dropped
+
+
+def _write_manifest(path: Path, fmt: str, raws: list[Any]) -> None:
+    """Replace a manifest atomically with these raw rows."""
+    if fmt == "jsonl":
+        text = "".join(line + "\n" for line in raws)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(raws)
+        text = buffer.getvalue()
+    _rewrite(path, text)
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace a record file atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _load_records(out_dir: Path, fmt: str) -> _Records:
+    """Read earlier records, dropping incomplete images and the rows a killed run had dropped.
+
+    Which sources are gone from IN_DIR or changed is not known yet (the walk
+    streams): :class:`_Planner` drops their records folder by folder
+    (:meth:`_Planner.drop`). Here the rows named in the dropped list
+    (``.facealign-crop.dropped``) of a run that was killed before it rewrote
+    the record files are removed, as are incomplete images (with their crops)
+    and failures in :data:`RETRIED_REASONS` (retried). The record files are
+    rewritten when rows are dropped, so every crop is listed exactly once
+    afterwards.
+    """
+    records = _Records()
+    tombstones = _read_dropped(out_dir / _DROPPED_NAME)
+    manifest = out_dir / manifest_name(fmt)
+    entries, dropped = _manifest_entries(manifest, fmt)
+    live = []
+    for info, raw in entries:
+        if (info["source"], info["id"]) in tombstones:  # its crops were removed, or are unrecorded now
+            dropped = True
+            match = _CROP_NAME.match(info["output"])
+            if match:
+                records.dropped.add((match["stem"], match["ext"]))
+        else:
+            live.append((info, raw))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for info, _ in live:
+        groups.setdefault(info["source"], []).append(info)
+    keep = set()
+    for source, group in groups.items():
+        complete = len({r["id"] for r in group}) == 1 and sorted(r["face"] for r in group) == list(
+            range(group[0]["num_faces"])
+        )
+        if complete:
+            keep.add(source)
+            records.done[source] = group[0]["id"]
+            records.settings = records.settings or group[0]["settings"]
+            records.outputs.update(r["output"] for r in group)
+            records.crops[source] = [r["output"] for r in group]
+        else:
+            for r in group:
+                _remove_output(out_dir, r["output"])
+                match = _CROP_NAME.match(r["output"])
+                if match:
+                    records.dropped.add((match["stem"], match["ext"]))
+    if dropped or len(keep) != len(groups):
+        _write_manifest(manifest, fmt, [raw for info, raw in live if info["source"] in keep])
+
+    failures_path = out_dir / FAILURES_NAME
+    text, dropped = _read_text(failures_path)
+    kept_lines = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            source, ident = _record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"]))
+            retried = str(row["reason"]).startswith(RETRIED_REASONS)
+        except (ValueError, KeyError, TypeError):
+            dropped = True
+            continue
+        low_quality = row.get("reason") == LOW_QUALITY
+        if (
+            retried
+            or (source, ident) in tombstones
+            or (source in keep and not low_quality)
+            or (source in groups and source not in keep)
+        ):
+            dropped = True  # retried, dropped by a killed run, superseded by crops, or its image is redone
+            continue
+        records.done.setdefault(source, ident)
+        records.failure_rows[source] += 1
+        kept_lines.append(line)
+    if dropped:
+        _rewrite(failures_path, "".join(line + "\n" for line in kept_lines))
+    _unlink_quietly(out_dir / _DROPPED_NAME)  # applied
+    for source in records.done:
+        records.folders.setdefault(source.rpartition("/")[0], set()).add(source)
+    return records
+
+
+def _read_dropped(path: Path) -> set[tuple[str, tuple[int, int]]]:
+    """The ``(source, (bytes, mtime_ns))`` of the records a run dropped (see :class:`_Planner`)."""
+    text, _ = _read_text(path)
+    found = set()
+    for line in text.splitlines():
+        try:
+            source, size, mtime_ns = json.loads(line)
+            found.add((str(source), (int(size), int(mtime_ns))))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]) -> None:
+    """Rewrite a record file (``fmt``: ``"jsonl"`` or ``"csv"``) without the rows of ``drop``,
+    streaming (one row in memory at a time), atomically (the temporary is renamed onto it)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace", newline="") as source, \
+            atomic_file(path, "w", encoding="utf-8", newline="") as target:  # fmt: skip
+        if fmt == "jsonl":
+            for line in source:
+                try:
+                    row = json.loads(line)
+                    key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                except (ValueError, KeyError, TypeError):
+                    key = None  # left to the next run's checks
+                if key not in drop:
+                    target.write(line)
+        else:
+            reader, writer = csv.reader(source), csv.writer(target, lineterminator="\n")
+            for n, values in enumerate(reader):
+                row = dict(zip(CSV_COLUMNS, values))
+                try:
+                    key = (_record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"])))
+                except (ValueError, KeyError, TypeError):
+                    key = None  # the header, or left to the next run's checks
+                if n == 0 or key not in drop:
+                    writer.writerow(values)
+
+
+def _remove_output(out_dir: Path, output: str) -> None:
+    """Delete a recorded crop, but only a file inside ``out_dir``."""
+    target = (out_dir / output).resolve()
+    if target.is_relative_to(out_dir.resolve()) and target.is_file():
+        target.unlink()
+
+
+def _append(handle: io.RawIOBase, text: str) -> None:
+    """Append to a record file (opened ``"ab", buffering=0``) and flush it to disk.
+
+    Raises the ``OSError`` of a failed write (disk full, ...); what was written
+    of the text then is a torn last line, which resuming discards.
+    """
+    data = memoryview(text.encode("utf-8"))
+    while data:
+        data = data[handle.write(data) :]
+    if text:
+        os.fsync(handle.fileno())
+
+
+def _job_settings(settings: CropSettings, template: Any, largest_only: bool, fmt: str | None) -> dict[str, Any]:
+    """What a job computes, as written in OUT_DIR's settings file (resuming must not change any)."""
+    values = dataclasses.asdict(settings)
+    values.update(template=template.name, size=list(template.size), largest_only=largest_only,
+                  format=fmt or "jpg for JPEG sources, png otherwise")  # fmt: skip
+    return values
+
+
+def _check_settings(out_dir: Path, wanted: dict[str, Any], has_records: bool) -> None:
+    """Refuse to resume with settings other than those of the records in OUT_DIR."""
+    path = out_dir / _SETTINGS_NAME
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except ValueError:
+        earlier = {}
+    # A setting added to CropSettings after the records were made had its default then.
+    defaults = dataclasses.asdict(CropSettings())
+    earlier = {k: earlier.get(k, defaults.get(k)) for k in wanted} if isinstance(earlier, dict) else {}
+    if has_records and earlier != wanted:
+        changed = ", ".join(f"{k}: {earlier.get(k)!r}, now {v!r}" for k, v in wanted.items() if earlier.get(k) != v)
+        raise CropJobError(
+            f"OUT_DIR holds crops made with other settings ({changed or 'unreadable ' + _SETTINGS_NAME}); "
+            "rerun with --overwrite or choose another OUT_DIR"
+        )
+
+
+def _has_records(out_dir: Path) -> bool:
+    """Whether OUT_DIR holds a non-empty manifest or failures list."""
+    names = [manifest_name(f) for f in MANIFEST_FORMATS] + [FAILURES_NAME]
+    return any((out_dir / n).is_file() and (out_dir / n).stat().st_size > 0 for n in names)
+
+
+def _clear(out_dir: Path) -> None:
+    """Delete the records of earlier runs and the crops they list (``overwrite``)."""
+    for fmt in MANIFEST_FORMATS:
+        manifest = out_dir / manifest_name(fmt)
+        if manifest.exists():
+            try:
+                entries, _ = _manifest_entries(manifest, fmt)
+            except CropJobError:
+                entries = []  # not ours to interpret: remove the file only
+            for info, _ in entries:
+                _remove_output(out_dir, info["output"])
+            manifest.unlink()
+    for name in (FAILURES_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME, _DROPPED_NAME):
+        _unlink_quietly(out_dir / name)

@@ -1,0 +1,259 @@
+"""The worker side of the crop job: a chunk of images in, crops on disk and their records out.
+
+Runs in worker processes (joblib's loky, or Dask workers: :mod:`facealign.cluster`)
+or in the job's own process; builds the aligner once per process (:func:`get_aligner`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..imageio import (
+    portable_name,
+    write_image_atomic,
+)
+from ..pipeline import Face, ImageFaces, iter_image_faces
+from .job import (
+    _PERMANENT_WRITE_ERRNOS,
+    _STARTED_NAME,
+    _STOP_READ_ERRNOS,
+    _TAKEN_WRITE_ERRNOS,
+    LOW_QUALITY,
+    CropSettings,
+    _stop_message,
+    _Task,
+    _unlink_quietly,
+)
+from .locks import _WorkersLock
+from .records import _failure, _source_b64
+
+if TYPE_CHECKING:  # for the annotations only
+    from ..aligner import FaceAligner
+
+_ALIGNERS: dict[CropSettings, FaceAligner] = {}
+
+
+def get_aligner(settings: CropSettings) -> FaceAligner:
+    """The :class:`FaceAligner` for ``settings``, built once per process."""
+    aligner = _ALIGNERS.get(settings)
+    if aligner is None:
+        from ..aligner import FaceAligner
+
+        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size, settings.min_face)
+        _ALIGNERS[settings] = aligner
+    return aligner
+
+
+def _round(values: np.ndarray, digits: int) -> list:
+    return np.round(np.asarray(values, np.float64), digits).tolist()
+
+
+def _crop_rows(
+    item: ImageFaces, task: _Task, settings: CropSettings, aligner: FaceAligner, out_dir: Path
+) -> list[dict[str, Any]]:
+    """Warp and write every face of one image; its manifest rows (raises on failure)."""
+    rows = []
+    faces = item.faces()
+    template = aligner.template
+    written: list[Path] = []
+    try:
+        for k, (face, aligned) in enumerate(zip(faces, aligner.align_faces(item))):
+            output = f"{task.output_stem}_{k}{task.ext}"
+            written.append(write_image_atomic(out_dir / output, aligned.crop))
+            rows.append(_crop_row(task, settings, item, k, face, aligned.transform, output, template))
+    except BaseException:
+        for path in written:  # an image is recorded completely or not at all
+            _unlink_quietly(path)
+        raise
+    return rows
+
+
+def _crop_row(
+    task: _Task,
+    settings: CropSettings,
+    item: ImageFaces,
+    k: int,
+    face: Face,
+    transform: np.ndarray,
+    output: str,
+    template: Any,
+) -> dict[str, Any]:
+    """The manifest row of face ``k`` (``transform``: original pixels -> crop pixels)."""
+    record = face.to_json()
+    return {
+        "source": portable_name(task.source),
+        "face": k,
+        "num_faces": len(item.boxes),
+        "box": record["box"],
+        "score": record["score"],
+        "landmarks": record["landmarks"],
+        "transform": _round(transform, 8),
+        "output": output,
+        "size": list(template.size),
+        "template": template.name,
+        "engine": settings.engine,
+        "detector": settings.detector,
+        "decode_scale": round(float(item.scale), 8),
+        "source_bytes": task.size,
+        "source_mtime_ns": task.mtime_ns,
+        "warnings": item.warnings,
+        **_source_b64(task.source),
+        "expected_error": record["expected_error"],
+        "p_fail": record["p_fail"],
+    }
+
+
+def _low_quality_failure(item: ImageFaces, task: _Task, settings: CropSettings) -> dict[str, Any] | None:
+    """Drop the faces over the quality limits from ``item``; their failure record, or None."""
+    from ..quality import over_limits
+
+    if settings.max_expected_error is None and settings.max_p_fail is None:
+        return None
+    faces = item.faces()
+    over = over_limits(
+        np.array([f.expected_error for f in faces]),
+        np.array([f.p_fail for f in faces]),
+        settings.max_expected_error,
+        settings.max_p_fail,
+    )
+    if not over.any():
+        return None
+    item.drop_faces(over)
+    record = _failure(task, LOW_QUALITY)
+    record["faces"] = [
+        {"detection": int(k), **{key: value for key, value in faces[k].to_json().items() if key != "landmarks"}}
+        for k in np.flatnonzero(over)
+    ]
+    return record
+
+
+@dataclass
+class _ChunkResult:
+    """What a worker returns for a chunk: per image ``(manifest rows, failure or None)``
+    for the images finished, in order, and why it stopped early (``None``: it did not)."""
+
+    results: list[tuple[list[dict[str, Any]], dict[str, Any] | None]]
+    stopped: str | None = None
+
+
+def _process_chunk(
+    tasks: list[_Task],
+    settings: CropSettings,
+    largest_only: bool,
+    out_dir: str,
+    single_thread: bool,
+    parent_pid: int | None = None,
+    chunk_index: int | None = None,
+) -> _ChunkResult:
+    """Crop a chunk of images (see :class:`_ChunkResult`).
+
+    In a worker process (``parent_pid`` given) the worker first makes sure it
+    dies with the job's process and holds the workers lock of ``out_dir``
+    while it writes (:func:`_own_worker`); it notes ``chunk_index``, when
+    given, as started.
+    """
+    if parent_pid is not None:
+        _own_worker(parent_pid)
+        with _WorkersLock(Path(out_dir), shared=True):
+            if chunk_index is not None:
+                fd = os.open(Path(out_dir) / _STARTED_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, f"{chunk_index}\n".encode())
+                finally:
+                    os.close(fd)
+            return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
+    if single_thread:
+        _limit_threads()
+    aligner = get_aligner(settings)
+    if single_thread:
+        # onnxruntime's own thread pools (the detector's and the landmark network's)
+        aligner.engine.set_threads(1)
+        if hasattr(aligner.detector, "set_threads"):
+            aligner.detector.set_threads(1)
+    by_path = {t.path: t for t in tasks}
+    done = _ChunkResult([])
+    for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
+        task = by_path[str(item.path)]
+        if item.error is not None:
+            if item.errno in _STOP_READ_ERRNOS:
+                done.stopped = _stop_message(
+                    f"cannot read {portable_name(task.source)!r}", OSError(item.errno, os.strerror(item.errno))
+                )
+                break
+            done.results.append(([], _failure(task, item.error)))
+        elif not len(item.boxes):
+            done.results.append(([], _failure(task, "no face found")))
+        else:
+            low_quality = _low_quality_failure(item, task, settings)
+            try:
+                done.results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), low_quality))
+            except OSError as exc:
+                if exc.errno in _TAKEN_WRITE_ERRNOS:
+                    done.results.append(
+                        ([], _failure(task, f"output name taken: {exc.strerror}: {portable_name(str(exc.filename))}"))
+                    )
+                elif exc.errno in _PERMANENT_WRITE_ERRNOS:
+                    done.results.append(([], _failure(task, f"failed: cannot write its crop: {exc.strerror}")))
+                else:
+                    done.stopped = _stop_message(f"cannot write the crops of {portable_name(task.source)!r}", exc)
+                    break
+            except Exception as exc:
+                done.results.append(([], _failure(task, f"failed: {type(exc).__name__}: {exc}")))
+        item.image = None  # release the decoded pixels early
+    return done
+
+
+_THREADS_LIMITED = False
+
+
+_OWNED_BY: int | None = None  # the job process this worker process dies with
+
+
+def _own_worker(parent_pid: int) -> None:
+    """Make this worker process end when the job's process ``parent_pid`` ends, however it ends.
+
+    On Linux the kernel sends the worker SIGKILL when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon thread checks every
+    0.5 s that the parent is still the same process and exits otherwise. A
+    worker whose parent is already gone exits at once, before any work.
+    """
+    global _OWNED_BY
+    if _OWNED_BY == parent_pid:
+        return
+    if _OWNED_BY is None:
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the thread below does it
+            pass
+    _OWNED_BY = parent_pid
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == _OWNED_BY:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="facealign-parent-watch", daemon=True).start()
+
+
+def _limit_threads() -> None:
+    """One OpenCV thread per worker process (the job is parallel over processes; the
+    networks' onnxruntime sessions get one thread each in :func:`_process_chunk`)."""
+    global _THREADS_LIMITED
+    if not _THREADS_LIMITED:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _THREADS_LIMITED = True
