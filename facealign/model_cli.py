@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, TRAINING_DETECTOR
+from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES, TRAINING_DETECTOR
 
 def _default_data() -> str:
     """Default of ``--data``, looked up when a command runs (imports stay lazy)."""
@@ -149,7 +149,7 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     "--engine",
     "engines",
     multiple=True,
-    type=click.Choice(["tcnn", "vanilla"]),
+    type=click.Choice(list(ENGINES)),
     default=("tcnn",),
     show_default=True,
     help="Engine(s) to evaluate on the same faces; repeatable.",
@@ -172,7 +172,24 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
 @cache_dir_option
 @click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
-def evaluate_command(data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json) -> None:
+@click.option(
+    "--by",
+    "groupings",
+    multiple=True,
+    type=click.Choice(["pose", "size"]),
+    help="Also report per group, repeatable: pose (MTFL labels 1-5, profiles 1 and 5; misses counted in "
+    "their pose) or size (width of the detector's own box in px of the image, --size-bins; misses in "
+    "a group of their own).",
+)
+@click.option(
+    "--size-bins",
+    default="30,40,50,60",
+    show_default=True,
+    help="Face-width bin edges for --by size, px, comma-separated (bins <e0, e0-e1, ..., >=last).",
+)
+def evaluate_command(
+    data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json, groupings, size_bins
+) -> None:
     """Mean error (% inter-ocular distance) and failure rate on the MTFL AFLW test set.
 
     Faces the detector misses count as failures; the mean error is over the
@@ -191,7 +208,16 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
             models[name] = LandmarkEngine(name, weights=weights, mirror=mirror, refine=refine)
         except (ValueError, FileNotFoundError) as err:
             raise click.ClickException(str(err)) from err
-    results = evaluate_engines(models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True))
+    try:
+        edges = tuple(sorted(float(v) for v in size_bins.split(",") if v.strip()))
+    except ValueError:
+        raise click.ClickException(f"--size-bins must be numbers separated by commas, got {size_bins!r}") from None
+    if not edges:
+        raise click.ClickException("--size-bins needs at least one edge")
+    groupings = tuple(dict.fromkeys(groupings))
+    results = evaluate_engines(
+        models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True), by=groupings, size_bins=edges
+    )
     if curve is not None:
         plot_cumulative_error({k: (v["errors"], v["n"]) for k, v in results.items()}, curve)
     public = {k: {kk: vv for kk, vv in v.items() if kk != "errors"} for k, v in results.items()}
@@ -205,6 +231,27 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
                 f"{name}: NME {r['nme']:.2f}% (median {r['median']:.2f}%), failure rate {100 * r['failure_rate']:.2f}% "
                 f"(>10% or missed), {r['misses']} of {r['n']} faces missed by the detector"
             )
+        for grouping in groupings:
+            click.echo(_group_table(grouping, {name: r[f"by_{grouping}"] for name, r in public.items()}))
+
+
+def _group_table(grouping: str, by_engine: dict[str, dict]) -> str:
+    """Markdown table of per-group NME and failure rate, one column pair per engine."""
+    names = list(by_engine)
+    groups = list(dict.fromkeys(g for groups in by_engine.values() for g in groups))
+    title = "pose (MTFL label)" if grouping == "pose" else "detector box width, px"
+    head = f"| {title} | faces | missed | " + " | ".join(f"{n} NME | {n} failures" for n in names) + " |"
+    rule = "|---" * (3 + 2 * len(names)) + "|"
+    rows = [head, rule]
+    for g in groups:
+        first = next(by_engine[n][g] for n in names if g in by_engine[n])
+        cells = []
+        for n in names:
+            r = by_engine[n].get(g)
+            nme = "-" if r is None or r["detected"] == 0 else f"{r['nme']:.2f}%"
+            cells.append(f"{nme} | {100 * r['failure_rate']:.1f}%" if r else "- | -")
+        rows.append(f"| {g} | {first['n']} | {first['misses']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 @click.command("sweep-k")
