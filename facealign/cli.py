@@ -405,11 +405,13 @@ from .model_cli import (  # noqa: E402
     fit_quality_command,
     sweep_k_command,
     train_command,
+    train_hard_command,
     tweak_command,
 )
 
 main.add_command(analyze)
 main.add_command(train_command)
+main.add_command(train_hard_command)
 main.add_command(tweak_command)
 main.add_command(evaluate_command)
 main.add_command(sweep_k_command)

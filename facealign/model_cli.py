@@ -108,6 +108,47 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
         raise click.ClickException(str(err)) from err
 
 
+@click.command("train-hard")
+@_data_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
+)
+@click.option("--init", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights to fine-tune from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate (cosine decay).")
+@click.option(
+    "--detectors", default="retinaface,dlib", show_default=True,
+    help="Detectors whose (mapped) boxes the faces are trained on, comma-separated; the first is validated on.",
+)
+@click.option("--augment", type=click.Choice(["full", "hard"]), default="hard", show_default=True)
+@click.option("--rotation", type=float, default=30.0, show_default=True, help="Largest in-plane rotation, degrees.")
+@click.option("--pose-balance", type=float, default=0.5, show_default=True, help="Sample with count(pose)^-P (0: uniform).")
+@click.option("--loss", type=click.Choice(["eq1", "wing"]), default="eq1", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N faces of train.txt.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default).")
+@click.option("--quiet", "-q", is_flag=True)
+def train_hard_command(data, out, work_dir, init, epochs, lr, detectors, augment, rotation, pose_balance, loss, seed, limit, threads, quiet):
+    """Train the vanilla network for hard faces (issue 16; facealign.hard_training), resumable."""
+    from .hard_training import HardTrainConfig, train_hard
+
+    _check_data(data)
+    names = tuple(d.strip() for d in detectors.split(",") if d.strip())
+    unknown = [d for d in names if d not in BUILTIN_DETECTORS]
+    if not names or unknown:
+        raise click.ClickException(f"--detectors: unknown {unknown}; choose from {list(BUILTIN_DETECTORS)}")
+    cfg = HardTrainConfig(
+        init=None if init is None else str(init), epochs=epochs, lr=lr, detectors=names, augment=augment,
+        rotation_deg=rotation, pose_balance=pose_balance, loss=loss, seed=seed, threads=threads,
+    )
+    try:
+        train_hard(data, out, work_dir, cfg, limit=limit, log=_logger(quiet))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+
+
 @click.command("tweak")
 @_data_option
 @click.option("--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
@@ -327,7 +368,7 @@ def _quality_engine(name: str, weights: "Path | None"):
 
 @click.command("fit-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Weights file to read [default: the shipped one for --engine].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
@@ -363,7 +404,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
 
 @click.command("evaluate-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (with a quality model).")
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)

@@ -101,8 +101,12 @@ def load_train_validation(
         data = data.subset(np.arange(min(limit, len(data))))
     train_rows, val_rows = train_validation_split(len(data))
     images = data.load_images()
-    train, _ = prepare_faces(data, cache_dir, detector, train_rows, images, log)
-    val, _ = prepare_faces(data, cache_dir, detector, val_rows, images, log=lambda s: None)
+    # Each split is detected (and cached) on its own, keyed like the caches of
+    # ``fit-box-maps`` (training split) and ``evaluate --split validation``, so
+    # the boxes are found once per split whichever command runs first.
+    train, _ = prepare_faces(data.subset(train_rows), cache_dir, detector, None, images[train_rows], log)
+    val, _ = prepare_faces(data.subset(val_rows), cache_dir, detector, None, images[val_rows], log=lambda s: None)
+    train.index, val.index = train_rows[train.index], val_rows[val.index]
     log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
     return train, val
 
