@@ -25,9 +25,11 @@ untouched. What changes, each switchable so that it can be measured alone:
 * **Start** (``init``): fine-tune from existing weights (their mean and std
   images and box model are kept) instead of training from scratch.
 
-Model selection: the epoch with the lowest validation error on the validation
-split's boxes from the first listed detector, mapped (the boxes the engine gets
-at run time with the default detector). The output is a vanilla-format weights
+Model selection: the epoch (0: the ``init`` weights) with the lowest validation
+error on the validation split's boxes from the first listed detector, mapped
+(the boxes the engine gets at run time with the default detector), re-boxed as
+at run time (first pass, :class:`~facealign.reboxing.BoxFromLandmarks`, second
+pass; no mirror). The output is a vanilla-format weights
 file; ``facealign tweak`` builds TCNN heads on top of it.
 """
 
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 
 from .constants import DEFAULT_DETECTOR, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
-from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
+from .cropping import box_matrices, crop_faces, from_box_coordinates, to_box_coordinates, warp_crop
 from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
 from .evaluation import normalized_errors
 from .model import VanillaCNN
@@ -253,15 +255,19 @@ def train_hard(
         ref = np.isfinite(train.boxes[:, -1, 0])
         box_model = BoxFromLandmarks.fit(train.points[ref], train.boxes[ref, -1])
     vsel = np.isfinite(val.boxes[:, 0, 0])
-    val_x = to_tensor(crop_faces(val.images[vsel], val.boxes[vsel, 0]), mean, std)
-    val_t = to_box_coordinates(val.points[vsel], val.boxes[vsel, 0])
+    val_images, val_boxes = val.images[vsel], val.boxes[vsel, 0]
+    val_x = to_tensor(crop_faces(val_images, val_boxes), mean, std)
     val_pose = val.pose[vsel]
 
     def validate() -> tuple[float, float]:
+        # As at run time: a first pass, re-boxing, and the reported pass on the new box.
         model.eval()
         with torch.inference_mode():
-            pred = model(val_x).view(-1, NUM_POINTS, 2).double().numpy()
-        e = normalized_errors(pred, val_t) * 100
+            first = from_box_coordinates(model(val_x).view(-1, NUM_POINTS, 2).double().numpy(), val_boxes)
+            boxes = box_model.rebox(first, val_boxes)
+            x = to_tensor(crop_faces(val_images, boxes), mean, std)
+            pred = from_box_coordinates(model(x).view(-1, NUM_POINTS, 2).double().numpy(), boxes)
+        e = normalized_errors(pred, val.points[vsel]) * 100
         prof = np.isin(val_pose, (1, 5))
         return float(e.mean()), float(e[prof].mean()) if prof.any() else float("nan")
 
