@@ -45,14 +45,8 @@ RIGHT_EYE: Final[int] = 1
 NOSE: Final[int] = 2
 
 #: Landmark engines (:class:`facealign.engine.LandmarkEngine`); the first is the default.
-#: ``tcnn`` and ``vanilla`` are the paper's networks; ``tcnn-hard`` is the same
-#: network family trained for hard faces (issue 16, ``facealign train-hard`` then
-#: ``tweak``; README, "Landmark engines").
-ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla", "tcnn-hard")
+ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla")
 DEFAULT_ENGINE: Final[str] = ENGINES[0]
-
-#: Engines whose weights carry TCNN heads and a router, mirrored by default.
-TWEAKED_ENGINES: Final[tuple[str, ...]] = ("tcnn", "tcnn-hard")
 
 #: Folder of the shipped weights (``<engine>.pt``, ``box_maps.json``).
 WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"

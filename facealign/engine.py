@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TWEAKED_ENGINES, shipped_weights
+from .constants import DEFAULT_ENGINE, ENGINES, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, shipped_weights
 from .cropping import crop_faces, from_box_coordinates
 from .model import TweakedHeads, VanillaCNN
 from .quality import QualityModel, empty_signals, face_signals, split_quality
@@ -118,8 +118,8 @@ class LandmarkEngine:
 
     Parameters
     ----------
-    engine : {"tcnn", "vanilla", "tcnn-hard"}
-        Which network to run (:data:`facealign.constants.ENGINES`).
+    engine : {"tcnn", "vanilla"}
+        Which network to run.
     weights : path, optional
         A weights file; defaults to the shipped one for ``engine``.
     mirror : bool, optional
@@ -159,7 +159,7 @@ class LandmarkEngine:
         self.std = state["std"].float()
         self.heads: TweakedHeads | None = None
         self.router: GaussianRouter | None = None
-        if engine in TWEAKED_ENGINES:
+        if engine == "tcnn":
             if "heads" not in state:
                 raise ValueError(f"{self.weights_path} holds no TCNN heads; use engine='vanilla'")
             gmm = state["gmm"]
@@ -167,7 +167,7 @@ class LandmarkEngine:
             self.heads.load_state_dict(state["heads"])
             self.heads.eval()
             self.router = GaussianRouter(gmm["weights"], gmm["means"], gmm["variances"])
-        self.mirror = (engine in TWEAKED_ENGINES) if mirror is None else bool(mirror)
+        self.mirror = (engine == "tcnn") if mirror is None else bool(mirror)
         #: x shift (box units) added to the un-mirrored prediction of the mirrored
         #: crop; see :func:`estimate_mirror_shift`.
         self.mirror_shift = float(state.get("mirror_shift", 0.0))

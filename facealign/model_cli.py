@@ -124,13 +124,18 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
 )
 @click.option("--augment", type=click.Choice(["full", "hard"]), default="hard", show_default=True)
 @click.option("--rotation", type=float, default=30.0, show_default=True, help="Largest in-plane rotation, degrees.")
+@click.option("--jitter-shift", type=float, default=0.08, show_default=True, help="Largest box shift, fraction of its size.")
+@click.option("--jitter-scale", type=float, default=0.15, show_default=True, help="Largest log scale change of the box.")
 @click.option("--pose-balance", type=float, default=0.5, show_default=True, help="Sample with count(pose)^-P (0: uniform).")
 @click.option("--loss", type=click.Choice(["eq1", "wing"]), default="eq1", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N faces of train.txt.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default).")
 @click.option("--quiet", "-q", is_flag=True)
-def train_hard_command(data, out, work_dir, init, epochs, lr, detectors, augment, rotation, pose_balance, loss, seed, limit, threads, quiet):
+def train_hard_command(
+    data, out, work_dir, init, epochs, lr, detectors, augment, rotation, jitter_shift, jitter_scale, pose_balance, loss, seed,
+    limit, threads, quiet,
+):
     """Train the vanilla network for hard faces (issue 16; facealign.hard_training), resumable."""
     from .hard_training import HardTrainConfig, train_hard
 
@@ -141,7 +146,8 @@ def train_hard_command(data, out, work_dir, init, epochs, lr, detectors, augment
         raise click.ClickException(f"--detectors: unknown {unknown}; choose from {list(BUILTIN_DETECTORS)}")
     cfg = HardTrainConfig(
         init=None if init is None else str(init), epochs=epochs, lr=lr, detectors=names, augment=augment,
-        rotation_deg=rotation, pose_balance=pose_balance, loss=loss, seed=seed, threads=threads,
+        rotation_deg=rotation, jitter_shift=jitter_shift, jitter_scale=jitter_scale, pose_balance=pose_balance, loss=loss,
+        seed=seed, threads=threads,
     )
     try:
         train_hard(data, out, work_dir, cfg, limit=limit, log=_logger(quiet))

@@ -31,7 +31,6 @@ from .quality import QualityModel, fit_quality_model
 DEFAULT_SIGNALS: dict[str, tuple[str, ...]] = {
     "tcnn": ("mirror_disagreement", "pass_disagreement", "gmm_log_likelihood", "gmm_posterior", "nose_offset"),
     "vanilla": ("pass_disagreement", "nose_offset"),
-    "tcnn-hard": ("mirror_disagreement", "pass_disagreement", "gmm_log_likelihood", "gmm_posterior", "nose_offset"),
 }
 #: Share of faces rejected at each point of the error-reject curve.
 REJECT_FRACTIONS: tuple[float, ...] = tuple(np.round(np.arange(0, 0.51, 0.05), 2))

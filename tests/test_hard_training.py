@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from facealign.cli import main
-from facealign.constants import ENGINES, TWEAKED_ENGINES, shipped_weights
+from facealign.constants import shipped_weights
 from facealign.cropping import to_box_coordinates
 from facealign.engine import LandmarkEngine
 from facealign.hard_training import HardTrainConfig, MultiBoxFaces, hard_batch, pose_weights, wing_loss
@@ -69,14 +69,6 @@ def test_hard_batch_keeps_labels_under_rotation_and_degradation():
     assert np.allclose(crops[..., 0], crops[..., 1])  # all grey
     iod = np.linalg.norm(target[:, 1] - target[:, 0], axis=1)
     assert np.allclose(iod, iod[0], rtol=0.35)  # a rotation keeps distances; only the jittered scale changes them
-
-
-def test_tcnn_hard_is_a_tweaked_engine():
-    assert "tcnn-hard" in ENGINES and "tcnn-hard" in TWEAKED_ENGINES and ENGINES[:2] == ("tcnn", "vanilla")
-    if not shipped_weights("tcnn-hard").is_file():
-        pytest.skip("tcnn-hard weights not shipped")
-    engine = LandmarkEngine("tcnn-hard")
-    assert engine.mirror and engine.refine and engine.num_clusters >= 1
 
 
 @pytest.mark.slow
