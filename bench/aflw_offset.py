@@ -50,10 +50,14 @@ def signed_offsets(engine: LandmarkEngine, split: str, cache: Path) -> dict:
         m = (width >= lo) & (width < hi)
         if m.sum() >= 20:
             px = diff[m].mean((0, 1))
-            by_width.append({
-                "box_width": [lo, hi], "n": int(m.sum()), "offset_px": px.tolist(),
-                "offset_box": (diff[m].mean(1) / width[m, None]).mean(0).tolist(),
-            })
+            by_width.append(
+                {
+                    "box_width": [lo, hi],
+                    "n": int(m.sum()),
+                    "offset_px": px.tolist(),
+                    "offset_box": (diff[m].mean(1) / width[m, None]).mean(0).tolist(),
+                }
+            )
     centroid = to_box_coordinates(truth, box).mean(1).mean(0)
     return {
         "n": len(found),
@@ -70,8 +74,12 @@ def signed_offsets(engine: LandmarkEngine, split: str, cache: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
-    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                    help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]",
+    )
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
     engine = LandmarkEngine(args.engine)

@@ -40,8 +40,12 @@ def misplaced_boxes(boxes: np.ndarray) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                    help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]",
+    )
     args = ap.parse_args()
     data = load_mtfl(MTFL_ROOT, "train")
     images = data.load_images()

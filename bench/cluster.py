@@ -76,9 +76,10 @@ def chunk_overhead(n_chunks: int, chunk_size: int) -> float:
         _Task(f"a/b/{i:08d}.jpg", f"/data/in/a/b/{i:08d}.jpg", f"a/b/{i:08d}", ".jpg", 123456, 1)
         for i in range(chunk_size)
     ]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(
-        cluster
-    ) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         client.submit(_noop_chunk, chunk, "", pure=False).result()  # warm up: import facealign on a worker
         in_flight = CHUNKS_IN_FLIGHT_PER_THREAD * sum(client.nthreads().values())
         start = time.perf_counter()

@@ -394,6 +394,5 @@ def machine_lines(info: dict[str, Any]) -> str:
         f"- date: {info['date']}\n"
         f"- CPU: {info['cpu']} ({info['usable_cores']} usable cores of {info['cpu_count']})\n"
         f"- torch {info['torch']}, numpy {info['numpy']}, OpenCV {info['opencv']}, dlib {info['dlib']}, "
-        f"Python {info['python']}\n"
-        + (f"- load average at start (1, 5, 15 min): {load}\n" if load else "")
+        f"Python {info['python']}\n" + (f"- load average at start (1, 5, 15 min): {load}\n" if load else "")
     )

@@ -289,9 +289,9 @@ def add_ratios(speed_res: dict) -> None:
                 ratios[key] = value / base
         if ref is not None and res.get("landmark_faces_per_s_batched"):
             # Batched network vs dlib per face: the reference has no batched figure.
-            ratios["landmark_faces_per_s_batched"] = res["landmark_faces_per_s_batched"] / ref[
-                "landmark_faces_per_s_images"
-            ]
+            ratios["landmark_faces_per_s_batched"] = (
+                res["landmark_faces_per_s_batched"] / ref["landmark_faces_per_s_images"]
+            )
         res["x_dlib"] = ratios
 
 
@@ -340,8 +340,17 @@ def report(result: dict) -> str:
             )
         lines += [
             markdown_table(
-                ["pipeline", "detected", "misses", "mean %", "median %", "failure %",
-                 "common: mean %", "common: median %", "common: failure %"],
+                [
+                    "pipeline",
+                    "detected",
+                    "misses",
+                    "mean %",
+                    "median %",
+                    "failure %",
+                    "common: mean %",
+                    "common: median %",
+                    "common: failure %",
+                ],
                 rows,
             ),
             "",
@@ -360,15 +369,26 @@ def report(result: dict) -> str:
         ]
         rows = []
         for name, r in sp["pipelines"].items():
-            rows.append([
-                name, _cell(r, "detect_ms_per_image"), _cell(r, "landmarks_ms_per_image", 2),
-                _cell(r, "landmark_faces_per_s_batched", 0), _cell(r, "landmark_faces_per_s_images", 0),
-                *[_cell(r, f"images_per_s_{j}proc") for j in sp["jobs"]],
-            ])
+            rows.append(
+                [
+                    name,
+                    _cell(r, "detect_ms_per_image"),
+                    _cell(r, "landmarks_ms_per_image", 2),
+                    _cell(r, "landmark_faces_per_s_batched", 0),
+                    _cell(r, "landmark_faces_per_s_images", 0),
+                    *[_cell(r, f"images_per_s_{j}proc") for j in sp["jobs"]],
+                ]
+            )
         lines += [
             markdown_table(
-                ["pipeline", "detect ms/img", "landmarks ms/img", "landmark faces/s batched",
-                 "landmark faces/s in images", *[f"end-to-end img/s, {j} proc" for j in sp["jobs"]]],
+                [
+                    "pipeline",
+                    "detect ms/img",
+                    "landmarks ms/img",
+                    "landmark faces/s batched",
+                    "landmark faces/s in images",
+                    *[f"end-to-end img/s, {j} proc" for j in sp["jobs"]],
+                ],
                 rows,
             ),
             "",
@@ -413,8 +433,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     set_threads(args.threads)
-    result: dict = {"machine": machine_info(), "quick": args.quick, "repeats": repeats,
-                    "note": SAME_AS_OURS_NOTE, "descriptions": DESCRIPTIONS}
+    result: dict = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "repeats": repeats,
+        "note": SAME_AS_OURS_NOTE,
+        "descriptions": DESCRIPTIONS,
+    }
     pipelines = list(PIPELINES)
     why = peers_available()
     if why is not None:

@@ -132,31 +132,39 @@ def main() -> None:
             log(f"end to end: facealign crop --detector {name} against plain dlib, {len(e2e_paths)} photos")
             result["end_to_end"][name] = measure(e2e_paths, f"--detector {name}", args.e2e_repeats, log=log)
 
-    print(f"\nceleba_wild ({len(paths)} photos; time: median ms of detect() per photo, one thread, "
-          f"and its ratio to {REFERENCE} in the same run)\n")
+    print(
+        f"\nceleba_wild ({len(paths)} photos; time: median ms of detect() per photo, one thread, "
+        f"and its ratio to {REFERENCE} in the same run)\n"
+    )
     print(
         "| detector | photos with a face | with several faces | finds 000093.jpg | ms per photo "
         "| time vs dlib HOG up-1 |"
     )
     print("|---|---|---|---|---|---|")
     for name, r in result["celeba_wild"].items():
-        print(f"| {name} | {100 * r['with_face']:.1f}% | {100 * r['several_faces']:.1f}% | "
-              f"{'yes' if r.get('finds_000093') else 'no'} | {r['median_ms']:.1f} | {r['time_vs_reference']:.2f} |")
+        print(
+            f"| {name} | {100 * r['with_face']:.1f}% | {100 * r['several_faces']:.1f}% | "
+            f"{'yes' if r.get('finds_000093') else 'no'} | {r['median_ms']:.1f} | {r['time_vs_reference']:.2f} |"
+        )
     print("\nMTFL, TCNN on each detector's faces (misses count as failures)\n")
     print("| detector | validation: detected | NME | failures | AFLW: detected | NME | failures |")
     print("|---|---|---|---|---|---|---|")
     for name, r in result["mtfl"].items():
         v, t = r["validation"], r["test"]
-        print(f"| {name} | {v['detected']}/{v['n']} | {v['nme']:.2f}% | {100 * v['failure_rate']:.1f}% | "
-              f"{t['detected']}/{t['n']} | {t['nme']:.2f}% | {100 * t['failure_rate']:.1f}% |")
+        print(
+            f"| {name} | {v['detected']}/{v['n']} | {v['nme']:.2f}% | {100 * v['failure_rate']:.1f}% | "
+            f"{t['detected']}/{t['n']} | {t['nme']:.2f}% | {100 * t['failure_rate']:.1f}% |"
+        )
     if "end_to_end" in result:
         print(f"\nEnd to end, {args.e2e_images} celeba_wild photos, whole processes (images/s; ratio to plain dlib)\n")
         print("| detector | crop --jobs 1 | dlib, 1 process | ratio | crop --jobs 2 | dlib, 2 processes | ratio |")
         print("|---|---|---|---|---|---|---|")
         for name, r in result["end_to_end"].items():
             i = r["images_per_s"]
-            print(f"| {name} | {i['facealign-1']:.1f} | {i['dlib-1']:.1f} | {r['ratio_1_process']:.2f}x | "
-                  f"{i['facealign-2']:.1f} | {i['dlib-2']:.1f} | {r['ratio_2_processes']:.2f}x |")
+            print(
+                f"| {name} | {i['facealign-1']:.1f} | {i['dlib-1']:.1f} | {r['ratio_1_process']:.2f}x | "
+                f"{i['facealign-2']:.1f} | {i['dlib-2']:.1f} | {r['ratio_2_processes']:.2f}x |"
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -54,8 +54,10 @@ def main() -> None:
             times[label].append(time.process_time() - start)
     base = median(times["points only"])
     for label, values in times.items():
-        print(f"{label:20s} {faces / median(values):7.0f} faces/s (CPU time, median of {args.repeats}; "
-              f"{100 * (median(values) / base - 1):+.1f}% time)")
+        print(
+            f"{label:20s} {faces / median(values):7.0f} faces/s (CPU time, median of {args.repeats}; "
+            f"{100 * (median(values) / base - 1):+.1f}% time)"
+        )
 
 
 if __name__ == "__main__":

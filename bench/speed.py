@@ -107,8 +107,13 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
             engine.predict_many(many_images, many_boxes)
             times[label]["many"].append(time.perf_counter() - t)
         log(f"  landmark repeat {r + 1}/{repeats} done")
-    out = {"batch_crops": batch, "faces_in_images": many_faces, "images": len(many_images),
-           "engine_batch_size": next(iter(engines.values())).batch_size, "engines": {}}
+    out = {
+        "batch_crops": batch,
+        "faces_in_images": many_faces,
+        "images": len(many_images),
+        "engine_batch_size": next(iter(engines.values())).batch_size,
+        "engines": {},
+    }
     for label in engines:
         tc, tm = median(times[label]["crops"]), median(times[label]["many"])
         out["engines"][label] = {
@@ -181,8 +186,15 @@ def batch_size_sweep(images, boxes, batch: int, repeats: int, threads_list, size
             for size in sizes:
                 engine = LandmarkEngine(name, mirror=mirror, refine=refine, batch_size=size, threads=threads)
                 seconds = timed_runs(lambda engine=engine: network_passes(engine, crops), repeats)
-                rows.append({"engine": label, "threads": threads, "batch_size": size,
-                             "faces_per_s": batch / median(seconds), "seconds": seconds})
+                rows.append(
+                    {
+                        "engine": label,
+                        "threads": threads,
+                        "batch_size": size,
+                        "faces_per_s": batch / median(seconds),
+                        "seconds": seconds,
+                    }
+                )
                 log(f"  sweep {label} threads={threads} batch_size={size}: {rows[-1]['faces_per_s']:.0f} faces/s")
     return rows
 
@@ -248,14 +260,16 @@ def report(res: dict) -> str:
     lm = res["landmarks"]
     rows = []
     for label, e in lm["engines"].items():
-        rows.append([
-            label,
-            e["crops_faces_per_s"],
-            f"{e['time_ratio_vs_vanilla_crops']:.2f}",
-            e["images_faces_per_s"],
-            f"{e['time_ratio_vs_vanilla_images']:.2f}",
-            f"{100 * max(e['crops_spread'], e['images_spread']):.0f}%",
-        ])
+        rows.append(
+            [
+                label,
+                e["crops_faces_per_s"],
+                f"{e['time_ratio_vs_vanilla_crops']:.2f}",
+                e["images_faces_per_s"],
+                f"{e['time_ratio_vs_vanilla_images']:.2f}",
+                f"{100 * max(e['crops_spread'], e['images_spread']):.0f}%",
+            ]
+        )
     text = [
         "# facealign speed",
         "",
@@ -284,8 +298,10 @@ def report(res: dict) -> str:
             "",
             markdown_table(
                 ["threads", "onnxruntime faces/s", "torch faces/s", "ratio"],
-                [[t, r["faces_per_s"]["onnxruntime"], r["faces_per_s"]["torch"], f"{r['ratio']:.2f}x"]
-                 for t, r in res["torch_reference"].items()],
+                [
+                    [t, r["faces_per_s"]["onnxruntime"], r["faces_per_s"]["torch"], f"{r['ratio']:.2f}x"]
+                    for t, r in res["torch_reference"].items()
+                ],
             ),
             "",
         ]
@@ -297,8 +313,10 @@ def report(res: dict) -> str:
         text += [
             f"### faces/s on {lm['batch_crops']} crops by engine batch_size (faces per network pass)",
             "",
-            markdown_table(["engine", "threads", *[f"batch_size {b}" for b in sizes]],
-                           [[e, str(t), *[table[(e, t, b)] for b in sizes]] for e, t in keys]),
+            markdown_table(
+                ["engine", "threads", *[f"batch_size {b}" for b in sizes]],
+                [[e, str(t), *[table[(e, t, b)] for b in sizes]] for e, t in keys],
+            ),
             "",
         ]
     e2e = res["end_to_end"]
@@ -359,8 +377,13 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     paths = sample_paths(args.folder, None if args.all else args.images)
-    res: dict = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats,
-                 "e2e_repeats": args.e2e_repeats, "sample": {"folder": str(args.folder), "images": len(paths)}}
+    res: dict = {
+        "machine": machine_info(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "e2e_repeats": args.e2e_repeats,
+        "sample": {"folder": str(args.folder), "images": len(paths)},
+    }
     log(f"{len(paths)} images from {args.folder}")
 
     log("decoding and detecting the sample for the landmark batches ...")

@@ -188,9 +188,7 @@ def _as_size(size: Any) -> tuple[int, int]:
             values = tuple(size)
         except TypeError:
             raise ValueError(f"size must be an int or (width, height), got {size!r}") from None
-        if len(values) != 2 or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
-        ):
+        if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             raise ValueError(f"size must be an int or (width, height) of ints, got {size!r}")
         pair = (int(values[0]), int(values[1]))
     if pair[0] <= 0 or pair[1] <= 0:
@@ -224,9 +222,7 @@ class Template:
     def __post_init__(self) -> None:
         points = _as_points(self.points, f"template {self.name!r} points").copy()
         if points.shape != (NUM_POINTS, 2):
-            raise ValueError(
-                f"template {self.name!r} needs {NUM_POINTS} points, got {points.shape[0]}"
-            )
+            raise ValueError(f"template {self.name!r} needs {NUM_POINTS} points, got {points.shape[0]}")
         points.flags.writeable = False
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "size", _as_size(self.size))
@@ -234,11 +230,7 @@ class Template:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Template):
             return NotImplemented
-        return (
-            self.name == other.name
-            and self.size == other.size
-            and bool(np.array_equal(self.points, other.points))
-        )
+        return self.name == other.name and self.size == other.size and bool(np.array_equal(self.points, other.points))
 
     def __hash__(self) -> int:
         return hash((self.name, self.size, self.points.tobytes()))
@@ -312,14 +304,11 @@ def _load_template_json(path: Path) -> Template:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(
             f"cannot read template file {str(path)!r}: {exc} "
-            f"(expected JSON {{\"size\": [w, h], \"points\": [[x, y] x 5]}}; "
+            f'(expected JSON {{"size": [w, h], "points": [[x, y] x 5]}}; '
             f"built-in templates: {names})"
         ) from exc
     if not isinstance(data, dict) or "size" not in data or "points" not in data:
-        raise ValueError(
-            f"template file {str(path)!r} must hold a JSON object with keys "
-            f"\"size\" and \"points\""
-        )
+        raise ValueError(f'template file {str(path)!r} must hold a JSON object with keys "size" and "points"')
     try:
         return Template(path.stem, np.asarray(data["points"], dtype=np.float64), data["size"])
     except (ValueError, TypeError) as exc:
@@ -492,8 +481,6 @@ def warp_face(
         raise ValueError("image is empty")
     points = _as_points(landmarks, "landmarks")
     if points.shape != resolved.points.shape:
-        raise ValueError(
-            f"landmarks must have shape {resolved.points.shape}, got {points.shape}"
-        )
+        raise ValueError(f"landmarks must have shape {resolved.points.shape}, got {points.shape}")
     matrix = estimate_similarity(points, resolved.points)
     return warp_affine(array, matrix, resolved.size, border_mode), matrix

@@ -84,6 +84,7 @@ RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
     "fit-quality": ("facealign.model_cli", "fit_quality_command"),
     "sweep-k": ("facealign.model_cli", "sweep_k_command"),
     "train": ("facealign.model_cli", "train_command"),
+    "train-hard": ("facealign.model_cli", "train_hard_command"),
     "tweak": ("facealign.model_cli", "tweak_command"),
 }
 

@@ -318,8 +318,7 @@ def _run_isolated(
     kills its workers too gets a failure, and its partial crops are removed."""
     distributed = _import_distributed()
     futures = [
-        client.submit(_crop_chunk_on_worker, [task], settings, largest_only, str(out_dir), pure=False)
-        for task in chunk
+        client.submit(_crop_chunk_on_worker, [task], settings, largest_only, str(out_dir), pure=False) for task in chunk
     ]
     try:
         for task, future in zip(chunk, futures):

@@ -69,6 +69,7 @@ def shipped_runtime_weights(engine: str) -> Path:
     :func:`shipped_weights`, and a test checks that the two agree)."""
     return shipped_weights(engine).with_suffix(".npz")
 
+
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -372,7 +373,11 @@ class LandmarkEngine:
         return out.reshape(-1, NUM_POINTS, 2).astype(np.float64)
 
     def predict_faces(
-        self, images: list[np.ndarray], owner: np.ndarray, boxes: np.ndarray, return_quality: bool = False
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        owner: np.ndarray,
+        boxes: np.ndarray,
+        return_quality: bool = False,
     ):
         """Points ``N x 5 x 2`` in image pixels for faces ``boxes[i]`` of ``images[owner[i]]``.
 

@@ -282,9 +282,7 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or f"{type(exc).__name__}: {exc}").lower()
 
 
-def read_image(
-    path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file into an ``H x W x 3`` ``uint8`` RGB array.
 
     The file is decoded once with Pillow and its EXIF orientation applied, so
@@ -408,9 +406,7 @@ def _encode_params(extension: str, quality: int) -> list[int]:
     return [param, int(quality)] if param is not None else []
 
 
-def write_image_atomic(
-    path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95
-) -> Path:
+def write_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95) -> Path:
     """Encode an RGB image and write it so that the file appears all at once.
 
     The image is encoded in memory with OpenCV (format from the extension of
@@ -444,16 +440,12 @@ def write_image_atomic(
     extension = path.suffix.lower()
     if extension not in _WRITABLE_EXTENSIONS:
         raise ValueError(
-            f"cannot write {str(path)!r}: extension {extension!r} is not one of "
-            f"{sorted(_WRITABLE_EXTENSIONS)}"
+            f"cannot write {str(path)!r}: extension {extension!r} is not one of {sorted(_WRITABLE_EXTENSIONS)}"
         )
     array = np.asarray(rgb)
-    if array.dtype != np.uint8 or not (
-        array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)
-    ) or array.size == 0:
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or array.size == 0:
         raise ValueError(
-            f"expected a non-empty (H, W, 3) or (H, W) uint8 array, got shape "
-            f"{array.shape} dtype {array.dtype}"
+            f"expected a non-empty (H, W, 3) or (H, W) uint8 array, got shape {array.shape} dtype {array.dtype}"
         )
     bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
     ok, encoded = cv2.imencode(extension, bgr, _encode_params(extension, quality))
@@ -709,9 +701,7 @@ def _list_folder(folder: Path) -> tuple[list[tuple[str, Any]], FolderScan]:
     return order, scan
 
 
-def walk_images(
-    root: str | os.PathLike[str], plan: Callable[[Path, FolderScan], Sequence[Any]]
-) -> Iterator[Any]:
+def walk_images(root: str | os.PathLike[str], plan: Callable[[Path, FolderScan], Sequence[Any]]) -> Iterator[Any]:
     """Walk a folder for images as :func:`scan_folder` does, one folder at a time, without
     ever holding the whole listing.
 

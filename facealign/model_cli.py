@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, TRAINING_DETECTOR
+from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES, TRAINING_DETECTOR
+
 
 def _default_data() -> str:
     """Default of ``--data``, looked up when a command runs (imports stay lazy)."""
@@ -94,7 +95,9 @@ def _check_data(data: Path) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default).")
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, limit, threads, quiet) -> None:
     """Train the vanilla CNN (paper section 2.1) on MTFL, resumable."""
@@ -108,14 +111,105 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
         raise click.ClickException(str(err)) from err
 
 
+@click.command("train-hard")
+@_data_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
+)
+@click.option("--init", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights to fine-tune from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate (cosine decay).")
+@click.option(
+    "--detectors",
+    default="retinaface,dlib",
+    show_default=True,
+    help="Detectors whose (mapped) boxes the faces are trained on, comma-separated; the first is validated on.",
+)
+@click.option("--augment", type=click.Choice(["full", "hard"]), default="hard", show_default=True)
+@click.option("--rotation", type=float, default=30.0, show_default=True, help="Largest in-plane rotation, degrees.")
+@click.option(
+    "--jitter-shift", type=float, default=0.08, show_default=True, help="Largest box shift, fraction of its size."
+)
+@click.option(
+    "--jitter-scale", type=float, default=0.15, show_default=True, help="Largest log scale change of the box."
+)
+@click.option(
+    "--pose-balance", type=float, default=0.5, show_default=True, help="Sample with count(pose)^-P (0: uniform)."
+)
+@click.option("--loss", type=click.Choice(["eq1", "wing"]), default="eq1", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N faces of train.txt.")
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default)."
+)
+@click.option("--quiet", "-q", is_flag=True)
+def train_hard_command(
+    data,
+    out,
+    work_dir,
+    init,
+    epochs,
+    lr,
+    detectors,
+    augment,
+    rotation,
+    jitter_shift,
+    jitter_scale,
+    pose_balance,
+    loss,
+    seed,
+    limit,
+    threads,
+    quiet,
+):
+    """Train the vanilla network for hard faces (issue 16; facealign.research.hard_training), resumable."""
+    from .research.hard_training import HardTrainConfig, train_hard
+
+    _check_data(data)
+    names = tuple(d.strip() for d in detectors.split(",") if d.strip())
+    unknown = [d for d in names if d not in BUILTIN_DETECTORS]
+    if not names or unknown:
+        raise click.ClickException(f"--detectors: unknown {unknown}; choose from {list(BUILTIN_DETECTORS)}")
+    cfg = HardTrainConfig(
+        init=None if init is None else str(init),
+        epochs=epochs,
+        lr=lr,
+        detectors=names,
+        augment=augment,
+        rotation_deg=rotation,
+        jitter_shift=jitter_shift,
+        jitter_scale=jitter_scale,
+        pose_balance=pose_balance,
+        loss=loss,
+        seed=seed,
+        threads=threads,
+    )
+    try:
+        train_hard(data, out, work_dir, cfg, limit=limit, log=_logger(quiet))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+
+
 @click.command("tweak")
 @_data_option
-@click.option("--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TCNN weights file to write.")
+@click.option(
+    "--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TCNN weights file to write."
+)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
 @click.option("--clusters", "-k", type=click.IntRange(min=1), default=48, show_default=True, help="K, GMM components.")
 @click.option(
-    "--target", type=click.IntRange(min=0), default=5000, show_default=True, help="Faces per cluster after augmentation (0: none)."
+    "--target",
+    type=click.IntRange(min=0),
+    default=5000,
+    show_default=True,
+    help="Faces per cluster after augmentation (0: none).",
 )
 @click.option(
     "--labels",
@@ -125,20 +219,47 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
     help="Label of an augmented face: A's landmarks warped by H (exact), or B's landmarks (paper).",
 )
 @_boxes_option
-@click.option("--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs.")
+@click.option(
+    "--patience", type=click.IntRange(min=1), default=50, show_default=True, help="Early-stopping patience, epochs."
+)
 @click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Clusters tweaked in parallel (-1: all cores).")
+@click.option(
+    "--jobs", "-j", type=int, default=-1, show_default=True, help="Clusters tweaked in parallel (-1: all cores)."
+)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option("--quiet", "-q", is_flag=True)
-def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels, boxes, patience, max_epochs, lr, seed, jobs, limit, quiet):
+def tweak_command(
+    data,
+    vanilla_weights,
+    out,
+    work_dir,
+    clusters,
+    target,
+    labels,
+    boxes,
+    patience,
+    max_epochs,
+    lr,
+    seed,
+    jobs,
+    limit,
+    quiet,
+):
     """Build the Tweaked CNN (paper section 3) from vanilla weights, resumable."""
     from .tweak import TweakConfig, tweak
 
     _check_data(data)
     cfg = TweakConfig(
-        clusters=clusters, target=target, labels=labels, boxes=boxes, patience=patience, max_epochs=max_epochs, lr=lr, seed=seed
+        clusters=clusters,
+        target=target,
+        labels=labels,
+        boxes=boxes,
+        patience=patience,
+        max_epochs=max_epochs,
+        lr=lr,
+        seed=seed,
     )
     tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit, log=_logger(quiet))
 
@@ -149,12 +270,14 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     "--engine",
     "engines",
     multiple=True,
-    type=click.Choice(["tcnn", "vanilla"]),
+    type=click.Choice(list(ENGINES)),
     default=("tcnn",),
     show_default=True,
     help="Engine(s) to evaluate on the same faces; repeatable.",
 )
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (one engine only).")
+@click.option(
+    "--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (one engine only)."
+)
 @click.option("--no-mirror", is_flag=True, help="TCNN without the mirrored-image average.")
 @click.option(
     "--refine/--no-refine",
@@ -170,9 +293,28 @@ def tweak_command(data, vanilla_weights, out, work_dir, clusters, target, labels
     help="test: the AFLW test set; validation: the held-out 10% of train.txt; train: all of train.txt.",
 )
 @cache_dir_option
-@click.option("--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here.")
+@click.option(
+    "--curve", type=click.Path(dir_okay=False, path_type=Path), help="Write the cumulative error curve PNG here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per engine when several).")
-def evaluate_command(data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json) -> None:
+@click.option(
+    "--by",
+    "groupings",
+    multiple=True,
+    type=click.Choice(["pose", "size"]),
+    help="Also report per group, repeatable: pose (MTFL labels 1-5, profiles 1 and 5; misses counted in "
+    "their pose) or size (width of the detector's own box in px of the image, --size-bins; misses in "
+    "a group of their own).",
+)
+@click.option(
+    "--size-bins",
+    default="30,40,50,60",
+    show_default=True,
+    help="Face-width bin edges for --by size, px, comma-separated (bins <e0, e0-e1, ..., >=last).",
+)
+def evaluate_command(
+    data, engines, weights, no_mirror, refine, detector, split, cache_dir, curve, as_json, groupings, size_bins
+) -> None:
     """Mean error (% inter-ocular distance) and failure rate on the MTFL AFLW test set.
 
     Faces the detector misses count as failures; the mean error is over the
@@ -191,7 +333,16 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
             models[name] = LandmarkEngine(name, weights=weights, mirror=mirror, refine=refine)
         except (ValueError, FileNotFoundError) as err:
             raise click.ClickException(str(err)) from err
-    results = evaluate_engines(models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True))
+    try:
+        edges = tuple(sorted(float(v) for v in size_bins.split(",") if v.strip()))
+    except ValueError:
+        raise click.ClickException(f"--size-bins must be numbers separated by commas, got {size_bins!r}") from None
+    if not edges:
+        raise click.ClickException("--size-bins needs at least one edge")
+    groupings = tuple(dict.fromkeys(groupings))
+    results = evaluate_engines(
+        models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True), by=groupings, size_bins=edges
+    )
     if curve is not None:
         plot_cumulative_error({k: (v["errors"], v["n"]) for k, v in results.items()}, curve)
     public = {k: {kk: vv for kk, vv in v.items() if kk != "errors"} for k, v in results.items()}
@@ -205,16 +356,41 @@ def evaluate_command(data, engines, weights, no_mirror, refine, detector, split,
                 f"{name}: NME {r['nme']:.2f}% (median {r['median']:.2f}%), failure rate {100 * r['failure_rate']:.2f}% "
                 f"(>10% or missed), {r['misses']} of {r['n']} faces missed by the detector"
             )
+        for grouping in groupings:
+            click.echo(_group_table(grouping, {name: r[f"by_{grouping}"] for name, r in public.items()}))
+
+
+def _group_table(grouping: str, by_engine: dict[str, dict]) -> str:
+    """Markdown table of per-group NME and failure rate, one column pair per engine."""
+    names = list(by_engine)
+    groups = list(dict.fromkeys(g for groups in by_engine.values() for g in groups))
+    title = "pose (MTFL label)" if grouping == "pose" else "detector box width, px"
+    head = f"| {title} | faces | missed | " + " | ".join(f"{n} NME | {n} failures" for n in names) + " |"
+    rule = "|---" * (3 + 2 * len(names)) + "|"
+    rows = [head, rule]
+    for g in groups:
+        first = next(by_engine[n][g] for n in names if g in by_engine[n])
+        cells = []
+        for n in names:
+            r = by_engine[n].get(g)
+            nme = "-" if r is None or r["detected"] == 0 else f"{r['nme']:.2f}%"
+            cells.append(f"{nme} | {100 * r['failure_rate']:.1f}%" if r else "- | -")
+        rows.append(f"| {g} | {first['n']} | {first['misses']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 @click.command("sweep-k")
 @_data_option
-@click.option("--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True)
+@click.option(
+    "--vanilla", "vanilla_weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True
+)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Resumable state.")
 @click.option("--ks", default="1,8,16,32,48,64", show_default=True, help="Comma-separated values of K.")
 @click.option("--target", type=click.IntRange(min=0), default=5000, show_default=True)
 @_boxes_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for sweep-k.json and .png.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for sweep-k.json and .png."
+)
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, jobs, quiet) -> None:
@@ -246,7 +422,9 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
             "no_mirror": LandmarkEngine("tcnn", weights=weights, mirror=False, refine=refine),
         }
         res = evaluate_engines(engines, data, work_dir, log=log)
-        rows.append({"K": k, **{f"nme_{m}": r["nme"] for m, r in res.items()}, "failure_rate": res["mirror"]["failure_rate"]})
+        rows.append(
+            {"K": k, **{f"nme_{m}": r["nme"] for m, r in res.items()}, "failure_rate": res["mirror"]["failure_rate"]}
+        )
         log(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
     out.mkdir(parents=True, exist_ok=True)
     write_json({"target": target, "boxes": boxes, "rows": rows}, out / "sweep-k.json")
@@ -263,7 +441,7 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
     click.echo(json.dumps(rows))
 
 
-def _quality_engine(name: str, weights: "Path | None"):
+def _quality_engine(name: str, weights: Path | None):
     """The engine as ``facealign crop`` runs it (default mirroring and re-boxing)."""
     from .engine import LandmarkEngine
 
@@ -275,14 +453,26 @@ def _quality_engine(name: str, weights: "Path | None"):
 
 @click.command("fit-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Weights file to read [default: the shipped one for --engine].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Weights file to write [default: overwrite --weights / the shipped file].")
-@click.option("--signals", default=None, help="Comma-separated quality signals [default: the engine's, see facealign.quality_fit].")
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Weights file to read [default: the shipped one for --engine].",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Weights file to write [default: overwrite --weights / the shipped file].",
+)
+@click.option(
+    "--signals",
+    default=None,
+    help="Comma-separated quality signals [default: the engine's, see facealign.quality_fit].",
+)
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
+)
 def fit_quality_command(data, engine_name, weights, out, signals, detector, cache_dir) -> None:
     """Fit the per-face quality model on the MTFL validation split and store it in the weights.
 
@@ -295,28 +485,48 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
 
     _check_data(data)
     source = weights if weights is not None else shipped_weights(engine_name)
-    names = DEFAULT_SIGNALS[engine_name] if signals is None else tuple(n.strip() for n in signals.split(",") if n.strip())
+    names = (
+        DEFAULT_SIGNALS[engine_name] if signals is None else tuple(n.strip() for n in signals.split(",") if n.strip())
+    )
     unknown = [n for n in names if n not in SIGNAL_FLOORS]
     if unknown:
         raise click.ClickException(f"unknown signals {unknown}; choose from {sorted(SIGNAL_FLOORS)}")
-    sample = collect_quality(_quality_engine(engine_name, source), data, "validation", cache_dir, detector,
-                             log=lambda s: click.echo(s, err=True))
+    sample = collect_quality(
+        _quality_engine(engine_name, source),
+        data,
+        "validation",
+        cache_dir,
+        detector,
+        log=lambda s: click.echo(s, err=True),
+    )
     try:
         model = fit_engine_quality(source, out or source, engine_name, sample, names)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"quality model on {len(sample.errors)} validation faces, signals {', '.join(model.signals)}: "
-               f"wrote {out or source}")
+    click.echo(
+        f"quality model on {len(sample.errors)} validation faces, signals {', '.join(model.signals)}: "
+        f"wrote {out or source}"
+    )
 
 
 @click.command("evaluate-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(["tcnn", "vanilla"]), default="tcnn", show_default=True)
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights file (with a quality model).")
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Weights file (with a quality model).",
+)
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for quality-<engine>-<detector>.json and .png.")
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for quality-<engine>-<detector>.json and .png.",
+)
 def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, out) -> None:
     """How well expected_error and p_fail predict the true error: validation split and AFLW test set.
 
@@ -359,8 +569,15 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
     show_default=True,
     help="Detector(s) to fit a map for; repeatable.",
 )
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[default: the shipped weights/box_maps.json]")
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="[default: the shipped weights/box_maps.json]",
+)
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
@@ -407,10 +624,18 @@ def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
 
 
 @click.command("export-engine")
-@click.option("--engine", "engine_names", type=click.Choice(["tcnn", "vanilla"]), multiple=True,
-              help="Engines whose shipped run-time weights to rebuild [default: all].")
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A training weights file (.pt) to compile instead (needs --out).")
+@click.option(
+    "--engine",
+    "engine_names",
+    type=click.Choice(["tcnn", "vanilla"]),
+    multiple=True,
+    help="Engines whose shipped run-time weights to rebuild [default: all].",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A training weights file (.pt) to compile instead (needs --out).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Run-time weights file (.npz) to write.")
 def export_engine_command(engine_names, weights, out) -> None:
     """Compile training weights (.pt) into the run-time weights (.npz) the engines load.

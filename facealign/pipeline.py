@@ -219,14 +219,24 @@ class Pipeline:
         return training_boxes(getattr(self.detector, "name", ""), detections.boxes, detections.landmarks)
 
     def detect_image(
-        self, image: np.ndarray, *, path: Path = _IN_MEMORY, scale: float = 1.0, largest_only: bool = False,
+        self,
+        image: np.ndarray,
+        *,
+        path: Path = _IN_MEMORY,
+        scale: float = 1.0,
+        largest_only: bool = False,
         warnings: Sequence[str] = (),
     ) -> ImageFaces:
         """Detect the faces of a decoded image (no landmarks yet); raises what the detector raises."""
         return self._image_faces(path, image, scale, self.detect(image), largest_only, warnings)
 
     def _image_faces(
-        self, path: Path, image: np.ndarray, scale: float, det: Detections, largest_only: bool,
+        self,
+        path: Path,
+        image: np.ndarray,
+        scale: float,
+        det: Detections,
+        largest_only: bool,
         warnings: Sequence[str],
     ) -> ImageFaces:
         det = det.take(slice(0, 1 if largest_only else len(det)))
@@ -241,7 +251,11 @@ class Pipeline:
         )
 
     def load_and_detect(
-        self, path: str | os.PathLike[str], *, largest_only: bool = False, max_side: int | None = None,
+        self,
+        path: str | os.PathLike[str],
+        *,
+        largest_only: bool = False,
+        max_side: int | None = None,
         timer: StageTimer | None = None,
     ) -> ImageFaces:
         """Decode one file at its working resolution and detect its faces.
@@ -292,8 +306,13 @@ class Pipeline:
         _lap(timer, "landmarks", start)
 
     def iter_image_faces(
-        self, paths: Sequence[str | os.PathLike[str]], *, largest_only: bool = False,
-        max_side: int | None = None, batch_pixels: int = BATCH_PIXELS, timer: StageTimer | None = None,
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        largest_only: bool = False,
+        max_side: int | None = None,
+        batch_pixels: int = BATCH_PIXELS,
+        timer: StageTimer | None = None,
     ) -> Iterator[ImageFaces]:
         """:func:`iter_image_faces` with this pipeline."""
         pending: list[ImageFaces] = []

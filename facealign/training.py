@@ -21,9 +21,9 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -72,7 +72,7 @@ class PreparedFaces:
 
 def prepare_faces(
     data: LandmarkSet,
-    cache_dir: "str | Path",
+    cache_dir: str | Path,
     detector: str = TRAINING_DETECTOR,
     rows: np.ndarray | None = None,
     images: np.ndarray | None = None,
@@ -93,7 +93,7 @@ def prepare_faces(
 
 
 def load_train_validation(
-    mtfl_root: "str | Path", cache_dir: "str | Path", detector: str, limit: int | None, log: Callable[[str], None]
+    mtfl_root: str | Path, cache_dir: str | Path, detector: str, limit: int | None, log: Callable[[str], None]
 ) -> tuple[PreparedFaces, PreparedFaces]:
     """The detected faces of the fixed training and validation splits of MTFL ``train.txt``."""
     data = load_mtfl(mtfl_root, "train")
@@ -101,8 +101,12 @@ def load_train_validation(
         data = data.subset(np.arange(min(limit, len(data))))
     train_rows, val_rows = train_validation_split(len(data))
     images = data.load_images()
-    train, _ = prepare_faces(data, cache_dir, detector, train_rows, images, log)
-    val, _ = prepare_faces(data, cache_dir, detector, val_rows, images, log=lambda s: None)
+    # Each split is detected (and cached) on its own, keyed like the caches of
+    # ``fit-box-maps`` (training split) and ``evaluate --split validation``, so
+    # the boxes are found once per split whichever command runs first.
+    train, _ = prepare_faces(data.subset(train_rows), cache_dir, detector, None, images[train_rows], log)
+    val, _ = prepare_faces(data.subset(val_rows), cache_dir, detector, None, images[val_rows], log=lambda s: None)
+    train.index, val.index = train_rows[train.index], val_rows[val.index]
     log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
     return train, val
 
@@ -212,9 +216,9 @@ def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
 
 
 def train_vanilla(
-    mtfl_root: "str | Path",
-    out: "str | Path",
-    work_dir: "str | Path",
+    mtfl_root: str | Path,
+    out: str | Path,
+    work_dir: str | Path,
     config: TrainConfig | None = None,
     resume: bool = True,
     limit: int | None = None,
@@ -272,7 +276,11 @@ def train_vanilla(
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         start, best, best_epoch, history, best_state = (
-            ck["epoch"], ck["best"], ck["best_epoch"], ck["history"], ck["best_state"]
+            ck["epoch"],
+            ck["best"],
+            ck["best_epoch"],
+            ck["history"],
+            ck["best_state"],
         )
         log(f"resuming after epoch {start}")
 
@@ -323,6 +331,7 @@ def train_vanilla(
             ckpt_path,
         )
 
+    assert best_state is not None  # at least one epoch ran
     model.load_state_dict(best_state)
     meta = {
         "engine": "vanilla",

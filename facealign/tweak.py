@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,8 +47,14 @@ from .engine import GaussianRouter, LandmarkEngine, load_weights
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
 from .reboxing import BoxFromLandmarks
-from .training import PreparedFaces, atomic_save, calibrate_mirror_shift, interocular_loss, load_train_validation, to_tensor
-
+from .training import (
+    PreparedFaces,
+    atomic_save,
+    calibrate_mirror_shift,
+    interocular_loss,
+    load_train_validation,
+    to_tensor,
+)
 
 #: How augmented crops are labelled (see :func:`warp_pair`).
 LABEL_MODES = ("warped", "paper")
@@ -77,7 +83,9 @@ class TweakConfig:
 
 
 @torch.inference_mode()
-def fc5_inputs(model: VanillaCNN, crops: np.ndarray, mean: torch.Tensor, std: torch.Tensor, batch: int = 4096) -> np.ndarray:
+def fc5_inputs(
+    model: VanillaCNN, crops: np.ndarray, mean: torch.Tensor, std: torch.Tensor, batch: int = 4096
+) -> np.ndarray:
     """FC5-input features (``N x 256`` float32) of uint8 crops."""
     out = [model.features(to_tensor(crops[s : s + batch], mean, std)).numpy() for s in range(0, len(crops), batch)]
     return np.concatenate(out) if out else np.zeros((0, 256), np.float32)
@@ -260,7 +268,14 @@ def finetune_head(
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
         elif epoch - best_epoch >= cfg.patience:
             break
-    record = {"val_before": start, "val_after": best, "best_epoch": best_epoch, "epochs": epoch, "n_train": len(xf), "n_val": len(vf)}
+    record = {
+        "val_before": start,
+        "val_after": best,
+        "best_epoch": best_epoch,
+        "epochs": epoch,
+        "n_train": len(xf),
+        "n_val": len(vf),
+    }
     return best_state, record
 
 
@@ -312,8 +327,18 @@ def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: Twea
     proposed = accepted = 0
     if cfg.target > len(f):
         aug = augment_cluster(
-            c.k, np.arange(len(f)), c.images, c.points, c.boxes, model, state["mean"].float(), state["std"].float(),
-            make_router(gmm), cfg.target, np.random.default_rng([cfg.seed, c.k]), warped_labels=cfg.labels == "warped",
+            c.k,
+            np.arange(len(f)),
+            c.images,
+            c.points,
+            c.boxes,
+            model,
+            state["mean"].float(),
+            state["std"].float(),
+            make_router(gmm),
+            cfg.target,
+            np.random.default_rng([cfg.seed, c.k]),
+            warped_labels=cfg.labels == "warped",
         )
         f, t = np.concatenate([f, aug.features]), np.concatenate([t, aug.targets])
         proposed, accepted = aug.proposed, aug.accepted
@@ -328,10 +353,10 @@ def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: Twea
 
 
 def tweak(
-    vanilla_weights: "str | Path",
-    mtfl_root: "str | Path",
-    out: "str | Path",
-    work_dir: "str | Path",
+    vanilla_weights: str | Path,
+    mtfl_root: str | Path,
+    out: str | Path,
+    work_dir: str | Path,
     config: TweakConfig | None = None,
     jobs: int = -1,
     limit: int | None = None,
@@ -382,7 +407,7 @@ def tweak(
     else:
         log(f"fitting a {cfg.clusters}-component diagonal GMM on {len(tr_f)} FC5 inputs")
         gmm = fit_gmm(tr_f, cfg.clusters, cfg.seed, cfg.reg_covar)
-        np.savez(gmm_path, **gmm)
+        np.savez(gmm_path, **gmm)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
     router = make_router(gmm)
     tr_k = route(router, tr_f)
     va_k = route(router, va_f)
@@ -394,8 +419,14 @@ def tweak(
     for k in range(cfg.clusters):
         members = np.flatnonzero(tr_k == k)
         cluster = ClusterData(
-            k, train.images[members], train.points[members], train.boxes[members], tr_f[members], tr_t[members],
-            va_f[va_k == k], va_t[va_k == k],
+            k,
+            train.images[members],
+            train.points[members],
+            train.boxes[members],
+            tr_f[members],
+            tr_t[members],
+            va_f[va_k == k],
+            va_t[va_k == k],
         )
         tasks.append(delayed(_tweak_cluster)(heads_dir / f"head-{k}.pt", cluster, state, gmm, cfg))
     results = Parallel(n_jobs=jobs)(tasks)
@@ -403,7 +434,16 @@ def tweak(
     same_rate = sum(r["record"]["accepted"] for r in results) / max(proposed, 1)
     cross_rate = (
         cross_cluster_acceptance(
-            tr_k, train.images, train.points, train.boxes, model, mean, std, router, 2000, np.random.default_rng(cfg.seed)
+            tr_k,
+            train.images,
+            train.points,
+            train.boxes,
+            model,
+            mean,
+            std,
+            router,
+            2000,
+            np.random.default_rng(cfg.seed),
         )
         if cfg.clusters > 1
         else float("nan")
@@ -458,7 +498,7 @@ def tweak(
 # ---------------------------------------------------------------- reports
 
 
-def plot_cluster_errors(records: list[dict], path: "str | Path") -> dict:
+def plot_cluster_errors(records: list[dict], path: str | Path) -> dict:
     """The paper's Fig. 6: per-cluster validation error, vanilla vs TCNN, sorted by TCNN.
 
     Writes the PNG at ``path`` and the same numbers as JSON beside it; returns them.
@@ -467,7 +507,12 @@ def plot_cluster_errors(records: list[dict], path: "str | Path") -> dict:
 
     rows = [(k, r["val_before"], r["val_after"], r["n_val"]) for k, r in enumerate(records) if r["n_val"]]
     rows.sort(key=lambda r: r[2])
-    table = {"cluster": [r[0] for r in rows], "vanilla": [r[1] for r in rows], "tcnn": [r[2] for r in rows], "n_val": [r[3] for r in rows]}
+    table = {
+        "cluster": [r[0] for r in rows],
+        "vanilla": [r[1] for r in rows],
+        "tcnn": [r[2] for r in rows],
+        "n_val": [r[3] for r in rows],
+    }
     fig, ax = subplots(figsize=(8, 3.6), dpi=120)
     x = np.arange(len(rows))
     ax.plot(x, table["vanilla"], "o-", color="tab:red", ms=3, label="vanilla CNN")

@@ -336,8 +336,7 @@ class LandmarkAligner:
         The predictor's model file, hashed into :attr:`key`.
     """
 
-    def __init__(self, name: str, predictor: PointPredictor, template: Template,
-                 weights_path: str | Path) -> None:
+    def __init__(self, name: str, predictor: PointPredictor, template: Template, weights_path: str | Path) -> None:
         self.name = name
         self.predictor = predictor
         self.template = template
@@ -375,8 +374,9 @@ class LandmarkAligner:
     def align(self, faces: Sequence[FaceInput]) -> np.ndarray:
         if not faces:
             return _stack([], self.template)
-        return _stack([warp_face(f.image, p, self.template)[0] for f, p in zip(faces, self.landmarks(faces))],
-                      self.template)
+        return _stack(
+            [warp_face(f.image, p, self.template)[0] for f, p in zip(faces, self.landmarks(faces))], self.template
+        )
 
 
 def _manifest_key(path: str, images_root: Path) -> str:
@@ -550,7 +550,7 @@ def get_aligner(
     if spec == "box":
         return BoxAligner(resolved)
     if spec.startswith("manifest:"):
-        path = spec[len("manifest:"):]
+        path = spec[len("manifest:") :]
         if not path or images_root is None:
             raise ValueError("manifest aligner needs 'manifest:PATH' and an image root")
         return ManifestAligner(path, images_root, resolved)

@@ -241,8 +241,9 @@ def load_alexnet_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def export_backbone(checkpoint: str | Path, out: str | Path, half: bool = True,
-                    keep_classifier: bool = False) -> dict[str, Any]:
+def export_backbone(
+    checkpoint: str | Path, out: str | Path, half: bool = True, keep_classifier: bool = False
+) -> dict[str, Any]:
     """Write a small, inference-only copy of a training checkpoint.
 
     The optimizer state, random-generator states and history are dropped.
@@ -271,13 +272,24 @@ def export_backbone(checkpoint: str | Path, out: str | Path, half: bool = True,
     for key in ("epoch", "history", "training"):
         if key in payload:
             extra[key] = payload[key]
-    result = dict(extra, format=CHECKPOINT_FORMAT, config=config, state_dict=state,
-                  mean=list(payload["mean"]), std=list(payload["std"]), storage="float16" if half else "float32")
+    result = dict(
+        extra,
+        format=CHECKPOINT_FORMAT,
+        config=config,
+        state_dict=state,
+        mean=list(payload["mean"]),
+        std=list(payload["std"]),
+        storage="float16" if half else "float32",
+    )
     out = Path(out)
     _write_checkpoint(result, out)
-    return {"path": str(out), "bytes": out.stat().st_size,
-            "parameters": int(sum(v.numel() for v in state.values())), "half": half,
-            "classifier": keep_classifier}
+    return {
+        "path": str(out),
+        "bytes": out.stat().st_size,
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "half": half,
+        "classifier": keep_classifier,
+    }
 
 
 class AlexNetBackbone:
@@ -342,8 +354,9 @@ class AlexNetBackbone:
         array = self._check_crops(crops)
         x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return (x - self.mean) / self.std
 
     @torch.inference_mode()
@@ -353,7 +366,7 @@ class AlexNetBackbone:
         if array.shape[0] == 0:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
         out = [
-            self.model.extract_features(self.preprocess(array[i:i + self.batch_size])).float().cpu().numpy()
+            self.model.extract_features(self.preprocess(array[i : i + self.batch_size])).float().cpu().numpy()
             for i in range(0, len(array), self.batch_size)
         ]
         return np.concatenate(out).astype(np.float32, copy=False)

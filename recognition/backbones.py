@@ -64,8 +64,13 @@ class BackboneChoice:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
-        return {"name": self.name, "path": str(self.path), "sha1": file_digest(self.path),
-                "template": self.template.name, "input_size": self.network.input_size}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha1": file_digest(self.path),
+            "template": self.template.name,
+            "input_size": self.network.input_size,
+        }
 
 
 def load_backbone(spec: str | Path | None = None, batch_size: int = 64) -> BackboneChoice:
@@ -86,15 +91,21 @@ def load_backbone(spec: str | Path | None = None, batch_size: int = 64) -> Backb
         from .dlib_resnet import DlibResNetBackbone
 
         dlib_net = DlibResNetBackbone()
-        return BackboneChoice("dlib-resnet", dlib_net, dlib_net.model_path, dlib_net.template,
-                              f"dlib-resnet-{file_digest(dlib_net.model_path)}")
+        return BackboneChoice(
+            "dlib-resnet",
+            dlib_net,
+            dlib_net.model_path,
+            dlib_net.template,
+            f"dlib-resnet-{file_digest(dlib_net.model_path)}",
+        )
     from .backbone import AlexNetBackbone
 
     path = Path(spec) if spec is not None else default_backbone_path()
     if not path.is_file():
-        raise FileNotFoundError(f"no backbone weights at {path}; train one with 'recognition train', "
-                                f"pass an AlexNet weights file or one of {list(BACKBONE_NAMES)} to --backbone")
+        raise FileNotFoundError(
+            f"no backbone weights at {path}; train one with 'recognition train', "
+            f"pass an AlexNet weights file or one of {list(BACKBONE_NAMES)} to --backbone"
+        )
     net = AlexNetBackbone.load(path, batch_size=batch_size)
     # The shipped AlexNet's cache key stays the bare weights hash (feature caches of earlier runs stay valid).
     return BackboneChoice("alexnet", net, path, get_template(DEFAULT_TEMPLATE, net.input_size), file_digest(path))
-

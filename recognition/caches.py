@@ -212,7 +212,7 @@ class DetectionCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if jobs < 1 and jobs != -1:
                 raise ValueError(f"jobs must be >= 1 or -1 (all cores), got {jobs}")
-            chunks = [todo[i:i + _DETECTION_CHUNK] for i in range(0, len(todo), _DETECTION_CHUNK)]
+            chunks = [todo[i : i + _DETECTION_CHUNK] for i in range(0, len(todo), _DETECTION_CHUNK)]
             root = str(self.images_root)
             in_workers = resolve_jobs(jobs, len(chunks)) > 1
             results = parallel_map(_detect_chunk, [(root, c, self.detector, in_workers) for c in chunks], jobs)
@@ -229,5 +229,3 @@ class DetectionCache:
                     if progress is not None:
                         progress(done, len(todo))
         return {f: records[f] for f in files}
-
-

@@ -31,8 +31,9 @@ from facealign.progress import Progress
 
 from . import __version__
 
-ALIGNER_HELP = ("'tcnn', 'vanilla', 'dlib-ert', 'dlib-5pt', 'box' or 'manifest:PATH' (JSON lines with five "
-                "landmarks per image).")
+ALIGNER_HELP = (
+    "'tcnn', 'vanilla', 'dlib-ert', 'dlib-5pt', 'box' or 'manifest:PATH' (JSON lines with five landmarks per image)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,23 +58,54 @@ def _set_threads(threads: int | None) -> None:
 
 def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--backbone", default=None,
-                     help="'dlib-resnet' (dlib's ResNet descriptor; needs the recognition extra) or an AlexNet "
-                          "weights file [default: recognition/weights/alexnet.pt]."),
-        click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True,
-                     help="Face detector (run once per image, cached)."),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Detection and feature caches [default: $RECOGNITION_CACHE, else recognition/ in "
-                          "facealign's cache folder: $FACEALIGN_CACHE or ~/.cache/facealign]."),
-        click.option("--tcnn-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-                     help="Weights of the tcnn aligner [default: shipped]."),
-        click.option("--vanilla-weights", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     default=None, help="Weights of the vanilla aligner [default: shipped]."),
-        click.option("--pca-components", type=click.IntRange(min=1), default=4000, show_default=True,
-                     help="PCA dimension (capped by the number of training images)."),
-        click.option("--jobs", "-j", type=int, default=1, show_default=True,
-                     help="Worker processes for detection and, with several aligners, for their "
-                          "features (one aligner per process; -1: all cores)."),
+        click.option(
+            "--backbone",
+            default=None,
+            help="'dlib-resnet' (dlib's ResNet descriptor; needs the recognition extra) or an AlexNet "
+            "weights file [default: recognition/weights/alexnet.pt].",
+        ),
+        click.option(
+            "--detector",
+            type=click.Choice(BUILTIN_DETECTORS),
+            default=TRAINING_DETECTOR,
+            show_default=True,
+            help="Face detector (run once per image, cached).",
+        ),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Detection and feature caches [default: $RECOGNITION_CACHE, else recognition/ in "
+            "facealign's cache folder: $FACEALIGN_CACHE or ~/.cache/facealign].",
+        ),
+        click.option(
+            "--tcnn-weights",
+            type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            default=None,
+            help="Weights of the tcnn aligner [default: shipped].",
+        ),
+        click.option(
+            "--vanilla-weights",
+            type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            default=None,
+            help="Weights of the vanilla aligner [default: shipped].",
+        ),
+        click.option(
+            "--pca-components",
+            type=click.IntRange(min=1),
+            default=4000,
+            show_default=True,
+            help="PCA dimension (capped by the number of training images).",
+        ),
+        click.option(
+            "--jobs",
+            "-j",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Worker processes for detection and, with several aligners, for their "
+            "features (one aligner per process; -1: all cores).",
+        ),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads."),
         click.option("--quiet", "-q", is_flag=True, help="No progress lines."),
     ]
@@ -84,7 +116,10 @@ def _shared_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--beta", "betas", type=float, multiple=True,
+        "--beta",
+        "betas",
+        type=float,
+        multiple=True,
         help="SoftMax fusion temperature; repeat to average several [default: 0, 1, ..., 20].",
     )(f)
 
@@ -94,25 +129,60 @@ def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command("make-protocol")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Protocol folder to write.")
-@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Root of the paths of an 'image identity' list (checked; recorded in protocol.json).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Protocol folder to write.",
+)
+@click.option(
+    "--images-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Root of the paths of an 'image identity' list (checked; recorded in protocol.json).",
+)
 @click.option("--splits", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--train-fraction", type=click.FloatRange(0, 1, max_open=True), default=1 / 3, show_default=True,
-              help="Fraction of subjects used to fit the PCA (CS2: 333 of 500).")
-@click.option("--template-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Target images per test template.")
-@click.option("--max-templates", type=click.IntRange(min=2), default=4, show_default=True,
-              help="Most templates per test subject.")
-@click.option("--impostor-ratio", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Impostor comparisons per genuine comparison.")
-@click.option("--subjects", "n_subjects", type=click.IntRange(min=2), default=None,
-              help="Use only a random sample of N subjects (seeded by --seed), e.g. when features are costly.")
-def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None, splits: int, seed: int,
-                          train_fraction: float, template_size: int, max_templates: int,
-                          impostor_ratio: float, n_subjects: int | None) -> None:
+@click.option(
+    "--train-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=1 / 3,
+    show_default=True,
+    help="Fraction of subjects used to fit the PCA (CS2: 333 of 500).",
+)
+@click.option(
+    "--template-size", type=click.IntRange(min=1), default=4, show_default=True, help="Target images per test template."
+)
+@click.option(
+    "--max-templates", type=click.IntRange(min=2), default=4, show_default=True, help="Most templates per test subject."
+)
+@click.option(
+    "--impostor-ratio",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Impostor comparisons per genuine comparison.",
+)
+@click.option(
+    "--subjects",
+    "n_subjects",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Use only a random sample of N subjects (seeded by --seed), e.g. when features are costly.",
+)
+def make_protocol_command(
+    source: Path,
+    out_dir: Path,
+    images_root: Path | None,
+    splits: int,
+    seed: int,
+    train_fraction: float,
+    template_size: int,
+    max_templates: int,
+    impostor_ratio: float,
+    n_subjects: int | None,
+) -> None:
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
     from facealign.imageio import write_json
@@ -133,9 +203,16 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
             missing = [p for p, _ in items if not (root / p).is_file()]
             if missing:
                 raise ValueError(f"{len(missing)} listed image(s) not found under {root}, e.g. {missing[:3]}")
-        summary = make_protocol(items, out_dir, splits, seed, train_fraction=train_fraction,
-                                template_size=template_size, max_templates_per_subject=max_templates,
-                                impostor_ratio=impostor_ratio)
+        summary = make_protocol(
+            items,
+            out_dir,
+            splits,
+            seed,
+            train_fraction=train_fraction,
+            template_size=template_size,
+            max_templates_per_subject=max_templates,
+            impostor_ratio=impostor_ratio,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     summary["source"] = str(source.resolve())
@@ -145,10 +222,12 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
         summary["images_root"] = str(root.resolve())
     write_json(summary, out_dir / "protocol.json")
     first = summary["splits"][0]
-    click.echo(f"{summary['images']} images of {summary['subjects']} subjects -> {splits} splits in {out_dir}; "
-               f"split 1: {first['train_subjects']} training subjects ({first['train_images']} images), "
-               f"{first['test_subjects']} test subjects in {first['test_templates']} templates, "
-               f"{first['genuine']} genuine + {first['impostor']} impostor comparisons")
+    click.echo(
+        f"{summary['images']} images of {summary['subjects']} subjects -> {splits} splits in {out_dir}; "
+        f"split 1: {first['train_subjects']} training subjects ({first['train_images']} images), "
+        f"{first['test_subjects']} test subjects in {first['test_templates']} templates, "
+        f"{first['genuine']} genuine + {first['impostor']} impostor comparisons"
+    )
 
 
 # --------------------------------------------------------------------------- prepare-lfw / train / export
@@ -156,19 +235,37 @@ def make_protocol_command(source: Path, out_dir: Path, images_root: Path | None,
 
 @main.command("prepare-lfw")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--lfw-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Folder holding lfw-deepfunneled/ [default: ../shared/datasets/lfw].")
-@click.option("--size", type=click.IntRange(min=63), default=112, show_default=True,
-              help="Crop side: the backbone input size.")
+@click.option(
+    "--lfw-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Folder holding lfw-deepfunneled/ [default: ../shared/datasets/lfw].",
+)
+@click.option(
+    "--size", type=click.IntRange(min=63), default=112, show_default=True, help="Crop side: the backbone input size."
+)
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
-@click.option("--weights", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Vanilla landmark engine weights [default: shipped].")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Vanilla landmark engine weights [default: shipped].",
+)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--jobs", "-j", type=int, default=-1, show_default=True, help="Detection worker processes.")
 @click.option("--min-images", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--limit", type=click.IntRange(min=2), default=None, help="Only the first N people (trials).")
-def prepare_lfw_command(out_dir: Path, lfw_root: Path | None, size: int, detector: str, weights: Path | None,
-                        cache_dir: Path | None, jobs: int, min_images: int, limit: int | None) -> None:
+def prepare_lfw_command(
+    out_dir: Path,
+    lfw_root: Path | None,
+    size: int,
+    detector: str,
+    weights: Path | None,
+    cache_dir: Path | None,
+    jobs: int,
+    min_images: int,
+    limit: int | None,
+) -> None:
     """Align the LFW people with >= 2 images (dlib, vanilla, 'loose' template) for training.
 
     Writes OUT/crops/<Name>/<Name>_NNNN.jpg and OUT/samples.txt; existing crops are kept (resumable).
@@ -177,9 +274,18 @@ def prepare_lfw_command(out_dir: Path, lfw_root: Path | None, size: int, detecto
 
     progress = {"detect": Progress("detect"), "align": Progress("align")}
     try:
-        summary = prepare_lfw(out_dir, lfw_root, size=size, detector=detector, weights=weights,
-                              cache_dir=cache_dir, jobs=jobs, min_images=min_images, limit=limit,
-                              progress=lambda stage, d, t: progress[stage](d, t))
+        summary = prepare_lfw(
+            out_dir,
+            lfw_root,
+            size=size,
+            detector=detector,
+            weights=weights,
+            cache_dir=cache_dir,
+            jobs=jobs,
+            min_images=min_images,
+            limit=limit,
+            progress=lambda stage, d, t: progress[stage](d, t),
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     click.echo(summary.line())
@@ -190,13 +296,27 @@ def _log_line(line: str) -> None:
 
 
 @main.command("train")
-@click.option("--samples", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="'path identity' list of aligned crops (e.g. from prepare-lfw).")
-@click.option("--out", "checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Checkpoint, rewritten after every epoch; an existing one is resumed.")
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="'path identity' list of aligned crops (e.g. from prepare-lfw).",
+)
+@click.option(
+    "--out",
+    "checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint, rewritten after every epoch; an existing one is resumed.",
+)
 @click.option("--input-size", type=click.IntRange(min=63), default=112, show_default=True)
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True,
-              help="Channel width multiplier of AlexNet.")
+@click.option(
+    "--width",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.25,
+    show_default=True,
+    help="Channel width multiplier of AlexNet.",
+)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -205,41 +325,88 @@ def _log_line(line: str) -> None:
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option("--jitter", type=click.IntRange(min=0), default=4, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes.")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start afresh.")
-@click.option("--time-batches", type=click.IntRange(min=1), default=None,
-              help="Only time N batches (one epoch on N random batches, in a temporary file) and estimate "
-                   "the epoch time.")
-def train_command(samples: Path, checkpoint: Path, input_size: int, width: float, dropout: float, epochs: int,
-                  batch_size: int, optimizer: str, lr: float, weight_decay: float, jitter: int,
-                  threads: int | None, workers: int, seed: int, log_every: int, restart: bool,
-                  time_batches: int | None) -> None:
+@click.option(
+    "--time-batches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only time N batches (one epoch on N random batches, in a temporary file) and estimate the epoch time.",
+)
+def train_command(
+    samples: Path,
+    checkpoint: Path,
+    input_size: int,
+    width: float,
+    dropout: float,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    jitter: int,
+    threads: int | None,
+    workers: int,
+    seed: int,
+    log_every: int,
+    restart: bool,
+    time_batches: int | None,
+) -> None:
     """Train the AlexNet backbone to classify the identities of aligned crops (resumable)."""
     from .training import TrainingConfig, read_sample_list, train_alexnet
 
     try:
         rows = read_sample_list(samples)
-        config = TrainingConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                weight_decay=weight_decay, jitter=jitter, log_every=log_every,
-                                num_threads=threads, num_workers=workers, seed=seed)
+        config = TrainingConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            jitter=jitter,
+            log_every=log_every,
+            num_threads=threads,
+            num_workers=workers,
+            seed=seed,
+        )
         if time_batches is not None:
             subset = random.Random(seed).sample(rows, min(len(rows), time_batches * batch_size))
             with tempfile.TemporaryDirectory() as tmp:
-                result = train_alexnet(subset, Path(tmp) / "timing.pt", input_size=input_size, width=width,
-                                       dropout=dropout, resume=False, log=_log_line,
-                                       config=TrainingConfig(**{**config.__dict__, "epochs": 1}))
+                result = train_alexnet(
+                    subset,
+                    Path(tmp) / "timing.pt",
+                    input_size=input_size,
+                    width=width,
+                    dropout=dropout,
+                    resume=False,
+                    log=_log_line,
+                    config=TrainingConfig(**{**config.__dict__, "epochs": 1}),
+                )
             seconds = result.history[0]["seconds"]
             per_epoch = seconds / len(subset) * len(rows)
-            click.echo(f"{len(subset)} images in {seconds:.1f} s ({len(subset) / seconds:.1f} img/s); "
-                       f"estimated epoch over {len(rows)} images: {per_epoch / 60:.1f} min")
+            click.echo(
+                f"{len(subset)} images in {seconds:.1f} s ({len(subset) / seconds:.1f} img/s); "
+                f"estimated epoch over {len(rows)} images: {per_epoch / 60:.1f} min"
+            )
             return
-        _log_line(f"training on {len(rows)} crops of {len({i for _, i in rows})} identities: input {input_size}, "
-                  f"width {width}, {config}")
-        result = train_alexnet(rows, checkpoint, input_size=input_size, width=width, dropout=dropout,
-                               config=config, resume=not restart, log=_log_line)
+        _log_line(
+            f"training on {len(rows)} crops of {len({i for _, i in rows})} identities: input {input_size}, "
+            f"width {width}, {config}"
+        )
+        result = train_alexnet(
+            rows,
+            checkpoint,
+            input_size=input_size,
+            width=width,
+            dropout=dropout,
+            config=config,
+            resume=not restart,
+            log=_log_line,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     _log_line(f"finished: {result.epochs_completed} epochs; checkpoint {result.checkpoint}")
@@ -247,8 +414,12 @@ def train_command(samples: Path, checkpoint: Path, input_size: int, width: float
 
 @main.command("export-weights")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Destination [default: recognition/weights/alexnet.pt].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Destination [default: recognition/weights/alexnet.pt].",
+)
 @click.option("--fp32", is_flag=True, help="Store float32 tensors (default: float16, half the size).")
 @click.option("--keep-classifier", is_flag=True, help="Keep the identity classifier (not used for features).")
 def export_weights_command(checkpoint: Path, out: Path | None, fp32: bool, keep_classifier: bool) -> None:
@@ -257,12 +428,15 @@ def export_weights_command(checkpoint: Path, out: Path | None, fp32: bool, keep_
     from .backbones import default_backbone_path
 
     try:
-        info = export_backbone(checkpoint, out or default_backbone_path(), half=not fp32,
-                               keep_classifier=keep_classifier)
+        info = export_backbone(
+            checkpoint, out or default_backbone_path(), half=not fp32, keep_classifier=keep_classifier
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
-    click.echo(f"wrote {info['path']}: {info['parameters']:,} parameters, {info['bytes'] / 2**20:.1f} MiB "
-               f"({'float16' if info['half'] else 'float32'})")
+    click.echo(
+        f"wrote {info['path']}: {info['parameters']:,} parameters, {info['bytes'] / 2**20:.1f} MiB "
+        f"({'float16' if info['half'] else 'float32'})"
+    )
 
 
 # --------------------------------------------------------------------------- verify / compare
@@ -279,8 +453,9 @@ def _images_root(protocol_dir: Path, images_root: Path | None) -> Path:
     raise click.UsageError("--images-root is required (the protocol does not record one)")
 
 
-def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_dir: Path | None, jobs: int,
-           quiet: bool) -> tuple[Any, Any, Any, Path]:
+def _setup(
+    protocol_dir: Path, images_root: Path | None, detector: str, cache_dir: Path | None, jobs: int, quiet: bool
+) -> tuple[Any, Any, Any, Path]:
     """Read the protocol, detect (cached) and choose the face boxes."""
     from .aligners import choose_face_boxes
     from .caches import DetectionCache, default_cache_dir
@@ -296,10 +471,21 @@ def _setup(protocol_dir: Path, images_root: Path | None, detector: str, cache_di
     return protocol, detections, faces, cache
 
 
-def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None, backbone: str | None,
-         detector: str, cache_dir: Path | None, tcnn_weights: Path | None, vanilla_weights: Path | None,
-         pca_components: int, jobs: int, threads: int | None, quiet: bool, betas: tuple[float, ...]
-         ) -> tuple[Any, Any, list[Any], Any]:
+def _run(
+    aligner_specs: list[str],
+    protocol_dir: Path,
+    images_root: Path | None,
+    backbone: str | None,
+    detector: str,
+    cache_dir: Path | None,
+    tcnn_weights: Path | None,
+    vanilla_weights: Path | None,
+    pca_components: int,
+    jobs: int,
+    threads: int | None,
+    quiet: bool,
+    betas: tuple[float, ...],
+) -> tuple[Any, Any, list[Any], Any]:
     from .aligners import get_aligner
     from .backbones import load_backbone
     from .evaluate import DEFAULT_BETAS, run_aligner
@@ -308,24 +494,53 @@ def _run(aligner_specs: list[str], protocol_dir: Path, images_root: Path | None,
     _set_threads(threads)
     try:
         choice = load_backbone(backbone)
-        aligners = [get_aligner(spec, choice.template, images_root=_images_root(protocol_dir, images_root),
-                                weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
-                    for spec in aligner_specs]
+        aligners = [
+            get_aligner(
+                spec,
+                choice.template,
+                images_root=_images_root(protocol_dir, images_root),
+                weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights},
+            )
+            for spec in aligner_specs
+        ]
         protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
         if jobs != 1 and len(aligners) > 1:
-            fill_feature_caches(aligner_specs, aligners, backbone, protocol, faces, choice, detections, cache,
-                                _images_root(protocol_dir, images_root),
-                                {"tcnn": tcnn_weights, "vanilla": vanilla_weights}, jobs, quiet)
-        runs = [run_aligner(protocol, faces, a, choice, detections, cache, betas or DEFAULT_BETAS,
-                            pca_components, Progress(f"features {a.name}", not quiet))
-                for a in aligners]
+            fill_feature_caches(
+                aligner_specs,
+                aligners,
+                backbone,
+                protocol,
+                faces,
+                choice,
+                detections,
+                cache,
+                _images_root(protocol_dir, images_root),
+                {"tcnn": tcnn_weights, "vanilla": vanilla_weights},
+                jobs,
+                quiet,
+            )
+        runs = [
+            run_aligner(
+                protocol,
+                faces,
+                a,
+                choice,
+                detections,
+                cache,
+                betas or DEFAULT_BETAS,
+                pca_components,
+                Progress(f"features {a.name}", not quiet),
+            )
+            for a in aligners
+        ]
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
     return protocol, faces, runs, choice
 
 
-def _context(protocol: Any, faces: Any, backbone: Any, detector: str, pca_components: int,
-             images_root: Path) -> dict[str, Any]:
+def _context(
+    protocol: Any, faces: Any, backbone: Any, detector: str, pca_components: int, images_root: Path
+) -> dict[str, Any]:
     from .protocol import protocol_sizes
 
     return {
@@ -348,33 +563,69 @@ def _tar_line(run: Any) -> str:
 
 def _boxes_line(faces: Any) -> str:
     c = faces.counts()
-    return (f"face boxes: {c['detector']} detected, {c['protocol']} protocol box (no detection), "
-            f"{c['image']} whole image (no detection, no protocol box); {c['multiple_faces']} images with "
-            f"several faces (largest taken)")
+    return (
+        f"face boxes: {c['detector']} detected, {c['protocol']} protocol box (no detection), "
+        f"{c['image']} whole image (no detection, no protocol box); {c['multiple_faces']} images with "
+        f"several faces (largest taken)"
+    )
 
 
 @main.command("verify")
-@click.option("--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              required=True)
-@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Root of the protocol's FILE paths [default: recorded in protocol.json].")
+@click.option(
+    "--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True
+)
+@click.option(
+    "--images-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Root of the protocol's FILE paths [default: recorded in protocol.json].",
+)
 @click.option("--aligner", "aligner_spec", required=True, help=ALIGNER_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Writes results.json, roc.json and roc.png.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Writes results.json, roc.json and roc.png.",
+)
 @_beta_option
 @_shared_options
-def verify_command(protocol_dir: Path, images_root: Path | None, aligner_spec: str, out_dir: Path,
-                   betas: tuple[float, ...], backbone: str | None, detector: str, cache_dir: Path | None,
-                   tcnn_weights: Path | None, vanilla_weights: Path | None, pca_components: int, jobs: int,
-                   threads: int | None, quiet: bool) -> None:
+def verify_command(
+    protocol_dir: Path,
+    images_root: Path | None,
+    aligner_spec: str,
+    out_dir: Path,
+    betas: tuple[float, ...],
+    backbone: str | None,
+    detector: str,
+    cache_dir: Path | None,
+    tcnn_weights: Path | None,
+    vanilla_weights: Path | None,
+    pca_components: int,
+    jobs: int,
+    threads: int | None,
+    quiet: bool,
+) -> None:
     """TAR at FAR 1e-3, 1e-2 and 1e-1 (mean ± std over splits) and the ROC of one aligner."""
     from facealign.imageio import write_json
 
     from .report import plot_rocs
 
     protocol, faces, runs, choice = _run(
-        [aligner_spec], protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights,
-        vanilla_weights, pca_components, jobs, threads, quiet, betas)
+        [aligner_spec],
+        protocol_dir,
+        images_root,
+        backbone,
+        detector,
+        cache_dir,
+        tcnn_weights,
+        vanilla_weights,
+        pca_components,
+        jobs,
+        threads,
+        quiet,
+        betas,
+    )
     run = runs[0]
     root = _images_root(protocol_dir, images_root)
     record = {**run.record(), **_context(protocol, faces, choice, detector, pca_components, root)}
@@ -402,8 +653,9 @@ def _p_text(p: float) -> str:
     return "< .001" if p < 0.001 else f"{p:.3f}".replace("0.", ".", 1)
 
 
-def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float, ...],
-                    pairs: list[Any], n_bootstrap: int) -> str:
+def _table_markdown(
+    runs: list[Any], context: dict[str, Any], betas: tuple[float, ...], pairs: list[Any], n_bootstrap: int
+) -> str:
     from .evaluate import FAR_TARGETS
     from .report import format_tar
     from .statistics import SIGNIFICANCE_LEVEL
@@ -425,8 +677,7 @@ def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float
         cells = [f"**{c}**" if r.result.tar_mean[far] == best and len(runs) > 1 else c for c, r in zip(cells, runs)]
         lines.append(f"| FAR={far:.0e} | " + " | ".join(cells) + " |")
     if pairs:
-        ci = (f"95% CI over {n_bootstrap} resamples of the test subjects" if n_bootstrap
-              else "no subject bootstrap")
+        ci = f"95% CI over {n_bootstrap} resamples of the test subjects" if n_bootstrap else "no subject bootstrap"
         lines += [
             "",
             f"Paired differences (first minus second aligner, per split): mean ± std, two-sided sign-flip "
@@ -438,10 +689,12 @@ def _table_markdown(runs: list[Any], context: dict[str, Any], betas: tuple[float
         ]
         for pair in pairs:
             mark = " *" if pair.significant else ""
-            interval = (f"[{_signed(pair.ci_low)}, {_signed(pair.ci_high)}]" if n_bootstrap else "-")
-            lines.append(f"| {pair.a} - {pair.b} | {pair.far:.0e} | {_signed(pair.mean)} ± "
-                         f"{_signed(pair.std)[1:]}{mark} | {_p_text(pair.p_sign_flip)} | "
-                         f"{_p_text(pair.p_wilcoxon)} | {interval} |")
+            interval = f"[{_signed(pair.ci_low)}, {_signed(pair.ci_high)}]" if n_bootstrap else "-"
+            lines.append(
+                f"| {pair.a} - {pair.b} | {pair.far:.0e} | {_signed(pair.mean)} ± "
+                f"{_signed(pair.std)[1:]}{mark} | {_p_text(pair.p_sign_flip)} | "
+                f"{_p_text(pair.p_wilcoxon)} | {interval} |"
+            )
     sizes = context["protocol_sizes"]["mean"]
     boxes = context["face_boxes"]
     lines += [
@@ -479,30 +732,66 @@ def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool
     if n_bootstrap:
         splits = [s.comparisons for s in runs[0].result.splits]
         scores = {r.aligner: [s.scores for s in r.result.splits] for r in runs}
-        bootstrap = subject_bootstrap(splits, scores, FAR_TARGETS, n_bootstrap, seed,
-                                      Progress(f"subject bootstrap ({len(splits)} splits)", not quiet))
+        bootstrap = subject_bootstrap(
+            splits,
+            scores,
+            FAR_TARGETS,
+            n_bootstrap,
+            seed,
+            Progress(f"subject bootstrap ({len(splits)} splits)", not quiet),
+        )
     return compare_pairs(tars, bootstrap, FAR_TARGETS)
 
 
 @main.command("compare-aligners")
-@click.option("--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              required=True)
-@click.option("--images-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Root of the protocol's FILE paths [default: recorded in protocol.json].")
-@click.option("--aligners", default="tcnn,vanilla,box", show_default=True,
-              help="Comma-separated aligners: " + ALIGNER_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Writes table.md, table.json, pairs.json, roc.json, roc.png and one folder per aligner.")
-@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Resamples of the test subjects for the confidence intervals of differences (0: none).")
+@click.option(
+    "--protocol", "protocol_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True
+)
+@click.option(
+    "--images-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Root of the protocol's FILE paths [default: recorded in protocol.json].",
+)
+@click.option(
+    "--aligners", default="tcnn,vanilla,box", show_default=True, help="Comma-separated aligners: " + ALIGNER_HELP
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Writes table.md, table.json, pairs.json, roc.json, roc.png and one folder per aligner.",
+)
+@click.option(
+    "--bootstrap",
+    "n_bootstrap",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Resamples of the test subjects for the confidence intervals of differences (0: none).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @_beta_option
 @_shared_options
-def compare_aligners_command(protocol_dir: Path, images_root: Path | None, aligners: str, out_dir: Path,
-                             n_bootstrap: int, seed: int, betas: tuple[float, ...], backbone: str | None,
-                             detector: str, cache_dir: Path | None, tcnn_weights: Path | None,
-                             vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
-                             quiet: bool) -> None:
+def compare_aligners_command(
+    protocol_dir: Path,
+    images_root: Path | None,
+    aligners: str,
+    out_dir: Path,
+    n_bootstrap: int,
+    seed: int,
+    betas: tuple[float, ...],
+    backbone: str | None,
+    detector: str,
+    cache_dir: Path | None,
+    tcnn_weights: Path | None,
+    vanilla_weights: Path | None,
+    pca_components: int,
+    jobs: int,
+    threads: int | None,
+    quiet: bool,
+) -> None:
     """Run the same protocol for several aligners; write a Table 2 style table with paired statistics."""
     from facealign.imageio import write_json
 
@@ -515,8 +804,20 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
     if len(set(specs)) != len(specs):
         raise click.UsageError(f"--aligners lists an aligner twice: {specs}")
     protocol, faces, runs, choice = _run(
-        specs, protocol_dir, images_root, backbone, detector, cache_dir, tcnn_weights, vanilla_weights,
-        pca_components, jobs, threads, quiet, betas)
+        specs,
+        protocol_dir,
+        images_root,
+        backbone,
+        detector,
+        cache_dir,
+        tcnn_weights,
+        vanilla_weights,
+        pca_components,
+        jobs,
+        threads,
+        quiet,
+        betas,
+    )
     root = _images_root(protocol_dir, images_root)
     context = _context(protocol, faces, choice, detector, pca_components, root)
     used_betas = betas or DEFAULT_BETAS
@@ -529,8 +830,9 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
     pairs_record = {"bootstrap_resamples": n_bootstrap, "seed": seed, "pairs": [p.to_json() for p in pairs]}
     write_json(pairs_record, out_dir / "pairs.json")
     write_json({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.json")
-    plot_rocs({r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png",
-              title=f"{protocol_dir.name}, {choice.name}")
+    plot_rocs(
+        {r.aligner: r.result.roc() for r in runs}, out_dir / "roc.png", title=f"{protocol_dir.name}, {choice.name}"
+    )
     table = _table_markdown(runs, context, tuple(used_betas), pairs, n_bootstrap)
     (out_dir / "table.md").write_text(table, encoding="utf-8")
     click.echo(table)
@@ -541,15 +843,34 @@ def compare_aligners_command(protocol_dir: Path, images_root: Path | None, align
 
 @main.command("lfw-accuracy")
 @click.option("--aligner", "aligner_spec", required=True, help=ALIGNER_HELP)
-@click.option("--lfw-root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Folder holding lfw-deepfunneled/ and pairs.txt [default: ../shared/datasets/lfw].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write lfw_accuracy.json here.")
+@click.option(
+    "--lfw-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Folder holding lfw-deepfunneled/ and pairs.txt [default: ../shared/datasets/lfw].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write lfw_accuracy.json here.",
+)
 @_shared_options
-def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path | None, backbone: str | None,
-                         detector: str, cache_dir: Path | None, tcnn_weights: Path | None,
-                         vanilla_weights: Path | None, pca_components: int, jobs: int, threads: int | None,
-                         quiet: bool) -> None:
+def lfw_accuracy_command(
+    aligner_spec: str,
+    lfw_root: Path | None,
+    out_dir: Path | None,
+    backbone: str | None,
+    detector: str,
+    cache_dir: Path | None,
+    tcnn_weights: Path | None,
+    vanilla_weights: Path | None,
+    pca_components: int,
+    jobs: int,
+    threads: int | None,
+    quiet: bool,
+) -> None:
     """LFW View 2 10-fold accuracy (secondary figure).
 
     Not independent of training when the backbone was trained on prepare-lfw crops:
@@ -569,30 +890,50 @@ def lfw_accuracy_command(aligner_spec: str, lfw_root: Path | None, out_dir: Path
     pairs_path = root / "pairs.txt"
     try:
         choice = load_backbone(backbone)
-        aligner = get_aligner(aligner_spec, choice.template, images_root=root,
-                              weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights})
+        aligner = get_aligner(
+            aligner_spec, choice.template, images_root=root, weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights}
+        )
         cache = cache_dir if cache_dir is not None else default_cache_dir()
         detections = DetectionCache(root, detector, cache)
         files = sorted({p for pair in read_lfw_pairs(pairs_path) for p in (pair.path1, pair.path2)})
         faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=Progress("detect", not quiet)))
-        table = extract_features(files, root, faces.boxes, aligner, choice.network,
-                                 feature_cache_path(cache, aligner, choice, detections),
-                                 Progress(f"features {aligner.name}", not quiet))
+        table = extract_features(
+            files,
+            root,
+            faces.boxes,
+            aligner,
+            choice.network,
+            feature_cache_path(cache, aligner, choice, detections),
+            Progress(f"features {aligner.name}", not quiet),
+        )
         accuracy, info = lfw_accuracy(table.rows, pairs_path, pca_components)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
-    click.echo(f"LFW View 2 ({info['pairs']} pairs, 10 folds), aligner {aligner.name}: "
-               f"accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f}")
+    click.echo(
+        f"LFW View 2 ({info['pairs']} pairs, 10 folds), aligner {aligner.name}: "
+        f"accuracy {accuracy.mean:.4f} ± {accuracy.std:.4f}"
+    )
     click.echo(_boxes_line(faces))
-    click.echo("caveat: not an independent figure if the backbone was trained on LFW identities "
-               "(recognition prepare-lfw includes the pairs.txt people)")
+    click.echo(
+        "caveat: not an independent figure if the backbone was trained on LFW identities "
+        "(recognition prepare-lfw includes the pairs.txt people)"
+    )
     if out_dir is not None:
-        write_json({
-            "aligner": aligner.name, "key": aligner.key, "mean": accuracy.mean, "std": accuracy.std,
-            "folds": accuracy.accuracies.tolist(), "thresholds": accuracy.thresholds.tolist(), **info,
-            "face_boxes": faces.counts(), "backbone": choice.describe(),
-            "caveat": "backbone trained on LFW identities that include the pairs.txt people: not independent",
-        }, out_dir / "lfw_accuracy.json")
+        write_json(
+            {
+                "aligner": aligner.name,
+                "key": aligner.key,
+                "mean": accuracy.mean,
+                "std": accuracy.std,
+                "folds": accuracy.accuracies.tolist(),
+                "thresholds": accuracy.thresholds.tolist(),
+                **info,
+                "face_boxes": faces.counts(),
+                "backbone": choice.describe(),
+                "caveat": "backbone trained on LFW identities that include the pairs.txt people: not independent",
+            },
+            out_dir / "lfw_accuracy.json",
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

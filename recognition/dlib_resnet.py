@@ -130,8 +130,9 @@ def dlib_resnet_model_path() -> Path:
 # --------------------------------------------------------------------------- chip geometry
 
 
-def face_chip_matrix(image_shape: Sequence[int], detection, size: int = DLIB_CHIP_SIZE,
-                     padding: float = DLIB_CHIP_PADDING) -> np.ndarray:
+def face_chip_matrix(
+    image_shape: Sequence[int], detection, size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PADDING
+) -> np.ndarray:
     """The 2 x 3 image-to-chip map that ``dlib.get_face_chip`` applies to one face, measured.
 
     ``get_face_chip`` is run on two float64 images, as large as the image plus
@@ -174,8 +175,9 @@ def face_chip_matrix(image_shape: Sequence[int], detection, size: int = DLIB_CHI
     chip_x = np.asarray(dlib.get_face_chip(xs, shifted, size, padding))
     chip_y = np.asarray(dlib.get_face_chip(ys, shifted, size, padding))
     v, u = np.mgrid[0:size, 0:size]
-    inside = ((chip_x > -margin + 2) & (chip_x < width + margin - 3)
-              & (chip_y > -margin + 2) & (chip_y < height + margin - 3))
+    inside = (
+        (chip_x > -margin + 2) & (chip_x < width + margin - 3) & (chip_y > -margin + 2) & (chip_y < height + margin - 3)
+    )
     if inside.sum() < 3 * size:
         raise ValueError("the chip lies outside the coordinate images; cannot measure its map")
     design = np.stack([u[inside], v[inside], np.ones(int(inside.sum()))], 1).astype(np.float64)
@@ -310,8 +312,9 @@ class DlibFivePointPredictor:
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``N x 5 x 2`` float64 points (dlib order) for ``N x 4`` boxes."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        return np.array([[(p.x, p.y) for p in self.detection(image, b).parts()] for b in boxes],
-                        np.float64).reshape(-1, 5, 2)
+        return np.array([[(p.x, p.y) for p in self.detection(image, b).parts()] for b in boxes], np.float64).reshape(
+            -1, 5, 2
+        )
 
     def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """:meth:`predict` per image."""
@@ -359,11 +362,12 @@ class DlibResNetBackbone:
         array = np.asarray(crops)
         expected = (self.input_size, self.input_size, 3)
         if array.ndim != 4 or array.shape[1:] != expected or array.dtype != np.uint8:
-            raise ValueError(f"crops must be an N x {self.input_size} x {self.input_size} x 3 uint8 RGB array, "
-                             f"got {array.dtype} {array.shape}")
+            raise ValueError(
+                f"crops must be an N x {self.input_size} x {self.input_size} x 3 uint8 RGB array, "
+                f"got {array.dtype} {array.shape}"
+            )
         out = np.zeros((len(array), self.feature_dim), np.float32)
         for start in range(0, len(array), self.batch_size):
-            batch = [np.ascontiguousarray(c) for c in array[start:start + self.batch_size]]
-            out[start:start + len(batch)] = np.asarray(self._model.compute_face_descriptor(batch), np.float32)
+            batch = [np.ascontiguousarray(c) for c in array[start : start + self.batch_size]]
+            out[start : start + len(batch)] = np.asarray(self._model.compute_face_descriptor(batch), np.float32)
         return out
-

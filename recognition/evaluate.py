@@ -110,15 +110,23 @@ class VerificationResult:
         """JSON-ready TAR figures (``"1e-02"`` style keys)."""
         return {
             "tar_at_far": {
-                f"{far:.0e}": {"mean": self.tar_mean[far], "std": self.tar_std[far],
-                               "splits": [s.tar[far] for s in self.splits]}
+                f"{far:.0e}": {
+                    "mean": self.tar_mean[far],
+                    "std": self.tar_std[far],
+                    "splits": [s.tar[far] for s in self.splits],
+                }
                 for far in FAR_TARGETS
             },
             "betas": list(self.betas),
             "splits": [
-                {"split": s.index, "genuine": s.genuine, "impostor": s.impostor,
-                 "train_images": s.train_images, "pca_components": s.pca_components,
-                 **{f"tar@{far:.0e}": s.tar[far] for far in FAR_TARGETS}}
+                {
+                    "split": s.index,
+                    "genuine": s.genuine,
+                    "impostor": s.impostor,
+                    "train_images": s.train_images,
+                    "pca_components": s.pca_components,
+                    **{f"tar@{far:.0e}": s.tar[far] for far in FAR_TARGETS},
+                }
                 for s in self.splits
             ],
         }
@@ -126,8 +134,12 @@ class VerificationResult:
     def roc(self) -> dict[str, Any]:
         """Mean ROC over splits on :data:`ROC_GRID` (JSON-ready)."""
         tars = np.stack([s.roc_tar for s in self.splits])
-        return {"far": ROC_GRID.tolist(), "tar_mean": tars.mean(0).tolist(), "tar_std": tars.std(0).tolist(),
-                "tar_per_split": {str(s.index): s.roc_tar.tolist() for s in self.splits}}
+        return {
+            "far": ROC_GRID.tolist(),
+            "tar_mean": tars.mean(0).tolist(),
+            "tar_std": tars.std(0).tolist(),
+            "tar_per_split": {str(s.index): s.roc_tar.tolist() for s in self.splits},
+        }
 
 
 def evaluate_split(
@@ -154,8 +166,12 @@ def evaluate_split(
     scores = np.asarray(template_scores(by_template, split.comparisons, tuple(betas)), np.float64)
     tar = tar_at_far(scores, split.genuine, list(FAR_TARGETS))
     roc_tar = np.asarray(tar_at_far(scores, split.genuine, ROC_GRID), np.float64)
-    subjects = np.array([[split.template_subject(int(a)), split.template_subject(int(b))]
-                         for a, b in np.asarray(split.comparisons).reshape(-1, 2)])
+    subjects = np.array(
+        [
+            [split.template_subject(int(a)), split.template_subject(int(b))]
+            for a, b in np.asarray(split.comparisons).reshape(-1, 2)
+        ]
+    )
     return SplitResult(
         index=split.index,
         tar={far: float(v) for far, v in zip(FAR_TARGETS, np.atleast_1d(tar))},
@@ -178,8 +194,9 @@ def evaluate_protocol(
     """:func:`evaluate_split` on every split of ``protocol``."""
     if not betas:
         raise ValueError("need at least one beta")
-    return VerificationResult([evaluate_split(s, features, betas, n_components) for s in protocol.splits],
-                              tuple(float(b) for b in betas))
+    return VerificationResult(
+        [evaluate_split(s, features, betas, n_components) for s in protocol.splits], tuple(float(b) for b in betas)
+    )
 
 
 @dataclass
@@ -193,8 +210,13 @@ class AlignerRun:
     seconds: float = 0.0
 
     def record(self) -> dict[str, Any]:
-        return {"aligner": self.aligner, "key": self.key, **self.result.summary(),
-                "manifest_missing": self.manifest_missing, "feature_seconds": round(self.seconds, 1)}
+        return {
+            "aligner": self.aligner,
+            "key": self.key,
+            **self.result.summary(),
+            "manifest_missing": self.manifest_missing,
+            "feature_seconds": round(self.seconds, 1),
+        }
 
 
 def run_aligner(
@@ -211,10 +233,16 @@ def run_aligner(
     """Features (cached) and verification of one aligner on a protocol."""
     started = time.perf_counter()
     files = protocol_files(protocol)
-    table = extract_features(files, detections.images_root, faces.boxes, aligner, backbone.network,
-                             feature_cache_path(cache_dir, aligner, backbone, detections), progress)
+    table = extract_features(
+        files,
+        detections.images_root,
+        faces.boxes,
+        aligner,
+        backbone.network,
+        feature_cache_path(cache_dir, aligner, backbone, detections),
+        progress,
+    )
     seconds = time.perf_counter() - started
     result = evaluate_protocol(protocol, table, betas, n_components)
     missing = len(aligner.missing(files)) if isinstance(aligner, ManifestAligner) else 0
     return AlignerRun(aligner.name, aligner.key, result, missing, seconds)
-

@@ -137,14 +137,18 @@ def extract_features(
         merged = {f: cached[f] for f in cached}
         merged.update({f: (np.asarray(boxes[f], np.float64), known[f]) for f in known})
         names = sorted(merged)
-        _save_features(cache, names, np.stack([merged[n][0] for n in names]),
-                       np.stack([merged[n][1] for n in names]).astype(np.float32))
+        _save_features(
+            cache,
+            names,
+            np.stack([merged[n][0] for n in names]),
+            np.stack([merged[n][1] for n in names]).astype(np.float32),
+        )
 
     if progress is not None and todo:
         progress(0, len(todo))
     since_save = 0
     for start in range(0, len(todo), _FEATURE_BATCH):
-        batch = todo[start:start + _FEATURE_BATCH]
+        batch = todo[start : start + _FEATURE_BATCH]
         faces = read_face_inputs(root, batch, boxes)
         features = backbone.embed(aligner.align(faces))
         for f, x in zip(batch, features):
@@ -167,9 +171,15 @@ def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoi
     return cache_dir / f"features-{aligner.key}-{backbone.key}-{detections.key}.npz"
 
 
-def _fill_one_cache(spec: str, backbone_spec: str | Path | None, images_root: Path,
-                    weights: Mapping[str, str | Path | None], files: list[str], boxes: Mapping[str, np.ndarray],
-                    cache_path: Path) -> None:
+def _fill_one_cache(
+    spec: str,
+    backbone_spec: str | Path | None,
+    images_root: Path,
+    weights: Mapping[str, str | Path | None],
+    files: list[str],
+    boxes: Mapping[str, np.ndarray],
+    cache_path: Path,
+) -> None:
     """Worker: the features of one aligner into its cache file (one torch thread; the caller's
     thread counts come back when it runs in the calling process)."""
     import torch  # noqa: F401  (loaded first, so that single_threaded limits it)
@@ -209,11 +219,17 @@ def fill_feature_caches(
 
     files = protocol_files(protocol)
     tasks = [
-        (spec, backbone_spec, images_root, weights, files, faces.boxes,
-         feature_cache_path(cache_dir, aligner, backbone, detections))
+        (
+            spec,
+            backbone_spec,
+            images_root,
+            weights,
+            files,
+            faces.boxes,
+            feature_cache_path(cache_dir, aligner, backbone, detections),
+        )
         for spec, aligner in zip(specs, aligners)
     ]
     with Progress("features, aligners done", enabled=not quiet, every=0) as progress:
         for done, _ in enumerate(parallel_map(_fill_one_cache, tasks, jobs), 1):
             progress(done, len(tasks))
-

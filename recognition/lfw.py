@@ -92,9 +92,11 @@ class PrepareSummary:
     samples_path: Path
 
     def line(self) -> str:
-        return (f"{self.images} images of {self.identities} people: {self.written} crops written, "
-                f"{self.existing} already there, {self.no_face} without a detected face (left out); "
-                f"{self.samples} samples listed in {self.samples_path}")
+        return (
+            f"{self.images} images of {self.identities} people: {self.written} crops written, "
+            f"{self.existing} already there, {self.no_face} without a detected face (left out); "
+            f"{self.samples} samples listed in {self.samples_path}"
+        )
 
 
 def prepare_lfw(
@@ -146,8 +148,9 @@ def prepare_lfw(
     identity = dict(items)
     files = [p for p, _ in items]
     cache = DetectionCache(root, detector, cache_dir)
-    records = cache.ensure(files, jobs=jobs,
-                           progress=None if progress is None else (lambda d, t: progress("detect", d, t)))
+    records = cache.ensure(
+        files, jobs=jobs, progress=None if progress is None else (lambda d, t: progress("detect", d, t))
+    )
     faces = choose_face_boxes(records)
     detected = [f for f in files if faces.sources[f] == "detector"]
     no_face = [f for f in files if faces.sources[f] != "detector"]
@@ -160,7 +163,7 @@ def prepare_lfw(
     if progress is not None:
         progress("align", 0, len(todo))
     for start in range(0, len(todo), _ALIGN_BATCH):
-        batch = todo[start:start + _ALIGN_BATCH]
+        batch = todo[start : start + _ALIGN_BATCH]
         inputs = read_face_inputs(root, batch, faces.boxes)
         for file, crop in zip(batch, aligner.align(inputs)):
             write_image_atomic(crop_path(file), crop, quality=95)
@@ -169,12 +172,21 @@ def prepare_lfw(
 
     samples = out / "samples.txt"
     lines = [f"{crop_path(f).relative_to(out).as_posix()} {identity[f]}" for f in detected]
-    samples.write_text(f"# path identity (LFW people with >= {min_images} images, aligned crops)\n"
-                       + "".join(line + "\n" for line in lines), encoding="utf-8")
+    samples.write_text(
+        f"# path identity (LFW people with >= {min_images} images, aligned crops)\n"
+        + "".join(line + "\n" for line in lines),
+        encoding="utf-8",
+    )
     (out / "no_face.txt").write_text("".join(f + "\n" for f in no_face), encoding="utf-8")
-    return PrepareSummary(images=len(files), identities=len(set(identity.values())), written=len(todo),
-                          existing=len(detected) - len(todo), no_face=len(no_face), samples=len(lines),
-                          samples_path=samples)
+    return PrepareSummary(
+        images=len(files),
+        identities=len(set(identity.values())),
+        written=len(todo),
+        existing=len(detected) - len(todo),
+        no_face=len(no_face),
+        samples=len(lines),
+        samples_path=samples,
+    )
 
 
 def lfw_accuracy(
@@ -218,7 +230,7 @@ def lfw_accuracy(
         components.append(int(pca.n_components_))
         used = np.unique(np.concatenate([left[test], right[test]]))
         projected = pca.transform(raw[used])
-        by_image = {int(i): projected[n:n + 1] for n, i in enumerate(used)}
+        by_image = {int(i): projected[n : n + 1] for n, i in enumerate(used)}
         scores[test] = template_scores(by_image, np.stack([left[test], right[test]], 1), (0.0,))
     accuracy = verification_accuracy_10fold(scores, same, folds=fold)
     return accuracy, {"pairs": len(pairs), "images": len(files), "pca_components": components}

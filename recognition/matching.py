@@ -282,7 +282,7 @@ def template_scores(
         # Row indices of all partner images, concatenated partner by partner.
         seg_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         columns = np.repeat(starts - seg_start, counts) + np.arange(counts.sum())
-        sim = np.clip(z[offsets[a]:offsets[a + 1]] @ z[columns].T, -1.0, 1.0)  # (n_a, sum counts)
+        sim = np.clip(z[offsets[a] : offsets[a + 1]] @ z[columns].T, -1.0, 1.0)  # (n_a, sum counts)
         fused = np.zeros(len(group))
         for b in beta_values:
             scaled = b * sim

@@ -317,12 +317,24 @@ def read_lfw_pairs(path: str | Path, folder: str = "lfw-deepfunneled") -> list[L
         same = within < per_class
         try:
             if same and len(fields) == 3:
-                pairs.append(LfwPair(lfw_image_path(fields[0], int(fields[1]), folder),
-                                     lfw_image_path(fields[0], int(fields[2]), folder), True, fold))
+                pairs.append(
+                    LfwPair(
+                        lfw_image_path(fields[0], int(fields[1]), folder),
+                        lfw_image_path(fields[0], int(fields[2]), folder),
+                        True,
+                        fold,
+                    )
+                )
                 continue
             if not same and len(fields) == 4:
-                pairs.append(LfwPair(lfw_image_path(fields[0], int(fields[1]), folder),
-                                     lfw_image_path(fields[2], int(fields[3]), folder), False, fold))
+                pairs.append(
+                    LfwPair(
+                        lfw_image_path(fields[0], int(fields[1]), folder),
+                        lfw_image_path(fields[2], int(fields[3]), folder),
+                        False,
+                        fold,
+                    )
+                )
                 continue
         except ValueError:
             pass

@@ -194,16 +194,18 @@ def protocol_sizes(protocol: Protocol) -> dict[str, Any]:
     """Sizes of a protocol: per split and mean over splits."""
     per_split = []
     for s in protocol.splits:
-        per_split.append({
-            "split": s.index,
-            "train_subjects": len({r.subject_id for r in s.train}),
-            "train_images": len(s.train_files),
-            "test_subjects": len({rows[0].subject_id for rows in s.templates.values()}),
-            "test_images": len(s.test_files),
-            "test_templates": len(s.templates),
-            "genuine": int(s.genuine.sum()),
-            "impostor": int((~s.genuine).sum()),
-        })
+        per_split.append(
+            {
+                "split": s.index,
+                "train_subjects": len({r.subject_id for r in s.train}),
+                "train_images": len(s.train_files),
+                "test_subjects": len({rows[0].subject_id for rows in s.templates.values()}),
+                "test_images": len(s.test_files),
+                "test_templates": len(s.templates),
+                "genuine": int(s.genuine.sum()),
+                "impostor": int((~s.genuine).sum()),
+            }
+        )
     keys = [k for k in per_split[0] if k != "split"]
     return {
         "splits": len(per_split),
@@ -329,8 +331,7 @@ def _group_templates(rows: Sequence[ImageRow], source: Path) -> dict[int, list[I
         group = templates[row.template_id]
         if group and group[0].subject_id != row.subject_id:
             raise ValueError(
-                f"{source}: template {row.template_id} mixes subjects "
-                f"{group[0].subject_id!r} and {row.subject_id!r}"
+                f"{source}: template {row.template_id} mixes subjects {group[0].subject_id!r} and {row.subject_id!r}"
             )
         group.append(row)
     return dict(templates)
@@ -375,8 +376,7 @@ def read_split(root: str | Path, index: int) -> Split:
     unknown = sorted({int(t) for t in comparisons.ravel()} - templates.keys())
     if unknown:
         raise ValueError(
-            f"{paths['comparisons']}: {len(unknown)} template id(s) not in {paths['metadata'].name}, "
-            f"e.g. {unknown[:5]}"
+            f"{paths['comparisons']}: {len(unknown)} template id(s) not in {paths['metadata'].name}, e.g. {unknown[:5]}"
         )
     subject = {tid: rows[0].subject_id for tid, rows in templates.items()}
     genuine = np.fromiter(
@@ -392,7 +392,7 @@ def list_splits(root: str | Path) -> list[int]:
         raise FileNotFoundError(f"protocol folder not found: {root}")
     indices = []
     for child in root.iterdir():
-        suffix = child.name[len("split"):]
+        suffix = child.name[len("split") :]
         if child.is_dir() and child.name.startswith("split") and suffix.isdigit():
             indices.append(int(suffix))
     return sorted(indices)
@@ -694,7 +694,7 @@ def make_protocol(
                     )
             template_ids_of[subject] = ids
 
-        genuine = [(a, b) for ids in template_ids_of.values() for n, a in enumerate(ids) for b in ids[n + 1:]]
+        genuine = [(a, b) for ids in template_ids_of.values() for n, a in enumerate(ids) for b in ids[n + 1 :]]
         n_impostor = int(round(impostor_ratio * len(genuine)))
         impostor_index = _sample_impostors(np.asarray(template_subject), n_impostor, rng)
         impostor = [(int(a) + 1, int(b) + 1) for a, b in impostor_index]

@@ -13,9 +13,11 @@ __all__ = ["format_tar", "plot_rocs"]
 
 def format_tar(mean: float, std: float) -> str:
     """Table 2 style ``.718 ± .01``."""
+
     def short(value: float, digits: int) -> str:
         text = f"{value:.{digits}f}"
         return text[1:] if text.startswith("0.") else text
+
     return f"{short(mean, 3)} ± {short(std, 2)}"
 
 
@@ -46,6 +48,3 @@ def plot_rocs(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-
-
-

@@ -135,8 +135,7 @@ def _subject_index(subjects: np.ndarray) -> tuple[np.ndarray, int]:
     return index.reshape(subjects.shape), len(labels)
 
 
-def _resample_weights(index: np.ndarray, n_subjects: int, genuine: np.ndarray,
-                      rng: np.random.Generator) -> np.ndarray:
+def _resample_weights(index: np.ndarray, n_subjects: int, genuine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     counts = np.bincount(rng.integers(0, n_subjects, n_subjects), minlength=n_subjects).astype(np.float64)
     return np.where(genuine, counts[index[:, 0]], counts[index[:, 0]] * counts[index[:, 1]])
 
@@ -246,9 +245,17 @@ class PairComparison:
         return self.p_sign_flip < SIGNIFICANCE_LEVEL
 
     def to_json(self) -> dict[str, float | str | bool | list[float]]:
-        return {"a": self.a, "b": self.b, "far": self.far, "mean": self.mean, "std": self.std,
-                "p_sign_flip": self.p_sign_flip, "p_wilcoxon": self.p_wilcoxon,
-                "ci95": [self.ci_low, self.ci_high], "significant": self.significant}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "far": self.far,
+            "mean": self.mean,
+            "std": self.std,
+            "p_sign_flip": self.p_sign_flip,
+            "p_wilcoxon": self.p_wilcoxon,
+            "ci95": [self.ci_low, self.ci_high],
+            "significant": self.significant,
+        }
 
 
 def compare_pairs(
@@ -283,6 +290,17 @@ def compare_pairs(
                 low, high = np.percentile(bootstrap[a][:, column] - bootstrap[b][:, column], [2.5, 97.5])
             else:
                 low = high = float("nan")
-            out.append(PairComparison(a, b, float(far), float(d.mean()), float(d.std()), sign_flip_test(d),
-                                      wilcoxon_p(d), float(low), float(high)))
+            out.append(
+                PairComparison(
+                    a,
+                    b,
+                    float(far),
+                    float(d.mean()),
+                    float(d.std()),
+                    sign_flip_test(d),
+                    wilcoxon_p(d),
+                    float(low),
+                    float(high),
+                )
+            )
     return out

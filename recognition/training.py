@@ -167,8 +167,10 @@ def read_sample_list(path: str | Path, root: str | Path | None = None) -> list[t
                     continue
                 if len(values) < 2 or not values[0] or not values[1]:
                     raise ValueError(f"{path}:{line_no}: expected 'path,identity', got {values}")
-                if line_no == 1 and values[0].lower() in ("path", "image", "file") and values[1].lower() in (
-                    "identity", "label", "subject", "subject_id"
+                if (
+                    line_no == 1
+                    and values[0].lower() in ("path", "image", "file")
+                    and values[1].lower() in ("identity", "label", "subject", "subject_id")
                 ):
                     continue
                 rows.append((values[0], values[1]))
@@ -230,14 +232,15 @@ def _augment(x: torch.Tensor, config: TrainingConfig, generator: torch.Generator
         j = config.jitter
         padded = F.pad(x, (j, j, j, j), mode="reflect" if j < size else "replicate")
         offsets = torch.randint(0, 2 * j + 1, (n, 2), generator=generator).tolist()
-        x = torch.stack([padded[i, :, dy:dy + size, dx:dx + size] for i, (dy, dx) in enumerate(offsets)])
+        x = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
     return x
 
 
 def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -326,11 +329,13 @@ def _train(
     if resume and checkpoint.is_file():
         payload = load_alexnet_checkpoint(checkpoint)
         if payload["config"] != asdict(model_config) or payload.get("classes") != classes:
-            raise ValueError(f"{checkpoint}: checkpoint describes another network or class list; "
-                             "use resume=False or another path")
+            raise ValueError(
+                f"{checkpoint}: checkpoint describes another network or class list; use resume=False or another path"
+            )
         if payload.get("optimizer_name") != config.optimizer:
-            raise ValueError(f"{checkpoint}: was trained with {payload.get('optimizer_name')!r}, "
-                             f"not {config.optimizer!r}")
+            raise ValueError(
+                f"{checkpoint}: was trained with {payload.get('optimizer_name')!r}, not {config.optimizer!r}"
+            )
         model = AlexNet(model_config)
         model.load_state_dict(payload["state_dict"])
         optimizer = _make_optimizer(model, config)
@@ -371,20 +376,36 @@ def _train(
             seen += len(labels)
             if batch % config.log_every == 0 or batch == n_batches:
                 rate = seen / max(time.perf_counter() - started, 1e-9)
-                emit(f"epoch {epoch + 1}/{config.epochs} batch {batch}/{n_batches} loss {loss_sum / seen:.4f} "
-                     f"acc {correct / seen:.3f} lr {lr:.2e} {rate:.1f} img/s")
-        history.append({"epoch": float(epoch + 1), "loss": loss_sum / seen, "accuracy": correct / seen,
-                        "lr": lr, "seconds": time.perf_counter() - started})
-        save_alexnet(checkpoint, model, mean, std, extra={
-            "optimizer": optimizer.state_dict(),
-            "optimizer_name": config.optimizer,
-            "epoch": epoch + 1,
-            "generator_state": generator.get_state(),
-            "torch_rng_state": torch.get_rng_state(),
-            "classes": classes,
-            "training": asdict(config),
-            "history": history,
-        })
+                emit(
+                    f"epoch {epoch + 1}/{config.epochs} batch {batch}/{n_batches} loss {loss_sum / seen:.4f} "
+                    f"acc {correct / seen:.3f} lr {lr:.2e} {rate:.1f} img/s"
+                )
+        history.append(
+            {
+                "epoch": float(epoch + 1),
+                "loss": loss_sum / seen,
+                "accuracy": correct / seen,
+                "lr": lr,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        save_alexnet(
+            checkpoint,
+            model,
+            mean,
+            std,
+            extra={
+                "optimizer": optimizer.state_dict(),
+                "optimizer_name": config.optimizer,
+                "epoch": epoch + 1,
+                "generator_state": generator.get_state(),
+                "torch_rng_state": torch.get_rng_state(),
+                "classes": classes,
+                "training": asdict(config),
+                "history": history,
+            },
+        )
         emit(f"epoch {epoch + 1} done: loss {loss_sum / seen:.4f} acc {correct / seen:.3f}; saved {checkpoint}")
-    return TrainResult(checkpoint=checkpoint, epochs_completed=max(start_epoch, config.epochs),
-                       classes=classes, history=history)
+    return TrainResult(
+        checkpoint=checkpoint, epochs_completed=max(start_epoch, config.epochs), classes=classes, history=history
+    )

@@ -48,9 +48,7 @@ def _sse(matrix: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
 @pytest.mark.parametrize("seed", range(5))
 def test_recovers_known_similarity_exactly(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    truth = _similarity(
-        rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 5.0), *rng.uniform(-200, 200, 2)
-    )
+    truth = _similarity(rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 5.0), *rng.uniform(-200, 200, 2))
     src = rng.uniform(0, 250, (5, 2))
     dst = transform_points(truth, src)
     estimated = estimate_similarity(src, dst)

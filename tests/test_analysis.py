@@ -199,9 +199,7 @@ def test_analyze_representations_tells_informative_layer_apart() -> None:
     informative = points.reshape(n, -1) + rng.normal(scale=0.2, size=(n, 10))
     noise = rng.normal(size=(n, 10))
     settings = AnalysisSettings(clusters=4, seed=0)
-    stats, labels = analyze_representations(
-        {"CL1": noise, "FC5": informative}, {"input40": points}, attrs, settings
-    )
+    stats, labels = analyze_representations({"CL1": noise, "FC5": informative}, {"input40": points}, attrs, settings)
     lv = {layer: stats["layers"][layer]["landmark"]["input40"]["mean"] for layer in ("CL1", "FC5")}
     assert lv["FC5"] < 0.2 * lv["CL1"]
     av = {layer: stats["layers"][layer]["attribute"]["smile"]["mean"] for layer in ("CL1", "FC5")}

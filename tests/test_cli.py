@@ -432,7 +432,9 @@ def test_crop_workers_and_landmarks_run_without_torch(face_photos, tmp_path) -> 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(block), str(Path(__file__).resolve().parents[1])]))
     code = "import sys; from facealign.cli import main; sys.argv = ['facealign'] + sys.argv[1:]; main()"
     crop_args = ["crop", "--jobs", "2", "--silent", str(src), str(tmp_path / "out")]
-    crop = subprocess.run([sys.executable, "-c", code, *crop_args], env=env, capture_output=True, text=True, timeout=300)  # noqa: E501
+    crop = subprocess.run(
+        [sys.executable, "-c", code, *crop_args], env=env, capture_output=True, text=True, timeout=300
+    )  # noqa: E501
     assert crop.returncode == 0, crop.stderr
     assert len(list((tmp_path / "out").glob("*.jpg"))) >= 2
     marks = subprocess.run([sys.executable, "-c", code, "landmarks", "--json", str(src / face_photos[0].name)],

@@ -98,8 +98,16 @@ def test_tiles_and_levels_find_every_square_once():
     # 1000 x 1500: tiled at full size (256-px tiles) for squares of 20-80 px, one
     # level down (1/4) for 80-320 px, one more for larger. Squares straddle tile
     # edges; each is found exactly once, at its place within the resampling error.
-    squares = [(10, 10, 24), (240, 100, 40), (500, 230, 60), (700, 700, 30), (1100, 200, 300), (300, 500, 200),
-               (1200, 650, 70), (900, 480, 22)]
+    squares = [
+        (10, 10, 24),
+        (240, 100, 40),
+        (500, 230, 60),
+        (700, 700, 30),
+        (1100, 200, 300),
+        (300, 500, 200),
+        (1200, 650, 70),
+        (900, 480, 22),
+    ]
     image = _canvas(1000, 1500, squares)
     det = SquareFinder()
     assert det.levels(1000, 1500) == pytest.approx([1.0, 0.25, 0.0625])
@@ -278,7 +286,10 @@ def test_entry_point_plugin_runs_in_crop_workers(face_photos, tmp_path):
     # An unknown name is a usage error naming the choices.
     proc = subprocess.run(
         [sys.executable, "-m", "facealign.cli", "crop", str(in_dir), str(tmp_path / "o2"), "--detector", "nope"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "centre-box" in proc.stderr and "retinaface" in proc.stderr
 

@@ -24,9 +24,7 @@ from facealign.imageio import (
 def _pattern(height: int = 24, width: int = 32) -> np.ndarray:
     """A deterministic RGB pattern with distinct values per pixel and channel."""
     y, x = np.mgrid[0:height, 0:width]
-    return np.stack([(x * 7) % 256, (y * 11) % 256, (x * 3 + y * 5) % 256], axis=2).astype(
-        np.uint8
-    )
+    return np.stack([(x * 7) % 256, (y * 11) % 256, (x * 3 + y * 5) % 256], axis=2).astype(np.uint8)
 
 
 def _check_rgb(array: np.ndarray, shape: tuple[int, int]) -> None:
@@ -68,7 +66,7 @@ def test_la_composited_on_white(tmp_path: Path) -> None:
 
 
 def test_one_bit(tmp_path: Path) -> None:
-    bits = (_pattern()[..., 0] > 100)
+    bits = _pattern()[..., 0] > 100
     Image.fromarray(bits).convert("1").save(tmp_path / "b.png")
     with Image.open(tmp_path / "b.png") as im:
         assert im.mode == "1"
@@ -99,9 +97,7 @@ def test_palette_with_transparency(tmp_path: Path) -> None:
 
 
 def test_rgba_alpha_dropped_onto_white(tmp_path: Path) -> None:
-    rgba = np.array(
-        [[[10, 20, 30, 255], [200, 0, 0, 0], [0, 0, 0, 128], [100, 150, 200, 64]]], np.uint8
-    )
+    rgba = np.array([[[10, 20, 30, 255], [200, 0, 0, 0], [0, 0, 0, 128], [100, 150, 200, 64]]], np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
     out = read_image(tmp_path / "rgba.png")
     _check_rgb(out, (1, 4))
@@ -146,9 +142,7 @@ _RAMP16 = np.array([[0, 255, 256, 1000, 40000, 65535]], np.uint16)
         ("i32.tif", _RAMP16.astype(np.int32), "I"),
     ],
 )
-def test_sixteen_bit_scaled_not_clipped(
-    tmp_path: Path, name: str, array: np.ndarray, mode: str
-) -> None:
+def test_sixteen_bit_scaled_not_clipped(tmp_path: Path, name: str, array: np.ndarray, mode: str) -> None:
     Image.fromarray(array).save(tmp_path / name)
     with Image.open(tmp_path / name) as im:
         assert im.mode == mode
@@ -363,9 +357,7 @@ def test_write_atomic_jpeg_quality(tmp_path: Path) -> None:
         write_image_atomic(tmp_path / "q.jpg", rgb, quality=101)
 
 
-def test_write_atomic_interrupted_keeps_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_atomic_interrupted_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "out.png"
     old = _pattern()
     write_image_atomic(target, old)

@@ -68,7 +68,8 @@ def test_reduced_decode_maps_transform_to_original_pixels(aligner, face_photos) 
     [face] = item.faces()
     # Working-image matrix on working points == original-pixel transform on original points.
     np.testing.assert_allclose(
-        transform_points(aligned.transform, face.landmarks), transform_points(aligned.matrix, item.landmarks[0]),
+        transform_points(aligned.transform, face.landmarks),
+        transform_points(aligned.matrix, item.landmarks[0]),
         atol=1e-9,
     )
 

@@ -90,8 +90,9 @@ def test_mirror_disagreement_of_a_crop_equals_that_of_its_mirror_image():
     crops = np.random.default_rng(3).integers(0, 256, (4, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     _, a = eng.predict_crops(crops, return_signals=True)
     _, b = eng.predict_crops(crops[:, :, ::-1].copy(), return_signals=True)
-    np.testing.assert_allclose(np.linalg.norm(a["mirror_gap"], axis=2).mean(1),
-                               np.linalg.norm(b["mirror_gap"], axis=2).mean(1), atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(a["mirror_gap"], axis=2).mean(1), np.linalg.norm(b["mirror_gap"], axis=2).mean(1), atol=1e-5
+    )
 
 
 def test_signals_on_a_real_face_and_on_noise(shared_datasets):

@@ -32,7 +32,11 @@ def test_alexnet_shapes_standard_width(size: int) -> None:
     # Layer layout of the standard AlexNet.
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
-        (64, 11, 4), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)
+        (64, 11, 4),
+        (192, 5, 1),
+        (384, 3, 1),
+        (256, 3, 1),
+        (256, 3, 1),
     ]
     assert model.embedding[1].in_features == 256 * 6 * 6
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 3
@@ -61,8 +65,9 @@ def test_backbone_embed_and_save_load(tmp_path: Path) -> None:
     np.testing.assert_allclose(features, AlexNetBackbone(model, mean, std, batch_size=5).embed(crops), atol=1e-5)
     np.testing.assert_allclose(features[2:3], backbone.embed(crops[2:3]), atol=1e-5)
     # Normalisation is applied: direct forward of the normalised tensor gives the same features.
-    x = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
-        / torch.tensor(std).view(1, 3, 1, 1)
+    x = (
+        torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)
+    ) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         np.testing.assert_allclose(features, model.eval().extract_features(x).numpy(), atol=1e-5)
 

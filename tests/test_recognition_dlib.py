@@ -61,8 +61,11 @@ def test_dlib5_template_follows_the_target_template() -> None:
     loose = get_template("loose", 112)
     moved = dlib5_template(loose)
     # The map between the two dlib-point layouts is the one between the two MTFL layouts.
-    np.testing.assert_allclose(estimate_similarity(DLIB_CHIP_DLIB5_POINTS, moved.points),
-                               estimate_similarity(DLIB_CHIP_POINTS, loose.points), atol=1e-9)
+    np.testing.assert_allclose(
+        estimate_similarity(DLIB_CHIP_DLIB5_POINTS, moved.points),
+        estimate_similarity(DLIB_CHIP_POINTS, loose.points),
+        atol=1e-9,
+    )
     assert moved.size == loose.size
 
 
@@ -127,8 +130,9 @@ def test_dlib5pt_aligner_and_backbone(photo_faces: list) -> None:
     crops_5pt, crops_tcnn = five.align(faces), tcnn.align(faces)
     assert crops_5pt.shape == (3, DLIB_CHIP_SIZE, DLIB_CHIP_SIZE, 3)
     predictor = DlibFivePointPredictor()
-    chips = np.stack([dlib.get_face_chip(im, predictor.detection(im, b), DLIB_CHIP_SIZE, 0.25)
-                      for im, b in photo_faces])
+    chips = np.stack(
+        [dlib.get_face_chip(im, predictor.detection(im, b), DLIB_CHIP_SIZE, 0.25) for im, b in photo_faces]
+    )
     # Least squares over dlib's 5 points vs dlib's own fit: within a fraction of a pixel.
     assert np.abs(crops_5pt.astype(float) - chips).mean() < 4.0
 

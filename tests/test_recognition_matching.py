@@ -73,8 +73,12 @@ def test_template_scores_match_loops() -> None:
     for betas in ([10.0], [0.0, 2.0, 7.5]):
         got = template_scores(features, comparisons, betas)
         expected = [
-            np.mean([direct_softmax([direct_pearson(u, v) for u in features[a] for v in features[b]], beta)
-                     for beta in betas])
+            np.mean(
+                [
+                    direct_softmax([direct_pearson(u, v) for u in features[a] for v in features[b]], beta)
+                    for beta in betas
+                ]
+            )
             for a, b in comparisons
         ]
         np.testing.assert_allclose(got, expected, atol=1e-12)

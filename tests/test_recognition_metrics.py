@@ -20,13 +20,13 @@ def test_roc_and_tar_without_ties() -> None:
     # Sorted: .9G .85I .8G .7I .6G .5I .4I .3G .2I  (4 genuine, 5 impostor)
     s, g = scores_and_labels([0.9, 0.8, 0.6, 0.3], [0.85, 0.7, 0.5, 0.4, 0.2])
     roc = roc_curve(s, g)
-    np.testing.assert_allclose(roc.far, [0, 0, .2, .2, .4, .4, .6, .8, .8, 1])
-    np.testing.assert_allclose(roc.tar, [0, .25, .25, .5, .5, .75, .75, .75, 1, 1])
+    np.testing.assert_allclose(roc.far, [0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.8, 0.8, 1])
+    np.testing.assert_allclose(roc.tar, [0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 0.75, 1, 1])
     assert roc.thresholds[0] == np.inf
-    np.testing.assert_allclose(roc.thresholds[1:], [.9, .85, .8, .7, .6, .5, .4, .3, .2])
-    assert tar_at_far(s, g, 0.0) == pytest.approx(0.25)   # threshold .9
-    assert tar_at_far(s, g, 0.2) == pytest.approx(0.5)    # largest point with FAR .2: threshold .8
-    assert tar_at_far(s, g, 0.1) == pytest.approx(0.25)   # between (0, .25) and (.2, .25)
+    np.testing.assert_allclose(roc.thresholds[1:], [0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    assert tar_at_far(s, g, 0.0) == pytest.approx(0.25)  # threshold .9
+    assert tar_at_far(s, g, 0.2) == pytest.approx(0.5)  # largest point with FAR .2: threshold .8
+    assert tar_at_far(s, g, 0.1) == pytest.approx(0.25)  # between (0, .25) and (.2, .25)
     assert tar_at_far(s, g, 0.8) == pytest.approx(1.0)
     assert tar_at_far(s, g, 0.7) == pytest.approx(0.75)  # flat segment (.6, .75)-(.8, .75)
     np.testing.assert_allclose(tar_at_far(s, g, [0.0, 0.2, 1.0]), [0.25, 0.5, 1.0])
@@ -37,11 +37,11 @@ def test_tar_at_far_interpolates_across_tied_scores() -> None:
     # points (0,0) (0,.25)@.9 (.25,.25)@.8 (.75,.75)@.7 (.75,1)@.2 (1,1)@.1
     s, g = scores_and_labels([0.9, 0.7, 0.7, 0.2], [0.8, 0.7, 0.7, 0.1])
     roc = roc_curve(s, g)
-    np.testing.assert_allclose(roc.far, [0, 0, .25, .75, .75, 1])
-    np.testing.assert_allclose(roc.tar, [0, .25, .25, .75, 1, 1])
+    np.testing.assert_allclose(roc.far, [0, 0, 0.25, 0.75, 0.75, 1])
+    np.testing.assert_allclose(roc.tar, [0, 0.25, 0.25, 0.75, 1, 1])
     assert tar_at_far(s, g, 0.25) == pytest.approx(0.25)
-    assert tar_at_far(s, g, 0.5) == pytest.approx(0.5)    # .25 + (.75-.25) * (.5-.25)/(.75-.25)
-    assert tar_at_far(s, g, 0.3) == pytest.approx(0.3)    # .25 + .5 * .05/.5
+    assert tar_at_far(s, g, 0.5) == pytest.approx(0.5)  # .25 + (.75-.25) * (.5-.25)/(.75-.25)
+    assert tar_at_far(s, g, 0.3) == pytest.approx(0.3)  # .25 + .5 * .05/.5
     assert tar_at_far(s, g, 0.75) == pytest.approx(1.0)
     assert tar_at_far(s, g, 0.9) == pytest.approx(1.0)
 

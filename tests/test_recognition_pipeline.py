@@ -63,8 +63,9 @@ def test_choose_face_box_rules() -> None:
     box, source = choose_face_box(record("a.jpg", []))
     assert source == "image" and box.tolist() == [-0.5, -0.5, 199.5, 99.5]
 
-    faces = choose_face_boxes({"a": record("a", [big, small]), "b": record("b", []), "c": record("c", [])},
-                              {"b": (0, 0, 10, 10)})
+    faces = choose_face_boxes(
+        {"a": record("a", [big, small]), "b": record("b", []), "c": record("c", [])}, {"b": (0, 0, 10, 10)}
+    )
     assert faces.counts() == {"images": 3, "detector": 1, "protocol": 1, "image": 1, "multiple_faces": 1}
     broken = DetectionRecord("d.jpg", (0, 0), np.zeros((0, 4)), np.zeros(0), error="truncated")
     with pytest.raises(ValueError, match="could not be read"):
@@ -100,7 +101,8 @@ def test_detection_cache_is_keyed_by_the_detector_settings(tmp_path: Path, monke
     same = DetectionCache(root, "fake", tmp_path / "cache")
     assert same.path == first.path
     assert {f: r.boxes.tolist() for f, r in same.ensure(["a.png", "b.png"]).items()} == {
-        f: b.tolist() for f, b in boxes.items()}
+        f: b.tolist() for f, b in boxes.items()
+    }
     assert calls == [0.5, 0.5]  # served from the cache
     monkeypatch.setitem(DETECTORS, "fake", lambda **kwargs: Fake(threshold=0.25, **kwargs))
     changed = DetectionCache(root, "fake", tmp_path / "cache")
@@ -146,9 +148,13 @@ def test_read_landmark_manifest_shapes(tmp_path: Path) -> None:
     pts = np.arange(10, dtype=float).reshape(5, 2) + 20
     lines = [
         # facealign landmarks --json, absolute path, two faces
-        {"image": str(root / "a.jpg"), "faces": [{"box": [0, 0, 9, 9], "score": 1.0, "landmarks": pts.tolist()},
-                                                 {"box": [0, 0, 9, 9], "score": 0.5,
-                                                  "landmarks": (pts + 100).tolist()}]},
+        {
+            "image": str(root / "a.jpg"),
+            "faces": [
+                {"box": [0, 0, 9, 9], "score": 1.0, "landmarks": pts.tolist()},
+                {"box": [0, 0, 9, 9], "score": 0.5, "landmarks": (pts + 100).tolist()},
+            ],
+        },
         {"image": str(root / "d.jpg"), "error": "unreadable image: truncated"},
         {"image": str(root / "e.jpg"), "faces": []},
         # facealign crop manifest rows (relative "source", face rank given; out of order)
@@ -244,8 +250,13 @@ def bench(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     rows.append(f"{BLANK} {people[0]}")
     identities = base / "identities.txt"
     identities.write_text("# image identity\n" + "\n".join(rows) + "\n")
-    return {"base": base, "root": root, "identities": identities,
-            "backbone": tiny_backbone(base / "tiny.pt"), "cache": base / "cache"}
+    return {
+        "base": base,
+        "root": root,
+        "identities": identities,
+        "backbone": tiny_backbone(base / "tiny.pt"),
+        "cache": base / "cache",
+    }
 
 
 def invoke(args: list[str]) -> str:
@@ -257,8 +268,9 @@ def invoke(args: list[str]) -> str:
 @pytest.fixture(scope="module")
 def protocol(bench: dict[str, Path]) -> Path:
     out = bench["base"] / "protocol"
-    invoke(["make-protocol", bench["identities"], "--images-root", bench["root"], "--splits", 3,
-            "--seed", 1, "--out", out])
+    invoke(
+        ["make-protocol", bench["identities"], "--images-root", bench["root"], "--splits", 3, "--seed", 1, "--out", out]
+    )
     return out
 
 
@@ -270,16 +282,36 @@ def test_make_protocol_cli(protocol: Path, bench: dict[str, Path]) -> None:
     # A listed image that does not exist is a user error.
     bad = bench["base"] / "bad.txt"
     bad.write_text("missing.jpg 1\nother.jpg 2\n")
-    result = CliRunner().invoke(main, ["make-protocol", str(bad), "--images-root", str(bench["root"]),
-                                       "--out", str(bench["base"] / "bad")])
+    result = CliRunner().invoke(
+        main, ["make-protocol", str(bad), "--images-root", str(bench["root"]), "--out", str(bench["base"] / "bad")]
+    )
     assert result.exit_code != 0 and "not found" in result.output
 
 
 def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> None:
     out = bench["base"] / "compare"
-    text = invoke(["compare-aligners", "--protocol", protocol, "--aligners", "box,tcnn", "--out", out,
-                   "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--beta", 0, "--beta", 10,
-                   "--bootstrap", 20, "--quiet"])
+    text = invoke(
+        [
+            "compare-aligners",
+            "--protocol",
+            protocol,
+            "--aligners",
+            "box,tcnn",
+            "--out",
+            out,
+            "--backbone",
+            bench["backbone"],
+            "--cache-dir",
+            bench["cache"],
+            "--beta",
+            0,
+            "--beta",
+            10,
+            "--bootstrap",
+            20,
+            "--quiet",
+        ]
+    )
     assert "| TAR @ | box | tcnn |" in text
     table = json.loads((out / "table.json").read_text())
     assert [a["aligner"] for a in table["aligners"]] == ["box", "tcnn"]
@@ -294,7 +326,8 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     sizes = json.loads((protocol / "protocol.json").read_text())["splits"]
     per_split = table["protocol_sizes"]["per_split"]
     assert [(s["genuine"], s["impostor"], s["test_templates"]) for s in per_split] == [
-        (s["genuine"], s["impostor"], s["test_templates"]) for s in sizes]
+        (s["genuine"], s["impostor"], s["test_templates"]) for s in sizes
+    ]
     rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| FAR=")]
     assert len(rows) == 3 and all(row.count("±") == 2 for row in rows)
     # One pair, three FARs: paired differences with p-values and a bootstrap interval.
@@ -319,8 +352,26 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
     assert sum(n.startswith("detections-dlib-") for n in caches) == 1
     assert sum(n.startswith("features-") for n in caches) == 2
     again = bench["base"] / "again"
-    invoke(["verify", "--protocol", protocol, "--aligner", "tcnn", "--out", again, "--backbone", bench["backbone"],
-            "--cache-dir", bench["cache"], "--beta", 0, "--beta", 10, "--quiet"])
+    invoke(
+        [
+            "verify",
+            "--protocol",
+            protocol,
+            "--aligner",
+            "tcnn",
+            "--out",
+            again,
+            "--backbone",
+            bench["backbone"],
+            "--cache-dir",
+            bench["cache"],
+            "--beta",
+            0,
+            "--beta",
+            10,
+            "--quiet",
+        ]
+    )
     result = json.loads((again / "results.json").read_text())
     assert result["tar_at_far"] == table["aligners"][1]["tar_at_far"]
     assert (again / "roc.png").stat().st_size > 1000
@@ -329,7 +380,8 @@ def test_compare_aligners_end_to_end(protocol: Path, bench: dict[str, Path]) -> 
 def test_manifest_aligner_both_shapes(protocol: Path, bench: dict[str, Path]) -> None:
     """tcnn landmarks written as manifests give the tcnn result; a missing image falls back to the box."""
     records = DetectionCache(bench["root"], "dlib", bench["cache"]).ensure(
-        sorted(p.name for p in bench["root"].iterdir()))
+        sorted(p.name for p in bench["root"].iterdir())
+    )
     faces = choose_face_boxes(records)
     tcnn = LandmarkAligner.from_name("tcnn", get_template("loose", 64))
     from facealign.imageio import read_image
@@ -345,11 +397,33 @@ def test_manifest_aligner_both_shapes(protocol: Path, bench: dict[str, Path]) ->
     crop_manifest = bench["base"] / "manifest.jsonl"
     with crop_manifest.open("w") as handle:
         for f, p in list(zip(files, points))[1:]:  # `facealign crop` shape; first image left out
-            handle.write(json.dumps({"source": f, "face": 0, "num_faces": 1, "box": faces.boxes[f].tolist(),
-                                     "landmarks": p.tolist(), "output": f"{f}_0.jpg"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "source": f,
+                        "face": 0,
+                        "num_faces": 1,
+                        "box": faces.boxes[f].tolist(),
+                        "landmarks": p.tolist(),
+                        "output": f"{f}_0.jpg",
+                    }
+                )
+                + "\n"
+            )
 
-    base = ["--protocol", protocol, "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--quiet",
-            "--beta", 0, "--beta", 10]
+    base = [
+        "--protocol",
+        protocol,
+        "--backbone",
+        bench["backbone"],
+        "--cache-dir",
+        bench["cache"],
+        "--quiet",
+        "--beta",
+        0,
+        "--beta",
+        10,
+    ]
     invoke(["verify", "--aligner", "tcnn", "--out", bench["base"] / "v_tcnn", *base])
     invoke(["verify", "--aligner", f"manifest:{landmarks_json}", "--out", bench["base"] / "v_json", *base])
     text = invoke(["verify", "--aligner", f"manifest:{crop_manifest}", "--out", bench["base"] / "v_crop", *base])
@@ -359,18 +433,43 @@ def test_manifest_aligner_both_shapes(protocol: Path, bench: dict[str, Path]) ->
     crop_result = json.loads((bench["base"] / "v_crop" / "results.json").read_text())
     assert json_result["manifest_missing"] == 0 and crop_result["manifest_missing"] == 1
     for far in ("1e-02", "1e-01"):
-        np.testing.assert_allclose(json_result["tar_at_far"][far]["splits"],
-                                   tcnn_result["tar_at_far"][far]["splits"], atol=1e-9)
+        np.testing.assert_allclose(
+            json_result["tar_at_far"][far]["splits"], tcnn_result["tar_at_far"][far]["splits"], atol=1e-9
+        )
         assert all(0 <= v <= 1 for v in crop_result["tar_at_far"][far]["splits"])
 
 
 def test_cli_errors(protocol: Path, bench: dict[str, Path]) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["verify", "--protocol", str(protocol), "--aligner", "nope", "--out",
-                                  str(bench["base"] / "x"), "--backbone", str(bench["backbone"])])
+    result = runner.invoke(
+        main,
+        [
+            "verify",
+            "--protocol",
+            str(protocol),
+            "--aligner",
+            "nope",
+            "--out",
+            str(bench["base"] / "x"),
+            "--backbone",
+            str(bench["backbone"]),
+        ],
+    )
     assert result.exit_code != 0 and "unknown aligner 'nope'" in result.output
-    result = runner.invoke(main, ["verify", "--protocol", str(protocol), "--aligner", "box", "--out",
-                                  str(bench["base"] / "x"), "--backbone", str(bench["base"] / "none.pt")])
+    result = runner.invoke(
+        main,
+        [
+            "verify",
+            "--protocol",
+            str(protocol),
+            "--aligner",
+            "box",
+            "--out",
+            str(bench["base"] / "x"),
+            "--backbone",
+            str(bench["base"] / "none.pt"),
+        ],
+    )
     assert result.exit_code != 0 and "no backbone weights" in result.output
     assert runner.invoke(main, ["--version"]).output.startswith("recognition ")
 
@@ -390,8 +489,22 @@ def test_lfw_accuracy_cli(shared_datasets: Path, bench: dict[str, Path]) -> None
                 os.symlink(lfw / name / f"{name}_{n:04d}.jpg", root / "lfw-deepfunneled" / name / f"{name}_{n:04d}.jpg")
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     out = bench["base"] / "lfw_out"
-    text = invoke(["lfw-accuracy", "--aligner", "box", "--lfw-root", root, "--out", out,
-                   "--backbone", bench["backbone"], "--cache-dir", bench["cache"], "--quiet"])
+    text = invoke(
+        [
+            "lfw-accuracy",
+            "--aligner",
+            "box",
+            "--lfw-root",
+            root,
+            "--out",
+            out,
+            "--backbone",
+            bench["backbone"],
+            "--cache-dir",
+            bench["cache"],
+            "--quiet",
+        ]
+    )
     assert "caveat" in text
     result = json.loads((out / "lfw_accuracy.json").read_text())
     assert result["pairs"] == 20 and result["images"] == 30 and len(result["folds"]) == 10
@@ -399,8 +512,9 @@ def test_lfw_accuracy_cli(shared_datasets: Path, bench: dict[str, Path]) -> None
     assert result["mean"] == pytest.approx(np.mean(result["folds"]))
 
 
-def test_feature_cache_key_changes_with_every_setting(bench: dict[str, Path], tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feature_cache_key_changes_with_every_setting(
+    bench: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Features are cached per (aligner and template, backbone weights, detector and its settings, image root)."""
     from facealign.detection import DETECTORS
     from recognition.aligners import BoxAligner
@@ -412,8 +526,9 @@ def test_feature_cache_key_changes_with_every_setting(bench: dict[str, Path], tm
     box = BoxAligner(get_template("loose", 64))
     detections = DetectionCache(bench["root"], "dlib", tmp_path)
     reference = feature_cache_path(tmp_path, box, alexnet, detections)
-    assert reference == feature_cache_path(tmp_path, BoxAligner(get_template("loose", 64)), alexnet,
-                                           DetectionCache(bench["root"], "dlib", tmp_path))
+    assert reference == feature_cache_path(
+        tmp_path, BoxAligner(get_template("loose", 64)), alexnet, DetectionCache(bench["root"], "dlib", tmp_path)
+    )
     variants = [
         feature_cache_path(tmp_path, BoxAligner(get_template("arcface", 64)), alexnet, detections),
         feature_cache_path(tmp_path, box, other_weights, detections),
@@ -441,8 +556,24 @@ def test_compare_aligners_dlib_resnet(protocol: Path, bench: dict[str, Path]) ->
     except ImportError as exc:
         pytest.skip(f"dlib models absent: {exc}")
     out = bench["base"] / "compare_dlib"
-    text = invoke(["compare-aligners", "--protocol", protocol, "--aligners", "dlib-5pt,dlib-ert", "--out", out,
-                   "--backbone", "dlib-resnet", "--cache-dir", bench["cache"], "--bootstrap", 10, "--quiet"])
+    text = invoke(
+        [
+            "compare-aligners",
+            "--protocol",
+            protocol,
+            "--aligners",
+            "dlib-5pt,dlib-ert",
+            "--out",
+            out,
+            "--backbone",
+            "dlib-resnet",
+            "--cache-dir",
+            bench["cache"],
+            "--bootstrap",
+            10,
+            "--quiet",
+        ]
+    )
     assert "backbone dlib-resnet" in text and "| dlib-5pt - dlib-ert |" in text
     table = json.loads((out / "table.json").read_text())
     assert table["backbone"]["name"] == "dlib-resnet" and table["backbone"]["input_size"] == 150

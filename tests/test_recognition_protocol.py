@@ -72,8 +72,9 @@ def test_round_trip_structure(tmp_path: Path) -> None:
         pairs = [tuple(p) for p in split.comparisons.tolist()]
         assert len(set(pairs)) == len(pairs)
         assert all(a != b for a, b in pairs)
-        expected_genuine = [identity[split.templates[a][0].file] == identity[split.templates[b][0].file]
-                            for a, b in pairs]
+        expected_genuine = [
+            identity[split.templates[a][0].file] == identity[split.templates[b][0].file] for a, b in pairs
+        ]
         np.testing.assert_array_equal(split.genuine, expected_genuine)
         all_genuine = {tuple(sorted(p)) for ids in templates_by_subject.values() for p in combinations(ids, 2)}
         assert {tuple(sorted(p)) for p, g in zip(pairs, split.genuine) if g} == all_genuine
@@ -188,7 +189,9 @@ def test_items_from_identity_list_and_folders(tmp_path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
     assert items_from_folders(tmp_path / "faces") == [
-        ("Ann/a.jpg", "Ann"), ("Ann/b.PNG", "Ann"), ("Bob/x/c.jpeg", "Bob")
+        ("Ann/a.jpg", "Ann"),
+        ("Ann/b.PNG", "Ann"),
+        ("Bob/x/c.jpeg", "Bob"),
     ]
 
 

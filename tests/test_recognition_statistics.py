@@ -50,8 +50,9 @@ def test_weighted_tar_equals_repeated_comparisons() -> None:
     weights = rng.integers(0, 4, 300).astype(float)
     repeated = np.repeat(np.arange(300), weights.astype(int))
     fars = [1e-2, 0.05, 0.1, 0.5, 1.0]
-    np.testing.assert_allclose(tar_at_far(scores, genuine, fars, weights),
-                               tar_at_far(scores[repeated], genuine[repeated], fars), atol=1e-12)
+    np.testing.assert_allclose(
+        tar_at_far(scores, genuine, fars, weights), tar_at_far(scores[repeated], genuine[repeated], fars), atol=1e-12
+    )
     roc = roc_curve(scores, genuine, np.ones(300))
     plain = roc_curve(scores, genuine)
     np.testing.assert_array_equal(roc.tar, plain.tar)
@@ -83,15 +84,17 @@ def test_subject_bootstrap_and_compare_pairs_known_answers() -> None:
     rng = np.random.default_rng(0)
     # Six splits: the smallest exact sign-flip p-value, 2 / 2**6, is below 5% (with five it is not).
     splits, noise = zip(*(_synthetic_split(rng) for _ in range(6)))
-    strong = [n + 3.0 * s.genuine for s, n in zip(splits, noise)]   # well separated
-    weak = [n + 0.5 * s.genuine for s, n in zip(splits, noise)]     # barely separated
+    strong = [n + 3.0 * s.genuine for s, n in zip(splits, noise)]  # well separated
+    weak = [n + 0.5 * s.genuine for s, n in zip(splits, noise)]  # barely separated
     scores = {"strong": strong, "copy": [x.copy() for x in strong], "weak": weak}
     fars = (1e-2, 1e-1)
     boot = subject_bootstrap(list(splits), scores, fars, n_resamples=60, seed=0)
     assert boot["strong"].shape == (60, 2)
     np.testing.assert_array_equal(boot["strong"], boot["copy"])  # same resamples for every aligner
-    tars = {name: {far: [tar_at_far(x, s.genuine, far) for x, s in zip(per, splits)] for far in fars}
-            for name, per in scores.items()}
+    tars = {
+        name: {far: [tar_at_far(x, s.genuine, far) for x, s in zip(per, splits)] for far in fars}
+        for name, per in scores.items()
+    }
     pairs = {(p.a, p.b, p.far): p for p in compare_pairs(tars, boot, fars)}
     assert len(pairs) == 3 * 2
     same = pairs[("strong", "copy", 1e-1)]

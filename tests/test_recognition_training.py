@@ -22,7 +22,7 @@ def make_crops(folder: Path, n_per_class: int = 16, classes: int = 4, size: int 
         for i in range(n_per_class):
             image = np.zeros((size, size, 3), np.float64)
             image[..., c % 3] = 180
-            image[:, (c * 7) % size::9] = 255
+            image[:, (c * 7) % size :: 9] = 255
             image += rng.normal(0, 20, image.shape)
             path = folder / f"c{c}_{i}.png"
             Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
@@ -38,8 +38,13 @@ def test_train_one_epoch_and_resume(tmp_path: Path) -> None:
     small = dict(input_size=64, width=0.125)
 
     threads = torch.get_num_threads()
-    one = train_alexnet(samples, tmp_path / "resumed.pt", **small,
-                        config=TrainingConfig(**{**config.__dict__, "epochs": 1}), log=lines.append)
+    one = train_alexnet(
+        samples,
+        tmp_path / "resumed.pt",
+        **small,
+        config=TrainingConfig(**{**config.__dict__, "epochs": 1}),
+        log=lines.append,
+    )
     assert torch.get_num_threads() == threads  # num_threads applies only while training
     assert one.epochs_completed == 1 and len(one.history) == 1
     assert np.isfinite(one.history[0]["loss"]) and 0 <= one.history[0]["accuracy"] <= 1
@@ -72,8 +77,10 @@ def test_read_sample_list(tmp_path: Path) -> None:
     (tmp_path / "list.csv").write_text("path,identity\na/1.png,7\nb 2.png,8\n")
     assert read_sample_list(tmp_path / "list.csv") == [(tmp_path / "a/1.png", "7"), (tmp_path / "b 2.png", "8")]
     (tmp_path / "list.txt").write_text("# crops\na/1.png 7\nb 2.png 8\n")
-    assert read_sample_list(tmp_path / "list.txt", root="/data") == [(Path("/data/a/1.png"), "7"),
-                                                                      (Path("/data/b 2.png"), "8")]
+    assert read_sample_list(tmp_path / "list.txt", root="/data") == [
+        (Path("/data/a/1.png"), "7"),
+        (Path("/data/b 2.png"), "8"),
+    ]
     (tmp_path / "bad.csv").write_text("a.png\n")
     with pytest.raises(ValueError, match="path,identity"):
         read_sample_list(tmp_path / "bad.csv")

@@ -89,9 +89,27 @@ def test_train_and_tweak_end_to_end(shared_datasets, tmp_path):
     res = runner.invoke(
         main,
         [
-            "tweak", "--data", mtfl, "--vanilla", str(tmp_path / "v.pt"), "--out", str(tmp_path / "t.pt"),
-            "--work-dir", str(work), "-k", "2", "--target", "150", "--max-epochs", "3", "--patience", "2",
-            "--limit", "300", "--jobs", "1",
+            "tweak",
+            "--data",
+            mtfl,
+            "--vanilla",
+            str(tmp_path / "v.pt"),
+            "--out",
+            str(tmp_path / "t.pt"),
+            "--work-dir",
+            str(work),
+            "-k",
+            "2",
+            "--target",
+            "150",
+            "--max-epochs",
+            "3",
+            "--patience",
+            "2",
+            "--limit",
+            "300",
+            "--jobs",
+            "1",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -132,8 +150,17 @@ def test_sweep_k_refuses_a_bad_list_of_k(tmp_path, shared_datasets):
     res = CliRunner().invoke(
         main,
         [
-            "sweep-k", "--data", str(shared_datasets / "mtfl"), "--vanilla", str(shipped_weights("vanilla")),
-            "--work-dir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--ks", "8,many",
+            "sweep-k",
+            "--data",
+            str(shared_datasets / "mtfl"),
+            "--vanilla",
+            str(shipped_weights("vanilla")),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "o"),
+            "--ks",
+            "8,many",
         ],
     )
     assert res.exit_code != 0 and "--ks must be integers" in res.output

@@ -157,7 +157,10 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def _clear_of_inner_edges(
-    boxes: np.ndarray, origin: tuple[int, int], tile_shape: tuple[int, int], level_size: tuple[int, int],
+    boxes: np.ndarray,
+    origin: tuple[int, int],
+    tile_shape: tuple[int, int],
+    level_size: tuple[int, int],
     margin: float = 2.0,
 ) -> np.ndarray:
     """Mask of the tile's boxes that do not touch an edge the tile shares with a neighbour.

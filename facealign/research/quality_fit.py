@@ -58,7 +58,11 @@ class QualitySample:
 
 
 def collect_quality(
-    engine, mtfl_root: str | Path, split: str, cache_dir: str | Path, detector: str = TRAINING_DETECTOR,
+    engine,
+    mtfl_root: str | Path,
+    split: str,
+    cache_dir: str | Path,
+    detector: str = TRAINING_DETECTOR,
     log: Callable[[str], None] = lambda s: None,
 ) -> QualitySample:
     """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW).
@@ -106,10 +110,15 @@ def _binned(predicted: np.ndarray, observed: np.ndarray, edges: np.ndarray) -> l
     for b in range(len(edges) - 1):
         inside = which == b
         if inside.any():
-            rows.append({
-                "low": float(edges[b]), "high": float(edges[b + 1]), "n": int(inside.sum()),
-                "predicted": float(predicted[inside].mean()), "observed": float(observed[inside].mean()),
-            })
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "n": int(inside.sum()),
+                    "predicted": float(predicted[inside].mean()),
+                    "observed": float(observed[inside].mean()),
+                }
+            )
     return rows
 
 
@@ -156,16 +165,25 @@ def plot_quality_report(reports: dict[str, dict], path: str | Path) -> None:
             label=f"{label} (AUC {rep['auc_p_fail']:.3f})",
         )
         rows = rep["calibration_expected_error"]
-        exp.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-",
-                 label=f"{label} (Spearman {rep['spearman_expected_error']:.3f})")
+        exp.plot(
+            [r["predicted"] for r in rows],
+            [r["observed"] for r in rows],
+            "o-",
+            label=f"{label} (Spearman {rep['spearman_expected_error']:.3f})",
+        )
         line = rej.plot(
             [100 * r["rejected"] for r in rep["error_reject"]],
             [r["nme"] for r in rep["error_reject"]],
             "o-",
             label=f"{label}, by expected_error",
         )[0]
-        rej.plot([100 * r["rejected"] for r in rep["oracle_reject"]], [r["nme"] for r in rep["oracle_reject"]], ":",
-                 color=line.get_color(), label=f"{label}, oracle (true error)")
+        rej.plot(
+            [100 * r["rejected"] for r in rep["oracle_reject"]],
+            [r["nme"] for r in rep["oracle_reject"]],
+            ":",
+            color=line.get_color(),
+            label=f"{label}, oracle (true error)",
+        )
     cal.plot([0, 1], [0, 1], color="grey", lw=0.8)
     cal.set(
         xlabel="predicted p_fail (bin mean)",
@@ -179,8 +197,11 @@ def plot_quality_report(reports: dict[str, dict], path: str | Path) -> None:
     exp.set(
         xlabel="expected_error, % IOD (decile mean)", ylabel="observed NME, % IOD", title="expected_error calibration"
     )
-    rej.set(xlabel="faces rejected, highest expected_error first (%)", ylabel="mean NME of kept faces (% IOD)",
-            title="Error-reject curve")
+    rej.set(
+        xlabel="faces rejected, highest expected_error first (%)",
+        ylabel="mean NME of kept faces (% IOD)",
+        title="Error-reject curve",
+    )
     for ax in (cal, exp, rej):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

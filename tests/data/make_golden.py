@@ -1,6 +1,6 @@
 """Regenerate golden_landmarks.json from the shipped weights (run after retraining).
 
-    python tests/data/make_golden.py
+python tests/data/make_golden.py
 """
 
 import json

@@ -76,9 +76,7 @@ def principal_axis_variance(points: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(d.T @ d / len(p))[-1])
 
 
-def landmark_cluster_variances(
-    points: np.ndarray, labels: np.ndarray, k: int, min_size: int = 2
-) -> np.ndarray:
+def landmark_cluster_variances(points: np.ndarray, labels: np.ndarray, k: int, min_size: int = 2) -> np.ndarray:
     """Eq. 3's ``lambda_{l,k,j}``: principal-axis variance of each landmark in each cluster.
 
     Parameters
