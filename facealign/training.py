@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -215,6 +216,96 @@ def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
     return shift
 
 
+def run_epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng: np.random.Generator,
+    epochs: int,
+    batches: Callable[[np.random.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    validate: Callable[[], dict[str, float]],
+    checkpoint: Path,
+    settings: dict[str, Any],
+    data: int,
+    log: Callable[[str], None],
+    resume: bool = True,
+    best: tuple[float, int, dict[str, Any] | None] = (float("inf"), -1, None),
+) -> tuple[float, int, dict[str, Any], list[dict[str, float]]]:
+    """The training loop of ``facealign train`` and ``train-hard``: epochs, the best one kept, resumable.
+
+    Each epoch runs ``batches(rng)`` (``(x, y)`` tensors) through ``loss_fn`` and an
+    optimizer step, steps the scheduler, then ``validate()`` (a dict whose
+    ``"val_nme"`` picks the best epoch, % IOD; the other figures go to the
+    history and the log) and writes ``checkpoint`` (atomically). A checkpoint of
+    the same ``settings`` (the thread count aside) and ``data`` (e.g. the number
+    of training faces) is resumed when ``resume``; another is an error. ``best``
+    is the starting best (NME, epoch, state), e.g. the weights a fine-tune starts
+    from. Returns the best NME, its epoch, its state and the history.
+    """
+    best_nme, best_epoch, best_state = best
+    start, history = 0, []
+    if resume and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # The thread count does not change what is learned; every other setting does.
+        same = {k: v for k, v in ck["config"].items() if k != "threads"} == {
+            k: v for k, v in settings.items() if k != "threads"
+        }
+        if not same or ck.get("data") != data:
+            raise ValueError(f"{checkpoint} was made with other settings; remove it or use another work dir")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        start, best_nme, best_epoch, history, best_state = (
+            ck["epoch"], ck["best"], ck["best_epoch"], ck["history"], ck["best_state"]
+        )  # fmt: skip
+        log(f"resuming after epoch {start}")
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        model.train()
+        total, seen = 0.0, 0
+        for x, y in batches(rng):
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+        scheduler.step()
+        scores = validate()
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), **scores})
+        if scores["val_nme"] < best_nme:
+            best_nme, best_epoch = scores["val_nme"], epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        extra = "".join(f", {k} {v:.2f}" for k, v in scores.items() if k != "val_nme")
+        log(
+            f"epoch {epoch + 1}/{epochs} loss {total / max(seen, 1):.5f} val NME {scores['val_nme']:.3f}%{extra} "
+            f"(best {best_nme:.3f}% @ {best_epoch}) {time.perf_counter() - t0:.1f}s"
+        )
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "best": best_nme,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "history": history,
+                "config": settings,
+                "data": data,
+            },
+            checkpoint,
+        )
+    if best_state is None:
+        raise ValueError("no epoch was run")
+    return best_nme, best_epoch, best_state, history
+
+
 def train_vanilla(
     mtfl_root: str | Path,
     out: str | Path,
@@ -259,79 +350,25 @@ def train_vanilla(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     rng = np.random.default_rng(cfg.seed)
-    ckpt_path = work_dir / "vanilla-checkpoint.pt"
-    start, best, best_epoch, history = 0, float("inf"), -1, []
-    best_state = None
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        # The thread count does not change what is learned; every other setting does.
-        same = {k: v for k, v in ck["config"].items() if k != "threads"} == {
-            k: v for k, v in asdict(cfg).items() if k != "threads"
-        }
-        if not same or ck["n_train"] != len(train.index):
-            raise ValueError(f"{ckpt_path} was made with other settings; remove it or use another work dir")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        start, best, best_epoch, history, best_state = (
-            ck["epoch"],
-            ck["best"],
-            ck["best_epoch"],
-            ck["history"],
-            ck["best_state"],
-        )
-        log(f"resuming after epoch {start}")
-
     n = len(train.index)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+
+    def batches(rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = rng.permutation(n)
-        total = 0.0
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             crops, target = augmented_batch(train, idx, cfg, rng)
-            x = to_tensor(crops, mean, std)
-            y = torch.from_numpy(target.reshape(len(idx), -1)).float()
-            loss = interocular_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        sched.step()
+            yield to_tensor(crops, mean, std), torch.from_numpy(target.reshape(len(idx), -1)).float()
+
+    def validate() -> dict[str, float]:
         model.eval()
         with torch.inference_mode():
             pred = model(val_x).view(-1, NUM_POINTS, 2).double().numpy()
-        val_err = float(np.mean(normalized_errors(pred, to_box_coordinates(val.points, val.boxes)))) * 100
-        history.append({"epoch": epoch + 1, "train_loss": total / n, "val_nme": val_err})
-        if val_err < best:
-            best, best_epoch = val_err, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {total / n:.5f} val NME {val_err:.3f}% "
-            f"(best {best:.3f}% @ {best_epoch}) {time.perf_counter() - t0:.1f}s"
-        )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "best": best,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "history": history,
-                "config": asdict(cfg),
-                "n_train": n,
-            },
-            ckpt_path,
-        )
+        return {"val_nme": float(np.mean(normalized_errors(pred, to_box_coordinates(val.points, val.boxes)))) * 100}
 
-    assert best_state is not None  # at least one epoch ran
+    best, best_epoch, best_state, history = run_epochs(
+        model, opt, sched, rng, cfg.epochs, batches, interocular_loss, validate,
+        work_dir / "vanilla-checkpoint.pt", asdict(cfg), n, log, resume,
+    )  # fmt: skip
     model.load_state_dict(best_state)
     meta = {
         "engine": "vanilla",

@@ -36,8 +36,7 @@ file; ``facealign tweak`` builds TCNN heads on top of it.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,7 +50,15 @@ from ..data import cached_boxes, detection_points, load_mtfl, train_validation_s
 from ..evaluation import normalized_errors
 from ..model import VanillaCNN
 from ..reboxing import BoxFromLandmarks, training_boxes
-from ..training import atomic_save, calibrate_mirror_shift, interocular_loss, mean_std_images, to_tensor, weights_dict
+from ..training import (
+    atomic_save,
+    calibrate_mirror_shift,
+    interocular_loss,
+    mean_std_images,
+    run_epochs,
+    to_tensor,
+    weights_dict,
+)
 
 LOSSES = ("eq1", "wing")
 HARD_AUGMENTATIONS = ("full", "hard")
@@ -261,7 +268,7 @@ def train_hard(
     val_x = to_tensor(crop_faces(val_images, val_boxes), mean, std)
     val_pose = val.pose[vsel]
 
-    def validate() -> tuple[float, float]:
+    def validate() -> dict[str, float]:
         # As at run time: a first pass, re-boxing, and the reported pass on the new box.
         model.eval()
         with torch.inference_mode():
@@ -271,79 +278,29 @@ def train_hard(
             pred = from_box_coordinates(model(x).view(-1, NUM_POINTS, 2).double().numpy(), boxes)
         e = normalized_errors(pred, val.points[vsel]) * 100
         prof = np.isin(val_pose, (1, 5))
-        return float(e.mean()), float(e[prof].mean()) if prof.any() else float("nan")
+        return {"val_nme": float(e.mean()), "val_profile_nme": float(e[prof].mean()) if prof.any() else float("nan")}
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     rng = np.random.default_rng(cfg.seed)
     probs = pose_weights(train.pose, cfg.pose_balance)
-    ckpt = work_dir / "hard-checkpoint.pt"
-    start, history = 0, []
-    best, best_epoch = validate()[0], 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log(f"start: validation NME {best:.3f}%")
-    if ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if {k: v for k, v in ck["config"].items() if k != "threads"} != {
-            k: v for k, v in asdict(cfg).items() if k != "threads"
-        }:
-            raise ValueError(f"{ckpt} was made with other settings; remove it or use another work dir")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        start, best, best_epoch, history, best_state = (
-            ck["epoch"],
-            ck["best"],
-            ck["best_epoch"],
-            ck["history"],
-            ck["best_state"],
-        )
-        log(f"resuming after epoch {start}")
+    start_nme = validate()
+    log(f"start: validation NME {start_nme['val_nme']:.3f}%")
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss_fn = interocular_loss if cfg.loss == "eq1" else (lambda p, t: wing_loss(p, t, cfg.wing_w, cfg.wing_eps))
     n = len(train.points)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+
+    def batches(rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = rng.choice(n, n, replace=True, p=probs) if cfg.pose_balance else rng.permutation(n)
-        total = 0.0
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             crops, target = hard_batch(train, idx, cfg, rng)
-            x = to_tensor(crops, mean, std)
-            y = torch.from_numpy(target.reshape(len(idx), -1)).float()
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        sched.step()
-        val_err, val_prof = validate()
-        history.append({"epoch": epoch + 1, "train_loss": total / n, "val_nme": val_err, "val_profile_nme": val_prof})
-        if val_err < best:
-            best, best_epoch = val_err, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {total / n:.5f} val NME {val_err:.3f}% (profiles {val_prof:.2f}%) "
-            f"(best {best:.3f}% @ {best_epoch}) {time.perf_counter() - t0:.1f}s"
-        )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "best": best,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "history": history,
-                "config": asdict(cfg),
-            },
-            ckpt,
-        )
+            yield to_tensor(crops, mean, std), torch.from_numpy(target.reshape(len(idx), -1)).float()
+
+    best, best_epoch, best_state, history = run_epochs(
+        model, opt, sched, rng, cfg.epochs, batches, loss_fn, validate, work_dir / "hard-checkpoint.pt",
+        asdict(cfg), n, log, best=(start_nme["val_nme"], 0, start_state),
+    )  # fmt: skip
     model.load_state_dict(best_state)
     meta = {
         "engine": "vanilla",
