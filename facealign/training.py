@@ -112,6 +112,17 @@ def load_train_validation(
     return train, val
 
 
+def jittered_boxes(
+    boxes: np.ndarray, shift: float, scale: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes moved by up to ``shift`` of their size and scaled by up to ``exp(+-scale)``, and their centres."""
+    size = boxes[:, 2] - boxes[:, 0]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    centre = centre + rng.uniform(-shift, shift, (len(boxes), 2)) * size[:, None]
+    size = size * np.exp(rng.uniform(-scale, scale, len(boxes)))
+    return np.concatenate([centre - size[:, None] / 2, centre + size[:, None] / 2], 1), centre
+
+
 def augmented_batch(
     faces: PreparedFaces, idx: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,11 +130,7 @@ def augmented_batch(
     n = len(idx)
     boxes = faces.boxes[idx].astype(np.float64)
     pts = faces.points[idx].astype(np.float64)
-    size = boxes[:, 2] - boxes[:, 0]
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    centre = centre + rng.uniform(-cfg.jitter_shift, cfg.jitter_shift, (n, 2)) * size[:, None]
-    size = size * np.exp(rng.uniform(-cfg.jitter_scale, cfg.jitter_scale, n))
-    jittered = np.concatenate([centre - size[:, None] / 2, centre + size[:, None] / 2], 1)
+    jittered, centre = jittered_boxes(boxes, cfg.jitter_shift, cfg.jitter_scale, rng)
     mats = box_matrices(jittered)
     crops = np.empty((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     if cfg.augment == "full":

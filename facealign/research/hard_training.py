@@ -54,6 +54,7 @@ from ..training import (
     atomic_save,
     calibrate_mirror_shift,
     interocular_loss,
+    jittered_boxes,
     mean_std_images,
     run_epochs,
     to_tensor,
@@ -158,11 +159,7 @@ def hard_batch(faces: MultiBoxFaces, idx: np.ndarray, cfg: HardTrainConfig, rng:
     n = len(idx)
     boxes = _pick_boxes(faces, idx, rng).astype(np.float64)
     pts = faces.points[idx].astype(np.float64).copy()
-    size = boxes[:, 2] - boxes[:, 0]
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    centre = centre + rng.uniform(-cfg.jitter_shift, cfg.jitter_shift, (n, 2)) * size[:, None]
-    size = size * np.exp(rng.uniform(-cfg.jitter_scale, cfg.jitter_scale, n))
-    jittered = np.concatenate([centre - size[:, None] / 2, centre + size[:, None] / 2], 1)
+    jittered, centre = jittered_boxes(boxes, cfg.jitter_shift, cfg.jitter_scale, rng)
     mats = box_matrices(jittered)
     angles = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, n)
     crops = np.empty((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
