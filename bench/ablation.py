@@ -17,7 +17,6 @@ MTFL validation split (faces the detector found) and on the MTFL AFLW test set
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from facealign.constants import TRAINING_DETECTOR  # noqa: E402
 from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors, summarize  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 
 def faces(split: str, cache: Path):
@@ -89,7 +89,7 @@ def main() -> None:
         table.append(row)
         print(f"{label}: val {row['validation_nme']:.2f}%  AFLW {row['aflw_nme']:.2f}%", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablation.json").write_text(json.dumps(table, indent=1))
+    write_json(table, args.out / "ablation.json")
     lines = [
         "| configuration | validation NME | AFLW NME | AFLW failure rate |",
         "|---|---|---|---|",

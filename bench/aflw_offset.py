@@ -15,7 +15,6 @@ training or into the shipped weights.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from facealign.cropping import to_box_coordinates  # noqa: E402
 from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import normalized_errors  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 #: Detector-box width bins, pixels of the 80 x 80 images.
 WIDTH_BINS = ((0, 35), (35, 45), (45, 55), (55, 65), (65, 1000))
@@ -101,7 +101,7 @@ def main() -> None:
         print(f"  (diagnostic only) NME with the mean offset removed: {r['nme_offset_removed']:.2f}%")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+        write_json(out, args.json)
 
 
 if __name__ == "__main__":

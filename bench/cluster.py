@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CELEBA_IMAGES, link_photos, machine_info, median, sample_paths  # noqa: E402
 from bench.crop_speed import _wall  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 #: Largest share of the driver and scheduler's time the chunks may take in the projection.
 SCHEDULER_BUSY_SHARE = 0.1
@@ -150,10 +150,9 @@ def main() -> None:
         print(f"| {row['workers']:,} | {row['chunk_size']} | {row['images_per_s']:,.0f} | "
               f"{row['scheduler_busy']:.1%} | {row['hours_per_10M']:.1f} |")  # fmt: skip
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": runs, "images_per_s": ips, "ratio": ratio,
-                                        "chunk_overhead_s": overhead, "projection": table,
-                                        "machine": machine_info()}, indent=1))  # fmt: skip
+        result = {"runs": runs, "images_per_s": ips, "ratio": ratio, "chunk_overhead_s": overhead,
+                  "projection": table, "machine": machine_info()}  # fmt: skip
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

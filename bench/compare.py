@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     text = report(result)
     print(text)
-    from facealign.evaluation import write_json
+    from facealign.imageio import write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.md").write_text(text + "\n")

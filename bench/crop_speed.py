@@ -20,7 +20,6 @@ passed through ``--crop-args``. Needs the ``bench`` extra (dlib's 68-point model
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CELEBA_IMAGES, link_photos, machine_info, median, sample_paths  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 DLIB_SCRIPT = Path(__file__).with_name("dlib_pipeline.py")
 
@@ -111,7 +111,7 @@ def main() -> None:
     print(f"| 2 | {ips['facealign-2']:.1f} | {ips['dlib-2']:.1f} | **{result['ratio_2_processes']:.2f}x** |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

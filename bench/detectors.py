@@ -25,7 +25,6 @@ Three parts, each against a reference measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CELEBA_IMAGES, DEFAULT_CACHE, MTFL_ROOT, machine_info, sample_paths  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 REFERENCE = "dlib HOG, upsample 1"
 
@@ -167,7 +167,7 @@ def main() -> None:
             )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench.common import DEFAULT_CACHE, MTFL_ROOT  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"{name} = np.array([{rows}])")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,16 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facealign.engine import load_weights  # noqa: E402
-from facealign.training import atomic_save  # noqa: E402
+from facealign.engine import load_weights, save_weights  # noqa: E402
 
 if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(f"usage: python {sys.argv[0]} WORK_DIR BEST_WEIGHTS OUT")
     work_dir, best, out = sys.argv[1:4]
     ck = torch.load(Path(work_dir) / "hard-checkpoint.pt", map_location="cpu", weights_only=False)
     w = load_weights(best)
     w["vanilla"] = ck["model"]
     w["meta"] = dict(w["meta"], best_epoch=ck["epoch"], selection="last epoch")
     w.pop("mirror_shift", None)
-    atomic_save(w, Path(out))
+    save_weights(w, out)
     print(f"wrote {out}: epoch {ck['epoch']}")

@@ -9,7 +9,6 @@ The same detected faces (default detector) go through the engine and through
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from facealign.constants import ENGINES  # noqa: E402
 from facealign.data import default_mtfl_root  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
 from facealign.evaluation import evaluate_engines  # noqa: E402
+from facealign.imageio import write_json  # noqa: E402
 from facealign.research.tta import RotationTTA  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main() -> None:
             f"({res['seconds']:.1f} s with detection cache and data loading)"
         )
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        write_json(out, args.json)
 
 
 if __name__ == "__main__":

@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(report(res))
     if args.json:
-        from facealign.evaluation import write_json
+        from facealign.imageio import write_json
 
         write_json(to_jsonable(res), args.json)
         log(f"wrote {args.json}")

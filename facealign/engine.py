@@ -66,6 +66,8 @@ __all__ = [
     "load_runtime_weights",
     "load_weights",
     "mirror_coordinates",
+    "save_weights",
+    "weights_settings",
     "shipped_runtime_weights",
     "shipped_weights",
 ]
@@ -84,6 +86,39 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     if state.get("format", 0) > WEIGHTS_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer facealign (format {state['format']})")
     return state
+
+
+def save_weights(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training weights dictionary (see :func:`facealign.training.weights_dict`) to ``path``,
+    atomically; the one writer of ``<engine>.pt`` files (needs torch).
+
+    Raises
+    ------
+    ValueError
+        When ``state`` lacks what :func:`load_weights` requires.
+    """
+    import io
+
+    import torch
+
+    from .imageio import write_bytes_atomic
+
+    missing = [key for key in ("vanilla", "mean", "std", "meta") if key not in state]
+    if missing:
+        raise ValueError(f"not a facealign weights dictionary: no {', '.join(missing)}")
+    state = {**state, "format": WEIGHTS_FORMAT_VERSION}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def weights_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The training settings recorded in a weights file's ``meta["config"]`` (a dict; files
+    written before 0.4 hold it as a JSON string)."""
+    config = meta.get("config", {})
+    return dict(json.loads(config)) if isinstance(config, str) else dict(config)
 
 
 def load_runtime_weights(path: str | Path) -> dict[str, np.ndarray]:

@@ -19,7 +19,6 @@ Recipe (``facealign train``):
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ import torch
 from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
 from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
-from .engine import WEIGHTS_FORMAT_VERSION
+from .engine import WEIGHTS_FORMAT_VERSION, save_weights
 from .evaluation import normalized_errors
 from .model import VanillaCNN
 from .reboxing import BoxFromLandmarks
@@ -191,14 +190,23 @@ def atomic_save(obj: object, path: Path) -> None:
 
 
 def weights_dict(
-    model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor, meta: dict, box_model: BoxFromLandmarks
+    model: VanillaCNN,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    meta: dict,
+    box_model: BoxFromLandmarks,
+    heads: torch.nn.Module | None = None,
+    gmm: dict[str, Any] | None = None,
 ) -> dict:
-    """The shipped weights format (see :func:`facealign.engine.load_weights`).
+    """The training weights format (read by :func:`facealign.engine.load_weights`, written by
+    :func:`facealign.engine.save_weights`), for the vanilla network or, with ``heads`` and
+    ``gmm``, TCNN.
 
     ``box_model`` is re-boxing's (:mod:`facealign.reboxing`), fitted on the
     training faces; it depends on the data and the detector, not on the network.
+    ``meta`` holds plain values; its ``"config"`` is the settings dict of the run.
     """
-    return {
+    state = {
         "format": WEIGHTS_FORMAT_VERSION,
         "fc5_dim": model.fc6.in_features,
         "vanilla": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -207,6 +215,10 @@ def weights_dict(
         "meta": meta,
         "box_model": box_model.to_tensor(),
     }
+    if heads is not None and gmm is not None:
+        state["heads"] = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+        state["gmm"] = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in gmm.items()}
+    return state
 
 
 def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
@@ -214,12 +226,12 @@ def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
 
     See :func:`facealign.engine.estimate_mirror_shift`.
     """
-    from .engine import LandmarkEngine, estimate_mirror_shift, load_weights
+    from .engine import LandmarkEngine, estimate_mirror_shift, load_weights, save_weights
 
     shift = estimate_mirror_shift(*LandmarkEngine(engine, weights=path).predict_pair(crops))
     state = load_weights(path)
     state["mirror_shift"] = shift
-    atomic_save(state, path)
+    save_weights(state, path)
     return shift
 
 
@@ -379,13 +391,13 @@ def train_vanilla(
     model.load_state_dict(best_state)
     meta = {
         "engine": "vanilla",
-        "config": json.dumps(asdict(cfg)),
+        "config": asdict(cfg),
         "best_epoch": best_epoch,
         "val_nme": best,
         "n_train": n,
         "n_val": len(val.index),
     }
-    atomic_save(weights_dict(model, mean, std, meta, BoxFromLandmarks.fit(train.points, train.boxes)), out)
+    save_weights(weights_dict(model, mean, std, meta, BoxFromLandmarks.fit(train.points, train.boxes)), out)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images, val.boxes))
     log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -31,7 +31,6 @@ Steps of :func:`tweak` (``facealign tweak``):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -43,8 +42,9 @@ import torch
 from .alignment import estimate_similarity
 from .constants import NUM_POINTS, TRAINING_DETECTOR
 from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
-from .engine import GaussianRouter, LandmarkEngine, load_weights
+from .engine import GaussianRouter, LandmarkEngine, load_weights, save_weights
 from .evaluation import normalized_errors
+from .imageio import write_json
 from .model import TweakedHeads, VanillaCNN
 from .reboxing import BoxFromLandmarks
 from .training import (
@@ -54,6 +54,7 @@ from .training import (
     interocular_loss,
     load_train_validation,
     to_tensor,
+    weights_dict,
 )
 
 #: How augmented crops are labelled (see :func:`warp_pair`).
@@ -458,23 +459,12 @@ def tweak(
 
     meta = {
         "engine": "tcnn",
-        "config": json.dumps(asdict(cfg)),
-        "vanilla_meta": json.dumps(state.get("meta", {})),
+        "config": asdict(cfg),
+        "vanilla_meta": dict(state.get("meta", {})),
         "same_cluster_acceptance": same_rate,
         "cross_cluster_acceptance": cross_rate,
     }
-    weights = {
-        "format": state.get("format", 1),
-        "fc5_dim": state.get("fc5_dim", 100),
-        "vanilla": state["vanilla"],
-        "mean": mean,
-        "std": std,
-        "heads": {k: v.detach().clone() for k, v in heads.state_dict().items()},
-        "gmm": {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in gmm.items()},
-        "meta": meta,
-        "box_model": box_model.to_tensor(),
-    }
-    atomic_save(weights, Path(out))
+    save_weights(weights_dict(model, mean, std, meta, box_model, heads=heads, gmm=gmm), out)
     shift = calibrate_mirror_shift(Path(out), "tcnn", crop_faces(val.images, val.boxes))
     report = {
         "config": asdict(cfg),
@@ -487,7 +477,7 @@ def tweak(
         "clusters": records,
         "seconds": time.perf_counter() - t0,
     }
-    (heads_dir / "tweak-report.json").write_text(json.dumps(report, indent=2))
+    write_json(report, heads_dir / "tweak-report.json")
     plot_cluster_errors(records, heads_dir / "cluster-errors.png")
     before = np.mean([r["val_before"] for r in records if r["n_val"]])
     after = np.mean([r["val_after"] for r in records if r["n_val"]])
@@ -528,5 +518,5 @@ def plot_cluster_errors(records: list[dict], path: str | Path) -> dict:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    path.with_suffix(".json").write_text(json.dumps(table, indent=1))
+    write_json(table, path.with_suffix(".json"))
     return table

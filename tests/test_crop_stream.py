@@ -164,6 +164,55 @@ def test_first_chunk_goes_to_worker_processes_before_the_walk_has_finished(tmp_p
     assert submitted == sorted(submitted) and submitted[3] <= 5
 
 
+def test_a_worker_dying_before_the_next_submit_loses_no_chunk(tmp_path, monkeypatch) -> None:
+    """loky raises at ``submit`` when a worker died since the last one (a broken pool): the chunk
+    not submitted goes out again on a new pool, the lost ones too, and every image is processed once."""
+    from concurrent.futures import Future
+
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        (src / f"p{i:02d}.jpg").write_bytes(b"x")
+    pools: list[int] = []
+    done: list[str] = []
+
+    class Pool:
+        def __init__(self) -> None:
+            self.number = len(pools)
+            self.calls = 0
+            pools.append(self.number)
+
+        def submit(self, fn, tasks, *args):
+            self.calls += 1
+            future: Future = Future()
+            if self.number == 0 and self.calls == 2:  # the first pool's worker dies on its second chunk ...
+                future.set_exception(TerminatedWorkerError("a worker died"))
+            elif self.number == 0 and self.calls == 3:  # ... and the pool is broken at the next submit
+                raise TerminatedWorkerError("a worker died")
+            else:
+                done.extend(t.source for t in tasks)
+                future.set_result(_ChunkResult([([], _failure(t, "no face found")) for t in tasks]))
+            return future
+
+        def terminate(self, kill_workers: bool = False) -> None:
+            pass
+
+    monkeypatch.setattr(batch.run, "_worker_pool", lambda n_jobs: Pool())
+
+    def isolated(tasks, *args):  # stands in for redoing the suspects one per process
+        if tasks:
+            yield tasks, _ChunkResult([([], _failure(t, "failed: the worker process died on it")) for t in tasks])
+
+    monkeypatch.setattr(batch.run, "_process_isolated", isolated)
+    summary = run_crop_job(src, tmp_path / "out", jobs=2, chunk_size=1)
+    assert len(pools) >= 2  # a new pool after the broken one
+    assert (summary.images, summary.processed, summary.failures) == (12, 12, 12)
+    records = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in records) == [f"p{i:02d}.jpg" for i in range(12)]  # each image once
+
+
 @pytest.fixture()
 def colliding_photos(face_photos, tmp_path) -> Path:
     """A nested tree of real photos whose names collide (see :func:`colliding_tree`)."""

@@ -419,8 +419,17 @@ def _run_in_processes(
                     break
                 executor = executor or _worker_pool(n_jobs)
                 number = next(numbers)
-                window.append((number, chunk, executor.submit(
-                    _process_chunk, chunk, settings, largest_only, str(out_dir), True, parent, number)))  # fmt: skip
+                try:
+                    future = executor.submit(
+                        _process_chunk, chunk, settings, largest_only, str(out_dir), True, parent, number
+                    )
+                except BrokenProcessPool:  # a worker died since the last submit: the chunk goes out again
+                    again.appendleft(chunk)
+                    if not window:  # nothing in flight to learn from: start a new pool
+                        executor = None
+                        continue
+                    break  # the first future in the window raises below, and the loss is handled there
+                window.append((number, chunk, future))
             if not window:
                 break
             number, chunk, future = window[0]

@@ -35,7 +35,6 @@ file; ``facealign tweak`` builds TCNN heads on top of it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,11 +46,12 @@ import torch
 from ..constants import DEFAULT_DETECTOR, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, from_box_coordinates, to_box_coordinates, warp_crop
 from ..data import cached_boxes, detection_points, load_mtfl, train_validation_split
+from ..engine import save_weights
 from ..evaluation import normalized_errors
+from ..imageio import write_json
 from ..model import VanillaCNN
 from ..reboxing import BoxFromLandmarks, training_boxes
 from ..training import (
-    atomic_save,
     calibrate_mirror_shift,
     interocular_loss,
     jittered_boxes,
@@ -302,14 +302,14 @@ def train_hard(
     meta = {
         "engine": "vanilla",
         "recipe": "train-hard",
-        "config": json.dumps(asdict(cfg)),
+        "config": asdict(cfg),
         "best_epoch": best_epoch,
         "val_nme": best,
         "n_train": n,
         "n_val": int(vsel.sum()),
     }
-    atomic_save(weights_dict(model, mean, std, meta, box_model), out)
+    save_weights(weights_dict(model, mean, std, meta, box_model), out)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images[vsel], val.boxes[vsel, 0]))
     log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
-    (work_dir / "history.json").write_text(json.dumps(history, indent=1))
+    write_json(history, work_dir / "history.json")
     return {"best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -80,8 +80,7 @@ def fit_engine_quality(
     weights: str | Path, out: str | Path, engine_name: str, sample: QualitySample, signals: tuple[str, ...]
 ) -> QualityModel:
     """Fit the quality model on ``sample`` (the validation split) and write ``weights`` + model to ``out``."""
-    from ..engine import load_weights
-    from ..training import atomic_save
+    from ..engine import load_weights, save_weights
 
     if sample.split != "validation":
         raise ValueError("the quality model is fitted on the validation split only")
@@ -89,7 +88,7 @@ def fit_engine_quality(
     state = load_weights(weights)
     state["quality"] = model.to_state()
     state.setdefault("meta", {})["quality"] = f"fitted on {len(sample.errors)} validation faces ({engine_name})"
-    atomic_save(state, Path(out))
+    save_weights(state, out)
     return model
 
 

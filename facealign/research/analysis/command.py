@@ -8,7 +8,6 @@ and the report (:mod:`.report`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -84,7 +83,7 @@ def run_analysis(
     from ...cropping import crop_faces, to_box_coordinates
     from ...data import cached_boxes, load_mtfl
     from ...detection import DEFAULT_DETECTOR
-    from ...engine import load_weights, shipped_weights
+    from ...engine import load_weights, shipped_weights, weights_settings
     from ...evaluation import write_json
     from ...imageio import write_bytes_atomic
     from ...model import LAYER_NAMES
@@ -115,7 +114,7 @@ def run_analysis(
     wmeta = dict(load_weights(weights_path).get("meta", {}))
     if detector is None:
         try:
-            detector = json.loads(wmeta.get("config", "{}")).get("detector") or DEFAULT_DETECTOR
+            detector = weights_settings(wmeta).get("detector") or DEFAULT_DETECTOR
         except (TypeError, ValueError):
             detector = DEFAULT_DETECTOR
 
