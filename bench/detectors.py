@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CELEBA_IMAGES, DEFAULT_CACHE, MTFL_ROOT, machine_info, sample_paths  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
+from facealign.progress import show_logs  # noqa: E402
 
 REFERENCE = "dlib HOG, upsample 1"
 
@@ -97,7 +98,7 @@ def _aflw(names: list[str], cache: Path, log) -> dict:
     for name in names:
         out[name] = {}
         for split in ("validation", "test"):
-            res = evaluate_engines({"tcnn": engine}, MTFL_ROOT, cache, name, split, log=log)["tcnn"]
+            res = evaluate_engines({"tcnn": engine}, MTFL_ROOT, cache, name, split)["tcnn"]
             res.pop("errors")
             out[name][split] = res
     return out
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    show_logs()  # the evaluation's detection counts
 
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)

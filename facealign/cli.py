@@ -38,7 +38,7 @@ import click
 
 from . import __version__
 from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES
-from .progress import Progress
+from .progress import Progress, show_logs
 
 ENGINE_CHOICES = ENGINES
 #: Images per landmark-network batch in ``facealign landmarks``.
@@ -151,6 +151,7 @@ class _Commands(click.Group):
 @click.version_option(__version__, "--version", prog_name="facealign", message="%(prog)s %(version)s")
 def main() -> None:
     """Face detection, five TCNN landmarks and aligned face crops."""
+    show_logs()
 
 
 def _check_detector(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -11,13 +11,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
 from .imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
+
+logger = logging.getLogger(__name__)
 
 #: Error above which a face counts as a failure (fraction of inter-ocular distance).
 FAILURE_THRESHOLD = 0.10
@@ -173,7 +175,6 @@ def evaluate_engines(
     cache_dir: str | Path,
     detector: str = DEFAULT_DETECTOR,
     split: str = "test",
-    log: Callable[[str], None] = lambda s: None,
     with_quality: bool = False,
     by: tuple[str, ...] = (),
     size_bins=DEFAULT_SIZE_BINS,
@@ -200,7 +201,7 @@ def evaluate_engines(
     detections = cached_boxes(data, images, cache_dir, detector)
     found = np.flatnonzero(np.isfinite(detections[:, 0]))
     misses = len(data) - len(found)
-    log(f"{detector}: {len(found)} of {len(data)} faces detected, {misses} misses")
+    logger.info(f"{detector}: {len(found)} of {len(data)} faces detected, {misses} misses")
     points = detection_points(detections)
     boxes = training_boxes(detector, detections[found, :4], None if points is None else points[found])
     results = {}

@@ -11,6 +11,7 @@ Both resume where they stopped when run again with the same ``--work-dir``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -33,8 +34,15 @@ def _default_cache() -> str:
     return str(default_cache_dir())
 
 
-def _logger(quiet: bool):
-    return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+logger = logging.getLogger(__name__)
+
+
+def _quiet_logs(quiet: bool) -> None:
+    """``--quiet``: only warnings from facealign's loggers (see :func:`facealign.progress.show_logs`)."""
+    if quiet:
+        from .progress import show_logs
+
+        show_logs(quiet=True)
 
 
 def cache_dir_option(f):
@@ -106,7 +114,8 @@ def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, li
     _check_data(data)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads)
     try:
-        train_vanilla(data, out, work_dir, cfg, resume=True, limit=limit, log=_logger(quiet))
+        _quiet_logs(quiet)
+        train_vanilla(data, out, work_dir, cfg, resume=True, limit=limit)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
 
@@ -189,7 +198,8 @@ def train_hard_command(
         threads=threads,
     )
     try:
-        train_hard(data, out, work_dir, cfg, limit=limit, log=_logger(quiet))
+        _quiet_logs(quiet)
+        train_hard(data, out, work_dir, cfg, limit=limit)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
 
@@ -261,7 +271,8 @@ def tweak_command(
         lr=lr,
         seed=seed,
     )
-    tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit, log=_logger(quiet))
+    _quiet_logs(quiet)
+    tweak(vanilla_weights, data, out, work_dir, cfg, jobs=jobs, limit=limit)
 
 
 @click.command("evaluate")
@@ -340,9 +351,7 @@ def evaluate_command(
     if not edges:
         raise click.ClickException("--size-bins needs at least one edge")
     groupings = tuple(dict.fromkeys(groupings))
-    results = evaluate_engines(
-        models, data, cache_dir, detector, split, log=lambda s: click.echo(s, err=True), by=groupings, size_bins=edges
-    )
+    results = evaluate_engines(models, data, cache_dir, detector, split, by=groupings, size_bins=edges)
     if curve is not None:
         plot_cumulative_error({k: (v["errors"], v["n"]) for k, v in results.items()}, curve)
     public = {k: {kk: vv for kk, vv in v.items() if kk != "errors"} for k, v in results.items()}
@@ -409,23 +418,23 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
         values = sorted({int(k) for k in ks.split(",") if k.strip()})
     except ValueError:
         raise click.ClickException(f"--ks must be integers separated by commas, got {ks!r}") from None
-    log = _logger(quiet)
+    _quiet_logs(quiet)
     rows = []
     for k in values:
         weights = work_dir / f"tcnn-K{k}-T{target}-{boxes}.pt"
         if not weights.exists():
             cfg = TweakConfig(clusters=k, target=target, boxes=boxes)
-            tweak(vanilla_weights, data, weights, work_dir, cfg, jobs=jobs, log=log)
+            tweak(vanilla_weights, data, weights, work_dir, cfg, jobs=jobs)
         refine = boxes == "refined"
         engines = {
             "mirror": LandmarkEngine("tcnn", weights=weights, refine=refine),
             "no_mirror": LandmarkEngine("tcnn", weights=weights, mirror=False, refine=refine),
         }
-        res = evaluate_engines(engines, data, work_dir, log=log)
+        res = evaluate_engines(engines, data, work_dir)
         rows.append(
             {"K": k, **{f"nme_{m}": r["nme"] for m, r in res.items()}, "failure_rate": res["mirror"]["failure_rate"]}
         )
-        log(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
+        logger.info(f"K={k}: NME {res['mirror']['nme']:.3f}% (no mirror {res['no_mirror']['nme']:.3f}%)")
     out.mkdir(parents=True, exist_ok=True)
     write_json({"target": target, "boxes": boxes, "rows": rows}, out / "sweep-k.json")
     fig, ax = subplots(figsize=(5, 3.6), dpi=120)
@@ -497,7 +506,6 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
         "validation",
         cache_dir,
         detector,
-        log=lambda s: click.echo(s, err=True),
     )
     try:
         model = fit_engine_quality(source, out or source, engine_name, sample, names)
@@ -541,7 +549,7 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
     engine = _quality_engine(engine_name, weights)
     reports = {}
     for split in SPLITS:
-        sample = collect_quality(engine, data, split, cache_dir, detector, log=lambda s: click.echo(s, err=True))
+        sample = collect_quality(engine, data, split, cache_dir, detector)
         try:
             reports[split] = quality_report(sample)
         except ValueError as err:
@@ -595,19 +603,19 @@ def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
     from .reboxing import BOX_MAPS_FILE, DetectorBoxMap
 
     _check_data(data)
-    log = _logger(quiet)
+    _quiet_logs(quiet)
     train = load_mtfl(data, "train")
     train = train.subset(train_validation_split(len(train))[0])
     images = train.load_images()
-    log(f"detecting {len(train)} training faces with {TRAINING_DETECTOR} (the engines' training detector)")
+    logger.info(f"detecting {len(train)} training faces with {TRAINING_DETECTOR} (the engines' training detector)")
     reference = cached_boxes(train, images, cache_dir, TRAINING_DETECTOR, jobs=jobs)
     maps = {}
     for name in detectors:
-        log(f"detecting {len(train)} training faces with {name}")
+        logger.info(f"detecting {len(train)} training faces with {name}")
         found = cached_boxes(train, images, cache_dir, name, jobs=jobs)
         fitted = DetectorBoxMap.fit(name, found[:, :4], reference[:, :4], detection_points(found))
         maps[name] = fitted.to_json()
-        log(
+        logger.info(
             f"{name}: {fitted.faces} faces; centre shift {np.round(fitted.box_offset, 3).tolist()} box sizes, "
             f"scale {np.round(fitted.box_scale, 3).tolist()}, points model: {fitted.from_points is not None}"
         )

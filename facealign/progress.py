@@ -12,17 +12,41 @@ stderr goes:
 ``total`` may change between calls (the crop job's total is an estimate until its
 walk has finished): the bar's length follows it. Every command that uses it has
 ``--quiet`` (``enabled=False``): nothing is shown.
+
+Messages of long research work (epochs, detection counts) go through stdlib
+``logging`` (module loggers under ``facealign``); :func:`show_logs` sends them to
+stderr for the commands.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
 
 import click
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "show_logs"]
+
+#: The handler :func:`show_logs` installed on the ``facealign`` logger (one at a time).
+_LOG_HANDLER: logging.Handler | None = None
+
+
+def show_logs(quiet: bool = False) -> None:
+    """Show the messages of facealign's loggers on the current stderr, one line each: INFO
+    and above, or WARNING and above with ``quiet``. Every command calls it once (the
+    research commands' ``--quiet`` calls it again); a second call replaces the first.
+    """
+    global _LOG_HANDLER
+    root = logging.getLogger("facealign")
+    if _LOG_HANDLER is not None:
+        root.removeHandler(_LOG_HANDLER)
+    _LOG_HANDLER = logging.StreamHandler(sys.stderr)
+    _LOG_HANDLER.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(_LOG_HANDLER)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
 
 
 class Progress:

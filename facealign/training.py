@@ -19,6 +19,7 @@ Recipe (``facealign train``):
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ from .engine import WEIGHTS_FORMAT_VERSION, save_weights
 from .evaluation import normalized_errors
 from .model import VanillaCNN
 from .reboxing import BoxFromLandmarks
+
+logger = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("paper", "full")
 
@@ -76,7 +79,6 @@ def prepare_faces(
     detector: str = TRAINING_DETECTOR,
     rows: np.ndarray | None = None,
     images: np.ndarray | None = None,
-    log: Callable[[str], None] = print,
 ) -> tuple[PreparedFaces, np.ndarray]:
     """Decode, detect (cached) and keep the faces the detector found.
 
@@ -86,14 +88,14 @@ def prepare_faces(
         images = data.load_images()
     boxes = cached_boxes(data, images, cache_dir, detector)
     found = np.isfinite(boxes[:, 0])
-    log(f"{detector} found {found.sum()} of {len(found)} faces ({100 * found.mean():.1f}%)")
+    logger.info(f"{detector} found {found.sum()} of {len(found)} faces ({100 * found.mean():.1f}%)")
     keep = np.arange(len(data)) if rows is None else np.asarray(rows)
     keep = keep[found[keep]]
     return PreparedFaces(images[keep], boxes[keep, :4], data.points[keep], keep), boxes
 
 
 def load_train_validation(
-    mtfl_root: str | Path, cache_dir: str | Path, detector: str, limit: int | None, log: Callable[[str], None]
+    mtfl_root: str | Path, cache_dir: str | Path, detector: str, limit: int | None
 ) -> tuple[PreparedFaces, PreparedFaces]:
     """The detected faces of the fixed training and validation splits of MTFL ``train.txt``."""
     data = load_mtfl(mtfl_root, "train")
@@ -104,10 +106,10 @@ def load_train_validation(
     # Each split is detected (and cached) on its own, keyed like the caches of
     # ``fit-box-maps`` (training split) and ``evaluate --split validation``, so
     # the boxes are found once per split whichever command runs first.
-    train, _ = prepare_faces(data.subset(train_rows), cache_dir, detector, None, images[train_rows], log)
-    val, _ = prepare_faces(data.subset(val_rows), cache_dir, detector, None, images[val_rows], log=lambda s: None)
+    train, _ = prepare_faces(data.subset(train_rows), cache_dir, detector, None, images[train_rows])
+    val, _ = prepare_faces(data.subset(val_rows), cache_dir, detector, None, images[val_rows])
     train.index, val.index = train_rows[train.index], val_rows[val.index]
-    log(f"training faces {len(train.index)}, validation faces {len(val.index)}")
+    logger.info(f"training faces {len(train.index)}, validation faces {len(val.index)}")
     return train, val
 
 
@@ -247,7 +249,6 @@ def run_epochs(
     checkpoint: Path,
     settings: dict[str, Any],
     data: int,
-    log: Callable[[str], None],
     resume: bool = True,
     best: tuple[float, int, dict[str, Any] | None] = (float("inf"), -1, None),
 ) -> tuple[float, int, dict[str, Any], list[dict[str, float]]]:
@@ -280,7 +281,7 @@ def run_epochs(
         start, best_nme, best_epoch, history, best_state = (
             ck["epoch"], ck["best"], ck["best_epoch"], ck["history"], ck["best_state"]
         )  # fmt: skip
-        log(f"resuming after epoch {start}")
+        logger.info(f"resuming after epoch {start}")
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         model.train()
@@ -299,7 +300,7 @@ def run_epochs(
             best_nme, best_epoch = scores["val_nme"], epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         extra = "".join(f", {k} {v:.2f}" for k, v in scores.items() if k != "val_nme")
-        log(
+        logger.info(
             f"epoch {epoch + 1}/{epochs} loss {total / max(seen, 1):.5f} val NME {scores['val_nme']:.3f}%{extra} "
             f"(best {best_nme:.3f}% @ {best_epoch}) {time.perf_counter() - t0:.1f}s"
         )
@@ -332,7 +333,6 @@ def train_vanilla(
     config: TrainConfig | None = None,
     resume: bool = True,
     limit: int | None = None,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Train the vanilla CNN and write its weights to ``out``.
 
@@ -360,7 +360,7 @@ def train_vanilla(
         torch.set_num_threads(cfg.threads)
     work_dir = Path(work_dir)
     out = Path(out)
-    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit, log)
+    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit)
     mean, std = mean_std_images(crop_faces(train.images, train.boxes))
     val_x = to_tensor(crop_faces(val.images, val.boxes), mean, std)
 
@@ -386,7 +386,7 @@ def train_vanilla(
 
     best, best_epoch, best_state, history = run_epochs(
         model, opt, sched, rng, cfg.epochs, batches, interocular_loss, validate,
-        work_dir / "vanilla-checkpoint.pt", asdict(cfg), n, log, resume,
+        work_dir / "vanilla-checkpoint.pt", asdict(cfg), n, resume,
     )  # fmt: skip
     model.load_state_dict(best_state)
     meta = {
@@ -399,5 +399,5 @@ def train_vanilla(
     }
     save_weights(weights_dict(model, mean, std, meta, BoxFromLandmarks.fit(train.points, train.boxes)), out)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images, val.boxes))
-    log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
+    logger.info(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     return {"epochs": cfg.epochs, "best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -31,8 +31,8 @@ Steps of :func:`tweak` (``facealign tweak``):
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -56,6 +56,8 @@ from .training import (
     to_tensor,
     weights_dict,
 )
+
+logger = logging.getLogger(__name__)
 
 #: How augmented crops are labelled (see :func:`warp_pair`).
 LABEL_MODES = ("warped", "paper")
@@ -361,7 +363,6 @@ def tweak(
     config: TweakConfig | None = None,
     jobs: int = -1,
     limit: int | None = None,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Build TCNN weights from vanilla weights; see the module docstring.
 
@@ -387,14 +388,14 @@ def tweak(
     model.eval()
     mean, std = state["mean"].float(), state["std"].float()
 
-    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit, log)
+    train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit)
     box_model = (
         BoxFromLandmarks.from_tensor(state["box_model"])
         if "box_model" in state
         else BoxFromLandmarks.fit(train.points, train.boxes)
     )
     if cfg.boxes == "refined":
-        log("re-boxing the training and validation faces from a vanilla first pass")
+        logger.info("re-boxing the training and validation faces from a vanilla first pass")
         first_pass = LandmarkEngine("vanilla", weights=vanilla_weights, mirror=False, refine=False)
         train, val = (refined_faces(first_pass, box_model, faces) for faces in (train, val))
     tr_f = fc5_inputs(model, crop_faces(train.images, train.boxes), mean, std)
@@ -406,16 +407,16 @@ def tweak(
     if gmm_path.exists():
         gmm = dict(np.load(gmm_path))
     else:
-        log(f"fitting a {cfg.clusters}-component diagonal GMM on {len(tr_f)} FC5 inputs")
+        logger.info(f"fitting a {cfg.clusters}-component diagonal GMM on {len(tr_f)} FC5 inputs")
         gmm = fit_gmm(tr_f, cfg.clusters, cfg.seed, cfg.reg_covar)
         np.savez(gmm_path, **gmm)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
     router = make_router(gmm)
     tr_k = route(router, tr_f)
     va_k = route(router, va_f)
     sizes = np.bincount(tr_k, minlength=cfg.clusters)
-    log(f"cluster sizes: median {np.median(sizes):.0f}, min {sizes.min()}, max {sizes.max()}")
+    logger.info(f"cluster sizes: median {np.median(sizes):.0f}, min {sizes.min()}, max {sizes.max()}")
 
-    log(f"augmenting and fine-tuning {cfg.clusters} heads (target {cfg.target} faces, patience {cfg.patience})")
+    logger.info(f"augmenting and fine-tuning {cfg.clusters} heads (target {cfg.target} faces, patience {cfg.patience})")
     tasks = []
     for k in range(cfg.clusters):
         members = np.flatnonzero(tr_k == k)
@@ -450,7 +451,7 @@ def tweak(
         else float("nan")
     )
     if proposed:
-        log(
+        logger.info(
             f"augmentation: {100 * (1 - same_rate):.1f}% of same-cluster warps rejected, "
             f"{100 * (1 - cross_rate):.1f}% of cross-cluster warps rejected"
         )
@@ -481,7 +482,9 @@ def tweak(
     plot_cluster_errors(records, heads_dir / "cluster-errors.png")
     before = np.mean([r["val_before"] for r in records if r["n_val"]])
     after = np.mean([r["val_after"] for r in records if r["n_val"]])
-    log(f"wrote {out}: mean per-cluster validation error {before:.3f}% -> {after:.3f}% in {report['seconds']:.0f}s")
+    logger.info(
+        f"wrote {out}: mean per-cluster validation error {before:.3f}% -> {after:.3f}% in {report['seconds']:.0f}s"
+    )
     return report
 
 

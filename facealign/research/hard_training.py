@@ -35,7 +35,8 @@ file; ``facealign tweak`` builds TCNN heads on top of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,8 @@ from ..training import (
     to_tensor,
     weights_dict,
 )
+
+logger = logging.getLogger(__name__)
 
 LOSSES = ("eq1", "wing")
 HARD_AUGMENTATIONS = ("full", "hard")
@@ -117,7 +120,7 @@ def _split_boxes(data, images, cache_dir, detector: str) -> np.ndarray:
     return out
 
 
-def load_multibox(mtfl_root, cache_dir, detectors, limit=None, log=print) -> tuple[MultiBoxFaces, MultiBoxFaces]:
+def load_multibox(mtfl_root, cache_dir, detectors, limit=None) -> tuple[MultiBoxFaces, MultiBoxFaces]:
     """Training and validation faces of the fixed split with every detector's mapped box."""
     data = load_mtfl(mtfl_root, "train")
     if limit is not None:
@@ -129,7 +132,7 @@ def load_multibox(mtfl_root, cache_dir, detectors, limit=None, log=print) -> tup
         boxes = np.stack([_split_boxes(sub, images[rows], cache_dir, d) for d in detectors], 1)
         keep = np.isfinite(boxes[:, :, 0]).any(1)
         parts.append(MultiBoxFaces(images[rows][keep], boxes[keep], sub.points[keep], sub.attributes[keep, 3]))
-        log(
+        logger.info(
             f"{len(rows)} faces: "
             + ", ".join(f"{d} {int(np.isfinite(boxes[:, i, 0]).sum())}" for i, d in enumerate(detectors))
             + f"; kept {int(keep.sum())} (found by any)"
@@ -234,7 +237,6 @@ def train_hard(
     work_dir: str | Path,
     config: HardTrainConfig | None = None,
     limit: int | None = None,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Train (or fine-tune) the vanilla network for hard faces; resumable through ``work_dir``."""
     cfg = config or HardTrainConfig()
@@ -245,7 +247,7 @@ def train_hard(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     work_dir, out = Path(work_dir), Path(out)
-    train, val = load_multibox(mtfl_root, work_dir, cfg.detectors, limit, log)
+    train, val = load_multibox(mtfl_root, work_dir, cfg.detectors, limit)
     torch.manual_seed(cfg.seed)
     model = VanillaCNN()
     if cfg.init:
@@ -282,7 +284,7 @@ def train_hard(
     rng = np.random.default_rng(cfg.seed)
     probs = pose_weights(train.pose, cfg.pose_balance)
     start_nme = validate()
-    log(f"start: validation NME {start_nme['val_nme']:.3f}%")
+    logger.info(f"start: validation NME {start_nme['val_nme']:.3f}%")
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss_fn = interocular_loss if cfg.loss == "eq1" else (lambda p, t: wing_loss(p, t, cfg.wing_w, cfg.wing_eps))
     n = len(train.points)
@@ -296,7 +298,7 @@ def train_hard(
 
     best, best_epoch, best_state, history = run_epochs(
         model, opt, sched, rng, cfg.epochs, batches, loss_fn, validate, work_dir / "hard-checkpoint.pt",
-        asdict(cfg), n, log, best=(start_nme["val_nme"], 0, start_state),
+        asdict(cfg), n, best=(start_nme["val_nme"], 0, start_state),
     )  # fmt: skip
     model.load_state_dict(best_state)
     meta = {
@@ -310,6 +312,6 @@ def train_hard(
     }
     save_weights(weights_dict(model, mean, std, meta, box_model), out)
     shift = calibrate_mirror_shift(out, "vanilla", crop_faces(val.images[vsel], val.boxes[vsel, 0]))
-    log(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
+    logger.info(f"wrote {out} (validation NME {best:.3f}% at epoch {best_epoch}; mirror shift {shift:.4f})")
     write_json(history, work_dir / "history.json")
     return {"best_epoch": best_epoch, "val_nme": best, "history": history}

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +62,6 @@ def collect_quality(
     split: str,
     cache_dir: str | Path,
     detector: str = TRAINING_DETECTOR,
-    log: Callable[[str], None] = lambda s: None,
 ) -> QualitySample:
     """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW).
 
@@ -71,7 +69,7 @@ def collect_quality(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    result = evaluate_engines({"engine": engine}, mtfl_root, cache_dir, detector, split, log, with_quality=True)
+    result = evaluate_engines({"engine": engine}, mtfl_root, cache_dir, detector, split, with_quality=True)
     res = result["engine"]
     return QualitySample(split, res["quality"], np.asarray(res["errors"]), res["misses"])
 
