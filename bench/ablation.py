@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MTFL_ROOT  # noqa: E402
 from facealign.constants import TRAINING_DETECTOR  # noqa: E402
-from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
-from facealign.evaluation import normalized_errors, summarize  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
+from facealign.research.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
+from facealign.research.evaluation import normalized_errors, summarize  # noqa: E402
 
 
 def faces(split: str, cache: Path):

@@ -26,10 +26,10 @@ if __package__ in (None, ""):
 from bench.common import MTFL_ROOT  # noqa: E402
 from facealign.constants import DEFAULT_ENGINE, ENGINES, TRAINING_DETECTOR  # noqa: E402
 from facealign.cropping import to_box_coordinates  # noqa: E402
-from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
-from facealign.evaluation import normalized_errors  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
+from facealign.research.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
+from facealign.research.evaluation import normalized_errors  # noqa: E402
 
 #: Detector-box width bins, pixels of the 80 x 80 images.
 WIDTH_BINS = ((0, 35), (35, 45), (45, 55), (55, 65), (65, 1000))
@@ -78,7 +78,7 @@ def main() -> None:
         "--cache-dir",
         type=Path,
         default=default_cache_dir(),
-        help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]",
+        help="detector-box cache [default: facealign's, facealign.research.data.default_cache_dir]",
     )
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()

@@ -22,9 +22,9 @@ if __package__ in (None, ""):
 
 from bench.common import MTFL_ROOT  # noqa: E402
 from facealign.constants import ENGINES, TRAINING_DETECTOR  # noqa: E402
-from facealign.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
-from facealign.evaluation import normalized_errors  # noqa: E402
+from facealign.research.data import cached_boxes, default_cache_dir, load_mtfl, train_validation_split  # noqa: E402
+from facealign.research.evaluation import normalized_errors  # noqa: E402
 
 
 def misplaced_boxes(boxes: np.ndarray) -> dict[str, np.ndarray]:
@@ -44,7 +44,7 @@ def main() -> None:
         "--cache-dir",
         type=Path,
         default=default_cache_dir(),
-        help="detector-box cache [default: facealign's, facealign.data.default_cache_dir]",
+        help="detector-box cache [default: facealign's, facealign.research.data.default_cache_dir]",
     )
     args = ap.parse_args()
     data = load_mtfl(MTFL_ROOT, "train")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from facealign.data import default_cache_dir, default_datasets_root
+from facealign.research.data import default_cache_dir, default_datasets_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The read-only data sets beside the checkout (``$FACEALIGN_DATASETS`` overrides).

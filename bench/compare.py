@@ -13,8 +13,8 @@ facealign's default detector *is* dlib HOG, so "dlib HOG + our engine" is the
 
 Accuracy, MTFL AFLW test set (2,995 faces; ``--quick``: every 10th):
 each detector's box for the annotated face
-(:func:`facealign.data.match_detection`, cached with
-:func:`facealign.data.cached_boxes` in ``--cache-dir``), then each landmark
+(:func:`facealign.research.data.match_detection`, cached with
+:func:`facealign.research.data.cached_boxes` in ``--cache-dir``), then each landmark
 step; mean and median error (% of inter-ocular distance), failure rate (error
 > 10% or face missed) and misses, also on the faces every detector found.
 
@@ -124,10 +124,10 @@ def peers_available() -> str | None:
 
 
 def accuracy(pipelines: list[PipelineSpec], mtfl_root: Path, cache_dir: Path, quick: bool) -> dict:
-    """Per pipeline: :func:`facealign.evaluation.summarize` on all faces and on the common subset."""
-    from facealign.data import cached_boxes, detection_points, load_mtfl
-    from facealign.evaluation import normalized_errors, summarize
+    """Per pipeline: :func:`facealign.research.evaluation.summarize` on all faces and on the common subset."""
     from facealign.reboxing import training_boxes
+    from facealign.research.data import cached_boxes, detection_points, load_mtfl
+    from facealign.research.evaluation import normalized_errors, summarize
 
     data = load_mtfl(mtfl_root, "test")
     if quick:

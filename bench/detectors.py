@@ -91,7 +91,7 @@ def _celeba(names: list[str], paths: list[Path], log) -> dict:
 
 def _aflw(names: list[str], cache: Path, log) -> dict:
     from facealign.engine import LandmarkEngine
-    from facealign.evaluation import evaluate_engines
+    from facealign.research.evaluation import evaluate_engines
 
     engine = LandmarkEngine("tcnn")
     out = {}

@@ -1,7 +1,7 @@
 """Measure dlib's face-chip layout as a five-point template (recognition.dlib_resnet, issue 14).
 
 On the MTFL training faces that the dlib detector finds (boxes cached with
-:func:`facealign.data.cached_boxes`), dlib's 5-point predictor runs on the box,
+:func:`facealign.research.data.cached_boxes`), dlib's 5-point predictor runs on the box,
 the image-to-chip map of ``dlib.get_face_chip(size=150, padding=0.25)`` is
 measured (:func:`recognition.dlib_resnet.face_chip_matrix`), and the mean chip
 position of the ground-truth MTFL points and of dlib's own points is the
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the fit as JSON")
     args = ap.parse_args()
 
-    from facealign.data import cached_boxes, load_mtfl
+    from facealign.research.data import cached_boxes, load_mtfl
     from recognition.dlib_resnet import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, fit_chip_template
 
     data = load_mtfl(args.mtfl, "train")

@@ -17,10 +17,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facealign.constants import ENGINES  # noqa: E402
-from facealign.data import default_mtfl_root  # noqa: E402
 from facealign.engine import LandmarkEngine  # noqa: E402
-from facealign.evaluation import evaluate_engines  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
+from facealign.research.data import default_mtfl_root  # noqa: E402
+from facealign.research.evaluation import evaluate_engines  # noqa: E402
 from facealign.research.tta import RotationTTA  # noqa: E402
 
 

@@ -138,14 +138,14 @@ def torch_reference(images, boxes, batch: int, repeats: int, threads: int) -> di
     Both evaluate the paper's vanilla network once (one pass, no mirror, no
     re-boxing) on the same ``batch`` crops, 64 faces per convolution pass, with
     ``threads`` threads, alternating over ``repeats``; the torch side is
-    :class:`facealign.model.VanillaCNN` in channels-last memory, as the engine ran
+    :class:`facealign.research.model.VanillaCNN` in channels-last memory, as the engine ran
     it before onnxruntime. Returns faces/s of each and their ratio.
     """
     import torch
 
     from facealign.engine import LandmarkEngine, load_weights, shipped_weights
-    from facealign.export import load_network
-    from facealign.training import to_tensor
+    from facealign.research.export import load_network
+    from facealign.research.training import to_tensor
 
     crops = face_crops(images, boxes, batch)
     engine = LandmarkEngine("vanilla", mirror=False, refine=False, threads=threads)

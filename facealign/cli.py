@@ -77,15 +77,15 @@ def _jobs_type(value: str | int) -> int | str:
 #: and their modules are imported only when one is listed or run with it installed.
 RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("facealign.research.analysis.command", "analyze"),
-    "evaluate": ("facealign.model_cli", "evaluate_command"),
-    "evaluate-quality": ("facealign.model_cli", "evaluate_quality_command"),
-    "export-engine": ("facealign.model_cli", "export_engine_command"),
-    "fit-box-maps": ("facealign.model_cli", "fit_box_maps_command"),
-    "fit-quality": ("facealign.model_cli", "fit_quality_command"),
-    "sweep-k": ("facealign.model_cli", "sweep_k_command"),
-    "train": ("facealign.model_cli", "train_command"),
-    "train-hard": ("facealign.model_cli", "train_hard_command"),
-    "tweak": ("facealign.model_cli", "tweak_command"),
+    "evaluate": ("facealign.research.model_cli", "evaluate_command"),
+    "evaluate-quality": ("facealign.research.model_cli", "evaluate_quality_command"),
+    "export-engine": ("facealign.research.model_cli", "export_engine_command"),
+    "fit-box-maps": ("facealign.research.model_cli", "fit_box_maps_command"),
+    "fit-quality": ("facealign.research.model_cli", "fit_quality_command"),
+    "sweep-k": ("facealign.research.model_cli", "sweep_k_command"),
+    "train": ("facealign.research.model_cli", "train_command"),
+    "train-hard": ("facealign.research.model_cli", "train_hard_command"),
+    "tweak": ("facealign.research.model_cli", "tweak_command"),
 }
 
 

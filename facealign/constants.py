@@ -65,7 +65,7 @@ def shipped_weights(engine: str) -> Path:
 
 def shipped_runtime_weights(engine: str) -> Path:
     """Path of the run-time weights shipped for ``engine`` (``<engine>.npz``: numpy arrays and
-    the convolutional layers as ONNX; :mod:`facealign.export` compiles it from
+    the convolutional layers as ONNX; :mod:`facealign.research.export` compiles it from
     :func:`shipped_weights`, and a test checks that the two agree)."""
     return shipped_weights(engine).with_suffix(".npz")
 

@@ -21,7 +21,7 @@ Two files hold an engine's weights:
   tensors and numbers (:func:`load_weights`, ``weights_only=True``), written and
   read by training, tweaking and the research commands;
 * the **run-time weights** ``<engine>.npz``, compiled from it by
-  :mod:`facealign.export` (``facealign export-engine``): the normalisation and
+  :mod:`facealign.research.export` (``facealign export-engine``): the normalisation and
   the convolutional layers CL1-CL4 as an ONNX graph (uint8 crops in, FC5 inputs
   out) run by ``onnxruntime``, and the fully connected heads, the mixture and the
   box and quality models as numpy arrays. The run time (this module) needs
@@ -89,7 +89,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
 
 def save_weights(state: dict[str, Any], path: str | Path) -> Path:
-    """Write a training weights dictionary (see :func:`facealign.training.weights_dict`) to ``path``,
+    """Write a training weights dictionary (see :func:`facealign.research.training.weights_dict`) to ``path``,
     atomically; the one writer of ``<engine>.pt`` files (needs torch).
 
     Raises
@@ -123,12 +123,12 @@ def weights_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 def load_runtime_weights(path: str | Path) -> dict[str, np.ndarray]:
     """The run-time weights (see the module docstring) of ``path``: an ``.npz`` file, or
-    a torch ``.pt`` training file compiled in memory (:func:`facealign.export.runtime_arrays`)."""
+    a torch ``.pt`` training file compiled in memory (:func:`facealign.research.export.runtime_arrays`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     if path.suffix == ".pt":
-        from .export import runtime_arrays
+        from .research.export import runtime_arrays
 
         return runtime_arrays(load_weights(path))
     try:

@@ -27,7 +27,7 @@ A :class:`QualityModel`, fitted on the MTFL validation split
 * ``expected_error``: the expected NME of the face, % of the inter-ocular
   distance (a linear model of ``log NME`` with Duan's smearing correction);
 * ``p_fail``: the probability that the NME exceeds
-  :data:`facealign.evaluation.FAILURE_THRESHOLD` (logistic regression).
+  :data:`facealign.research.evaluation.FAILURE_THRESHOLD` (logistic regression).
 
 Each signal is transformed (:data:`SIGNAL_FLOORS`: ``log(floor + x)`` for the
 distances and sizes, unchanged for the mixture's figures), standardised, and
@@ -273,12 +273,12 @@ def fit_quality_model(
 
     ``log(100 * error)`` is regressed on the standardised features by least
     squares; failures (``error > fail_threshold``, default
-    :data:`facealign.evaluation.FAILURE_THRESHOLD`) by L2-regularised logistic
+    :data:`facealign.research.evaluation.FAILURE_THRESHOLD`) by L2-regularised logistic
     regression (scikit-learn, ``C = 1``; needed for fitting only).
     """
     from sklearn.linear_model import LogisticRegression
 
-    from .evaluation import FAILURE_THRESHOLD
+    from .research.evaluation import FAILURE_THRESHOLD
 
     threshold = FAILURE_THRESHOLD if fail_threshold is None else fail_threshold
     errors = np.asarray(errors, np.float64).reshape(-1)

@@ -85,7 +85,7 @@ ALIGNER_NAMES: tuple[str, ...] = ("tcnn", "vanilla", "dlib-ert", "dlib-5pt", "bo
 #: Mean position of the five MTFL-order points inside a dlib detector box, in
 #: box-normalised coordinates ``((x - x1) / w, (y - y1) / h)``: measured on the
 #: 9,946 MTFL training faces that the dlib detector finds (ground-truth points,
-#: ``facealign.data`` boxes); the per-point standard deviation is about 0.05.
+#: ``facealign.research.data`` boxes); the per-point standard deviation is about 0.05.
 BOX_MEAN_SHAPE: np.ndarray = np.array(
     [[0.3075, 0.3091], [0.7116, 0.3034], [0.5088, 0.5523], [0.3395, 0.7469], [0.6899, 0.7432]]
 )

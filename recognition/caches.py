@@ -5,7 +5,7 @@ pixels on its longer side) and the detector runs once on it
 (:class:`DetectionCache`). The boxes and scores of all faces, in pixels of the
 original image, are appended to a JSON-lines file in the cache folder, named
 after the detector, a fingerprint of its settings
-(``facealign.data._detector_fingerprint``, the one facealign's detection caches
+(``facealign.research.data._detector_fingerprint``, the one facealign's detection caches
 use, so a changed setting never reuses
 stale boxes) and a hash of the resolved image root, so a rerun (or another
 aligner, another protocol on the same images) reuses them. A killed run
@@ -56,9 +56,9 @@ def text_digest(text: str, length: int = 12) -> str:
 
 def default_cache_dir() -> Path:
     """Cache folder: ``$RECOGNITION_CACHE`` if set, else ``recognition/`` in facealign's
-    cache folder (:func:`facealign.data.default_cache_dir`: ``$FACEALIGN_CACHE``, else
+    cache folder (:func:`facealign.research.data.default_cache_dir`: ``$FACEALIGN_CACHE``, else
     ``$XDG_CACHE_HOME/facealign`` or ``~/.cache/facealign``)."""
-    from facealign.data import default_cache_dir as facealign_cache_dir
+    from facealign.research.data import default_cache_dir as facealign_cache_dir
 
     env = os.environ.get("RECOGNITION_CACHE")
     return Path(env) if env else facealign_cache_dir() / "recognition"
@@ -149,7 +149,7 @@ class DetectionCache:
     cache_dir : path
         Folder of the cache file
         ``detections-<detector>-<hash of its settings>-<hash of root>.jsonl``
-        (the settings hash is ``facealign.data._detector_fingerprint``'s, so
+        (the settings hash is ``facealign.research.data._detector_fingerprint``'s, so
         changed detector settings never reuse stale boxes).
 
     Notes
@@ -166,7 +166,7 @@ class DetectionCache:
             raise FileNotFoundError(f"image root not found: {self.images_root}")
         self.detector = detector
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        from facealign.data import _detector_fingerprint
+        from facealign.research.data import _detector_fingerprint
 
         self.key = f"{detector}-{_detector_fingerprint(detector)}-{text_digest(str(self.images_root.resolve()))}"
         self.path = cache / f"detections-{self.key}.jsonl"

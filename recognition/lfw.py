@@ -65,9 +65,9 @@ _ALIGN_BATCH = 64
 
 
 def default_lfw_root() -> Path:
-    """``lfw/`` in the data sets folder (:func:`facealign.data.default_datasets_root`:
+    """``lfw/`` in the data sets folder (:func:`facealign.research.data.default_datasets_root`:
     ``$FACEALIGN_DATASETS``, else ``../shared/datasets``)."""
-    from facealign.data import default_datasets_root
+    from facealign.research.data import default_datasets_root
 
     return default_datasets_root() / "lfw"
 

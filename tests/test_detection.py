@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from facealign.data import load_mtfl, match_detection
 from facealign.detection import DETECTORS, Detections, ScaledDetector, get_detector, register_detector
 from facealign.imageio import read_image
+from facealign.research.data import load_mtfl, match_detection
 
 
 def test_scale_policy():

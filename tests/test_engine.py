@@ -9,9 +9,9 @@ import torch
 
 from facealign.constants import INPUT_SIZE, MIRROR_PERMUTATION
 from facealign.engine import GaussianRouter, LandmarkEngine, load_weights, mirror_coordinates, shipped_weights
-from facealign.evaluation import normalized_errors
 from facealign.imageio import read_image
-from facealign.model import FC5_INPUT_DIM, TweakedHeads, VanillaCNN
+from facealign.research.evaluation import normalized_errors
+from facealign.research.model import FC5_INPUT_DIM, TweakedHeads, VanillaCNN
 
 GOLDEN = Path(__file__).parent / "data" / "golden_landmarks.json"
 
@@ -169,8 +169,8 @@ def test_runtime_engine_matches_the_torch_networks(engine):
     # box-normalised points agree to 1e-5 box widths (float32 rounding), so the
     # shipped .npz was compiled from the shipped .pt and the graph is faithful.
     from facealign.engine import shipped_runtime_weights
-    from facealign.export import load_network
-    from facealign.training import to_tensor
+    from facealign.research.export import load_network
+    from facealign.research.training import to_tensor
 
     state = load_weights(shipped_weights(engine))
     model, mean, std = load_network(state)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from facealign.cli import main
-from facealign.evaluation import grouped_summaries, size_bin_labels
+from facealign.research.evaluation import grouped_summaries, size_bin_labels
 
 
 def test_grouped_by_pose_counts_misses_in_their_pose() -> None:

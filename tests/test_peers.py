@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facealign.evaluation import FAILURE_THRESHOLD, normalized_errors, summarize
+from facealign.research.evaluation import FAILURE_THRESHOLD, normalized_errors, summarize
 from facealign.research.peers import BENCH_INSTALL_HINT, box_to_dlib_rect, dlib_model_path, reduce_68_to_5
 
 # --------------------------------------------------------------------------- #
@@ -109,7 +109,7 @@ def test_missing_bench_extra_names_the_install_command(monkeypatch: pytest.Monke
 
 
 # --------------------------------------------------------------------------- #
-# The metric (facealign.evaluation) on hand-made inputs
+# The metric (facealign.research.evaluation) on hand-made inputs
 # --------------------------------------------------------------------------- #
 
 
@@ -190,8 +190,8 @@ def predictor():
 
 
 def test_dlib_predictor_on_mtfl_faces_keeps_mtfl_order(predictor, shared_datasets: Path) -> None:
-    from facealign.data import load_mtfl, match_detection
     from facealign.detection import DlibHogDetector
+    from facealign.research.data import load_mtfl, match_detection
 
     data = load_mtfl(shared_datasets / "mtfl", "test")
     data = data.subset(np.arange(0, 400, 20))  # 20 faces

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from facealign.engine import LandmarkEngine, load_weights, shipped_weights
-from facealign.evaluation import normalized_errors
 from facealign.reboxing import NUM_FEATURES, NUM_OUTPUTS, BoxFromLandmarks
+from facealign.research.evaluation import normalized_errors
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_refine_needs_a_box_model(tmp_path):
 @pytest.fixture(scope="module")
 def mtfl_faces(shared_datasets):
     """60 MTFL training-file faces with the detector-like boxes their true points imply."""
-    from facealign.data import load_mtfl
+    from facealign.research.data import load_mtfl
 
     data = load_mtfl(shared_datasets / "mtfl", "train").subset(np.arange(9000, 9060))
     boxes = LandmarkEngine("vanilla").box_model.boxes_for(data.points)
@@ -172,10 +172,10 @@ def test_detector_box_map_uses_the_detectors_points_where_plausible():
 def test_shipped_box_maps_bring_other_detectors_to_dlib_boxes(shared_datasets):
     # RetinaFace and libfacedetection boxes, mapped, overlap dlib's boxes on the
     # same MTFL faces far better than unmapped (mean IoU).
-    from facealign.data import load_mtfl, match_detection
     from facealign.detection import get_detector
     from facealign.imageio import read_image
     from facealign.reboxing import box_map_for, training_boxes
+    from facealign.research.data import load_mtfl, match_detection
 
     assert box_map_for("dlib") is None
     boxes = np.array([[10.0, 20, 50, 70]])

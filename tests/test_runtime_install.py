@@ -25,16 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("torch", "onnx", "sklearn", "scipy", "matplotlib", "skimage")
 #: Research modules that the run time must not import either.
 RESEARCH_MODULES = (
-    "facealign.data",
-    "facealign.evaluation",
-    "facealign.export",
-    "facealign.model",
-    "facealign.model_cli",
+    "facealign.research.data",
+    "facealign.research.evaluation",
+    "facealign.research.export",
+    "facealign.research.model",
+    "facealign.research.model_cli",
     "facealign.research.analysis",
     "facealign.research.peers",
     "facealign.research.quality_fit",
-    "facealign.training",
-    "facealign.tweak",
+    "facealign.research.training",
+    "facealign.research.tweak",
 )
 
 CHILD = """

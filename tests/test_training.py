@@ -11,8 +11,8 @@ from facealign.cli import main
 from facealign.constants import INPUT_SIZE
 from facealign.cropping import to_box_coordinates
 from facealign.engine import LandmarkEngine
-from facealign.training import interocular_loss
-from facealign.tweak import warp_pair
+from facealign.research.training import interocular_loss
+from facealign.research.tweak import warp_pair
 
 
 def test_interocular_loss_matches_eq1():
@@ -136,7 +136,7 @@ def test_train_refuses_a_folder_that_is_not_mtfl(tmp_path):
 
 def test_tweak_refuses_unknown_modes(tmp_path):
     from facealign.engine import shipped_weights
-    from facealign.tweak import TweakConfig, tweak
+    from facealign.research.tweak import TweakConfig, tweak
 
     for cfg, word in ((TweakConfig(boxes="tight"), "boxes"), (TweakConfig(labels="mine"), "labels")):
         with pytest.raises(ValueError, match=word):

@@ -1,8 +1,14 @@
-"""Research code that the run time does not need: comparisons with other landmark
+"""Research code that the run time does not need: the MTFL data and detection caches
+(:mod:`~facealign.research.data`), the torch networks (:mod:`~facealign.research.model`),
+training and tweaking (:mod:`~facealign.research.training`, :mod:`~facealign.research.tweak`,
+:mod:`~facealign.research.hard_training`), evaluation (:mod:`~facealign.research.evaluation`),
+the compiler of the run-time weights (:mod:`~facealign.research.export`), the research
+commands (:mod:`~facealign.research.model_cli`), comparisons with other landmark
 detectors (:mod:`~facealign.research.peers`), the figure helper
 (:mod:`~facealign.research.figures`), the section 2.2 analysis (``facealign analyze``,
-:mod:`~facealign.research.analysis`) and the fitting and evaluation of the per-face
-quality model (:mod:`~facealign.research.quality_fit`).
+:mod:`~facealign.research.analysis`), the fitting and evaluation of the per-face
+quality model (:mod:`~facealign.research.quality_fit`), rotation TTA
+(:mod:`~facealign.research.tta`) and worker processes (:mod:`~facealign.research.parallel`).
 
 Nothing here is imported by ``facealign crop``, ``facealign landmarks`` or
 :class:`~facealign.FaceAligner`. The research commands (``train``, ``tweak``,

@@ -1,8 +1,8 @@
 """Training for hard faces (issue 16): profiles, small, blurred and occluded faces.
 
-Same network as the paper's vanilla CNN (:class:`facealign.model.VanillaCNN`,
+Same network as the paper's vanilla CNN (:class:`facealign.research.model.VanillaCNN`,
 40 x 40 input, same widths), trained differently (``facealign train-hard``);
-the paper-faithful recipe (:mod:`facealign.training`, ``facealign train``) is
+the paper-faithful recipe (:mod:`facealign.research.training`, ``facealign train``) is
 untouched. What changes, each switchable so that it can be measured alone:
 
 * **Boxes of the default detector as well as dlib's** (``detectors``): every
@@ -46,13 +46,13 @@ import torch
 
 from ..constants import DEFAULT_DETECTOR, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, from_box_coordinates, to_box_coordinates, warp_crop
-from ..data import cached_boxes, detection_points, load_mtfl, train_validation_split
 from ..engine import save_weights
-from ..evaluation import normalized_errors
 from ..imageio import write_json
-from ..model import VanillaCNN
 from ..reboxing import BoxFromLandmarks, training_boxes
-from ..training import (
+from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
+from .evaluation import normalized_errors
+from .model import VanillaCNN
+from .training import (
     calibrate_mirror_shift,
     interocular_loss,
     jittered_boxes,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import TRAINING_DETECTOR
-from ..evaluation import FAILURE_THRESHOLD, evaluate_engines
 from ..quality import QualityModel, fit_quality_model
+from .evaluation import FAILURE_THRESHOLD, evaluate_engines
 
 #: Signals of the shipped models, per engine: intrinsic to the landmark engine and
 #: not tied to the detector's box convention (no detector score, box size or
@@ -65,7 +65,7 @@ def collect_quality(
 ) -> QualitySample:
     """Run ``engine`` on the detected faces of ``split`` (``"validation"`` or ``"test"``, AFLW).
 
-    The faces and boxes are those of :func:`facealign.evaluation.evaluate_engines`.
+    The faces and boxes are those of :func:`facealign.research.evaluation.evaluate_engines`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facealign.data import load_mtfl, match_detection
 from facealign.detection import get_detector
 from facealign.engine import LandmarkEngine
 from facealign.imageio import read_image
+from facealign.research.data import load_mtfl, match_detection
 
 ROOT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mtfl"
 ROWS = (0, 1, 2, 3, 4)

@@ -3,7 +3,7 @@
 ``facealign analyze`` takes every MTFL training face (``train.txt``) that the
 detector finds, crops it to the 40 x 40 network input, and extracts the
 representation at the *input* of each layer of the vanilla CNN
-(:meth:`facealign.model.VanillaCNN.layer_inputs`). Layers carry the paper's
+(:meth:`facealign.research.model.VanillaCNN.layer_inputs`). Layers carry the paper's
 names: ``CL1`` is the normalised RGB input (shown as "RGB (CL1 input)"),
 ``CL2`` .. ``CL4`` the outputs of the convolutional layers before them, ``FC5``
 the CL4 output that TCNN clusters. ``FC6`` (the FC5 output) is an extra column

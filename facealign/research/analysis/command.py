@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from ...imageio import to_jsonable
-from ...model_cli import cache_dir_option
+from ..model_cli import cache_dir_option
 from .features import EXTRA_LAYERS, LAYER_LABELS, PAPER_LAYERS, extract_layer_inputs
 from .figures import mosaic, plot_attribute_variance, plot_cluster_means, plot_cluster_scatter, plot_landmark_variance
 from .report import (
@@ -64,7 +64,7 @@ def run_analysis(
     weights : path, optional
         Vanilla engine weights; the shipped ``vanilla.pt`` by default.
     cache_dir : path
-        Detector-box cache (:func:`facealign.data.cached_boxes`).
+        Detector-box cache (:func:`facealign.research.data.cached_boxes`).
     settings : AnalysisSettings, optional
     detector : str, optional
         Detector name; by default the one the weights were trained with, else the
@@ -81,12 +81,12 @@ def run_analysis(
     """
     from ...constants import INPUT_SIZE
     from ...cropping import crop_faces, to_box_coordinates
-    from ...data import cached_boxes, load_mtfl
     from ...detection import DEFAULT_DETECTOR
     from ...engine import load_weights, shipped_weights, weights_settings
-    from ...evaluation import write_json
     from ...imageio import write_bytes_atomic
-    from ...model import LAYER_NAMES
+    from ..data import cached_boxes, load_mtfl
+    from ..evaluation import write_json
+    from ..model import LAYER_NAMES
 
     settings = settings or AnalysisSettings()
     layers = tuple(layer for layer in LAYER_NAMES if layer in PAPER_LAYERS or (include_fc6 and layer in EXTRA_LAYERS))
@@ -207,7 +207,7 @@ def run_analysis(
 
 
 def _default_data() -> str:
-    from ...data import default_mtfl_root
+    from ..data import default_mtfl_root
 
     return str(default_mtfl_root())
 

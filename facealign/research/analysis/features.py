@@ -36,8 +36,8 @@ def extract_layer_inputs(
     import torch
 
     from ...engine import load_weights
-    from ...export import load_network
-    from ...tweak import to_tensor
+    from ..export import load_network
+    from ..tweak import to_tensor
 
     model, mean, std = load_network(load_weights(weights))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}

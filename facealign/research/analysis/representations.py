@@ -83,7 +83,7 @@ def analyze_representations(
     points : dict
         ``frame -> N x 5 x 2`` ground-truth points (e.g. :data:`LANDMARK_FRAMES`).
     attributes : ndarray, shape (N, 4)
-        MTFL attribute codes (:data:`facealign.data.ATTRIBUTE_NAMES`).
+        MTFL attribute codes (:data:`facealign.research.data.ATTRIBUTE_NAMES`).
     settings : AnalysisSettings
     progress : callable, optional
         Called with a layer's name before it is clustered.
@@ -98,7 +98,7 @@ def analyze_representations(
         ``layer -> N`` cluster labels.
     """
     from ...constants import POINT_NAMES
-    from ...data import ATTRIBUTE_NAMES
+    from ..data import ATTRIBUTE_NAMES
 
     k = settings.clusters
     n = len(attributes)

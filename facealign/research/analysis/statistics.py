@@ -166,11 +166,11 @@ def binary_attribute_labels(
     Parameters
     ----------
     attributes : ndarray, shape (N, 4)
-        Columns as :data:`facealign.data.ATTRIBUTE_NAMES`.
+        Columns as :data:`facealign.research.data.ATTRIBUTE_NAMES`.
     names : tuple of str
         Which binary attributes to convert.
     """
-    from ...data import ATTRIBUTE_NAMES
+    from ..data import ATTRIBUTE_NAMES
 
     attributes = np.asarray(attributes)
     if attributes.ndim != 2 or attributes.shape[1] != len(ATTRIBUTE_NAMES):

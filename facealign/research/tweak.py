@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .alignment import estimate_similarity
-from .constants import NUM_POINTS, TRAINING_DETECTOR
-from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
-from .engine import GaussianRouter, LandmarkEngine, load_weights, save_weights
+from ..alignment import estimate_similarity
+from ..constants import NUM_POINTS, TRAINING_DETECTOR
+from ..cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
+from ..engine import GaussianRouter, LandmarkEngine, load_weights, save_weights
+from ..imageio import write_json
+from ..reboxing import BoxFromLandmarks
 from .evaluation import normalized_errors
-from .imageio import write_json
 from .model import TweakedHeads, VanillaCNN
-from .reboxing import BoxFromLandmarks
 from .training import (
     PreparedFaces,
     atomic_save,
@@ -496,7 +496,7 @@ def plot_cluster_errors(records: list[dict], path: str | Path) -> dict:
 
     Writes the PNG at ``path`` and the same numbers as JSON beside it; returns them.
     """
-    from .research.figures import subplots
+    from .figures import subplots
 
     rows = [(k, r["val_before"], r["val_after"], r["n_val"]) for k, r in enumerate(records) if r["n_val"]]
     rows.sort(key=lambda r: r[2])

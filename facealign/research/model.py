@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .constants import INPUT_SIZE, NUM_POINTS
+from ..constants import INPUT_SIZE, NUM_POINTS
 
 #: Names of the layers whose *inputs* :meth:`VanillaCNN.layer_inputs` returns,
 #: in network order (paper section 2.2); the input of CL1 is the RGB crop.

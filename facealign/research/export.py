@@ -4,7 +4,7 @@ The run-time engine (:mod:`facealign.engine`) needs neither torch nor pickle:
 
 * the normalisation by the training mean and std images and the convolutional
   layers CL1-CL4 become one ONNX graph (uint8 ``N x 40 x 40 x 3`` RGB crops in,
-  the ``N x 256`` FC5 inputs out), traced from :class:`facealign.model.VanillaCNN`
+  the ``N x 256`` FC5 inputs out), traced from :class:`facealign.research.model.VanillaCNN`
   by torch's exporter and run by ``onnxruntime``;
 * the fully connected layers (the vanilla FC5+FC6 and TCNN's K tweaked copies),
   the Gaussian mixture, the mirror shift, the box model and the quality model
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import INPUT_SIZE
-from .engine import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT, load_weights
-from .imageio import write_bytes_atomic
+from ..constants import INPUT_SIZE
+from ..engine import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT, load_weights
+from ..imageio import write_bytes_atomic
 from .model import VanillaCNN
 
 __all__ = ["load_network", "runtime_arrays", "trunk_onnx", "write_runtime_weights"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
-from .imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
+from ..constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
+from ..imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def cumulative_error_curve(errors: np.ndarray, n_total: int, max_error: float = 
 
 def plot_cumulative_error(curves: dict[str, tuple[np.ndarray, int]], path: str | Path) -> None:
     """Write a cumulative-error-curve PNG; ``curves`` maps a label to (errors, n_total)."""
-    from .research.figures import subplots
+    from .figures import subplots
 
     fig, ax = subplots(figsize=(5.5, 4.2), dpi=120)
     for label, (errors, n_total) in curves.items():
@@ -189,8 +189,8 @@ def evaluate_engines(
     :func:`grouped_summaries` (sizes: the width of the detector's own box, before
     any mapping to the training detector's convention).
     """
+    from ..reboxing import training_boxes
     from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
-    from .reboxing import training_boxes
 
     if split == "validation":
         data = load_mtfl(mtfl_root, "train")

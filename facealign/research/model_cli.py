@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES, TRAINING_DETECTOR
+from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES, TRAINING_DETECTOR
 
 
 def _default_data() -> str:
@@ -28,7 +28,7 @@ def _default_data() -> str:
 
 
 def _default_cache() -> str:
-    """Default of ``--cache-dir`` (:func:`facealign.data.default_cache_dir`), looked up when a command runs."""
+    """Default of ``--cache-dir`` (:func:`facealign.research.data.default_cache_dir`), looked up when a command runs."""
     from .data import default_cache_dir
 
     return str(default_cache_dir())
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 def _quiet_logs(quiet: bool) -> None:
     """``--quiet``: only warnings from facealign's loggers (see :func:`facealign.progress.show_logs`)."""
     if quiet:
-        from .progress import show_logs
+        from ..progress import show_logs
 
         show_logs(quiet=True)
 
@@ -176,7 +176,7 @@ def train_hard_command(
     quiet,
 ):
     """Train the vanilla network for hard faces (issue 16; facealign.research.hard_training), resumable."""
-    from .research.hard_training import HardTrainConfig, train_hard
+    from .hard_training import HardTrainConfig, train_hard
 
     _check_data(data)
     names = tuple(d.strip() for d in detectors.split(",") if d.strip())
@@ -331,7 +331,7 @@ def evaluate_command(
     Faces the detector misses count as failures; the mean error is over the
     detected faces.
     """
-    from .engine import LandmarkEngine
+    from ..engine import LandmarkEngine
     from .evaluation import evaluate_engines, plot_cumulative_error
 
     _check_data(data)
@@ -408,9 +408,9 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
     Slow (one full tweak per K); resumable through --work-dir. K was fixed to 48
     from the paper, not chosen with this sweep.
     """
-    from .engine import LandmarkEngine
+    from ..engine import LandmarkEngine
     from .evaluation import evaluate_engines, write_json
-    from .research.figures import subplots
+    from .figures import subplots
     from .tweak import TweakConfig, tweak
 
     _check_data(data)
@@ -452,7 +452,7 @@ def sweep_k_command(data, vanilla_weights, work_dir, ks, target, boxes, out, job
 
 def _quality_engine(name: str, weights: Path | None):
     """The engine as ``facealign crop`` runs it (default mirroring and re-boxing)."""
-    from .engine import LandmarkEngine
+    from ..engine import LandmarkEngine
 
     try:
         return LandmarkEngine(name, weights=weights)
@@ -488,9 +488,9 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
     The model (expected_error and p_fail from the engine's quality signals) goes
     under the key "quality"; every other key of the weights file is kept.
     """
-    from .engine import shipped_weights
-    from .quality import SIGNAL_FLOORS
-    from .research.quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
+    from ..engine import shipped_weights
+    from ..quality import SIGNAL_FLOORS
+    from .quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
 
     _check_data(data)
     source = weights if weights is not None else shipped_weights(engine_name)
@@ -543,7 +543,7 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
     error-reject curve, as JSON and PNG.
     """
     from .evaluation import write_json
-    from .research.quality_fit import SPLITS, collect_quality, plot_quality_report, quality_report
+    from .quality_fit import SPLITS, collect_quality, plot_quality_report, quality_report
 
     _check_data(data)
     engine = _quality_engine(engine_name, weights)
@@ -598,9 +598,9 @@ def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
     """
     import datetime
 
+    from ..reboxing import BOX_MAPS_FILE, DetectorBoxMap
     from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
     from .evaluation import write_json
-    from .reboxing import BOX_MAPS_FILE, DetectorBoxMap
 
     _check_data(data)
     _quiet_logs(quiet)
@@ -622,7 +622,7 @@ def fit_box_maps_command(data, detectors, cache_dir, out, jobs, quiet) -> None:
     write_json(
         {
             "reference_detector": TRAINING_DETECTOR,
-            "fitted_on": "MTFL train.txt less the validation split (facealign.data.train_validation_split)",
+            "fitted_on": "MTFL train.txt less the validation split (facealign.research.data.train_validation_split)",
             "command": "facealign fit-box-maps " + " ".join(f"--detector {d}" for d in detectors),
             "date": datetime.date.today().isoformat(),
             "maps": maps,
@@ -657,7 +657,7 @@ def export_engine_command(engine_names, weights, out) -> None:
       facealign export-engine                      # rebuild facealign/weights/*.npz
       facealign export-engine --weights runs/tcnn.pt --out runs/tcnn.npz
     """
-    from .constants import ENGINES, shipped_runtime_weights, shipped_weights
+    from ..constants import ENGINES, shipped_runtime_weights, shipped_weights
     from .export import write_runtime_weights
 
     if (weights is None) != (out is None):

@@ -3,7 +3,7 @@
 Recipe (``facealign train``):
 
 * Faces: MTFL ``train.txt`` with the fixed 90/10 split of
-  :func:`facealign.data.train_validation_split`; boxes from the default detector
+  :func:`facealign.research.data.train_validation_split`; boxes from the default detector
   (faces it misses are dropped, as in the paper).
 * Input: the box cropped to 40 x 40 RGB, minus the training mean image, divided
   by the training std image.
@@ -30,13 +30,13 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
-from .cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
+from ..constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
+from ..cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
+from ..engine import WEIGHTS_FORMAT_VERSION, save_weights
+from ..reboxing import BoxFromLandmarks
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
-from .engine import WEIGHTS_FORMAT_VERSION, save_weights
 from .evaluation import normalized_errors
 from .model import VanillaCNN
-from .reboxing import BoxFromLandmarks
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def interocular_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def atomic_save(obj: object, path: Path) -> None:
     """``torch.save`` written atomically (:func:`facealign.imageio.write_bytes_atomic`): never a half-written file."""
-    from .imageio import write_bytes_atomic
+    from ..imageio import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -228,7 +228,7 @@ def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
 
     See :func:`facealign.engine.estimate_mirror_shift`.
     """
-    from .engine import LandmarkEngine, estimate_mirror_shift, load_weights, save_weights
+    from ..engine import LandmarkEngine, estimate_mirror_shift, load_weights, save_weights
 
     shift = estimate_mirror_shift(*LandmarkEngine(engine, weights=path).predict_pair(crops))
     state = load_weights(path)

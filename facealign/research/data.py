@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import NUM_POINTS
-from .detection import Detector, get_detector
-from .imageio import read_image, write_bytes_atomic
+from ..constants import NUM_POINTS
+from ..detection import Detector, get_detector
+from ..imageio import read_image, write_bytes_atomic
 
 #: Attribute columns of MTFL, in file order. Values: gender 1 male / 2 female;
 #: smile, glasses 1 yes / 2 no; pose 1..5 (left profile .. right profile); -1 unknown.
@@ -182,7 +182,7 @@ def detect_boxes(
         detector missed the face (such faces are dropped from training and count
         as failures in evaluation). See :data:`DETECTION_COLUMNS`.
     """
-    from .research.parallel import parallel_map
+    from .parallel import parallel_map
 
     detector = get_detector(detector)
     chunk = 256
