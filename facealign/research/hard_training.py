@@ -44,9 +44,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..constants import DEFAULT_DETECTOR, INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
+from ..constants import DEFAULT_DETECTOR, INPUT_SIZE, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, from_box_coordinates, to_box_coordinates, warp_crop
-from ..engine import save_weights
+from ..engine import mirror_coordinates, save_weights
 from ..imageio import write_json
 from ..reboxing import BoxFromLandmarks, training_boxes
 from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
@@ -177,9 +177,7 @@ def hard_batch(faces: MultiBoxFaces, idx: np.ndarray, cfg: HardTrainConfig, rng:
     target = to_box_coordinates(pts, jittered)
     flip = rng.random(n) < 0.5
     crops[flip] = crops[flip, :, ::-1]
-    t = target[flip][:, list(MIRROR_PERMUTATION)]
-    t[..., 0] = 1.0 - t[..., 0]
-    target[flip] = t
+    target[flip] = mirror_coordinates(target[flip])
     gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1))
     if hard:
         gain = gain * rng.uniform(0.88, 1.12, (n, 1, 1, 3))

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..constants import INPUT_SIZE, MIRROR_PERMUTATION, NUM_POINTS, TRAINING_DETECTOR
+from ..constants import INPUT_SIZE, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
-from ..engine import WEIGHTS_FORMAT_VERSION, save_weights
+from ..engine import WEIGHTS_FORMAT_VERSION, mirror_coordinates, save_weights
 from ..reboxing import BoxFromLandmarks
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .evaluation import normalized_errors
@@ -148,9 +148,7 @@ def augmented_batch(
     if cfg.augment == "full":
         flip = rng.random(n) < 0.5
         crops[flip] = crops[flip, :, ::-1]
-        t = target[flip][:, list(MIRROR_PERMUTATION)]
-        t[..., 0] = 1.0 - t[..., 0]
-        target[flip] = t
+        target[flip] = mirror_coordinates(target[flip])
         gain = rng.uniform(0.75, 1.25, (n, 1, 1, 1))
         bias = rng.uniform(-20, 20, (n, 1, 1, 1))
         crops = np.clip(crops * gain + bias, 0, 255).astype(np.uint8)
