@@ -265,7 +265,7 @@ class LandmarkEngine:
         self.meta: dict[str, Any] = json.loads(str(arrays["meta"]))
         self._trunk_onnx = arrays["trunk_onnx"].tobytes()
         self._threads = threads
-        self._trunk = onnx_session(self._trunk_onnx, threads)
+        self._trunk: Any = None  # the onnxruntime session, opened on first use (see _session)
         self._vanilla_head = tuple(arrays[f"vanilla_{k}"] for k in ("w5", "b5", "w6", "b6"))
         self._heads: tuple[np.ndarray, ...] | None = None
         self.router: GaussianRouter | None = None
@@ -299,16 +299,18 @@ class LandmarkEngine:
         """
         if threads != self._threads:
             self._threads = threads
-            self._trunk = onnx_session(self._trunk_onnx, threads)
+            self._trunk = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_trunk"]  # an onnxruntime session does not pickle; rebuilt from the bytes
-        return state
+        # an onnxruntime session does not pickle; it is opened again from the bytes
+        return {**self.__dict__, "_trunk": None}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._trunk = onnx_session(self._trunk_onnx, self._threads)
+    def _session(self) -> Any:
+        """The onnxruntime session of CL1-CL4, opened on first use, so that a thread count
+        set before (:meth:`set_threads`, as the crop job's workers do) opens it once."""
+        if self._trunk is None:
+            self._trunk = onnx_session(self._trunk_onnx, self._threads)
+        return self._trunk
 
     @property
     def num_clusters(self) -> int:
@@ -328,8 +330,9 @@ class LandmarkEngine:
         our 2-core machines: see ``bench/speed.py``; the activations stay in cache).
         """
         crops = self._check_crops(crops)
+        session = self._session()
         parts = [
-            self._trunk.run([TRUNK_OUTPUT], {TRUNK_INPUT: crops[s : s + self.batch_size]})[0]
+            session.run([TRUNK_OUTPUT], {TRUNK_INPUT: crops[s : s + self.batch_size]})[0]
             for s in range(0, len(crops), self.batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self._vanilla_head[0].shape[0]), np.float32)

@@ -20,8 +20,8 @@ FAILURES_NAME: str = "failures.jsonl"
 
 
 #: With ``jobs="auto"``, one worker process per this many images to process
-#: (at most one per core): starting a worker (the networks, the weights) costs about as
-#: much as this many images in one process (measured: see README, ``--jobs``).
+#: (at most one per core): starting workers (Python, the networks, the weights) makes
+#: two processes pay off from about 200 images (measured: see README, ``--jobs``).
 AUTO_IMAGES_PER_PROCESS: int = 100
 
 

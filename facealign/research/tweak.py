@@ -47,6 +47,7 @@ from ..imageio import write_json
 from ..reboxing import BoxFromLandmarks
 from .evaluation import normalized_errors
 from .model import TweakedHeads, VanillaCNN
+from .parallel import parallel_map, single_threaded
 from .training import (
     PreparedFaces,
     atomic_save,
@@ -234,7 +235,6 @@ def finetune_head(
     seed: int,
 ) -> tuple[dict, dict]:
     """Fine-tune FC5 + FC6 on features; returns the best head's state and a record."""
-    torch.set_num_threads(1)
     torch.manual_seed(seed)
     model = VanillaCNN()
     model.load_state_dict(vanilla_state)
@@ -319,10 +319,16 @@ def refined_faces(first_pass: LandmarkEngine, box_model: BoxFromLandmarks, faces
 
 
 def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
-    """Augment and fine-tune one cluster's head, or load it if an earlier run finished it."""
+    """Augment and fine-tune one cluster's head, or load it if an earlier run finished it
+    (one thread: clusters run side by side in worker processes; the caller's thread
+    counts come back when it runs in the calling process)."""
     if path.exists():
         return torch.load(path, weights_only=True)
-    torch.set_num_threads(1)
+    with single_threaded():
+        return _tweak_cluster_now(path, c, state, gmm, cfg)
+
+
+def _tweak_cluster_now(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
     model = VanillaCNN(int(state.get("fc5_dim", 100)))
     model.load_state_dict(state["vanilla"])
     model.eval()
@@ -371,8 +377,6 @@ def tweak(
     ``tweak-report.json`` with the paper's Fig. 6 (``cluster-errors.png`` and
     ``.json``) in the run's folder ``work_dir/heads-K<K>-T<target>-<labels>-s<seed>``.
     """
-    from joblib import Parallel, delayed
-
     cfg = config or TweakConfig()
     work_dir = Path(work_dir)
     if cfg.labels not in LABEL_MODES:
@@ -430,8 +434,8 @@ def tweak(
             va_f[va_k == k],
             va_t[va_k == k],
         )
-        tasks.append(delayed(_tweak_cluster)(heads_dir / f"head-{k}.pt", cluster, state, gmm, cfg))
-    results = Parallel(n_jobs=jobs)(tasks)
+        tasks.append((heads_dir / f"head-{k}.pt", cluster, state, gmm, cfg))
+    results = list(parallel_map(_tweak_cluster, tasks, jobs))
     proposed = sum(r["record"]["proposed"] for r in results)
     same_rate = sum(r["record"]["accepted"] for r in results) / max(proposed, 1)
     cross_rate = (

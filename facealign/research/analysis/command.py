@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from ...imageio import to_jsonable
-from ..model_cli import cache_dir_option
+from ..model_cli import _default_data, cache_dir_option
 from .features import EXTRA_LAYERS, LAYER_LABELS, PAPER_LAYERS, extract_layer_inputs
 from .figures import mosaic, plot_attribute_variance, plot_cluster_means, plot_cluster_scatter, plot_landmark_variance
 from .report import (
@@ -204,12 +204,6 @@ def run_analysis(
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
-
-
-def _default_data() -> str:
-    from ..data import default_mtfl_root
-
-    return str(default_mtfl_root())
 
 
 @click.command("analyze")
