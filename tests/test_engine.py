@@ -241,3 +241,35 @@ def test_export_engine_command_writes_a_loadable_file(tmp_path):
     np.testing.assert_allclose(compiled.predict_crops(crops), shipped.predict_crops(crops), atol=1e-6)
     result = CliRunner().invoke(main, ["export-engine", "--out", str(out)])
     assert result.exit_code != 0 and "go together" in result.output
+
+
+def test_wider_networks_round_trip_through_weights_and_the_runtime_engine(tmp_path):
+    # A network wider than the paper's ("beyond the paper", issue 16) needs no
+    # setting anywhere downstream: its widths are read back from the weights'
+    # shapes, and the run-time engine compiled from them gives the torch
+    # network's points to 1e-5 box widths (float32 rounding).
+    from facealign.engine import save_weights
+    from facealign.reboxing import NUM_FEATURES, NUM_OUTPUTS, BoxFromLandmarks
+    from facealign.research.training import to_tensor, weights_dict
+
+    torch.manual_seed(7)
+    model = VanillaCNN(fc5_dim=40, channels=(8, 24, 96, 80)).eval()
+    mean = torch.full((3, INPUT_SIZE, INPUT_SIZE), 127.0)
+    std = torch.full((3, INPUT_SIZE, INPUT_SIZE), 60.0)
+    box_model = BoxFromLandmarks(np.zeros((NUM_FEATURES, NUM_OUTPUTS)))
+    path = tmp_path / "wide.pt"
+    save_weights(weights_dict(model, mean, std, {"engine": "vanilla"}, box_model), path)
+    back = VanillaCNN.from_state_dict(load_weights(path)["vanilla"])
+    assert back.channels == (8, 24, 96, 80) and back.fc5_input_dim == 320 and back.fc6.in_features == 40
+    crops = np.random.default_rng(8).integers(0, 256, (9, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        expected = model(to_tensor(crops, mean, std)).numpy()
+    eng = LandmarkEngine("vanilla", weights=path, mirror=False, refine=False)
+    np.testing.assert_allclose(eng.predict_crops(crops).reshape(-1, 10), expected, atol=1e-5)
+    heads = TweakedHeads.from_vanilla(model, 2)
+    assert heads.w5.shape == (2, 320, 40)
+
+
+def test_network_widths_are_checked():
+    with pytest.raises(ValueError, match="4 positive widths"):
+        VanillaCNN(channels=(16, 48, 64))

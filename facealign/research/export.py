@@ -57,8 +57,7 @@ class _NormalizedTrunk(nn.Module):
 
 def load_network(state: dict[str, Any]) -> tuple[VanillaCNN, torch.Tensor, torch.Tensor]:
     """The vanilla network (eval mode) and its mean and std images from a training weights dict."""
-    model = VanillaCNN(int(state.get("fc5_dim", 100)))
-    model.load_state_dict(state["vanilla"])
+    model = VanillaCNN.from_state_dict(state["vanilla"])
     return model.eval(), state["mean"].float(), state["std"].float()
 
 

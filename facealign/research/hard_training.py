@@ -252,7 +252,7 @@ def train_hard(
         from ..engine import load_weights
 
         init = load_weights(cfg.init)
-        model.load_state_dict(init["vanilla"])
+        model = VanillaCNN.from_state_dict(init["vanilla"])
         mean, std = init["mean"].float(), init["std"].float()
         box_model = BoxFromLandmarks.from_tensor(init["box_model"])
     else:

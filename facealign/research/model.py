@@ -13,6 +13,11 @@ Layer sizes follow Fig. 2 of the paper::
                 -> CL4 conv2x2x64         -> 2x2x64 (256 values: the FC5 input)
                 -> FC5 100 -> FC6 10
 
+The widths are the paper's by default (:data:`PAPER_CHANNELS`, FC5 100); wider
+networks (``channels``, ``fc5_dim``: "beyond the paper", issue 16) keep the
+layout, kernels and input size, and :meth:`VanillaCNN.from_state_dict` reads the
+widths back from the weights' shapes, so every weights file says what it is.
+
 Every layer but FC6 is followed by ``abs(tanh(.))``. In the pooled blocks
 (CL1-CL3) the activation and the 2 x 2 max-pool are evaluated as
 ``tanh(maxpool(abs(.)))``: since ``abs(tanh(x)) = tanh(abs(x))`` and ``tanh`` is
@@ -32,8 +37,12 @@ from ..constants import INPUT_SIZE, NUM_POINTS
 #: in network order (paper section 2.2); the input of CL1 is the RGB crop.
 LAYER_NAMES: tuple[str, ...] = ("CL1", "CL2", "CL3", "CL4", "FC5", "FC6")
 
-#: Size of the FC5 input (the CL4 output, flattened).
-FC5_INPUT_DIM: int = 64 * 2 * 2
+#: Output channels of CL1-CL4 in the paper (Fig. 2).
+PAPER_CHANNELS: tuple[int, int, int, int] = (16, 48, 64, 64)
+#: Spatial size of the CL4 output (2 x 2) for the 40 x 40 input.
+CL4_OUTPUT_PIXELS: int = 2 * 2
+#: Size of the FC5 input of the paper's network (the CL4 output, flattened).
+FC5_INPUT_DIM: int = PAPER_CHANNELS[3] * CL4_OUTPUT_PIXELS
 FC5_DIM: int = 100
 OUTPUT_DIM: int = 2 * NUM_POINTS
 
@@ -71,19 +80,34 @@ class VanillaCNN(nn.Module):
     ----------
     fc5_dim : int
         Width of FC5 (100 in the paper).
+    channels : tuple of 4 ints
+        Output channels of CL1-CL4 (the paper's :data:`PAPER_CHANNELS` by default).
     """
 
-    def __init__(self, fc5_dim: int = FC5_DIM) -> None:
+    def __init__(self, fc5_dim: int = FC5_DIM, channels: tuple[int, ...] = PAPER_CHANNELS) -> None:
         super().__init__()
-        self.cl1 = _conv_block(3, 16, 5, pool=True)
-        self.cl2 = _conv_block(16, 48, 3, pool=True)
-        self.cl3 = _conv_block(48, 64, 3, pool=True)
-        self.cl4 = _conv_block(64, 64, 2, pool=False)
-        self.fc5 = nn.Sequential(nn.Linear(FC5_INPUT_DIM, fc5_dim), AbsTanh())
+        if len(channels) != 4 or min(channels) < 1 or fc5_dim < 1:
+            raise ValueError(f"channels must be 4 positive widths and fc5_dim positive, got {channels}, {fc5_dim}")
+        c1, c2, c3, c4 = (int(c) for c in channels)
+        self.channels = (c1, c2, c3, c4)
+        self.fc5_input_dim = c4 * CL4_OUTPUT_PIXELS
+        self.cl1 = _conv_block(3, c1, 5, pool=True)
+        self.cl2 = _conv_block(c1, c2, 3, pool=True)
+        self.cl3 = _conv_block(c2, c3, 3, pool=True)
+        self.cl4 = _conv_block(c3, c4, 2, pool=False)
+        self.fc5 = nn.Sequential(nn.Linear(self.fc5_input_dim, fc5_dim), AbsTanh())
         self.fc6 = nn.Linear(fc5_dim, OUTPUT_DIM)
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> VanillaCNN:
+        """The network of a ``state_dict`` (e.g. a weights file's ``"vanilla"``), widths read from its shapes."""
+        channels = tuple(int(state[f"cl{i}.0.weight"].shape[0]) for i in range(1, 5))
+        model = cls(int(state["fc5.0.weight"].shape[0]), channels)
+        model.load_state_dict(state)
+        return model
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the FC5 input (``N x 256``) for normalised crops ``x`` (``N x 3 x 40 x 40``)."""
+        """The FC5 inputs (``N x fc5_input_dim``, 256 in the paper) of normalised crops ``x`` (``N x 3 x 40 x 40``)."""
         if x.ndim != 4 or x.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"expected N x 3 x {INPUT_SIZE} x {INPUT_SIZE} input, got {tuple(x.shape)}")
         return self.cl4(self.cl3(self.cl2(self.cl1(x)))).flatten(1)
@@ -123,10 +147,10 @@ class TweakedHeads(nn.Module):
     clusters never falls back to a Python loop over faces.
     """
 
-    def __init__(self, num_clusters: int, fc5_dim: int = FC5_DIM) -> None:
+    def __init__(self, num_clusters: int, fc5_dim: int = FC5_DIM, input_dim: int = FC5_INPUT_DIM) -> None:
         super().__init__()
         self.num_clusters = num_clusters
-        self.w5 = nn.Parameter(torch.zeros(num_clusters, FC5_INPUT_DIM, fc5_dim))
+        self.w5 = nn.Parameter(torch.zeros(num_clusters, input_dim, fc5_dim))
         self.b5 = nn.Parameter(torch.zeros(num_clusters, fc5_dim))
         self.w6 = nn.Parameter(torch.zeros(num_clusters, fc5_dim, OUTPUT_DIM))
         self.b6 = nn.Parameter(torch.zeros(num_clusters, OUTPUT_DIM))
@@ -135,7 +159,7 @@ class TweakedHeads(nn.Module):
     def from_vanilla(cls, model: VanillaCNN, num_clusters: int) -> TweakedHeads:
         """Initialise every head with the vanilla FC5 and FC6 weights."""
         fc5: nn.Linear = model.fc5[0]  # type: ignore[assignment]
-        heads = cls(num_clusters, fc5.out_features)
+        heads = cls(num_clusters, fc5.out_features, fc5.in_features)
         with torch.no_grad():
             heads.w5.copy_(fc5.weight.t().unsqueeze(0).expand_as(heads.w5))
             heads.b5.copy_(fc5.bias.unsqueeze(0).expand_as(heads.b5))

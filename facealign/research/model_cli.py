@@ -77,6 +77,18 @@ def _boxes_option(f):
     )(f)
 
 
+def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        channels = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 4 or min(channels) < 1:
+        raise click.BadParameter(f"expected 4 positive comma-separated widths like 16,48,64,64, got {value!r}")
+    return channels
+
+
 def _check_data(data: Path) -> None:
     if not (data / "train.txt").is_file():
         raise click.ClickException(f"{data} is not an MTFL folder (no train.txt); pass --data")
@@ -101,18 +113,35 @@ def _check_data(data: Path) -> None:
     show_default=True,
     help="'paper': box jitter only; 'full': also mirroring, rotation and brightness.",
 )
+@click.option(
+    "--channels",
+    callback=_parse_channels,
+    help="Output channels of CL1-CL4, e.g. 32,96,128,128 ('beyond the paper'). [default: the paper's 16,48,64,64]",
+)
+@click.option("--fc5", "fc5_dim", type=click.IntRange(min=1), help="Width of FC5. [default: the paper's 100]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option(
     "--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default)."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def train_command(data, out, work_dir, epochs, batch_size, lr, augment, seed, limit, threads, quiet) -> None:
-    """Train the vanilla CNN (paper section 2.1) on MTFL, resumable."""
+def train_command(
+    data, out, work_dir, epochs, batch_size, lr, augment, channels, fc5_dim, seed, limit, threads, quiet
+) -> None:
+    """Train the vanilla CNN (paper section 2.1) on MTFL, resumable.
+
+    \b
+    Examples:
+      facealign train --out runs/vanilla.pt --work-dir runs/vanilla
+      facealign train --channels 32,96,128,128 --fc5 256 --out runs/wide.pt --work-dir runs/wide
+    """
     from .training import TrainConfig, train_vanilla
 
     _check_data(data)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads)
+    widths = {k: v for k, v in {"channels": channels, "fc5_dim": fc5_dim}.items() if v is not None}
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads, **widths
+    )  # fmt: skip
     try:
         _quiet_logs(quiet)
         train_vanilla(data, out, work_dir, cfg, resume=True, limit=limit)

@@ -36,7 +36,7 @@ from ..engine import WEIGHTS_FORMAT_VERSION, mirror_coordinates, save_weights
 from ..reboxing import BoxFromLandmarks
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .evaluation import normalized_errors
-from .model import VanillaCNN
+from .model import FC5_DIM, PAPER_CHANNELS, VanillaCNN
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class TrainConfig:
     jitter_shift: float = 0.05  # fraction of the box size
     jitter_scale: float = 0.07  # relative
     rotation_deg: float = 12.0  # "full" only
+    channels: tuple[int, ...] = PAPER_CHANNELS  # CL1-CL4 output channels
+    fc5_dim: int = FC5_DIM
     seed: int = 0
     detector: str = TRAINING_DETECTOR
     threads: int = 1  # torch threads; 0: torch default
@@ -363,7 +365,7 @@ def train_vanilla(
     val_x = to_tensor(crop_faces(val.images, val.boxes), mean, std)
 
     torch.manual_seed(cfg.seed)
-    model = VanillaCNN()
+    model = VanillaCNN(cfg.fc5_dim, cfg.channels)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     rng = np.random.default_rng(cfg.seed)

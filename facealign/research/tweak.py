@@ -236,8 +236,7 @@ def finetune_head(
 ) -> tuple[dict, dict]:
     """Fine-tune FC5 + FC6 on features; returns the best head's state and a record."""
     torch.manual_seed(seed)
-    model = VanillaCNN()
-    model.load_state_dict(vanilla_state)
+    model = VanillaCNN.from_state_dict(vanilla_state)
     head = torch.nn.Sequential(model.fc5, model.fc6)
     xf = torch.tensor(train_f, dtype=torch.float32)
     xt = torch.tensor(train_t, dtype=torch.float32)
@@ -329,8 +328,7 @@ def _tweak_cluster(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: Twea
 
 
 def _tweak_cluster_now(path: Path, c: ClusterData, state: dict, gmm: dict, cfg: TweakConfig) -> dict:
-    model = VanillaCNN(int(state.get("fc5_dim", 100)))
-    model.load_state_dict(state["vanilla"])
+    model = VanillaCNN.from_state_dict(state["vanilla"])
     model.eval()
     f, t = c.features, c.targets
     proposed = accepted = 0
@@ -387,8 +385,7 @@ def tweak(
     heads_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     state = load_weights(vanilla_weights)
-    model = VanillaCNN(int(state.get("fc5_dim", 100)))
-    model.load_state_dict(state["vanilla"])
+    model = VanillaCNN.from_state_dict(state["vanilla"])
     model.eval()
     mean, std = state["mean"].float(), state["std"].float()
 
