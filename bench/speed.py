@@ -19,6 +19,7 @@ Usage::
 
     python bench/speed.py                      # 300 celeba_wild images
     python bench/speed.py --all --json speed.json
+    python bench/speed.py --baseline old-weights/    # also time another release's weights, same run
 """
 
 from __future__ import annotations
@@ -66,8 +67,14 @@ ENGINE_CONFIGS = (
     ("vanilla, re-boxing (vanilla default)", "vanilla", False, True),
     ("vanilla, no re-boxing", "vanilla", False, False),
 )
-#: The reference of the time ratios: the paper's network, one pass.
+#: The reference of the time ratios: the shipped vanilla network, one pass.
 REFERENCE_CONFIG = "vanilla, no re-boxing"
+#: Configurations timed with the weights of ``--baseline DIR`` (another release's
+#: ``tcnn`` / ``vanilla`` files) in the same run: label suffix, engine, mirror, refine.
+BASELINE_CONFIGS = (
+    ("tcnn, re-boxing, mirror (default)", "tcnn", True, True),
+    ("vanilla, no re-boxing", "vanilla", False, False),
+)
 #: Engine batch sizes (faces per network pass) of the sweep.
 SWEEP_SIZES = (64, 256, 2048)
 
@@ -83,8 +90,21 @@ def network_passes(engine, crops):
     return engine.predict_crops(crops)
 
 
-def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
-    """faces/s of each engine configuration on ``batch`` crops and on ``batch`` faces of whole images."""
+def baseline_weights(folder: Path, engine: str) -> Path:
+    """The weights file of ``engine`` in a ``--baseline`` folder (``.npz`` preferred, else ``.pt``)."""
+    for suffix in (".npz", ".pt"):
+        if (folder / f"{engine}{suffix}").is_file():
+            return folder / f"{engine}{suffix}"
+    raise SystemExit(f"--baseline {folder}: no {engine}.npz or {engine}.pt")
+
+
+def landmark_throughput(images, boxes, batch: int, repeats: int, baseline: Path | None = None) -> dict:
+    """faces/s of each engine configuration on ``batch`` crops and on ``batch`` faces of whole images.
+
+    With ``baseline`` (a folder of another release's weights), the
+    :data:`BASELINE_CONFIGS` are timed with those weights too, round-robin with
+    the shipped ones.
+    """
     from facealign.engine import LandmarkEngine
 
     crops = face_crops(images, boxes, batch)
@@ -94,6 +114,12 @@ def landmark_throughput(images, boxes, batch: int, repeats: int) -> dict:
         label: LandmarkEngine(name, mirror=mirror, refine=refine, threads=common.ENGINE_THREADS)
         for label, name, mirror, refine in ENGINE_CONFIGS
     }
+    if baseline is not None:
+        for label, name, mirror, refine in BASELINE_CONFIGS:
+            weights = baseline_weights(baseline, name)
+            engines[f"{label}, baseline {baseline.name}"] = LandmarkEngine(
+                name, weights=weights, mirror=mirror, refine=refine, threads=common.ENGINE_THREADS
+            )
     times: dict[str, dict[str, list[float]]] = {label: {"crops": [], "many": []} for label in engines}
     for engine in engines.values():  # warm up
         network_passes(engine, crops)
@@ -371,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sweep", action="store_true", help="skip the engine batch_size sweep")
     ap.add_argument("--no-job", action="store_true", help="skip the run_crop_job timings")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="folder with another release's tcnn/vanilla weights (.npz or .pt), timed in the same run",
+    )
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.e2e_repeats < 1 or args.batch < 1:
         ap.error("--repeats, --e2e-repeats and --batch must be positive")
@@ -390,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     detector = get_pipeline(PipelineSpec("ours", "dlib", args.engine))[0]
     images, boxes = decode_and_detect(paths, detector)
     log("landmark throughput ...")
-    res["landmarks"] = landmark_throughput(images, boxes, args.batch, args.repeats)
+    res["landmarks"] = landmark_throughput(images, boxes, args.batch, args.repeats, args.baseline)
     log("onnxruntime against torch ...")
     thread_counts = sorted({1, args.threads})
     res["torch_reference"] = {t: torch_reference(images, boxes, args.batch, args.repeats, t) for t in thread_counts}

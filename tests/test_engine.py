@@ -183,7 +183,8 @@ def test_runtime_engine_matches_the_torch_networks(engine):
         if engine == "vanilla":
             expected = model.head(f)
         else:
-            heads = TweakedHeads(state["gmm"]["means"].shape[0])
+            k, input_dim, fc5_dim = state["heads"]["w5"].shape
+            heads = TweakedHeads(k, fc5_dim, input_dim)
             heads.load_state_dict(state["heads"])
             g = state["gmm"]
             router = GaussianRouter(g["weights"].numpy(), g["means"].numpy(), g["variances"].numpy())

@@ -51,7 +51,7 @@ from ..imageio import write_json
 from ..reboxing import BoxFromLandmarks, training_boxes
 from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
 from .evaluation import normalized_errors
-from .model import VanillaCNN
+from .model import FC5_DIM, PAPER_CHANNELS, VanillaCNN
 from .training import (
     calibrate_mirror_shift,
     interocular_loss,
@@ -92,6 +92,8 @@ class HardTrainConfig:
     loss: str = "eq1"
     wing_w: float = 0.1
     wing_eps: float = 0.02
+    channels: tuple[int, ...] = PAPER_CHANNELS  # from scratch only (a fine-tune keeps init's widths)
+    fc5_dim: int = FC5_DIM
     seed: int = 0
     threads: int = 1
     extra: dict = field(default_factory=dict)
@@ -247,7 +249,6 @@ def train_hard(
     work_dir, out = Path(work_dir), Path(out)
     train, val = load_multibox(mtfl_root, work_dir, cfg.detectors, limit)
     torch.manual_seed(cfg.seed)
-    model = VanillaCNN()
     if cfg.init:
         from ..engine import load_weights
 
@@ -256,6 +257,7 @@ def train_hard(
         mean, std = init["mean"].float(), init["std"].float()
         box_model = BoxFromLandmarks.from_tensor(init["box_model"])
     else:
+        model = VanillaCNN(cfg.fc5_dim, cfg.channels)
         first = np.isfinite(train.boxes[:, 0, 0])
         mean, std = mean_std_images(crop_faces(train.images[first], train.boxes[first, 0]))
         ref = np.isfinite(train.boxes[:, -1, 0])

@@ -46,7 +46,7 @@ def _quiet_logs(quiet: bool) -> None:
 
 
 def cache_dir_option(f):
-    """``--cache-dir`` (detector boxes), shared by ``evaluate`` and ``analyze``."""
+    """``--cache-dir`` (detector boxes), shared by every research command that detects."""
     return click.option(
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -89,6 +89,23 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     return channels
 
 
+def _width_options(command):
+    """``--channels`` and ``--fc5`` (the network's widths; None: the paper's), for the training commands."""
+    command = click.option(
+        "--fc5", "fc5_dim", type=click.IntRange(min=1), help="Width of FC5. [default: the paper's 100]"
+    )(command)
+    return click.option(
+        "--channels",
+        callback=_parse_channels,
+        help="Output channels of CL1-CL4, e.g. 16,48,128,128 ('beyond the paper'). [default: the paper's 16,48,64,64]",
+    )(command)
+
+
+def _widths(channels: tuple[int, ...] | None, fc5_dim: int | None) -> dict:
+    """The config fields the width options set (the dataclass defaults, the paper's, otherwise)."""
+    return {k: v for k, v in {"channels": channels, "fc5_dim": fc5_dim}.items() if v is not None}
+
+
 def _check_data(data: Path) -> None:
     if not (data / "train.txt").is_file():
         raise click.ClickException(f"{data} is not an MTFL folder (no train.txt); pass --data")
@@ -113,12 +130,7 @@ def _check_data(data: Path) -> None:
     show_default=True,
     help="'paper': box jitter only; 'full': also mirroring, rotation and brightness.",
 )
-@click.option(
-    "--channels",
-    callback=_parse_channels,
-    help="Output channels of CL1-CL4, e.g. 32,96,128,128 ('beyond the paper'). [default: the paper's 16,48,64,64]",
-)
-@click.option("--fc5", "fc5_dim", type=click.IntRange(min=1), help="Width of FC5. [default: the paper's 100]")
+@_width_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option(
@@ -138,9 +150,9 @@ def train_command(
     from .training import TrainConfig, train_vanilla
 
     _check_data(data)
-    widths = {k: v for k, v in {"channels": channels, "fc5_dim": fc5_dim}.items() if v is not None}
     cfg = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads, **widths
+        epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed, threads=threads,
+        **_widths(channels, fc5_dim),
     )  # fmt: skip
     try:
         _quiet_logs(quiet)
@@ -179,6 +191,7 @@ def train_command(
     "--pose-balance", type=float, default=0.5, show_default=True, help="Sample with count(pose)^-P (0: uniform)."
 )
 @click.option("--loss", type=click.Choice(["eq1", "wing"]), default="eq1", show_default=True)
+@_width_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N faces of train.txt.")
 @click.option(
@@ -199,6 +212,8 @@ def train_hard_command(
     jitter_scale,
     pose_balance,
     loss,
+    channels,
+    fc5_dim,
     seed,
     limit,
     threads,
@@ -225,6 +240,7 @@ def train_hard_command(
         loss=loss,
         seed=seed,
         threads=threads,
+        **_widths(channels, fc5_dim),
     )
     try:
         _quiet_logs(quiet)
@@ -507,10 +523,14 @@ def _quality_engine(name: str, weights: Path | None):
     default=None,
     help="Comma-separated quality signals [default: the engine's, see facealign.quality_fit].",
 )
-@click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=TRAINING_DETECTOR, show_default=True)
 @click.option(
-    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
+    "--detector",
+    type=click.Choice(BUILTIN_DETECTORS),
+    default=DEFAULT_DETECTOR,
+    show_default=True,
+    help="Detector whose boxes the validation faces get (the run-time default: what the model will see).",
 )
+@cache_dir_option
 def fit_quality_command(data, engine_name, weights, out, signals, detector, cache_dir) -> None:
     """Fit the per-face quality model on the MTFL validation split and store it in the weights.
 
@@ -555,9 +575,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
     help="Weights file (with a quality model).",
 )
 @click.option("--detector", type=click.Choice(BUILTIN_DETECTORS), default=DEFAULT_DETECTOR, show_default=True)
-@click.option(
-    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
-)
+@cache_dir_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -606,9 +624,7 @@ def evaluate_quality_command(data, engine_name, weights, detector, cache_dir, ou
     show_default=True,
     help="Detector(s) to fit a map for; repeatable.",
 )
-@click.option(
-    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".facealign-cache"), show_default=True
-)
+@cache_dir_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
