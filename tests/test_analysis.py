@@ -260,7 +260,11 @@ def test_analyze_command_report(analysis_run) -> None:
         for a in rep["attribute_variance"][layer].values():
             assert 0 <= a["mean"] <= 0.25 and a["clusters"] + a["skipped_clusters"] == K
     red = rep["reduction"]
-    assert [red[layer]["pca"] for layer in LAYERS] == [True, True, True, True, False, False]
+    # PCA exactly where a layer's input is wider than pca_above (the shipped
+    # network's widths decide which: CL1-CL4 always, FC6's 200-wide input never).
+    above = rep["settings"]["pca_above"]
+    assert [red[layer]["pca"] for layer in LAYERS] == [red[layer]["input_dims"] > above for layer in LAYERS]
+    assert red["CL4"]["pca"] and not red["FC6"]["pca"]
     assert red["CL1"]["input_dims"] == 4800 and red["CL1"]["dims"] == 64
     assert 0 < red["CL1"]["explained_variance"] <= 1
     ratio = rep["landmark_variance_ratio"]

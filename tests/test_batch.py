@@ -183,8 +183,13 @@ def test_batched_landmarks_match_one_by_one(small_input) -> None:
     batched = list(iter_image_faces(aligner, paths))
     single = list(iter_image_faces(aligner, paths, batch_pixels=1))
     assert [len(b.boxes) for b in batched] == [len(s.boxes) for s in single] == [1, 1, 1, 0, 2]
+    # The network's own batch noise is ~1e-5 px (float32 sums in another order);
+    # re-boxing cuts a new uint8 crop from the first pass's box, and a pixel whose
+    # value sits at a rounding edge can flip by one grey level, so the reported
+    # points may differ by up to a few hundredths of a pixel (seen: 0.014 px on a
+    # 200-px face). 0.05 px is the golden landmarks' tolerance.
     for b, s in zip(batched, single):
-        np.testing.assert_allclose(b.landmarks, s.landmarks, atol=1e-3)
+        np.testing.assert_allclose(b.landmarks, s.landmarks, atol=0.05)
     # Working-resolution decode: faces() maps back to the original frame.
     reduced = list(iter_image_faces(aligner, paths[:1], max_side=160))
     assert reduced[0].scale == pytest.approx(0.5, abs=0.01)

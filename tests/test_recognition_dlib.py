@@ -139,8 +139,12 @@ def test_dlib5pt_aligner_and_backbone(photo_faces: list) -> None:
     features = backbone.embed(np.concatenate([chips, crops_5pt, crops_tcnn]))
     assert features.shape == (9, 128) and features.dtype == np.float32
     distance = np.linalg.norm(features[:, None] - features[None], axis=-1)
-    for k in range(3):  # the same face through three alignments: well inside dlib's 0.6 threshold
-        assert distance[k, 3 + k] < 0.2 and distance[k, 6 + k] < 0.4
+    # The same face through three alignments: inside dlib's 0.6 threshold. TCNN's
+    # points follow MTFL's convention, not dlib's, and on 000149 (head thrown back,
+    # mouth open) the two disagree most: 0.50 with the 0.5.0 engine, whose points
+    # sit on that face's eyes and nose tip where 0.4.0's were 3-5 px off (0.30).
+    for k in range(3):
+        assert distance[k, 3 + k] < 0.2 and distance[k, 6 + k] < 0.55
     different = [distance[i, j] for i in range(3) for j in range(3) if i != j]
     assert min(different) > 0.6  # three different people
     with pytest.raises(ValueError, match="150"):
