@@ -1,7 +1,8 @@
 """Training for hard faces (issue 16): profiles, small, blurred and occluded faces.
 
 Same network as the paper's vanilla CNN (:class:`facealign.research.model.VanillaCNN`,
-40 x 40 input, same widths), trained differently (``facealign train-hard``);
+40 x 40 input; the paper's widths unless ``channels`` / ``fc5_dim`` say otherwise),
+trained differently (``facealign train-hard``);
 the paper-faithful recipe (:mod:`facealign.research.training`, ``facealign train``) is
 untouched. What changes, each switchable so that it can be measured alone:
 
