@@ -93,7 +93,7 @@ class HardTrainConfig:
     loss: str = "eq1"
     wing_w: float = 0.1
     wing_eps: float = 0.02
-    channels: tuple[int, ...] = PAPER_CHANNELS  # from scratch only (a fine-tune keeps init's widths)
+    channels: tuple[int, ...] = PAPER_CHANNELS  # from scratch; a fine-tune keeps init's (others: an error)
     fc5_dim: int = FC5_DIM
     seed: int = 0
     threads: int = 1
@@ -255,6 +255,12 @@ def train_hard(
 
         init = load_weights(cfg.init)
         model = VanillaCNN.from_state_dict(init["vanilla"])
+        asked = (tuple(cfg.channels), cfg.fc5_dim)
+        if asked != (PAPER_CHANNELS, FC5_DIM) and asked != (model.channels, model.fc6.in_features):
+            raise ValueError(
+                f"--init {cfg.init} has widths {model.channels}, FC5 {model.fc6.in_features}; "
+                "a fine-tune keeps them (leave out --channels/--fc5)"
+            )
         mean, std = init["mean"].float(), init["std"].float()
         box_model = BoxFromLandmarks.from_tensor(init["box_model"])
     else:

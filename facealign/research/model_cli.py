@@ -145,7 +145,7 @@ def train_command(
     \b
     Examples:
       facealign train --out runs/vanilla.pt --work-dir runs/vanilla
-      facealign train --channels 32,96,128,128 --fc5 256 --out runs/wide.pt --work-dir runs/wide
+      facealign train --channels 16,48,128,128 --fc5 200 --epochs 500 --out runs/wide.pt --work-dir runs/wide
     """
     from .training import TrainConfig, train_vanilla
 

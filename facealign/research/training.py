@@ -210,7 +210,6 @@ def weights_dict(
     """
     state = {
         "format": WEIGHTS_FORMAT_VERSION,
-        "fc5_dim": model.fc6.in_features,
         "vanilla": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "mean": mean.clone(),
         "std": std.clone(),
