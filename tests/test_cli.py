@@ -71,6 +71,17 @@ def test_crop_exit_code_and_summary(cropped) -> None:
     assert result.stdout == ""
 
 
+def test_crop_job_file_records_version_and_weights_digest(cropped) -> None:
+    import hashlib
+
+    from facealign.constants import shipped_runtime_weights
+
+    _, out_dir, _, _ = cropped
+    job = json.loads((out_dir / ".facealign-crop.json").read_text())
+    assert job["facealign_version"] == facealign.__version__
+    assert job["weights_sha256"] == hashlib.sha256(shipped_runtime_weights("tcnn").read_bytes()).hexdigest()
+
+
 def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
     in_dir, out_dir, expect, _ = cropped
     rows = read_jsonl(out_dir / "manifest.jsonl")

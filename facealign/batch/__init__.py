@@ -31,7 +31,8 @@ locked by the job's process, ``.facealign-crop.workers`` (shared) by its worker
 processes while they write, so that a second job on the same ``OUT_DIR`` stops
 with an error instead of interleaving records, also while the workers of a
 killed job still run; ``.facealign-crop.json`` holds the settings (a rerun with
-other settings is refused); ``.facealign-crop.pending`` lists the crop names the
+other settings is refused) and, for the record, the ``facealign_version`` and the
+``weights_sha256`` of the landmark weights of the last run; ``.facealign-crop.pending`` lists the crop names the
 current run may write (appended a folder at a time, before that folder's images
 go out); ``.facealign-crop.dropped`` lists the records a run dropped (sources
 gone or changed) until it has rewritten the record files without them.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..constants import DEFAULT_DETECTOR, shipped_runtime_weights
 from ..detection import get_detector
 from ..imageio import (
@@ -231,7 +232,10 @@ def _run_locked(
             f"(template, engine, detector, size = {', '.join(records.settings)}); "
             "rerun with --overwrite or choose another OUT_DIR"
         )
-    _rewrite(dst / _SETTINGS_NAME, json.dumps(wanted, indent=1) + "\n")
+    # What made the crops, for the record (not compared on resume: a new version or
+    # weights file may continue a job).
+    made_by = {"facealign_version": __version__, "weights_sha256": _sha256(shipped_runtime_weights(settings.engine))}
+    _rewrite(dst / _SETTINGS_NAME, json.dumps({**wanted, **made_by}, indent=1) + "\n")
     _remove_unrecorded(dst, records.outputs, records.dropped)
     records.dropped.clear()
     _rewrite(dst / _PENDING_NAME, "")
@@ -277,6 +281,13 @@ def _run_locked(
         _filter_records(dst / FAILURES_NAME, "jsonl", planner.dropped)
         _unlink_quietly(dst / _DROPPED_NAME)
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+
+
+def _sha256(path: Path) -> str:
+    """The SHA-256 digest of a file, hex."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _cluster_chunk_size() -> int:
