@@ -214,6 +214,7 @@ def _engine_option(f):
     "--jobs",
     "-j",
     type=_jobs_type,
+    metavar="N|auto",
     default="auto",
     show_default=True,
     help="Worker processes: a number, -1 for all cores, or 'auto' (one per "

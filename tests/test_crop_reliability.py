@@ -69,7 +69,7 @@ def photos_in(face_photos, tmp_path) -> Path:
 # --------------------------------------------------------------------------- 1. names that are not UTF-8
 
 
-def test_item1_names_that_are_not_utf8_round_trip(face_photos, tmp_path) -> None:
+def test_names_that_are_not_utf8_round_trip(face_photos, tmp_path) -> None:
     in_dir = tmp_path / "in"
     raw_dir = os.fsencode(in_dir / "caf") + b"\xe9"
     os.makedirs(raw_dir)
@@ -117,7 +117,7 @@ def _lock_folder(monkeypatch, name: str) -> None:
     monkeypatch.setattr(imageio.os, "scandir", scandir)
 
 
-def test_item2_item8_broken_links_fifos_and_skips_never_stop_the_job(photos_in, tmp_path, monkeypatch) -> None:
+def test_broken_links_fifos_and_skips_never_stop_the_job(photos_in, tmp_path, monkeypatch) -> None:
     (photos_in / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (photos_in / "loop.jpg").symlink_to(photos_in / "loop.jpg")
     os.mkfifo(photos_in / "fifo.jpg")  # opening it would block forever
@@ -152,7 +152,7 @@ def test_item2_item8_broken_links_fifos_and_skips_never_stop_the_job(photos_in, 
 # --------------------------------------------------------------------------- 3. transient errors
 
 
-def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos_in, tmp_path, monkeypatch) -> None:
+def test_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos_in, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     real = batch.worker.write_image_atomic
     written = []
@@ -174,7 +174,7 @@ def test_item3_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos
     assert len(assert_consistent(out)) == 5
 
 
-def test_item3_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
+def test_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     real = batch.run._append
 
@@ -195,7 +195,7 @@ def test_item3_disk_full_writing_the_manifest_exits_75_with_one_line(photos_in, 
     assert len(assert_consistent(out)) == 5
 
 
-def test_item3_unwritable_out_dir_is_temporary(photos_in, tmp_path, monkeypatch) -> None:
+def test_unwritable_out_dir_is_temporary(photos_in, tmp_path, monkeypatch) -> None:
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
@@ -235,7 +235,7 @@ def _start_crop(in_dir: Path, out: Path) -> tuple[subprocess.Popen, set[int]]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_item4_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
+def test_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
     in_dir = _many_photos(face_photos, tmp_path / "in", 150)
     out = tmp_path / "out"
     proc, workers = _start_crop(in_dir, out)
@@ -259,7 +259,7 @@ def test_item4_workers_end_with_the_job(face_photos, tmp_path, sig) -> None:
     assert len(assert_consistent(out)) == 150
 
 
-def test_item4_workers_of_a_killed_job_block_a_new_one(photos_in, tmp_path) -> None:
+def test_workers_of_a_killed_job_block_a_new_one(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     with batch.locks._WorkersLock(out, shared=True):  # what an orphaned worker holds while it writes
@@ -271,7 +271,7 @@ def test_item4_workers_of_a_killed_job_block_a_new_one(photos_in, tmp_path) -> N
 # --------------------------------------------------------------------------- 5 and 6. refused folders and settings
 
 
-def test_item5_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> None:
+def test_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> None:
     parent = tmp_path / "P"
     (parent / "in").mkdir(parents=True)
     shutil.copy(face_photos[0], parent / "in")
@@ -284,7 +284,7 @@ def test_item5_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> No
     "first, second, changed",
     [((), ("--largest-only",), "largest_only"), (("--format", "png"), (), "format")],
 )
-def test_item6_resuming_with_other_largest_only_or_format_is_refused(
+def test_resuming_with_other_largest_only_or_format_is_refused(
     photos_in, tmp_path, first, second, changed
 ) -> None:
     out = tmp_path / "out"
@@ -298,7 +298,7 @@ def test_item6_resuming_with_other_largest_only_or_format_is_refused(
 # ------------------------------------------------------------- 9 and 12. OUT_DIR holds only recorded crops
 
 
-def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:
+def test_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     with pytest.raises(Stop):
         run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
@@ -319,7 +319,7 @@ def test_item9_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> No
     assert not (out / batch.job._PENDING_NAME).exists()
 
 
-def test_item12_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, tmp_path) -> None:
+def test_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)
     (out / "a" / "000114_0.jpg").write_bytes(b"my own file")
@@ -334,7 +334,7 @@ def test_item12_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, t
     assert read_jsonl(out / "failures.jsonl") == [] and len(assert_consistent(out)) == 5
 
 
-def test_item12_a_deleted_source_loses_its_rows_and_crops(photos_in, tmp_path) -> None:
+def test_a_deleted_source_loses_its_rows_and_crops(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     (photos_in / "b" / "two.jpg").unlink()
@@ -365,7 +365,7 @@ def _jpeg_with_corrupt_exif(source: Path, path: Path) -> Path:
     return path
 
 
-def test_item10_decoder_warnings_go_to_the_rows_and_quiet_is_quiet(face_photos, tmp_path) -> None:
+def test_decoder_warnings_go_to_the_rows_and_quiet_is_quiet(face_photos, tmp_path) -> None:
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     _jpeg_with_corrupt_exif(face_photos[0], in_dir / "warned.jpg")
@@ -384,7 +384,7 @@ def test_item10_decoder_warnings_go_to_the_rows_and_quiet_is_quiet(face_photos, 
 # --------------------------------------------------------------------------- 11. --jobs auto
 
 
-def test_item11_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, monkeypatch) -> None:
+def test_jobs_auto_runs_a_small_job_in_one_process(photos_in, tmp_path, monkeypatch) -> None:
     import joblib
 
     def no_pool(*args, **kwargs):
@@ -429,7 +429,7 @@ def test_ctrl_c_exits_130_with_one_line(photos_in, tmp_path, monkeypatch) -> Non
     assert result.exit_code == 130 and result.output.strip() == "interrupted; rerun the same command to continue"
 
 
-def test_item2_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
+def test_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkeypatch) -> None:
     """A crash in a decoder (or the out-of-memory killer) ends one worker, not the job."""
     shutil.copy(photos_in / "a" / "000131.jpg", photos_in / "a" / "crash.jpg")
     real = batch.run._process_chunk
