@@ -284,9 +284,7 @@ def test_out_dir_containing_in_dir_is_refused(face_photos, tmp_path) -> None:
     "first, second, changed",
     [((), ("--largest-only",), "largest_only"), (("--format", "png"), (), "format")],
 )
-def test_resuming_with_other_largest_only_or_format_is_refused(
-    photos_in, tmp_path, first, second, changed
-) -> None:
+def test_resuming_with_other_largest_only_or_format_is_refused(photos_in, tmp_path, first, second, changed) -> None:
     out = tmp_path / "out"
     assert run_cli("crop", photos_in, out, "-j", "1", "-q", *first).exit_code == 0
     result = run_cli("crop", photos_in, out, "-j", "1", "-q", *second)

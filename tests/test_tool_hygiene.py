@@ -53,9 +53,7 @@ def test_exit_codes_are_documented() -> None:
         assert f"`{code}`" in section
 
 
-def test_evaluate_reads_facealign_mtfl_and_caches_outside_the_cwd(
-    shared_datasets, tmp_path, monkeypatch
-) -> None:
+def test_evaluate_reads_facealign_mtfl_and_caches_outside_the_cwd(shared_datasets, tmp_path, monkeypatch) -> None:
     source = shared_datasets / "mtfl"
     lines = [line for line in (source / "test_aflw.txt").read_text().splitlines() if not line.startswith("#")][:4]
     data = tmp_path / "mtfl"
