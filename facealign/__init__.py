@@ -13,6 +13,7 @@ from typing import Any
 __version__ = "0.5.0"
 
 _EXPORTS = {
+    "AlignedFace": "aligner",
     "Face": "aligner",
     "FaceAligner": "aligner",
     "Template": "alignment",

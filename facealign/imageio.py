@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import logging
 import math
@@ -43,8 +44,11 @@ __all__ = [
     "FolderScan",
     "ImageReadError",
     "count_images",
+    "decode_image_bytes",
     "find_images",
+    "is_url",
     "name_from_b64",
+    "pil_image_to_rgb",
     "portable_name",
     "raw_name_b64",
     "read_image",
@@ -275,6 +279,67 @@ def _decode(
             reason = "not a recognised image format"
         raise ImageReadError(path, reason) from exc
     return np.ascontiguousarray(rgb, dtype=np.uint8), scale
+
+
+#: The name given to an image decoded from bytes in errors (:func:`decode_image_bytes`).
+_BYTES_NAME = "<bytes>"
+#: The name given to a Pillow image in errors (:func:`pil_image_to_rgb`).
+_PIL_NAME = "<PIL image>"
+
+
+def _read_reason(exc: Exception) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a recognised image format"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def decode_image_bytes(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode the bytes of an image file (JPEG, PNG, ...) as :func:`read_image` decodes a file.
+
+    Raises
+    ------
+    ImageReadError
+        For empty bytes, bytes that are not an image, a truncated image or one
+        larger than ``max_pixels``; its path is ``<bytes>``.
+    """
+    if not len(data):
+        raise ImageReadError(_BYTES_NAME, "no bytes (0 bytes)")
+    try:
+        with _strict_pillow(), Image.open(io.BytesIO(bytes(data))) as image:
+            _check_pixels(Path(_BYTES_NAME), image.size, max_pixels)
+            image.load()
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(image))
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageReadError(_BYTES_NAME, _read_reason(exc)) from exc
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def pil_image_to_rgb(image: Image.Image) -> np.ndarray:
+    """A Pillow image as an ``H x W x 3`` ``uint8`` RGB array, with the conversions of
+    :func:`read_image` (EXIF orientation applied, any mode to RGB, alpha onto white).
+
+    Raises
+    ------
+    ImageReadError
+        When the image's pixels cannot be loaded (a truncated file opened lazily).
+    """
+    try:
+        with _strict_pillow():
+            image.load()
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(image))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(_PIL_NAME, _read_reason(exc)) from exc
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` looks like a URL (``scheme://...``): facealign reads local files only."""
+    head, sep, _ = text.partition("://")
+    return bool(sep) and head[:1].isalpha() and all(c.isalnum() or c in "+.-" for c in head)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -164,16 +164,26 @@ _IN_MEMORY = Path("<image>")
 
 @dataclass(frozen=True)
 class AlignedFace:
-    """Face ``k`` of an image warped onto the template (:meth:`Pipeline.align_faces`).
+    """A face and its aligned crop (:meth:`Pipeline.align_faces`,
+    :meth:`facealign.FaceAligner.crop_faces`).
 
-    ``crop`` is the ``H x W x 3`` uint8 crop, ``matrix`` the 2 x 3 map from
-    working-image pixels to crop pixels and ``transform`` the same map from
-    original-image pixels.
+    Attributes
+    ----------
+    face : Face
+        Box, score, five landmarks and quality figures, in original-image pixels.
+    crop : ndarray (H, W, 3) uint8
+        The face warped onto the template (RGB).
+    transform : ndarray (2, 3)
+        The similarity transform from original-image pixels to crop pixels.
+    matrix : ndarray (2, 3)
+        The same map from working-image pixels (equal to ``transform`` for an
+        image decoded at full size).
     """
 
+    face: Face
     crop: np.ndarray
-    matrix: np.ndarray
     transform: np.ndarray
+    matrix: np.ndarray
 
 
 class Pipeline:
@@ -356,11 +366,11 @@ class Pipeline:
         if item.image is None:
             return
         to_work = to_resized_matrix(item.scale)
-        for points in item.landmarks:
+        for face, points in zip(item.faces(), item.landmarks):
             start = time.perf_counter()
             crop, matrix = warp_face(item.image, points, self.template)
             _lap(timer, "warp", start)
-            yield AlignedFace(crop, matrix, matrix @ to_work)
+            yield AlignedFace(face, crop, matrix @ to_work, matrix)
 
 
 def iter_image_faces(
