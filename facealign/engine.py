@@ -66,6 +66,7 @@ __all__ = [
     "load_runtime_weights",
     "load_weights",
     "mirror_coordinates",
+    "row_products",
     "save_weights",
     "weights_settings",
     "shipped_runtime_weights",
@@ -171,9 +172,13 @@ class GaussianRouter:
         return len(self.const)
 
     def log_posterior(self, f: np.ndarray) -> np.ndarray:
-        """Unnormalised log posteriors, ``N x K``, of features ``f`` (``N x D``)."""
-        f = np.asarray(f, np.float32)
-        return f @ self.mean_prec_t - 0.5 * ((f * f) @ self.prec_t) + self.const
+        """Unnormalised log posteriors, ``N x K``, of features ``f`` (``N x D``).
+
+        Each row depends on that face's features alone, bit for bit
+        (:func:`row_products`).
+        """
+        f = np.ascontiguousarray(f, np.float32)
+        return row_products(f, self.mean_prec_t) - np.float32(0.5) * row_products(f * f, self.prec_t) + self.const
 
     def __call__(self, f: np.ndarray) -> np.ndarray:
         """The routed component of each face, ``N`` integers."""
@@ -216,9 +221,61 @@ def estimate_mirror_shift(direct: np.ndarray, flipped: np.ndarray) -> float:
     return float(np.mean(direct[..., 0] - flipped[..., 0]))
 
 
+#: Rows of every matrix product of the heads and the router (:func:`row_products`).
+PRODUCT_ROWS = 8
+
+
+def row_products(x: np.ndarray, w: np.ndarray, rows: int = PRODUCT_ROWS) -> np.ndarray:
+    """``x @ w`` in float32 (``N x D`` by ``D x M``), each row of the result a function of
+    that row of ``x`` and of ``w`` alone, bit for bit.
+
+    A BLAS product is not: BLAS picks its kernel, blocking and threads by the
+    shape of the product and the thread count, and they sum in different
+    orders, so a face's FC5 output computed alone (a matrix-vector product) and
+    inside 37 others differ in the last bits, and so would its crop. Here every
+    product is NumPy's own single-threaded ``einsum`` loop (never BLAS) on
+    blocks of exactly ``rows`` rows, the last one padded with zeros: one code
+    path on one shape, summing over ``D`` in one order. It is also faster than
+    threaded BLAS on these small products when other processes share the
+    cores (``tests/test_engine.py`` checks the invariance).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    w = np.ascontiguousarray(w, np.float32)
+    n = len(x)
+    out = np.empty((n, w.shape[1]), np.float32)
+    whole = n - n % rows
+    for start in range(0, whole, rows):
+        np.einsum("nd,dm->nm", x[start : start + rows], w, out=out[start : start + rows])
+    if whole < n:
+        padded = np.zeros((rows, x.shape[1]), np.float32)
+        padded[: n - whole] = x[whole:]
+        out[whole:] = np.einsum("nd,dm->nm", padded, w)[: n - whole]
+    return out
+
+
 def _dense_head(f: np.ndarray, w5: np.ndarray, b5: np.ndarray, w6: np.ndarray, b6: np.ndarray) -> np.ndarray:
-    """FC5 (``abs(tanh)``) then FC6 on FC5 inputs ``f``; weights laid out input x output."""
-    return np.abs(np.tanh(f @ w5 + b5)) @ w6 + b6
+    """FC5 (``abs(tanh)``) then FC6 on FC5 inputs ``f``, float32, row by row independent
+    (:func:`row_products`); weights laid out input x output."""
+    hidden = np.abs(np.tanh(row_products(f, w5) + b5))
+    return row_products(hidden, w6) + b6
+
+
+def _routed_heads(f: np.ndarray, cluster: np.ndarray, heads: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The head of each face's cluster on its FC5 input: faces gathered by cluster,
+    then one blocked product per cluster present (:func:`_dense_head`)."""
+    w5, b5, w6, b6 = heads
+    order = np.argsort(cluster, kind="stable")
+    counts = np.bincount(cluster, minlength=len(w5))
+    gathered = f[order]
+    out = np.empty((len(f), w6.shape[2]), np.float32)
+    routed = np.empty_like(out)
+    start = 0
+    for k in np.flatnonzero(counts):
+        stop = start + int(counts[k])
+        routed[start:stop] = _dense_head(gathered[start:stop], w5[k], b5[k], w6[k], b6[k])
+        start = stop
+    out[order] = routed
+    return out
 
 
 class LandmarkEngine:
@@ -235,7 +292,8 @@ class LandmarkEngine:
         Average with the prediction on the mirrored crop. Defaults to True for
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
     batch_size : int
-        Faces per pass through the convolutional layers.
+        Crops per pass through the convolutional layers (every pass has exactly
+        this many, padded: see :meth:`features`).
     refine : bool, optional
         Re-box before the reported pass (see the module docstring). Defaults to
         True when the weights carry a box model (``box_model``); True for weights
@@ -253,7 +311,7 @@ class LandmarkEngine:
         engine: str = DEFAULT_ENGINE,
         weights: str | Path | None = None,
         mirror: bool | None = None,
-        batch_size: int = 64,
+        batch_size: int = 16,
         refine: bool | None = None,
         threads: int | None = None,
     ) -> None:
@@ -326,16 +384,22 @@ class LandmarkEngine:
     def features(self, crops: np.ndarray) -> np.ndarray:
         """FC5 inputs (``N x 256`` float32) of uint8 RGB crops ``N x 40 x 40 x 3``.
 
-        The convolutions see ``batch_size`` faces at a time (64 was the fastest on
-        our 2-core machines: see ``bench/speed.py``; the activations stay in cache).
+        The convolutions always see exactly ``batch_size`` crops, the last batch
+        padded with black crops: one input shape, so that a face's features do
+        not depend on how many faces share its batch (the same reason as in
+        :func:`row_products`). The cost per crop hardly depends on the batch
+        size (``bench/speed.py``), so a small batch wastes little on padding.
         """
         crops = self._check_crops(crops)
         session = self._session()
-        parts = [
-            session.run([TRUNK_OUTPUT], {TRUNK_INPUT: crops[s : s + self.batch_size]})[0]
-            for s in range(0, len(crops), self.batch_size)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, self._vanilla_head[0].shape[0]), np.float32)
+        n, size = len(crops), self.batch_size
+        out = np.empty((n, self._vanilla_head[0].shape[0]), np.float32)
+        for start in range(0, n, size):
+            batch = crops[start : start + size]
+            if len(batch) < size:
+                batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), np.uint8)])
+            out[start : start + size] = session.run([TRUNK_OUTPUT], {TRUNK_INPUT: batch})[0][: n - start]
+        return out
 
     def _forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The router and the heads once for the whole chunk (one matrix product per
@@ -345,12 +409,7 @@ class LandmarkEngine:
         if self._heads is None or self.router is None:
             return _dense_head(f, *self._vanilla_head), np.zeros(len(f), np.intp), np.full((len(f), 2), math.nan)
         cluster, log_density, posterior = self.router.routed_fit(self.router.log_posterior(f))
-        w5, b5, w6, b6 = self._heads
-        out = np.empty((len(f), w6.shape[2]), np.float32)
-        for k in np.unique(cluster):
-            idx = np.flatnonzero(cluster == k)
-            out[idx] = _dense_head(f[idx], w5[k], b5[k], w6[k], b6[k])
-        return out, cluster, np.stack([log_density, posterior], 1)
+        return _routed_heads(f, cluster, self._heads), cluster, np.stack([log_density, posterior], 1)
 
     def predict_crops(self, crops: np.ndarray, return_signals: bool = False):
         """Box-normalised points ``N x 5 x 2`` (float64) for uint8 crops.

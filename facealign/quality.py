@@ -243,9 +243,11 @@ class QualityModel:
         """``{"expected_error": % IOD, "p_fail": probability}``, each an ``N`` array."""
         z = self.features(signals)
         design = np.concatenate([np.ones((len(z), 1)), z], 1)
+        # row sums, not matrix-vector products: a face's figures do not depend on
+        # the other faces of the batch (BLAS's kernel depends on the shape)
         return {
-            "expected_error": np.exp(design @ self.error_coef) * self.error_smearing,
-            "p_fail": _sigmoid(design @ self.fail_coef),
+            "expected_error": np.exp((design * self.error_coef).sum(1)) * self.error_smearing,
+            "p_fail": _sigmoid((design * self.fail_coef).sum(1)),
         }
 
     def to_state(self) -> dict:

@@ -131,7 +131,9 @@ class BoxFromLandmarks:
         if len(points) == 0:
             return np.zeros((0, 4)), np.zeros(0, bool)
         centre, spread, feats, valid = _normalized_shape(points)
-        out = feats @ self.coef
+        # summed feature by feature, per face: a face's box does not depend on the
+        # other faces of the batch (a matrix product's kernel depends on its shape)
+        out = (feats[:, :, None] * self.coef[None]).sum(1)
         mid = centre + out[:, :2] * spread[:, None]
         half = 0.5 * np.exp(out[:, 2:]) * spread[:, None]
         boxes = np.concatenate([mid - half, mid + half], axis=1)

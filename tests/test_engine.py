@@ -84,6 +84,70 @@ def test_batched_prediction_matches_one_by_one():
     np.testing.assert_allclose(together, single, atol=1e-5)
 
 
+def test_a_faces_points_are_bit_identical_alone_and_among_37_other_faces():
+    """Tolerance: none (bit-identical points, routing figures), at every position in the batch."""
+    eng = LandmarkEngine("tcnn")
+    rng = np.random.default_rng(7)
+    crops = rng.integers(0, 256, (38, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    alone, alone_signals = eng.predict_crops(crops[:1], return_signals=True)
+    for position in (0, 17, 37):
+        batch = np.concatenate([crops[1 : position + 1], crops[:1], crops[position + 1 :]])
+        points, signals = eng.predict_crops(batch, return_signals=True)
+        np.testing.assert_array_equal(points[position], alone[0])
+        for name, values in signals.items():
+            np.testing.assert_array_equal(values[position], alone_signals[name][0], err_msg=name)
+
+
+def test_real_faces_get_the_same_bytes_alone_and_in_a_batch_of_38(shared_datasets):
+    """Detected faces of 38 celeba_wild photos: each photo landmarked alone and all together give
+    bit-identical points and quality figures (re-boxing and the quality model included)."""
+    from facealign.detection import get_detector
+    from facealign.reboxing import training_boxes
+
+    folder = shared_datasets / "celeba_wild" / "images"
+    names = sorted(p.name for p in folder.glob("*.jpg"))[:38]
+    detector = get_detector("retinaface")
+    images, boxes = [], []
+    for name in names:
+        image = read_image(folder / name)
+        found = detector.detect(image)
+        images.append(image)
+        boxes.append(training_boxes("retinaface", found.boxes, found.landmarks))
+    assert sum(len(b) for b in boxes) >= 38
+    eng = LandmarkEngine("tcnn")
+    together, together_quality = eng.predict_many(images, boxes, return_quality=True)
+    for image, box, points, quality in zip(images, boxes, together, together_quality):
+        alone, alone_quality = eng.predict_many([image], [box], return_quality=True)
+        np.testing.assert_array_equal(alone[0], points)
+        for name, values in quality.items():
+            np.testing.assert_array_equal(alone_quality[0][name], values, err_msg=name)
+
+
+def test_points_do_not_depend_on_the_thread_counts(tmp_path):
+    """The same crops in a process with one BLAS and onnxruntime thread and in one with the
+    defaults (as ``--jobs 2`` workers and ``--jobs 1`` run): bit-identical points."""
+    import subprocess
+    import sys
+
+    crops = np.random.default_rng(8).integers(0, 256, (45, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    np.save(tmp_path / "crops.npy", crops)
+    script = (
+        "import sys, numpy as np; from facealign.engine import LandmarkEngine; "
+        "e = LandmarkEngine('tcnn', threads=int(sys.argv[1]) or None); "
+        "np.save(sys.argv[2], e.predict_crops(np.load(sys.argv[3])))"
+    )
+    import os
+
+    for threads, env in (("1", {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}), ("0", {})):
+        subprocess.run(
+            [sys.executable, "-c", script, threads, str(tmp_path / f"out{threads}.npy"), str(tmp_path / "crops.npy")],
+            check=True,
+            env={**{k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}, **env},
+            cwd=Path(__file__).parents[1],
+        )
+    np.testing.assert_array_equal(np.load(tmp_path / "out1.npy"), np.load(tmp_path / "out0.npy"))
+
+
 def test_shipped_weights_load_safely():
     for name in ("vanilla", "tcnn"):
         state = load_weights(shipped_weights(name))  # weights_only=True inside
