@@ -460,5 +460,133 @@ def landmarks(
         raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
 
 
+#: Extensions ``facealign draw`` keeps for its pictures; other sources give ``.png``.
+_DRAW_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _draw_targets(name: str, out: Path) -> list[tuple[Path, Path]]:
+    """(photo, picture) pairs of ``facealign draw IN OUT``; a usage error for what cannot be."""
+    from .imageio import find_images, is_url
+
+    if is_url(name):
+        raise click.BadParameter(f"{name!r} is a URL; facealign reads local files only", param_hint="IN")
+    source = Path(name)
+    if not source.exists():
+        raise click.BadParameter(f"no such file or folder: {str(source)!r}", param_hint="IN")
+    if source.is_dir():
+        root, out_root = source.resolve(), out.resolve()
+        if out_root == root or out_root.is_relative_to(root):
+            raise click.BadParameter("OUT must not be IN or lie inside it", param_hint="OUT")
+        if out.exists() and not out.is_dir():
+            raise click.BadParameter(f"{str(out)!r} is a file; IN is a folder, so OUT must be one", param_hint="OUT")
+        pairs = []
+        for photo in find_images(source):
+            target = out / photo.relative_to(source)
+            if target.suffix.lower() not in _DRAW_EXTENSIONS:
+                target = target.with_name(target.name + ".png")
+            pairs.append((photo, target))
+        return pairs
+    target = out / source.name if out.is_dir() else out
+    if target.suffix.lower() not in _DRAW_EXTENSIONS:
+        raise click.BadParameter(
+            f"cannot write {target.suffix or 'a file without extension'}; name OUT .jpg, .png, .webp, .bmp or .tif",
+            param_hint="OUT",
+        )
+    if target.resolve() == source.resolve():
+        raise click.BadParameter("OUT is IN: the photo would be overwritten", param_hint="OUT")
+    return [(source, target)]
+
+
+@main.command()
+@click.argument("source", metavar="IN", type=click.Path(path_type=str))
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@_detector_option
+@_engine_option
+@click.option("--largest-only", is_flag=True, help="Draw only the largest face of each image.")
+@click.option("--no-labels", is_flag=True, help="No 'k: p_fail P' label above each box.")
+def draw(
+    source: str, out: Path, detector: str, min_face: float | None, engine: str, largest_only: bool, no_labels: bool
+) -> None:
+    """Draw each face's box, five landmarks and quality colour on photos, to check a run.
+
+    IN is a photo or a folder of photos; OUT a picture (or a folder to put it in)
+    for a photo, a folder for a folder (sub-folders mirrored, names kept; a
+    format facealign does not write becomes .png). Colours follow p_fail, the
+    probability that a face's landmark error exceeds 10% of the eye distance:
+    green up to 0.1, orange up to 0.5, red above (what 'crop --max-p-fail 0.5'
+    leaves out), grey when unknown. A photo is drawn at the resolution its
+    detector works at (full size for retinaface and libfacedetection).
+
+    Exit codes: 0 done; 1 a photo named as IN could not be read (unreadable
+    photos found in a folder are reported on stderr); 2 bad command line.
+    """
+    import numpy as np
+
+    from .batch import CropSettings, get_aligner
+    from .drawing import draw_faces
+    from .imageio import portable_name, write_image_atomic
+    from .pipeline import Face, iter_image_faces
+
+    pairs = _draw_targets(source, out)
+    folder = Path(source).is_dir()
+    try:
+        aligner = get_aligner(CropSettings(detector=detector, engine=engine, min_face=min_face))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    targets = dict(pairs)
+    failed = drawn = 0
+    for item in iter_image_faces(aligner, [photo for photo, _ in pairs], largest_only=largest_only):
+        if item.error is not None or item.image is None:
+            failed += 1
+            click.echo(f"{portable_name(str(item.path))}\terror: {item.error}", err=True)
+            continue
+        faces = [  # in pixels of the working image, which is what is drawn
+            Face(box, float(score), points, p_fail=float(p_fail))
+            for box, score, points, p_fail in zip(
+                item.boxes, item.scores, item.landmarks, item.quality.get("p_fail", np.full(len(item.boxes), np.nan))
+            )
+        ]
+        target = targets[item.path]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_image_atomic(target, draw_faces(item.image, faces, labels=not no_labels))
+        drawn += 1
+    if folder:
+        click.echo(f"{drawn} pictures written to {out}" + (f"; {failed} photos unreadable" if failed else ""), err=True)
+    elif failed:
+        raise click.ClickException(f"cannot read {str(source)!r}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--per-page", type=click.IntRange(min=1, max=1000), default=48, show_default=True,
+              help="Crops a page.")  # fmt: skip
+@click.option("--columns", type=click.IntRange(min=1, max=100), default=8, show_default=True, help="Crops a row.")
+@click.option("--tile", type=click.IntRange(min=32, max=512), default=112, show_default=True,
+              help="Side of each crop on the page, in pixels.")  # fmt: skip
+@click.option("--html/--no-html", default=True, show_default=True, help="Write OUT_DIR/sheet.html beside the pages.")
+def sheet(out_dir: Path, per_page: int, columns: int, tile: int, html: bool) -> None:
+    """Contact sheet of a crop job's crops, the most doubtful first.
+
+    Reads OUT_DIR's manifest and writes OUT_DIR/sheet-001.png, ... (PER_PAGE
+    crops each, sorted by p_fail, highest first) and OUT_DIR/sheet.html, which
+    shows the pages and lists and links their crops. Each crop is framed in its
+    quality colour (red: p_fail above 0.5, orange: above 0.1, green, grey:
+    unknown) and captioned with p_fail, the detector's score and its file name.
+    Rerunning rewrites the sheet.
+    """
+    from .drawing import write_contact_sheet
+
+    try:
+        written, missing = write_contact_sheet(out_dir, per_page=per_page, columns=columns, tile=tile, html=html)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    pages = [p for p in written if p.suffix == ".png"]
+    click.echo(
+        f"{len(pages)} pages written" + (f", see {written[-1]}" if html else "")
+        + (f"; {missing} crops of the manifest have no file" if missing else ""),
+        err=True,
+    )  # fmt: skip
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
