@@ -16,7 +16,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facealign.engine import load_weights, save_weights  # noqa: E402
+from facealign.research.training_weights import load_weights, save_weights  # noqa: E402
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:

@@ -169,9 +169,10 @@ def torch_reference(images, boxes, batch: int, repeats: int, threads: int) -> di
     """
     import torch
 
-    from facealign.engine import LandmarkEngine, load_weights, shipped_weights
+    from facealign.engine import LandmarkEngine, shipped_weights
     from facealign.research.export import load_network
     from facealign.research.training import to_tensor
+    from facealign.research.training_weights import load_weights
 
     crops = face_crops(images, boxes, batch)
     engine = LandmarkEngine("vanilla", mirror=False, refine=False, threads=threads)

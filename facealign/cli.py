@@ -91,7 +91,7 @@ RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
 
 def _needs_train_extra(name: str, missing: list[str]) -> click.Command:
     """A stand-in for research command ``name`` when the ``train`` extra is missing: one line, exit 1."""
-    from .research import TRAIN_INSTALL_HINT
+    from .extras import TRAIN_INSTALL_HINT
 
     message = f"'facealign {name}' needs the train extra ({', '.join(missing)} not installed): {TRAIN_INSTALL_HINT}"
 
@@ -117,7 +117,7 @@ class _Commands(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in RESEARCH_COMMANDS:
             return super().get_command(ctx, cmd_name)
-        from .research import missing_train_modules
+        from .extras import missing_train_modules
 
         missing = missing_train_modules()
         if missing:
@@ -127,7 +127,7 @@ class _Commands(click.Group):
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from .research import TRAIN_INSTALL_HINT, missing_train_modules
+        from .extras import TRAIN_INSTALL_HINT, missing_train_modules
 
         runtime = [name for name in super().list_commands(ctx) if name not in RESEARCH_COMMANDS]
         sections = [("Commands", runtime)]

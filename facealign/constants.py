@@ -70,6 +70,11 @@ def shipped_runtime_weights(engine: str) -> Path:
     return shipped_weights(engine).with_suffix(".npz")
 
 
+#: Normalised error (fraction of the inter-ocular distance) above which a face counts as a
+#: failure: what the run time's ``p_fail`` (:mod:`facealign.quality`) is the probability of,
+#: and what evaluation counts.
+FAILURE_THRESHOLD: Final[float] = 0.10
+
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 

@@ -15,18 +15,15 @@ an engine whose weights carry a box model re-boxes by default
 predicts the points, the box those points imply is cropped, and the engine's
 full pass runs on that crop.
 
-Two files hold an engine's weights:
-
-* the **training weights** ``<engine>.pt``: a ``torch.save`` dictionary of
-  tensors and numbers (:func:`load_weights`, ``weights_only=True``), written and
-  read by training, tweaking and the research commands;
-* the **run-time weights** ``<engine>.npz``, compiled from it by
-  :mod:`facealign.research.export` (``facealign export-engine``): the normalisation and
-  the convolutional layers CL1-CL4 as an ONNX graph (uint8 crops in, FC5 inputs
-  out) run by ``onnxruntime``, and the fully connected heads, the mixture and the
-  box and quality models as numpy arrays. The run time (this module) needs
-  neither torch nor pickle; a torch ``.pt`` given as ``weights`` is compiled in
-  memory (which needs torch).
+An engine reads the **run-time weights** ``<engine>.npz``
+(:mod:`facealign.runtime_weights`, the format's owner): the normalisation and
+the convolutional layers CL1-CL4 as an ONNX graph (uint8 crops in, FC5 inputs
+out) run by ``onnxruntime``, and the fully connected heads, the mixture and the
+box and quality models as numpy arrays. They are compiled from the torch
+**training weights** ``<engine>.pt`` (:mod:`facealign.research.training_weights`)
+by :mod:`facealign.research.export` (``facealign export-engine``). The run time
+(this module) needs neither torch nor pickle; once :mod:`facealign.research` is
+imported, a ``.pt`` given as ``weights`` is compiled in memory (which needs torch).
 """
 
 from __future__ import annotations
@@ -52,96 +49,17 @@ from .cropping import crop_faces, from_box_coordinates
 from .inference import onnx_session
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
-
-WEIGHTS_FORMAT_VERSION = 1
-#: Version of the run-time weights layout (:func:`load_runtime_weights`).
-RUNTIME_FORMAT_VERSION = 1
-#: Name of the ONNX graph's input (uint8 ``N x 40 x 40 x 3`` RGB crops) and output (``N x 256`` FC5 inputs).
-TRUNK_INPUT, TRUNK_OUTPUT = "crops", "fc5_input"
+from .runtime_weights import TRUNK_INPUT, TRUNK_OUTPUT, load_runtime_weights
 
 __all__ = [
     "GaussianRouter",
     "LandmarkEngine",
-    "estimate_mirror_shift",
     "load_runtime_weights",
-    "load_weights",
     "mirror_coordinates",
     "row_products",
-    "save_weights",
-    "weights_settings",
     "shipped_runtime_weights",
     "shipped_weights",
 ]
-
-
-def load_weights(path: str | Path) -> dict[str, Any]:
-    """Load a training weights dictionary (``<engine>.pt``) safely (``weights_only=True``; needs torch)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "vanilla" not in state or "mean" not in state:
-        raise ValueError(f"{path} is not a facealign weights file")
-    if state.get("format", 0) > WEIGHTS_FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer facealign (format {state['format']})")
-    return state
-
-
-def save_weights(state: dict[str, Any], path: str | Path) -> Path:
-    """Write a training weights dictionary (see :func:`facealign.research.training.weights_dict`) to ``path``,
-    atomically; the one writer of ``<engine>.pt`` files (needs torch).
-
-    Raises
-    ------
-    ValueError
-        When ``state`` lacks what :func:`load_weights` requires.
-    """
-    import io
-
-    import torch
-
-    from .imageio import write_bytes_atomic
-
-    missing = [key for key in ("vanilla", "mean", "std", "meta") if key not in state]
-    if missing:
-        raise ValueError(f"not a facealign weights dictionary: no {', '.join(missing)}")
-    state = {**state, "format": WEIGHTS_FORMAT_VERSION}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return write_bytes_atomic(path, buffer.getvalue())
-
-
-def weights_settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """The training settings recorded in a weights file's ``meta["config"]`` (a dict; files
-    written before 0.4 hold it as a JSON string)."""
-    config = meta.get("config", {})
-    return dict(json.loads(config)) if isinstance(config, str) else dict(config)
-
-
-def load_runtime_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """The run-time weights (see the module docstring) of ``path``: an ``.npz`` file, or
-    a torch ``.pt`` training file compiled in memory (:func:`facealign.research.export.runtime_arrays`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    if path.suffix == ".pt":
-        from .research.export import runtime_arrays
-
-        return runtime_arrays(load_weights(path))
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a facealign weights file ({exc})") from None
-    if "trunk_onnx" not in arrays or "format" not in arrays:
-        raise ValueError(f"{path} is not a facealign run-time weights file")
-    if int(arrays["format"]) > RUNTIME_FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer facealign (format {int(arrays['format'])})")
-    return arrays
 
 
 class GaussianRouter:
@@ -206,19 +124,6 @@ def mirror_coordinates(coords: np.ndarray) -> np.ndarray:
     out = np.array(np.asarray(coords)[:, list(MIRROR_PERMUTATION)])
     out[..., 0] = 1.0 - out[..., 0]
     return out
-
-
-def estimate_mirror_shift(direct: np.ndarray, flipped: np.ndarray) -> float:
-    """Mean x difference (box units) between direct and un-mirrored predictions.
-
-    A network trained on labels whose x convention is not exactly mirror
-    symmetric (a fraction of a pixel suffices) predicts, on a mirrored crop, points
-    that are offset after un-mirroring. Averaging the two then biases x by half
-    that offset. The shift is measured on validation faces when the weights are
-    made, stored in the weights, and added back before averaging. On the MTFL
-    validation split it is about 0.015 box widths.
-    """
-    return float(np.mean(direct[..., 0] - flipped[..., 0]))
 
 
 #: Rows of every matrix product of the heads and the router (:func:`row_products`).
@@ -286,8 +191,9 @@ class LandmarkEngine:
     engine : {"tcnn", "vanilla"}
         Which network to run.
     weights : path, optional
-        A weights file: run-time ``.npz`` or training ``.pt`` (compiled in
-        memory, needs torch); defaults to the shipped run-time weights of ``engine``.
+        A weights file: run-time ``.npz``, or training ``.pt`` once
+        :mod:`facealign.research` is imported (compiled in memory, needs
+        torch); defaults to the shipped run-time weights of ``engine``.
     mirror : bool, optional
         Average with the prediction on the mirrored crop. Defaults to True for
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
@@ -334,7 +240,7 @@ class LandmarkEngine:
             self.router = GaussianRouter(arrays["gmm_weights"], arrays["gmm_means"], arrays["gmm_variances"])
         self.mirror = (engine == "tcnn") if mirror is None else bool(mirror)
         #: x shift (box units) added to the un-mirrored prediction of the mirrored
-        #: crop; see :func:`estimate_mirror_shift`.
+        #: crop; see :func:`facealign.research.training_weights.estimate_mirror_shift`.
         self.mirror_shift = float(arrays["mirror_shift"])
         self.batch_size = int(batch_size)
         self.box_model: BoxFromLandmarks | None = (
@@ -449,20 +355,6 @@ class LandmarkEngine:
             "gmm_posterior": fit[:, 1],
         }
         return points, signals
-
-    def predict_pair(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Box-normalised points on the crops and, un-mirrored, on their mirror images.
-
-        Neither is averaged nor shifted; used to calibrate :attr:`mirror_shift`.
-        """
-        crops = self._check_crops(crops)
-        mirror, self.mirror = self.mirror, False
-        try:
-            direct = self.predict_crops(crops)
-            flipped = mirror_coordinates(self.predict_crops(crops[:, :, ::-1]))
-        finally:
-            self.mirror = mirror
-        return direct, flipped
 
     def first_pass_crops(self, crops: np.ndarray) -> np.ndarray:
         """Box-normalised points from the vanilla head alone, no mirror (re-boxing's first pass)."""

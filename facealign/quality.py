@@ -21,13 +21,13 @@ its points, signals of how much to trust them (:func:`face_signals`):
 * ``box_size``: the given box's size ``sqrt(w h)`` in pixels.
 
 A :class:`QualityModel`, fitted on the MTFL validation split
-(:mod:`facealign.research.quality_fit`) and shipped in the weights file under the key
+(:func:`facealign.research.quality_fit.fit_quality_model`) and shipped in the weights file under the key
 ``"quality"``, turns the signals it was fitted with into
 
 * ``expected_error``: the expected NME of the face, % of the inter-ocular
   distance (a linear model of ``log NME`` with Duan's smearing correction);
 * ``p_fail``: the probability that the NME exceeds
-  :data:`facealign.research.evaluation.FAILURE_THRESHOLD` (logistic regression).
+  :data:`facealign.constants.FAILURE_THRESHOLD` (logistic regression).
 
 Each signal is transformed (:data:`SIGNAL_FLOORS`: ``log(floor + x)`` for the
 distances and sizes, unchanged for the mixture's figures), standardised, and
@@ -250,15 +250,6 @@ class QualityModel:
             "p_fail": _sigmoid((design * self.fail_coef).sum(1)),
         }
 
-    def to_state(self) -> dict:
-        """A dict of tensors, strings and numbers for a weights file (``weights_only`` loadable)."""
-        import torch
-
-        state: dict = {"signals": list(self.signals), "error_smearing": self.error_smearing}
-        for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef"):
-            state[attr] = torch.from_numpy(getattr(self, attr).copy())
-        return state
-
     @classmethod
     def from_state(cls, state: dict) -> QualityModel:
         arrays = {
@@ -266,41 +257,3 @@ class QualityModel:
             for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef")
         }
         return cls(tuple(state["signals"]), error_smearing=float(state["error_smearing"]), **arrays)
-
-
-def fit_quality_model(
-    signals: dict[str, np.ndarray], errors: np.ndarray, names: tuple[str, ...], fail_threshold: float | None = None
-) -> QualityModel:
-    """Fit a :class:`QualityModel` on faces with known ``errors`` (NME as fractions).
-
-    ``log(100 * error)`` is regressed on the standardised features by least
-    squares; failures (``error > fail_threshold``, default
-    :data:`facealign.research.evaluation.FAILURE_THRESHOLD`) by L2-regularised logistic
-    regression (scikit-learn, ``C = 1``; needed for fitting only).
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    from .research.evaluation import FAILURE_THRESHOLD
-
-    threshold = FAILURE_THRESHOLD if fail_threshold is None else fail_threshold
-    errors = np.asarray(errors, np.float64).reshape(-1)
-    raw = transform_signals(signals, tuple(names))
-    if len(raw) != len(errors):
-        raise ValueError(f"{len(raw)} faces of signals but {len(errors)} errors")
-    if not np.all(np.isfinite(raw)):
-        raise ValueError("signals must be finite to fit (is mirroring or re-boxing off?)")
-    if np.any(errors <= 0):
-        raise ValueError("errors must be positive")
-    failed = errors > threshold
-    if failed.all() or not failed.any():
-        raise ValueError("need both failures and successes to fit p_fail")
-    center, scale = raw.mean(0), raw.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    z = (raw - center) / scale
-    design = np.concatenate([np.ones((len(z), 1)), z], 1)
-    target = np.log(100 * errors)
-    error_coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-    smearing = float(np.mean(np.exp(target - design @ error_coef)))
-    logistic = LogisticRegression(C=1.0, max_iter=1000).fit(z, failed)
-    fail_coef = np.concatenate([logistic.intercept_, logistic.coef_[0]])
-    return QualityModel(tuple(names), center, scale, z.min(0), z.max(0), error_coef, smearing, fail_coef)

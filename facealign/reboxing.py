@@ -34,14 +34,11 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from .constants import NUM_POINTS, WEIGHTS_DIR
-
-if TYPE_CHECKING:
-    import torch
 
 #: Number of input features: a constant and the ten normalised coordinates.
 NUM_FEATURES = 1 + 2 * NUM_POINTS
@@ -139,15 +136,9 @@ class BoxFromLandmarks:
         boxes = np.concatenate([mid - half, mid + half], axis=1)
         return boxes, valid & np.isfinite(boxes).all(1)
 
-    def to_tensor(self) -> torch.Tensor:
-        """The coefficients as a float64 tensor, for a weights file."""
-        import torch
-
-        return torch.from_numpy(self.coef.copy())
-
     @classmethod
-    def from_tensor(cls, t: torch.Tensor | np.ndarray) -> BoxFromLandmarks:
-        """From :meth:`to_tensor`'s tensor, or the same coefficients as an array (run-time weights)."""
+    def from_tensor(cls, t: Any) -> BoxFromLandmarks:
+        """From the coefficients as an array (run-time weights) or a tensor (training weights; not imported here)."""
         return cls(np.array(t.numpy() if hasattr(t, "numpy") else t, np.float64))
 
 

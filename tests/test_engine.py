@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from facealign.constants import INPUT_SIZE, MIRROR_PERMUTATION
-from facealign.engine import GaussianRouter, LandmarkEngine, load_weights, mirror_coordinates, shipped_weights
+from facealign.engine import GaussianRouter, LandmarkEngine, mirror_coordinates, shipped_weights
 from facealign.imageio import read_image
 from facealign.research.evaluation import normalized_errors
 from facealign.research.model import FC5_INPUT_DIM, TweakedHeads, VanillaCNN
+from facealign.research.training_weights import load_weights, predict_pair
 
 GOLDEN = Path(__file__).parent / "data" / "golden_landmarks.json"
 
@@ -71,7 +72,8 @@ def test_flipping_the_image_flips_the_prediction(engine):
     b = mirror_coordinates(eng.predict_crops(crops[:, :, ::-1]))
     b[..., 0] += eng.mirror_shift
     np.testing.assert_allclose(b, a, atol=1e-4)
-    direct, flipped = eng.predict_pair(crops)
+    direct, flipped = predict_pair(eng, crops)
+    assert eng.mirror  # the calibration leaves the engine as it was
     np.testing.assert_allclose(a, (direct + flipped + [eng.mirror_shift, 0]) / 2, atol=1e-5)
 
 
@@ -197,7 +199,7 @@ def test_golden_landmarks_on_real_images(shared_datasets, engine):
 
 
 def test_mirror_shift_estimate_is_the_mean_x_gap():
-    from facealign.engine import estimate_mirror_shift
+    from facealign.research.training_weights import estimate_mirror_shift
 
     direct = np.zeros((3, 5, 2))
     flipped = np.zeros((3, 5, 2))
@@ -313,9 +315,9 @@ def test_wider_networks_round_trip_through_weights_and_the_runtime_engine(tmp_pa
     # setting anywhere downstream: its widths are read back from the weights'
     # shapes, and the run-time engine compiled from them gives the torch
     # network's points to 1e-5 box widths (float32 rounding).
-    from facealign.engine import save_weights
     from facealign.reboxing import NUM_FEATURES, NUM_OUTPUTS, BoxFromLandmarks
     from facealign.research.training import to_tensor, weights_dict
+    from facealign.research.training_weights import save_weights
 
     torch.manual_seed(7)
     model = VanillaCNN(fc5_dim=40, channels=(8, 24, 96, 80)).eval()

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from facealign.constants import INPUT_SIZE
-from facealign.engine import GaussianRouter, LandmarkEngine, load_weights, shipped_weights
+from facealign.engine import GaussianRouter, LandmarkEngine, shipped_weights
 from facealign.imageio import read_image
 from facealign.quality import (
     QUALITY_KEYS,
     SIGNAL_NAMES,
     QualityModel,
     face_signals,
-    fit_quality_model,
     over_limits,
 )
 from facealign.research.quality_fit import (
@@ -20,8 +19,10 @@ from facealign.research.quality_fit import (
     QualitySample,
     error_reject_curve,
     fit_engine_quality,
+    fit_quality_model,
     quality_report,
 )
+from facealign.research.training_weights import load_weights
 
 #: A frontal face in 80 x 80 pixels: eyes level, nose and mouth centred.
 FRONTAL = np.array([[30.0, 35.0], [50.0, 35.0], [40.0, 45.0], [32.0, 55.0], [48.0, 55.0]])

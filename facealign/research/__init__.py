@@ -14,29 +14,28 @@ Nothing here is imported by ``facealign crop``, ``facealign landmarks`` or
 :class:`~facealign.FaceAligner`. The research commands (``train``, ``tweak``,
 ``evaluate``, ``analyze``, ``fit-quality``, ...) need the ``train`` extra
 (:data:`TRAIN_INSTALL_HINT`); :func:`missing_train_modules` says, without importing
-anything, whether it is installed.
+anything, whether it is installed (both live in :mod:`facealign.extras`, for the
+run time). Importing this package lets the engines read training ``.pt`` weights
+(:mod:`~facealign.research.training_weights`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from ..extras import TRAIN_INSTALL_HINT, TRAIN_MODULES, missing_train_modules
+from ..runtime_weights import register_weights_reader
 
 __all__ = ["TRAIN_INSTALL_HINT", "TRAIN_MODULES", "missing_train_modules"]
 
-#: How to install what the research commands need.
-TRAIN_INSTALL_HINT = "pip install 'facealign[train]'"
-#: The importable modules the ``train`` extra brings (setup.cfg, ``[options.extras_require]``).
-TRAIN_MODULES: tuple[str, ...] = ("torch", "onnx", "sklearn", "scipy", "matplotlib")
+
+def _read_training_weights(path: Path) -> dict[str, np.ndarray]:
+    from .export import read_training_weights_as_runtime
+
+    return read_training_weights_as_runtime(path)
 
 
-def missing_train_modules() -> list[str]:
-    """The modules of the ``train`` extra that cannot be imported here (found, not imported)."""
-    missing = []
-    for name in TRAIN_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+# A training ``.pt`` given to LandmarkEngine is compiled in memory (needs torch).
+register_weights_reader(".pt", _read_training_weights)

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import DEFAULT_DETECTOR, LEFT_EYE, RIGHT_EYE
+from ..constants import (  # the threshold's owner is the run time
+    DEFAULT_DETECTOR,
+    FAILURE_THRESHOLD,
+    LEFT_EYE,
+    RIGHT_EYE,
+)
 from ..imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
 
 logger = logging.getLogger(__name__)
-
-#: Error above which a face counts as a failure (fraction of inter-ocular distance).
-FAILURE_THRESHOLD = 0.10
 
 
 def normalized_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

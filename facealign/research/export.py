@@ -11,7 +11,8 @@ The run-time engine (:mod:`facealign.engine`) needs neither torch nor pickle:
   become numpy arrays (weights laid out input x output), and ``meta`` a JSON string.
 
 Both go into one ``.npz`` (the graph as a ``uint8`` array), read with
-``allow_pickle=False``. ``facealign export-engine`` writes the shipped files;
+``allow_pickle=False``; :mod:`facealign.runtime_weights` owns that format (its
+writer and its reader). ``facealign export-engine`` writes the shipped files;
 a test checks that they agree with the shipped ``.pt`` files.
 """
 
@@ -28,11 +29,18 @@ import torch
 from torch import nn
 
 from ..constants import INPUT_SIZE
-from ..engine import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT, load_weights
-from ..imageio import write_bytes_atomic
+from ..runtime_weights import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT
+from ..runtime_weights import write_runtime_weights as write_runtime_arrays
 from .model import VanillaCNN
+from .training_weights import load_weights
 
-__all__ = ["load_network", "runtime_arrays", "trunk_onnx", "write_runtime_weights"]
+__all__ = [
+    "load_network",
+    "read_training_weights_as_runtime",
+    "runtime_arrays",
+    "trunk_onnx",
+    "write_runtime_weights",
+]
 
 #: ONNX operator set of the exported graph (onnxruntime >= 1.16 runs it).
 ONNX_OPSET = 17
@@ -89,7 +97,8 @@ def _head_arrays(
 
 
 def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The run-time weights (what :func:`facealign.engine.load_runtime_weights` returns) of a training weights dict."""
+    """The run-time weights of a training weights dict (what
+    :func:`facealign.runtime_weights.load_runtime_weights` returns)."""
     vanilla = state["vanilla"]
     arrays: dict[str, np.ndarray] = {
         "format": np.array(RUNTIME_FORMAT_VERSION),
@@ -123,7 +132,10 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def write_runtime_weights(weights: str | Path, out: str | Path) -> Path:
     """Compile the training weights file ``weights`` (``.pt``) into ``out`` (``.npz``), atomically."""
-    out = Path(out)
-    buffer = io.BytesIO()
-    np.savez(buffer, **runtime_arrays(load_weights(weights)))  # type: ignore[arg-type]  # numpy's stub types **kwds badly
-    return write_bytes_atomic(out, buffer.getvalue())
+    return write_runtime_arrays(runtime_arrays(load_weights(weights)), out)
+
+
+def read_training_weights_as_runtime(path: Path) -> dict[str, np.ndarray]:
+    """The run-time arrays of a training weights file, compiled in memory (the ``.pt`` reader
+    :mod:`facealign.research` registers with :func:`facealign.runtime_weights.register_weights_reader`)."""
+    return runtime_arrays(load_weights(path))

@@ -47,7 +47,7 @@ import torch
 
 from ..constants import DEFAULT_DETECTOR, INPUT_SIZE, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, from_box_coordinates, to_box_coordinates, warp_crop
-from ..engine import mirror_coordinates, save_weights
+from ..engine import mirror_coordinates
 from ..imageio import write_json
 from ..reboxing import BoxFromLandmarks, training_boxes
 from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
@@ -62,6 +62,7 @@ from .training import (
     to_tensor,
     weights_dict,
 )
+from .training_weights import save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def train_hard(
     train, val = load_multibox(mtfl_root, work_dir, cfg.detectors, limit)
     torch.manual_seed(cfg.seed)
     if cfg.init:
-        from ..engine import load_weights
+        from .training_weights import load_weights
 
         init = load_weights(cfg.init)
         model = VanillaCNN.from_state_dict(init["vanilla"])

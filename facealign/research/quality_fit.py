@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import TRAINING_DETECTOR
-from ..quality import QualityModel, fit_quality_model
+from ..quality import QualityModel, transform_signals
 from .evaluation import FAILURE_THRESHOLD, evaluate_engines
 
 #: Signals of the shipped models, per engine: intrinsic to the landmark engine and
@@ -74,17 +74,64 @@ def collect_quality(
     return QualitySample(split, res["quality"], np.asarray(res["errors"]), res["misses"])
 
 
+def fit_quality_model(
+    signals: dict[str, np.ndarray], errors: np.ndarray, names: tuple[str, ...], fail_threshold: float | None = None
+) -> QualityModel:
+    """Fit a :class:`QualityModel` on faces with known ``errors`` (NME as fractions).
+
+    ``log(100 * error)`` is regressed on the standardised features by least
+    squares; failures (``error > fail_threshold``, default
+    :data:`facealign.constants.FAILURE_THRESHOLD`) by L2-regularised logistic
+    regression (scikit-learn, ``C = 1``; needed for fitting only).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    threshold = FAILURE_THRESHOLD if fail_threshold is None else fail_threshold
+    errors = np.asarray(errors, np.float64).reshape(-1)
+    raw = transform_signals(signals, tuple(names))
+    if len(raw) != len(errors):
+        raise ValueError(f"{len(raw)} faces of signals but {len(errors)} errors")
+    if not np.all(np.isfinite(raw)):
+        raise ValueError("signals must be finite to fit (is mirroring or re-boxing off?)")
+    if np.any(errors <= 0):
+        raise ValueError("errors must be positive")
+    failed = errors > threshold
+    if failed.all() or not failed.any():
+        raise ValueError("need both failures and successes to fit p_fail")
+    center, scale = raw.mean(0), raw.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (raw - center) / scale
+    design = np.concatenate([np.ones((len(z), 1)), z], 1)
+    target = np.log(100 * errors)
+    error_coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    smearing = float(np.mean(np.exp(target - design @ error_coef)))
+    logistic = LogisticRegression(C=1.0, max_iter=1000).fit(z, failed)
+    fail_coef = np.concatenate([logistic.intercept_, logistic.coef_[0]])
+    return QualityModel(tuple(names), center, scale, z.min(0), z.max(0), error_coef, smearing, fail_coef)
+
+
+def quality_state(model: QualityModel) -> dict:
+    """A dict of tensors, strings and numbers for a training weights file (``weights_only`` loadable);
+    :meth:`facealign.quality.QualityModel.from_state` reads it back."""
+    import torch
+
+    state: dict = {"signals": list(model.signals), "error_smearing": model.error_smearing}
+    for attr in ("center", "scale", "low", "high", "error_coef", "fail_coef"):
+        state[attr] = torch.from_numpy(getattr(model, attr).copy())
+    return state
+
+
 def fit_engine_quality(
     weights: str | Path, out: str | Path, engine_name: str, sample: QualitySample, signals: tuple[str, ...]
 ) -> QualityModel:
     """Fit the quality model on ``sample`` (the validation split) and write ``weights`` + model to ``out``."""
-    from ..engine import load_weights, save_weights
+    from .training_weights import load_weights, save_weights
 
     if sample.split != "validation":
         raise ValueError("the quality model is fitted on the validation split only")
     model = fit_quality_model(sample.quality, sample.errors, signals)
     state = load_weights(weights)
-    state["quality"] = model.to_state()
+    state["quality"] = quality_state(model)
     state.setdefault("meta", {})["quality"] = f"fitted on {len(sample.errors)} validation faces ({engine_name})"
     save_weights(state, out)
     return model

@@ -32,11 +32,12 @@ import torch
 
 from ..constants import INPUT_SIZE, NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
-from ..engine import WEIGHTS_FORMAT_VERSION, mirror_coordinates, save_weights
+from ..engine import mirror_coordinates
 from ..reboxing import BoxFromLandmarks
 from .data import LandmarkSet, cached_boxes, load_mtfl, train_validation_split
 from .evaluation import normalized_errors
 from .model import FC5_DIM, PAPER_CHANNELS, VanillaCNN
+from .training_weights import WEIGHTS_FORMAT_VERSION, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,8 @@ def weights_dict(
     heads: torch.nn.Module | None = None,
     gmm: dict[str, Any] | None = None,
 ) -> dict:
-    """The training weights format (read by :func:`facealign.engine.load_weights`, written by
-    :func:`facealign.engine.save_weights`), for the vanilla network or, with ``heads`` and
+    """The training weights format (read by :func:`~facealign.research.training_weights.load_weights`, written by
+    :func:`~facealign.research.training_weights.save_weights`), for the vanilla network or, with ``heads`` and
     ``gmm``, TCNN.
 
     ``box_model`` is re-boxing's (:mod:`facealign.reboxing`), fitted on the
@@ -214,7 +215,7 @@ def weights_dict(
         "mean": mean.clone(),
         "std": std.clone(),
         "meta": meta,
-        "box_model": box_model.to_tensor(),
+        "box_model": torch.from_numpy(box_model.coef.copy()),
     }
     if heads is not None and gmm is not None:
         state["heads"] = {k: v.detach().clone() for k, v in heads.state_dict().items()}
@@ -225,11 +226,12 @@ def weights_dict(
 def calibrate_mirror_shift(path: Path, engine: str, crops: np.ndarray) -> float:
     """Measure the mirror shift on validation crops and store it in the weights at ``path``.
 
-    See :func:`facealign.engine.estimate_mirror_shift`.
+    See :func:`facealign.research.training_weights.estimate_mirror_shift`.
     """
-    from ..engine import LandmarkEngine, estimate_mirror_shift, load_weights, save_weights
+    from ..engine import LandmarkEngine
+    from .training_weights import estimate_mirror_shift, load_weights, predict_pair
 
-    shift = estimate_mirror_shift(*LandmarkEngine(engine, weights=path).predict_pair(crops))
+    shift = estimate_mirror_shift(*predict_pair(LandmarkEngine(engine, weights=path), crops))
     state = load_weights(path)
     state["mirror_shift"] = shift
     save_weights(state, path)

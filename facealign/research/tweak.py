@@ -42,7 +42,7 @@ import torch
 from ..alignment import estimate_similarity
 from ..constants import NUM_POINTS, TRAINING_DETECTOR
 from ..cropping import box_matrices, crop_faces, to_box_coordinates, warp_crop
-from ..engine import GaussianRouter, LandmarkEngine, load_weights, save_weights
+from ..engine import GaussianRouter, LandmarkEngine
 from ..imageio import write_json
 from ..reboxing import BoxFromLandmarks
 from .evaluation import normalized_errors
@@ -57,6 +57,7 @@ from .training import (
     to_tensor,
     weights_dict,
 )
+from .training_weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
 

@@ -79,14 +79,14 @@ def run_analysis(
     dict
         The content of ``report.json``.
     """
-    from ...constants import INPUT_SIZE
+    from ...constants import INPUT_SIZE, shipped_weights
     from ...cropping import crop_faces, to_box_coordinates
     from ...detection import DEFAULT_DETECTOR
-    from ...engine import load_weights, shipped_weights, weights_settings
     from ...imageio import write_bytes_atomic
     from ..data import cached_boxes, load_mtfl
     from ..evaluation import write_json
     from ..model import LAYER_NAMES
+    from ..training_weights import load_weights, weights_settings
 
     settings = settings or AnalysisSettings()
     layers = tuple(layer for layer in LAYER_NAMES if layer in PAPER_LAYERS or (include_fc6 and layer in EXTRA_LAYERS))

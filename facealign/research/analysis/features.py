@@ -35,8 +35,8 @@ def extract_layer_inputs(
     """
     import torch
 
-    from ...engine import load_weights
     from ..export import load_network
+    from ..training_weights import load_weights
     from ..tweak import to_tensor
 
     model, mean, std = load_network(load_weights(weights))
