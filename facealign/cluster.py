@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batch.job import CropJobError, CropSettings, _Task, _unlink_quietly
 from .batch.locks import _WorkersLock
-from .batch.plan import _crop_files, _folder, _pending_groups
+from .batch.plan import _crop_files, _folder, _pending_groups, _remove_parts
 from .batch.records import _failure
 from .batch.run import _batched, balanced_chunk_size
 from .batch.worker import _ChunkResult, _process_chunk, get_aligner
@@ -149,8 +149,8 @@ def check_workers(client: distributed.Client, in_dir: Path, out_dir: Path) -> No
             ) from None
     token = uuid.uuid4().hex
     token_path = out_dir / f".facealign-probe.{token}"
-    token_path.write_text(token, encoding="ascii")
     try:
+        token_path.write_text(token, encoding="ascii")  # an OSError (disk full) is OUT_DIR's: exit 75
         try:
             answers = client.run(_worker_folder_problem, str(in_dir), str(out_dir), token_path.name, token)
         except Exception as exc:  # the workers cannot unpickle or run facealign code
@@ -315,7 +315,7 @@ def _run_isolated(
     client: distributed.Client, chunk: list[_Task], settings: CropSettings, largest_only: bool, out_dir: Path
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
     """Each image of a chunk that killed its workers as its own task; an image whose task
-    kills its workers too gets a failure, and its partial crops are removed."""
+    kills its workers too gets a failure (it wrote temporaries only, removed at the end of the run)."""
     distributed = _import_distributed()
     futures = [
         client.submit(_crop_chunk_on_worker, [task], settings, largest_only, str(out_dir), pure=False) for task in chunk
@@ -324,23 +324,11 @@ def _run_isolated(
         for task, future in zip(chunk, futures):
             try:
                 result = future.result()
-            except distributed.KilledWorker:
-                _remove_crops_of(out_dir, task)
+            except distributed.KilledWorker:  # its crops were temporaries only: removed at the end
                 result = _ChunkResult([([], _failure(task, _WORKER_DIED))])
             yield [task], result
     finally:
         client.cancel(futures)
-
-
-def _remove_crops_of(out_dir: Path, task: _Task) -> None:
-    """Delete the crops (and temporaries) an image wrote before its worker died; it is not recorded."""
-    crops, parts = _crop_files(out_dir, {_folder(task.output_stem)})
-    for rel in crops.get((task.output_stem, task.ext), []):
-        _unlink_quietly(out_dir / rel)
-    stem_name = Path(task.output_stem).name
-    for part in parts:
-        if part.name.startswith(f".{stem_name}_"):
-            _unlink_quietly(part)
 
 
 def _remove_part_files(out_dir: Path) -> None:
@@ -348,5 +336,4 @@ def _remove_part_files(out_dir: Path) -> None:
     images this run planned (its pending list, read a folder at a time)."""
     for names in _pending_groups(out_dir):
         _, parts = _crop_files(out_dir, {_folder(stem) for stem, _ in names})
-        for part in parts:
-            _unlink_quietly(part)
+        _remove_parts(out_dir, parts)

@@ -58,8 +58,10 @@ __all__ = [
     "atomic_file",
     "write_bytes_atomic",
     "to_jsonable",
+    "json_line",
     "write_json",
     "write_image_atomic",
+    "encode_image",
 ]
 
 #: Default upper bound on the number of pixels of an image to decode
@@ -502,7 +504,20 @@ def write_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray, quality: i
         is not a writable image type, or OpenCV fails to encode.
     """
     path = Path(path)
-    extension = path.suffix.lower()
+    data = encode_image(path, rgb, quality)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, data)
+
+
+def encode_image(path: str | os.PathLike[str], rgb: np.ndarray, quality: int = 95) -> bytes:
+    """The bytes :func:`write_image_atomic` writes to ``path`` (format from its extension).
+
+    Raises
+    ------
+    ValueError
+        As :func:`write_image_atomic`.
+    """
+    extension = Path(path).suffix.lower()
     if extension not in _WRITABLE_EXTENSIONS:
         raise ValueError(
             f"cannot write {str(path)!r}: extension {extension!r} is not one of {sorted(_WRITABLE_EXTENSIONS)}"
@@ -516,8 +531,7 @@ def write_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray, quality: i
     ok, encoded = cv2.imencode(extension, bgr, _encode_params(extension, quality))
     if not ok:
         raise ValueError(f"OpenCV could not encode {str(path)!r} as {extension}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_bytes_atomic(path, encoded.tobytes())
+    return encoded.tobytes()
 
 
 @contextmanager
@@ -574,6 +588,19 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+#: Characters that ``str.splitlines`` and other line readers (JavaScript, some editors and
+#: log shippers) take as line breaks although JSON allows them raw in strings: written
+#: escaped by :func:`json_line`. (JSON escapes the C0 controls itself.)
+_LINE_BREAKING: dict[int, str] = {c: f"\\u{c:04x}" for c in [*range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of JSON (no final newline): UTF-8 text kept readable, with
+    DEL, the C1 controls (U+0080-U+009F, NEL among them) and U+2028 / U+2029 escaped,
+    so that no reader splits the line (read JSON lines at ``\\n`` only, all the same)."""
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKING)
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:

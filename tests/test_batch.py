@@ -46,21 +46,32 @@ def test_interrupted_job_resumes_with_each_crop_once(small_input, reference, tmp
         run_crop_job(small_input, out, jobs=1, chunk_size=1, progress=stop_after(2))
     first = read_jsonl(out / "manifest.jsonl")
     assert len({r["source"] for r in first}) == 2
-    # Simulate a kill in the middle of the next record and a crop written but not recorded
-    # (of an image of a folder the walk had planned: the others cannot have crops yet).
-    with open(out / "manifest.jsonl", "a") as handle:
-        handle.write('{"source": "a/000149.jpg", "face": 0, "num_fa')
-    (out / "a" / "000149_0.jpg").write_bytes(b"stray, unrecorded")
+    # Simulate a kill in the middle of the last record: its crop is on disk, unrecorded.
+    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
+    last = text.rstrip("\n").rpartition("\n")[2]
+    (out / "manifest.jsonl").write_text(text[: len(text) - len(last) // 2 - 1], encoding="utf-8")
     summary = run_crop_job(small_input, out, jobs=1, chunk_size=1)
-    assert (summary.skipped, summary.processed) == (2, 3)
+    assert (summary.skipped, summary.processed) == (1, 4)
     rows = read_jsonl(out / "manifest.jsonl")
     assert crop_keys(rows) == crop_keys(reference)
     assert max(crop_keys(rows).values()) == 1
     ref = {(r["source"], r["face"]): r for r in reference}
     for r in rows:
         np.testing.assert_allclose(r["box"], ref[r["source"], r["face"]]["box"], atol=0.01)
-        assert (out / r["output"]).stat().st_size > 100  # the stray file was replaced
     assert [f["source"] for f in read_jsonl(out / "failures.jsonl")] == ["b/blank.png"]
+
+
+def test_a_file_named_like_a_crop_that_the_job_did_not_write_is_kept(small_input, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        run_crop_job(small_input, out, jobs=1, chunk_size=1, progress=stop_after(2))
+    # A file of the user's where the killed run would have written (its folder was planned).
+    (out / "a" / "000149_0.jpg").write_bytes(b"the user's, unrecorded")
+    summary = run_crop_job(small_input, out, jobs=1, chunk_size=1)
+    assert (summary.skipped, summary.processed) == (2, 3)
+    assert (out / "a" / "000149_0.jpg").read_bytes() == b"the user's, unrecorded"
+    failures = {f["source"]: f["reason"] for f in read_jsonl(out / "failures.jsonl")}
+    assert failures["a/000149.jpg"].startswith("output name taken: a/000149_0.jpg in OUT_DIR was not written")
 
 
 def test_incomplete_image_record_is_redone(small_input, reference, tmp_path) -> None:

@@ -103,11 +103,12 @@ def test_crop_every_good_image_gives_crops_of_112(cropped) -> None:
             DEFAULT_DETECTOR,
         )
         assert r["source_bytes"] == (in_dir / r["source"]).stat().st_size
-    # Only crops, the two record files, the locks and the settings: nothing else (no .part
-    # temporaries, no pending list once the job finished).
+    # Only crops, the two record files, the locks, the settings and the journal of the crops
+    # written: nothing else (no .part temporaries, no pending list once the job finished).
     written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     assert written == {r["output"] for r in rows} | {
-        "manifest.jsonl", "failures.jsonl", ".facealign-crop.lock", ".facealign-crop.workers", ".facealign-crop.json"
+        "manifest.jsonl", "failures.jsonl", ".facealign-crop.lock", ".facealign-crop.workers", ".facealign-crop.json",
+        ".facealign-crop.written",
     }  # fmt: skip
 
 

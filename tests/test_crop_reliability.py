@@ -154,21 +154,21 @@ def test_broken_links_fifos_and_skips_never_stop_the_job(photos_in, tmp_path, mo
 
 def test_disk_full_writing_a_crop_stops_the_job_and_a_rerun_retries(photos_in, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    real = batch.worker.write_image_atomic
+    real = batch.worker.stage_file
     written = []
 
-    def full_after_two(path, rgb, quality=95):
+    def full_after_two(root, output, data, folders):
         if len(written) >= 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        written.append(path)
-        return real(path, rgb, quality)
+            raise OSError(errno.ENOSPC, "No space left on device", output)
+        written.append(output)
+        return real(root, output, data, folders)
 
-    monkeypatch.setattr(batch.worker, "write_image_atomic", full_after_two)
+    monkeypatch.setattr(batch.worker, "stage_file", full_after_two)
     with pytest.raises(CropJobTransientError, match="No space left on device"):
         run_crop_job(photos_in, out, jobs=1)
     assert read_jsonl(out / "failures.jsonl") == []  # not recorded as the images' failure
     assert len(read_jsonl(out / "manifest.jsonl")) == 2
-    monkeypatch.setattr(batch.worker, "write_image_atomic", real)
+    monkeypatch.setattr(batch.worker, "stage_file", real)
     summary = run_crop_job(photos_in, out, jobs=1)
     assert (summary.skipped, summary.processed, summary.failures) == (2, 2, 0)
     assert len(assert_consistent(out)) == 5
@@ -300,9 +300,11 @@ def test_unrecorded_crops_are_removed_on_resume(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     with pytest.raises(Stop):
         run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
-    # What a kill leaves: complete-looking crops and a temporary of images not recorded, in
-    # the folder the walk had planned (the pending list names its images; b/ was not reached).
-    (out / "a" / "000131_7.jpg").write_bytes(b"crop written, never recorded")
+    # What a kill leaves: crops the job wrote (its journal lists them) but did not record, and
+    # a temporary, in the folder the walk had planned (the pending list names its images).
+    crop = b"crop written, never recorded"
+    (out / "a" / "000131_7.jpg").write_bytes(crop)
+    batch.outdir.Journal(out.resolve()).append([("a/000131_7.jpg", len(crop), batch.outdir.digest(crop))])
     (out / "a" / ".000131_1.jpg.x1y2.part").write_bytes(b"half")
     # The user's files: other names, or crop names of no image of the job.
     (out / "a" / "notes.jpg").write_bytes(b"mine")
@@ -444,3 +446,82 @@ def test_an_image_that_kills_its_worker_is_a_failure(photos_in, tmp_path, monkey
     (failure,) = read_jsonl(out / "failures.jsonl")
     assert failure["source"] == "a/crash.jpg" and "worker process died" in failure["reason"]
     assert len(assert_consistent(out)) == 5
+
+
+# --------------------------------------------------------------------------- #
+# Issue 22: folders an attacker or a careless operator controls. Each test names the
+# item of the issue it covers.
+# --------------------------------------------------------------------------- #
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (links not followed): its type, and its bytes or link target."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            found[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir",)
+        else:
+            found[rel] = ("file", path.read_bytes())
+    return found
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", "failures.jsonl", ".facealign-crop.lock"])
+def test_issue22_item1_a_record_file_planted_as_a_link_is_refused_and_not_written_through(
+    photos_in, tmp_path, name
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "file").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(elsewhere / "file")
+    (out / "manifest.csv").symlink_to(elsewhere / "new")  # a link to nothing yet
+    before = _tree(elsewhere)
+    result = run_cli("crop", photos_in, out, "-q", "--jobs", "1")
+    assert result.exit_code == 1
+    assert "is a symbolic link; facealign writes only inside OUT_DIR" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert _tree(elsewhere) == before  # not created, not appended, not truncated
+
+
+@pytest.mark.parametrize("target", ["in", "elsewhere"])
+def test_issue22_item1_an_output_folder_planted_as_a_link_gets_no_crops(photos_in, tmp_path, target) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b").symlink_to(photos_in / "b" if target == "in" else elsewhere)
+    before_in, before_elsewhere = _tree(photos_in), _tree(elsewhere)
+    for faces in (3, 0):  # a rerun must not crop the crops either
+        summary = run_crop_job(photos_in, out, jobs=1)
+        assert (summary.faces, summary.failures) == (faces, 1)
+        assert _tree(photos_in) == before_in and _tree(elsewhere) == before_elsewhere
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "b/two.jpg"
+    assert failure["reason"] == (
+        "output name taken: OUT_DIR/b is a symbolic link; facealign writes only inside OUT_DIR: "
+        "remove the link and rerun"
+    )
+    (out / "b").unlink()  # the user removes the link: the image is retried
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.faces, summary.failures) == (1, 2, 0)
+
+
+def test_issue22_item1_resuming_never_deletes_inside_a_folder_planted_as_a_link(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(Stop):  # killed after the first image: the pending list names a/
+        run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".000131_0.jpg.abcd.part").write_bytes(b"someone's temporary")
+    (elsewhere / "000131_0.jpg").write_bytes(b"someone's file")
+    (elsewhere / "000149_0.jpg").write_bytes(b"someone's file")
+    shutil.move(out / "a", tmp_path / "a-moved")
+    (out / "a").symlink_to(elsewhere)
+    before = _tree(elsewhere)
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert _tree(elsewhere) == before
+    assert summary.failures == 2  # the two images of a/ not done yet: their folder is a link

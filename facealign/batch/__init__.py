@@ -59,16 +59,19 @@ or by ``%XX`` (their names are kept until the walk leaves their parent folder).
 
 Resuming
 --------
-Records are written by the parent process as results arrive and flushed after
-each chunk of images. The rows of one image are written in a single write, and
-only after all its crops have been written (each atomically, with
-:func:`facealign.imageio.write_image_atomic`), so an image is recorded either
-completely or not at all. A manifest row is the only thing that makes a crop
-done: on a rerun, files named like the crops of the pending list (or of dropped
-records) that the manifest does not list are deleted (the pending list only names
-the folders the killed run had reached: it could not write elsewhere), and files named like a
-crop that no run of the job planned (the user's) are never overwritten: their
-image gets an ``output name taken`` failure. Images recorded in the manifest or
+Records are written by the parent process as results arrive, a chunk at a time.
+Workers write each chunk's crops to temporaries and make them durable at once
+(one ``syncfs``); the parent then lists them in the journal
+``.facealign-crop.written`` (output, size, SHA-256), gives them their names,
+flushes the folders and only then appends their rows
+(:mod:`facealign.batch.outdir`), so a crash never leaves a row for a missing or
+partial crop, and the rows of one image are written in a single write: an image is
+recorded either completely or not at all. A manifest row is the only thing that
+makes a crop done: on a rerun, files named like the crops of the pending list (or
+of dropped records) that the manifest does not list are deleted *if the journal
+says the job wrote them* (same size and hash), and files named like a crop that
+the job did not write (the user's) are never overwritten or deleted: their image
+gets an ``output name taken`` failure. Images recorded in the manifest or
 the failures list with the same relative path, byte size and modification time
 are skipped; an image that changed since it was recorded is processed again and
 its old rows and crops are dropped, and so are those of a source no longer in
@@ -81,6 +84,14 @@ or by the next run if this one is killed first. Failures
 in :data:`RETRIED_REASONS` are retried by every run. A torn last line (the job
 killed mid-write) is discarded. ``overwrite=True`` deletes the records and the
 crops they list and starts again.
+
+Links
+-----
+OUT_DIR is the only place written: its files and folders are opened without
+following symbolic links (:mod:`facealign.batch.outdir`). A record or state file
+of the job planted as a link stops the job before it starts; an output folder
+planted as a link gives its images the failure ``output name taken: OUT_DIR/sub is
+a symbolic link ...`` (retried by every run).
 
 Errors
 ------
@@ -118,7 +129,9 @@ image), :mod:`~facealign.batch.plan` (folders, output names, planning as the
 walk streams, clean-up), :mod:`~facealign.batch.records` (manifest, failures,
 settings file, resuming), :mod:`~facealign.batch.worker` (a chunk of images to
 crops and rows), :mod:`~facealign.batch.locks` (OUT_DIR's locks),
-:mod:`~facealign.batch.run` (:func:`run_crop_job` and the processes).
+:mod:`~facealign.batch.run` (:func:`run_crop_job` and the processes),
+:mod:`~facealign.batch.outdir` (OUT_DIR's files without following links, the journal,
+durable writes in batches).
 """
 
 from .job import (

@@ -69,6 +69,13 @@ _STARTED_NAME = ".facealign-crop.started"
 _DROPPED_NAME = ".facealign-crop.dropped"
 
 
+#: The hidden files of the job's state in OUT_DIR (never followed when links).
+_STATE_NAMES: tuple[str, ...] = (
+    _LOCK_NAME, _WORKERS_LOCK_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME, _DROPPED_NAME,
+    ".facealign-crop.written",
+)  # fmt: skip
+
+
 #: A crop file name: ``<stem>_<face><ext>``.
 _CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)$")
 
@@ -223,8 +230,9 @@ def _unlink_quietly(path: Path) -> None:
 _STOP_READ_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
-#: Errors writing a crop because OUT_DIR holds something else under a needed name.
-_TAKEN_WRITE_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST})
+#: Errors writing a crop because OUT_DIR holds something else under a needed name (a file
+#: where a folder is needed, a folder, a symbolic link: :mod:`facealign.batch.outdir`).
+_TAKEN_WRITE_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP})
 
 
 #: Errors writing a crop that the same image will always give.

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any
 
-from .job import _LOCK_NAME, _WORKERS_LOCK_NAME, CropJobError, CropJobTransientError
+from .job import _LOCK_NAME, _WORKERS_LOCK_NAME, CropJobTransientError
+from .outdir import open_append
 
 if TYPE_CHECKING:  # for the annotations only
     from filelock import BaseFileLock
@@ -13,7 +14,8 @@ if TYPE_CHECKING:  # for the annotations only
 
 class _Lock:
     """Exclusive lock on ``OUT_DIR`` so that two jobs never append to one manifest
-    (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows).
+    (``flock`` on the lock file, opened without following links; ``filelock`` on Windows).
+    A second job is refused as a temporary condition (exit 75: rerun when the first is done).
 
     Taken by the job's process for the whole job. It also takes the workers
     lock (:class:`_WorkersLock`) exclusively for a moment: that fails while
@@ -25,15 +27,40 @@ class _Lock:
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / _LOCK_NAME
         self._lock: BaseFileLock | None = None
+        self._handle: Any = None
 
     def __enter__(self) -> _Lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self._enter_filelock()
+        handle = open_append(self.path)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise CropJobTransientError(
+                f"another crop job is writing to {str(self.path.parent)!r}; wait for it to finish, then rerun"
+            ) from None
+        try:
+            with _WorkersLock(self.path.parent, shared=False):
+                pass
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
+        return self
+
+    def _enter_filelock(self) -> _Lock:
         from filelock import FileLock, Timeout
 
         lock = FileLock(self.path, timeout=0)
         try:
             lock.acquire()
         except Timeout:
-            raise CropJobError(f"another crop job is writing to {str(self.path.parent)!r}") from None
+            raise CropJobTransientError(
+                f"another crop job is writing to {str(self.path.parent)!r}; wait for it to finish, then rerun"
+            ) from None
         try:
             with _WorkersLock(self.path.parent, shared=False):
                 pass
@@ -47,6 +74,9 @@ class _Lock:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 class _WorkersLock:
@@ -61,7 +91,7 @@ class _WorkersLock:
     def __init__(self, out_dir: Path, shared: bool) -> None:
         self.path = out_dir / _WORKERS_LOCK_NAME
         self.shared = shared
-        self.handle: TextIO | None = None
+        self.handle: Any = None
 
     def _flock(self) -> bool:
         """Lock the open file without waiting; False when another process holds it."""
@@ -77,7 +107,7 @@ class _WorkersLock:
         return True
 
     def __enter__(self) -> _WorkersLock:
-        self.handle = handle = open(self.path, "a")
+        self.handle = handle = open_append(self.path)
         if not self._flock():
             handle.close()
             raise CropJobTransientError(

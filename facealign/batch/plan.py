@@ -4,6 +4,7 @@ crops no record lists."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -13,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..imageio import (
-    PART_SUFFIX,
     FolderScan,
     _list_folder,
+    json_line,
     portable_name,
 )
 from .job import (
@@ -28,8 +29,8 @@ from .job import (
     CropJobTransientError,
     Summary,
     _Task,
-    _unlink_quietly,
 )
+from .outdir import journal_of, list_folder, open_append, open_text, remove_temporaries
 from .records import _append, _failure, _Records, _remove_output
 
 
@@ -130,26 +131,35 @@ def _plan_images(
     return planned
 
 
-def _crop_files(out_dir: Path, folders: set[str]) -> tuple[dict[tuple[str, str], list[str]], list[Path]]:
+def _crop_files(out_dir: Path, folders: set[str]) -> tuple[dict[tuple[str, str], list[str]], list[tuple[str, str]]]:
     """Files in these folders of OUT_DIR (relative, POSIX) named like crops, by ``(stem, ext)``,
-    and the ``.part`` temporaries of :func:`write_image_atomic` there."""
+    and the ``.part`` temporaries there as ``(folder, name)``. Folders are reached without
+    following links (:func:`facealign.batch.outdir.list_folder`); one that is a link, or
+    missing, has none."""
     crops: dict[tuple[str, str], list[str]] = {}
-    parts: list[Path] = []
+    parts: list[tuple[str, str]] = []
     for folder in folders:
         try:
-            with os.scandir(out_dir / folder) as listing:
-                names = [e.name for e in listing if not e.is_dir(follow_symlinks=False)]
-        except (FileNotFoundError, NotADirectoryError):
+            names, temporaries = list_folder(out_dir, folder)
+        except OSError:
             continue
+        parts += [(folder, name) for name in temporaries]
         for name in names:
-            if name.startswith(".") and name.endswith(PART_SUFFIX):
-                parts.append(out_dir / folder / name)
             match = _CROP_NAME.match(name)
             if match:
                 rel = f"{folder}/{name}" if folder else name
                 stem = f"{folder}/{match['stem']}" if folder else match["stem"]
                 crops.setdefault((stem, match["ext"]), []).append(rel)
     return crops, parts
+
+
+def _remove_parts(out_dir: Path, parts: list[tuple[str, str]]) -> None:
+    """Delete ``.part`` temporaries listed by :func:`_crop_files`."""
+    by_folder: dict[str, list[str]] = {}
+    for folder, name in parts:
+        by_folder.setdefault(folder, []).append(name)
+    for folder, names in by_folder.items():
+        remove_temporaries(out_dir, folder, names)
 
 
 def _folder(stem: str) -> str:
@@ -184,17 +194,16 @@ def _remove_crops_named(out_dir: Path, names: set[tuple[str, str]], recorded: se
         for rel in crops.get(key, []):
             if rel not in recorded:
                 _remove_output(out_dir, rel)
-    for part in temporaries if parts else ():
-        _unlink_quietly(part)
+    if parts:
+        _remove_parts(out_dir, temporaries)
 
 
 def _pending_groups(out_dir: Path) -> Iterator[set[tuple[str, str]]]:
     """The ``(stem, ext)`` of the pending file, a group of consecutive lines of one output
     folder at a time (the planner appends a folder at a time), read as a stream."""
     path = out_dir / _PENDING_NAME
-    try:
-        handle = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    handle = open_text(path)
+    if handle is None:
         return
     with handle:
         group: set[tuple[str, str]] = set()
@@ -217,14 +226,35 @@ def _pending_groups(out_dir: Path) -> Iterator[set[tuple[str, str]]]:
 
 
 def _taken_outputs(out_dir: Path, todo: list[_Task], recorded: set[str]) -> dict[str, str]:
-    """``{source: file}`` for the images to process whose crop names are held by files
-    that no record lists (a user's own files: never overwritten)."""
-    crops, _ = _crop_files(out_dir, {_folder(t.output_stem) for t in todo})
+    """``{source: why}`` for the images to process whose crops cannot be written: their
+    output folder in OUT_DIR is a symbolic link or a file, or their crop names are held by
+    files that no record lists and the job did not write (a user's own files: never
+    overwritten; crops a run wrote but did not record are recognised by the journal and
+    rewritten)."""
+    folders = {_folder(t.output_stem) for t in todo}
+    blocked: dict[str, str] = {}
+    for folder in folders:
+        try:
+            list_folder(out_dir, folder)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                blocked[folder] = f"{exc.filename} {exc.strerror}"
+            elif exc.errno == errno.ENOTDIR:
+                blocked[folder] = f"OUT_DIR/{folder} is not a folder; move it away and rerun"
+    crops, _ = _crop_files(out_dir, folders - set(blocked))
+    journal = journal_of(out_dir)
     taken = {}
     for task in todo:
-        foreign = [rel for rel in crops.get((task.output_stem, task.ext), []) if rel not in recorded]
+        folder = _folder(task.output_stem)
+        if folder in blocked:
+            taken[task.source] = blocked[folder]
+            continue
+        named = crops.get((task.output_stem, task.ext), [])
+        foreign = [rel for rel in named if rel not in recorded and not journal.is_ours(rel)]
         if foreign:
-            taken[task.source] = foreign[0]
+            taken[task.source] = f"{foreign[0]} in OUT_DIR was not written by facealign; move it away and rerun"
     return taken
 
 
@@ -263,7 +293,7 @@ class _Planner:
         self.hidden: list[str] = []  # "folder/" of the sub-folders that could not be listed
         self.dropped: set[tuple[str, tuple[int, int]]] = set()
         self._dropped_file: io.RawIOBase | None = None
-        self._pending = open(dst / _PENDING_NAME, "ab", buffering=0)
+        self._pending = open_append(dst / _PENDING_NAME)
         #: Case-variant groups being walked: (parent folder, lower-case keys of the variants).
         self._groups: list[tuple[str, list[str]]] = []
         self._taken: dict[str, set[tuple[str, str]]] = {}  # lower-case folder key -> names given out there
@@ -295,14 +325,10 @@ class _Planner:
         self.summary.skipped += len(readable) - len(todo)
         taken = _taken_outputs(self.dst, todo, self.records.outputs) if todo else {}
         early = [(t, f"unreadable file: {problem}") for t, problem in planned if problem is not None] + [
-            (t, f"output name taken: {taken[t.source]} in OUT_DIR was not written by facealign; move it away and rerun")
-            for t in todo
-            if t.source in taken
+            (t, f"output name taken: {taken[t.source]}") for t in todo if t.source in taken
         ]
         todo = [t for t in todo if t.source not in taken]
-        _append(
-            self.failures, "".join(json.dumps(_failure(t, reason), ensure_ascii=False) + "\n" for t, reason in early)
-        )
+        _append(self.failures, "".join(json_line(_failure(t, reason)) + "\n" for t, reason in early))
         self.summary.processed += len(early)
         self.summary.failures += len(early)
         _append(self._pending, "".join(json.dumps([t.output_stem, t.ext]) + "\n" for t in todo))
@@ -365,7 +391,7 @@ class _Planner:
         if not sources:
             return
         if self._dropped_file is None:
-            self._dropped_file = open(self.dst / _DROPPED_NAME, "ab", buffering=0)
+            self._dropped_file = open_append(self.dst / _DROPPED_NAME)
         records = self.records
         _append(self._dropped_file, "".join(json.dumps([s, *records.done[s]]) + "\n" for s in sources))
         names = set()

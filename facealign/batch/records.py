@@ -18,6 +18,7 @@ import numpy as np
 from ..constants import POINT_NAMES
 from ..imageio import (
     atomic_file,
+    json_line,
     name_from_b64,
     portable_name,
     raw_name_b64,
@@ -40,6 +41,7 @@ from .job import (
     _Task,
     _unlink_quietly,
 )
+from .outdir import journal_of, open_text, read_bytes
 
 
 def _source_b64(source: str) -> dict[str, str]:
@@ -104,12 +106,19 @@ def _flatten(row: dict[str, Any]) -> list[Any]:
 
 def _encode_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return "".join(json_line(r) + "\n" for r in rows)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     for r in rows:
-        writer.writerow(_flatten(r))
+        _csv_writer(buffer, values := _flatten(r)).writerow(values)
     return buffer.getvalue()
+
+
+def _csv_writer(buffer: Any, values: list[Any]) -> Any:
+    """A CSV writer for a row of ``values``: fields quoted where needed, and every field
+    quoted when one holds a carriage return (which the minimal quoting of a ``\\n``
+    line terminator leaves bare, and readers would take for a line break)."""
+    bare_cr = any(isinstance(v, str) and "\r" in v for v in values)
+    return csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL if bare_cr else csv.QUOTE_MINIMAL)
 
 
 @dataclass
@@ -131,12 +140,19 @@ class _Records:
 
 
 def _read_text(path: Path) -> tuple[str, bool]:
-    """A record file's complete lines and whether a torn last line was cut off."""
-    if not path.exists():
-        return "", False
-    text = path.read_text(encoding="utf-8", errors="replace")  # a torn write may cut a character
+    """A record file's complete lines (``\\n``-terminated; a leading byte-order mark
+    removed, other bytes as they are) and whether a torn last line was cut off. Never
+    read through a link."""
+    text = read_bytes(path).decode("utf-8", errors="replace")  # a torn write may cut a character
+    text = text.removeprefix("\ufeff")  # re-saved by an editor
     end = text.rfind("\n") + 1
     return text[:end], end != len(text)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a JSON-lines text: split at ``\\n`` only (U+2028 and the like are text),
+    a ``\\r`` before it (a re-save with CRLF) dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")[:-1]]
 
 
 def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], Any]], bool]:
@@ -149,7 +165,7 @@ def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], 
     entries: list[tuple[dict[str, Any], Any]] = []
     dropped = torn
     if fmt == "jsonl":
-        raws: list[Any] = text.splitlines()
+        raws: list[Any] = _lines(text)
         rows: list[dict[str, Any] | None] = []
         for line in raws:
             try:
@@ -158,7 +174,7 @@ def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], 
                 rows.append(None)
     else:
         try:
-            raws = list(csv.reader(io.StringIO(text)))
+            raws = list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error:
             raise CropJobError(f"{path} is not a readable CSV manifest; rerun with --overwrite") from None
         if raws and tuple(raws[0]) == _LEGACY_CSV_COLUMNS:  # written by facealign < 0.3: add the new columns
@@ -194,9 +210,9 @@ def _write_manifest(path: Path, fmt: str, raws: list[Any]) -> None:
         text = "".join(line + "\n" for line in raws)
     else:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(raws)
+        csv.writer(buffer, lineterminator="\n").writerow(CSV_COLUMNS)
+        for values in raws:
+            _csv_writer(buffer, values).writerow(values)
         text = buffer.getvalue()
     _rewrite(path, text)
 
@@ -204,6 +220,24 @@ def _write_manifest(path: Path, fmt: str, raws: list[Any]) -> None:
 def _rewrite(path: Path, text: str) -> None:
     """Replace a record file atomically (:func:`facealign.imageio.write_bytes_atomic`)."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _recorded_outputs(out_dir: Path, fmt: str) -> list[str]:
+    """The crops the manifest lists as made from their own source (the output's folder and
+    name follow from the source's, as the job names them), to start the journal of an
+    OUT_DIR made by a version that kept none (:meth:`facealign.batch.outdir.Journal.seed`)."""
+    try:
+        entries, _ = _manifest_entries(out_dir / manifest_name(fmt), fmt)
+    except CropJobError:
+        return []
+    outputs = []
+    for info, _ in entries:
+        source, output = portable_name(info["source"]), info["output"]
+        match = _CROP_NAME.match(output)
+        stem = source.rpartition(".")[0] or source
+        if match and (match["stem"] == source or match["stem"].split("~")[0] == stem):
+            outputs.append(output)
+    return outputs
 
 
 def _load_records(out_dir: Path, fmt: str) -> _Records:
@@ -257,7 +291,7 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
     failures_path = out_dir / FAILURES_NAME
     text, dropped = _read_text(failures_path)
     kept_lines = []
-    for line in text.splitlines():
+    for line in _lines(text):
         try:
             row = json.loads(line)
             source, ident = _record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"]))
@@ -289,7 +323,7 @@ def _read_dropped(path: Path) -> set[tuple[str, tuple[int, int]]]:
     """The ``(source, (bytes, mtime_ns))`` of the records a run dropped (see :class:`_Planner`)."""
     text, _ = _read_text(path)
     found = set()
-    for line in text.splitlines():
+    for line in _lines(text):
         try:
             source, size, mtime_ns = json.loads(line)
             found.add((str(source), (int(size), int(mtime_ns))))
@@ -301,10 +335,12 @@ def _read_dropped(path: Path) -> set[tuple[str, tuple[int, int]]]:
 def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]) -> None:
     """Rewrite a record file (``fmt``: ``"jsonl"`` or ``"csv"``) without the rows of ``drop``,
     streaming (one row in memory at a time), atomically (the temporary is renamed onto it)."""
-    if not path.exists():
+    source = open_text(path)
+    if source is None:
         return
-    with open(path, encoding="utf-8", errors="replace", newline="") as source, \
-            atomic_file(path, "w", encoding="utf-8", newline="") as target:  # fmt: skip
+    if fmt == "csv":  # quoted fields may hold line breaks: the csv module splits the lines
+        source.reconfigure(newline="")
+    with source, atomic_file(path, "w", encoding="utf-8", newline="") as target:
         if fmt == "jsonl":
             for line in source:
                 try:
@@ -315,7 +351,7 @@ def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]
                 if key not in drop:
                     target.write(line)
         else:
-            reader, writer = csv.reader(source), csv.writer(target, lineterminator="\n")
+            reader = csv.reader(source)
             for n, values in enumerate(reader):
                 row = dict(zip(CSV_COLUMNS, values))
                 try:
@@ -323,14 +359,14 @@ def _filter_records(path: Path, fmt: str, drop: set[tuple[str, tuple[int, int]]]
                 except (ValueError, KeyError, TypeError):
                     key = None  # the header, or left to the next run's checks
                 if n == 0 or key not in drop:
-                    writer.writerow(values)
+                    _csv_writer(target, values).writerow(values)
 
 
 def _remove_output(out_dir: Path, output: str) -> None:
-    """Delete a recorded crop, but only a file inside ``out_dir``."""
-    target = (out_dir / output).resolve()
-    if target.is_relative_to(out_dir.resolve()) and target.is_file():
-        target.unlink()
+    """Delete a crop, but only one the job wrote: the file under that name inside
+    ``out_dir`` (reached without following links) has the size and hash the journal
+    records (:meth:`facealign.batch.outdir.Journal.remove`)."""
+    journal_of(out_dir).remove(output)
 
 
 def _append(handle: io.RawIOBase, text: str) -> None:

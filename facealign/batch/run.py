@@ -18,6 +18,7 @@ from ..constants import DEFAULT_DETECTOR, shipped_runtime_weights
 from ..detection import get_detector
 from ..imageio import (
     count_images,
+    json_line,
     portable_name,
     walk_images,
 )
@@ -26,9 +27,12 @@ from .job import (
     _PENDING_NAME,
     _SETTINGS_NAME,
     _STARTED_NAME,
+    _STATE_NAMES,
+    _TAKEN_WRITE_ERRNOS,
     AUTO_IMAGES_PER_PROCESS,
     CHUNK_SIZE,
     FAILURES_NAME,
+    MANIFEST_FORMATS,
     OUTPUT_FORMATS,
     CropJobError,
     CropJobTransientError,
@@ -38,7 +42,8 @@ from .job import (
     _unlink_quietly,
 )
 from .locks import _Lock
-from .plan import _check_dirs, _crop_files, _folder, _Planner, _remove_unrecorded
+from .outdir import JOURNAL_NAME, Journal, check_not_link, commit_files, forget_journal, journal_of, open_append
+from .plan import _check_dirs, _crop_files, _folder, _Planner, _remove_parts, _remove_unrecorded
 from .records import (
     CSV_COLUMNS,
     _append,
@@ -51,6 +56,7 @@ from .records import (
     _job_settings,
     _load_records,
     _read_text,
+    _recorded_outputs,
     _rewrite,
     manifest_name,
 )
@@ -169,12 +175,13 @@ def run_crop_job(
             "--max-expected-error and --max-p-fail need one"
         )
     src, dst = _check_dirs(in_path, out_path)
-    if client is not None:
-        from ..cluster import check_workers
-
-        check_workers(client, src, dst)
     summary = Summary(manifest=str(out_path / mname), failures_file=str(out_path / FAILURES_NAME))
     try:
+        _refuse_links(dst)
+        if client is not None:
+            from ..cluster import check_workers
+
+            check_workers(client, src, dst)
         with _Lock(dst):
             _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
                         chunk_size, progress, summary, start, client)  # fmt: skip
@@ -203,10 +210,43 @@ def _run_locked(
     while the walk goes on, so the driver holds the chunks in flight and the
     folders being walked, never the listing of IN_DIR.
     """
+    forget_journal(dst)
+    try:
+        _run_journaled(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
+                       chunk_size, progress, summary, start, client)  # fmt: skip
+    finally:
+        forget_journal(dst)
+
+
+def _refuse_links(dst: Path) -> None:
+    """Refuse to start when one of the job's own files in OUT_DIR is a symbolic link (it would
+    be written through; the files are also opened without following links, see
+    :mod:`facealign.batch.outdir`, so a link planted later makes the job stop)."""
+    names = [manifest_name(f) for f in MANIFEST_FORMATS] + [FAILURES_NAME, *_STATE_NAMES]
+    for name in names:
+        try:
+            check_not_link(dst, name)
+        except OSError as exc:
+            raise CropJobError(f"{exc.filename} {exc.strerror}") from None
+
+
+def _run_journaled(
+    src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
+    fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
+    progress: Callable[[int, int], None] | None, summary: Summary, start: float,
+    client: distributed.Client | None = None,
+) -> None:  # fmt: skip
+    """:func:`_run_locked` once the journal of OUT_DIR is fresh (:func:`facealign.batch.outdir.journal_of`)."""
+    journal = journal_of(dst)
+    if not journal.exists():  # OUT_DIR new, or made by facealign 0.5.0
+        journal.seed(_recorded_outputs(dst, manifest_format))
     other = dst / manifest_name("csv" if manifest_format == "jsonl" else "jsonl")
     if overwrite:
         _remove_unrecorded(dst, set())
         _clear(dst)
+        forget_journal(dst)
+        _unlink_quietly(dst / JOURNAL_NAME)
+        journal = journal_of(dst)
     elif other.exists():
         raise CropJobError(
             f"{str(Path(summary.manifest).parent / other.name)!r} holds records of an earlier run in the other "
@@ -243,7 +283,7 @@ def _run_locked(
     estimate = max(0, found - len(records.done))
     manifest_path = dst / manifest_name(manifest_format)
     new_csv = manifest_format == "csv" and (not manifest_path.exists() or manifest_path.stat().st_size == 0)
-    with open(manifest_path, "ab", buffering=0) as manifest, open(dst / FAILURES_NAME, "ab", buffering=0) as failures:
+    with open_append(manifest_path) as manifest, open_append(dst / FAILURES_NAME) as failures:
         if new_csv:
             _append(manifest, ",".join(CSV_COLUMNS) + "\n")
         planner = _Planner(src, dst, fmt, records, failures, summary, estimate)
@@ -258,16 +298,17 @@ def _run_locked(
             n_jobs = _resolve_jobs(jobs, estimate)
             for chunk_tasks, chunk in _run_chunks(planner.tasks(walk), estimate, settings, largest_only, dst, n_jobs,
                                                   chunk_size, client):  # fmt: skip
-                rows = [r for image_rows, _ in chunk.results for r in image_rows]
-                fails = [f for _, f in chunk.results if f is not None]
+                results, stopped = _commit(dst, journal, chunk)
+                rows = [r for image_rows, _ in results for r in image_rows]
+                fails = [f for _, f in results if f is not None]
                 _append(manifest, _encode_rows(rows, manifest_format))
-                _append(failures, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails))
-                summary.processed += len(chunk.results)
+                _append(failures, "".join(json_line(f) + "\n" for f in fails))
+                summary.processed += len(results)
                 summary.faces += len(rows)
                 summary.failures += len(fails)
                 summary.chunks += 1
-                if chunk.stopped is not None:
-                    raise CropJobTransientError(f"{chunk.stopped}; fix it and rerun to continue")
+                if stopped is not None:
+                    raise CropJobTransientError(f"{stopped}; fix it and rerun to continue")
                 done += len(chunk_tasks)
                 summary.seconds = time.perf_counter() - start
                 if progress is not None:
@@ -288,6 +329,40 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _commit(
+    dst: Path, journal: Journal, chunk: _ChunkResult
+) -> tuple[list[tuple[list[dict[str, Any]], dict[str, Any] | None]], str | None]:
+    """Give a chunk's crops their names (:func:`facealign.batch.outdir.commit_files`): the
+    results to record, and why the job must stop (None: it need not). An image whose
+    crops cannot take their names because OUT_DIR holds something else there (a folder,
+    a link) gets an ``output name taken`` failure; on any other error the images not yet
+    in place are left out (not recorded: the next run redoes them) and the job stops."""
+    files = chunk.files + [[] for _ in range(len(chunk.results) - len(chunk.files))]
+    if not any(files):
+        return chunk.results, chunk.stopped
+    outcome = commit_files(dst, journal, files)
+    results: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
+    stopped = chunk.stopped
+    for (rows, failure), error in zip(chunk.results, outcome):
+        if error is None:
+            results.append((rows, failure))
+        elif error.errno in _TAKEN_WRITE_ERRNOS:
+            where = portable_name(str(error.filename)) if error.filename else "a crop name"
+            results.append(([], _failure_of_row(rows[0], f"output name taken: {where} {error.strerror}")))
+        elif stopped is None:
+            stopped = f"cannot name the crops of {rows[0]['source']!r}: {error.strerror or error}"
+    return results, stopped
+
+
+def _failure_of_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The failure record of the image of manifest row ``row``."""
+    record = {"source": row["source"], "reason": reason, "source_bytes": row["source_bytes"],
+              "source_mtime_ns": row["source_mtime_ns"]}  # fmt: skip
+    if row.get("source_b64"):
+        record["source_b64"] = row["source_b64"]
+    return record
 
 
 def _cluster_chunk_size() -> int:
@@ -451,8 +526,14 @@ def _run_in_processes(
                 window.clear()
                 wait([f for _, _, f in lost])  # loky has killed every worker: none writes any more
                 _, parts = _crop_files(out_dir, {_folder(t.output_stem) for _, c, _ in lost for t in c})
-                for part in parts:  # the temporaries of the crops they were writing
-                    _unlink_quietly(part)
+                waiting = {  # temporaries of chunks that finished, which wait for their names
+                    (_folder(staged.output), staged.temporary)
+                    for _, _, f in lost
+                    if f.exception() is None
+                    for files in f.result().files
+                    for staged in files
+                }
+                _remove_parts(out_dir, [p for p in parts if p not in waiting])  # those of the dead workers
                 text, _ = _read_text(started)
                 begun = {int(i) for i in text.split() if i.isdigit()} | {number}
                 suspects = []

@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..imageio import (
+    encode_image,
     portable_name,
-    write_image_atomic,
 )
 from ..pipeline import Face, ImageFaces, iter_image_faces
 from .job import (
@@ -29,9 +29,9 @@ from .job import (
     CropSettings,
     _stop_message,
     _Task,
-    _unlink_quietly,
 )
 from .locks import _WorkersLock
+from .outdir import StagedFile, close_folders, discard, open_append, stage_file, sync
 from .records import _failure, _source_b64
 
 if TYPE_CHECKING:  # for the annotations only
@@ -56,23 +56,23 @@ def _round(values: np.ndarray, digits: int) -> list:
 
 
 def _crop_rows(
-    item: ImageFaces, task: _Task, settings: CropSettings, aligner: FaceAligner, out_dir: Path
-) -> list[dict[str, Any]]:
-    """Warp and write every face of one image; its manifest rows (raises on failure)."""
+    item: ImageFaces, task: _Task, settings: CropSettings, aligner: FaceAligner, out_dir: Path, folders: dict[str, int]
+) -> tuple[list[dict[str, Any]], list[StagedFile]]:
+    """Warp every face of one image and write its crops to temporaries (:func:`stage_file`);
+    its manifest rows and the temporaries (raises on failure, leaving none)."""
     rows = []
     faces = item.faces()
     template = aligner.template
-    written: list[Path] = []
+    staged: list[StagedFile] = []
     try:
         for k, (face, aligned) in enumerate(zip(faces, aligner.align_faces(item))):
             output = f"{task.output_stem}_{k}{task.ext}"
-            written.append(write_image_atomic(out_dir / output, aligned.crop))
+            staged.append(stage_file(out_dir, output, encode_image(output, aligned.crop), folders))
             rows.append(_crop_row(task, settings, item, k, face, aligned.transform, output, template))
     except BaseException:
-        for path in written:  # an image is recorded completely or not at all
-            _unlink_quietly(path)
+        discard(out_dir, staged)  # an image is recorded completely or not at all
         raise
-    return rows
+    return rows, staged
 
 
 def _crop_row(
@@ -141,6 +141,9 @@ class _ChunkResult:
 
     results: list[tuple[list[dict[str, Any]], dict[str, Any] | None]]
     stopped: str | None = None
+    #: Per image of ``results``, its crops written to temporaries, made durable, waiting for
+    #: their names (:func:`facealign.batch.outdir.commit_files`); empty when none (or not given).
+    files: list[list[StagedFile]] = field(default_factory=list)
 
 
 def _process_chunk(
@@ -163,11 +166,8 @@ def _process_chunk(
         _own_worker(parent_pid)
         with _WorkersLock(Path(out_dir), shared=True):
             if chunk_index is not None:
-                fd = os.open(Path(out_dir) / _STARTED_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, f"{chunk_index}\n".encode())
-                finally:
-                    os.close(fd)
+                with open_append(Path(out_dir) / _STARTED_NAME) as started:
+                    started.write(f"{chunk_index}\n".encode())
             return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
     if single_thread:
         _limit_threads()
@@ -179,35 +179,65 @@ def _process_chunk(
             aligner.detector.set_threads(1)
     by_path = {t.path: t for t in tasks}
     done = _ChunkResult([])
-    for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
-        task = by_path[str(item.path)]
-        if item.error is not None:
-            if item.errno in _STOP_READ_ERRNOS:
-                done.stopped = _stop_message(
-                    f"cannot read {portable_name(task.source)!r}", OSError(item.errno, os.strerror(item.errno))
-                )
+    root = Path(out_dir)
+    folders: dict[str, int] = {}
+    try:
+        for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
+            task = by_path[str(item.path)]
+            if _crop_image(item, task, settings, aligner, root, folders, done):
                 break
-            done.results.append(([], _failure(task, item.error)))
-        elif not len(item.boxes):
-            done.results.append(([], _failure(task, "no face found")))
-        else:
-            low_quality = _low_quality_failure(item, task, settings)
+            item.image = None  # release the decoded pixels early
+        if any(done.files):
             try:
-                done.results.append((_crop_rows(item, task, settings, aligner, Path(out_dir)), low_quality))
+                sync(root)  # the chunk's crops, durable at once
             except OSError as exc:
-                if exc.errno in _TAKEN_WRITE_ERRNOS:
-                    done.results.append(
-                        ([], _failure(task, f"output name taken: {exc.strerror}: {portable_name(str(exc.filename))}"))
-                    )
-                elif exc.errno in _PERMANENT_WRITE_ERRNOS:
-                    done.results.append(([], _failure(task, f"failed: cannot write its crop: {exc.strerror}")))
-                else:
-                    done.stopped = _stop_message(f"cannot write the crops of {portable_name(task.source)!r}", exc)
-                    break
-            except Exception as exc:
-                done.results.append(([], _failure(task, f"failed: {type(exc).__name__}: {exc}")))
-        item.image = None  # release the decoded pixels early
+                for files in done.files:
+                    discard(root, files)
+                keep = [not files for files in done.files]
+                done.results = [r for r, k in zip(done.results, keep) if k]
+                done.files = [[] for _ in done.results]
+                done.stopped = done.stopped or _stop_message("cannot write the crops", exc)
+    finally:
+        close_folders(folders)
+    done.files.extend([[]] * (len(done.results) - len(done.files)))
     return done
+
+
+def _crop_image(
+    item: ImageFaces, task: _Task, settings: CropSettings, aligner: FaceAligner, root: Path,
+    folders: dict[str, int], done: _ChunkResult,
+) -> bool:  # fmt: skip
+    """Add one image's result to ``done``; True when the chunk must stop (see :class:`_ChunkResult`)."""
+    if item.error is not None:
+        if item.errno in _STOP_READ_ERRNOS:
+            done.stopped = _stop_message(
+                f"cannot read {portable_name(task.source)!r}", OSError(item.errno, os.strerror(item.errno))
+            )
+            return True
+        done.results.append(([], _failure(task, item.error)))
+    elif not len(item.boxes):
+        done.results.append(([], _failure(task, "no face found")))
+    else:
+        low_quality = _low_quality_failure(item, task, settings)
+        try:
+            rows, staged = _crop_rows(item, task, settings, aligner, root, folders)
+        except OSError as exc:
+            if exc.errno in _TAKEN_WRITE_ERRNOS:
+                reason = f"output name taken: {portable_name(str(exc.filename))} {exc.strerror}"
+                done.results.append(([], _failure(task, reason)))
+            elif exc.errno in _PERMANENT_WRITE_ERRNOS:
+                done.results.append(([], _failure(task, f"failed: cannot write its crop: {exc.strerror}")))
+            else:
+                done.stopped = _stop_message(f"cannot write the crops of {portable_name(task.source)!r}", exc)
+                return True
+        except Exception as exc:
+            done.results.append(([], _failure(task, f"failed: {type(exc).__name__}: {exc}")))
+        else:
+            done.results.append((rows, low_quality))
+            done.files.extend([[]] * (len(done.results) - 1 - len(done.files)))
+            done.files.append(staged)
+            return False
+    return False
 
 
 _THREADS_LIMITED = False
