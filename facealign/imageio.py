@@ -40,6 +40,7 @@ from PIL import Image, ImageFile, ImageOps
 from facealign.constants import IMAGE_EXTENSIONS
 
 __all__ = [
+    "DECODED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "FolderScan",
     "ImageReadError",
@@ -67,6 +68,12 @@ __all__ = [
 #: Default upper bound on the number of pixels of an image to decode
 #: (250 megapixels: a 20000 x 12500 photograph, about 750 MB as RGB).
 DEFAULT_MAX_PIXELS: int = 250_000_000
+
+#: The Pillow formats decoded, by content whatever the file's extension (the raster
+#: formats of :data:`facealign.constants.IMAGE_EXTENSIONS`; JPEG includes the
+#: multi-picture MPO of cameras, PPM the PBM/PGM/PNM family). Every other file, such as
+#: PostScript (which Pillow hands to Ghostscript), is ``unsupported format X``.
+DECODED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000")
 
 #: Suffix of the temporary files written by :func:`write_image_atomic`.
 PART_SUFFIX: str = ".part"
@@ -251,7 +258,7 @@ def _decode(
         raise ImageReadError(path, "file is empty (0 bytes)")
     scale = 1.0
     try:
-        with _strict_pillow(decoder_warnings), Image.open(path) as image:
+        with _strict_pillow(decoder_warnings), Image.open(path, formats=DECODED_FORMATS) as image:
             if max_side is not None:
                 width, height = image.size
                 if callable(max_side):
@@ -276,10 +283,7 @@ def _decode(
     except Exception as exc:  # Pillow raises many types for corrupt data
         if isinstance(exc, OSError) and exc.errno is not None:  # the file, not its contents
             raise ImageReadError(path, _os_reason(exc), exc.errno) from exc
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, Image.UnidentifiedImageError):
-            reason = "not a recognised image format"
-        raise ImageReadError(path, reason) from exc
+        raise ImageReadError(path, _read_reason(exc, _head(path))) from exc
     return np.ascontiguousarray(rgb, dtype=np.uint8), scale
 
 
@@ -289,10 +293,33 @@ _BYTES_NAME = "<bytes>"
 _PIL_NAME = "<PIL image>"
 
 
-def _read_reason(exc: Exception) -> str:
+def _read_reason(exc: Exception, head: bytes = b"") -> str:
     if isinstance(exc, Image.UnidentifiedImageError):
-        return "not a recognised image format"
+        other = _other_format(head)
+        return f"unsupported format {other}" if other else "not a recognised image format"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _other_format(head: bytes) -> str | None:
+    """The Pillow format outside :data:`DECODED_FORMATS` whose signature ``head`` (the first
+    16 bytes of a file) has, by Pillow's own checks of the first bytes (no decoder runs)."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if name not in DECODED_FORMATS and accept is not None:
+            try:
+                if accept(head[:16]) is True:
+                    return name
+            except Exception:  # a check that fails on these bytes does not match
+                continue
+    return None
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16)
+    except OSError:
+        return b""
 
 
 def decode_image_bytes(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -307,14 +334,14 @@ def decode_image_bytes(data: bytes | bytearray | memoryview, max_pixels: int = D
     if not len(data):
         raise ImageReadError(_BYTES_NAME, "no bytes (0 bytes)")
     try:
-        with _strict_pillow(), Image.open(io.BytesIO(bytes(data))) as image:
+        with _strict_pillow(), Image.open(io.BytesIO(bytes(data)), formats=DECODED_FORMATS) as image:
             _check_pixels(Path(_BYTES_NAME), image.size, max_pixels)
             image.load()
             rgb = _pil_to_rgb(ImageOps.exif_transpose(image))
     except (ImageReadError, MemoryError):
         raise
     except Exception as exc:  # Pillow raises many types for corrupt data
-        raise ImageReadError(_BYTES_NAME, _read_reason(exc)) from exc
+        raise ImageReadError(_BYTES_NAME, _read_reason(exc, bytes(data[:16]))) from exc
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 

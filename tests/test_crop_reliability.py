@@ -525,3 +525,12 @@ def test_issue22_item1_resuming_never_deletes_inside_a_folder_planted_as_a_link(
     summary = run_crop_job(photos_in, out, jobs=1)
     assert _tree(elsewhere) == before
     assert summary.failures == 2  # the two images of a/ not done yet: their folder is a link
+
+
+def test_issue22_item2_a_postscript_file_named_jpg_is_an_unsupported_format(photos_in, tmp_path) -> None:
+    (photos_in / "a" / "page.jpg").write_bytes(b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    out = tmp_path / "out"
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.faces, summary.failures) == (5, 1)
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "a/page.jpg" and failure["reason"] == "unreadable image: unsupported format EPS"

@@ -416,3 +416,40 @@ def test_find_images_skips_part_files_written_by_writer(tmp_path: Path) -> None:
     write_image_atomic(tmp_path / "x.png", _pattern())
     (tmp_path / ".x.png.tmp1.part").write_bytes(b"partial")
     assert find_images(tmp_path) == [tmp_path / "x.png"]
+
+
+_POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n"
+
+
+@pytest.mark.parametrize("name", ["page.jpg", "page.png", "page.eps"])
+def test_postscript_is_an_unsupported_format_and_never_reaches_ghostscript(tmp_path: Path, monkeypatch, name) -> None:
+    import subprocess
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a decoder started a program")
+
+    for call in ("Popen", "run", "call", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, call, no_subprocess)
+    path = tmp_path / name
+    path.write_bytes(_POSTSCRIPT)
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)
+    assert caught.value.reason == "unsupported format EPS"
+    with pytest.raises(ImageReadError, match="unsupported format EPS"):
+        imageio.decode_image_bytes(_POSTSCRIPT)
+
+
+def test_icon_named_png_is_an_unsupported_format(tmp_path: Path) -> None:
+    Image.fromarray(_pattern(16, 16)).save(tmp_path / "icon.ico")
+    (tmp_path / "icon.ico").rename(tmp_path / "icon.png")
+    with pytest.raises(ImageReadError) as caught:
+        read_image(tmp_path / "icon.png")
+    assert caught.value.reason == "unsupported format ICO"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"])
+def test_every_promised_format_decodes_whatever_its_extension(tmp_path: Path, fmt: str) -> None:
+    rgb = _pattern()
+    path = tmp_path / "image.jpg"  # the content decides
+    Image.fromarray(rgb).save(path, format=fmt)
+    assert read_image(path).shape == rgb.shape
