@@ -32,13 +32,16 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
 from .constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES
 from .progress import Progress, show_logs
+
+if TYPE_CHECKING:
+    from .batch.executor import ChunkExecutor
 
 ENGINE_CHOICES = ENGINES
 #: Images per landmark-network batch in ``facealign landmarks``.
@@ -324,6 +327,11 @@ def crop(
 
             connection = connect(cluster)
         with connection as client:
+            executor: ChunkExecutor | None = None
+            if client is not None:
+                from .cluster import DaskExecutor
+
+                executor = DaskExecutor(client)
             summary = run_crop_job(
                 in_dir,
                 out_dir,
@@ -341,7 +349,7 @@ def crop(
                 progress=bar,
                 max_expected_error=max_expected_error,
                 max_p_fail=max_p_fail,
-                client=client,
+                executor=executor,
             )
     except CropJobTransientError as exc:
         raise _TemporaryFailure(str(exc)) from exc

@@ -1,11 +1,13 @@
 """The crop job on a Dask distributed cluster (``facealign crop --cluster``).
 
-Only the *execution* of the chunks lives here. Planning, the records, resuming,
-the OUT_DIR lock and the per-chunk worker code are those of the local job
-(:mod:`facealign.batch`): :func:`facealign.batch.run_crop_job` plans as always,
-folder by folder as its walk streams, and hands the stream of images to
-:func:`run_chunks_on_cluster` instead of local processes when it is given a
-``client``.
+Only the *execution* of the chunks lives here: :class:`DaskExecutor`, the
+Dask implementation of the crop job's executor interface
+(:class:`facealign.batch.executor.ChunkExecutor`). Planning, the records,
+resuming, the OUT_DIR lock and the per-chunk worker code are those of the local
+job (:mod:`facealign.batch`): :func:`facealign.batch.run_crop_job` plans as always,
+folder by folder as its walk streams, and hands the stream of images to the
+executor it is given (``run_crop_job(..., executor=DaskExecutor(client))``); it
+knows nothing of Dask.
 
 How the work goes out
 ---------------------
@@ -56,7 +58,14 @@ from .batch.worker import _ChunkResult, _process_chunk, get_aligner
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["CHUNKS_IN_FLIGHT_PER_THREAD", "CLUSTER_CHUNK_SIZE", "DASK_INSTALL", "connect", "run_chunks_on_cluster"]
+__all__ = [
+    "CHUNKS_IN_FLIGHT_PER_THREAD",
+    "CLUSTER_CHUNK_SIZE",
+    "DASK_INSTALL",
+    "DaskExecutor",
+    "connect",
+    "run_chunks_on_cluster",
+]
 
 #: Images per Dask task: large enough that the scheduler's cost per task (a few
 #: ms, see bench/cluster.py) is under 1% of the task's work at 20-50 images/s per
@@ -191,6 +200,37 @@ def _worker_folder_problem(in_dir: str, out_dir: str, token_name: str, token: st
     except OSError as exc:
         return f"cannot write to OUT_DIR {out_dir!r}: {exc.strerror or exc}"
     return None
+
+
+class DaskExecutor:
+    """The crop job's chunks on a Dask cluster (a :class:`facealign.batch.executor.ChunkExecutor`).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Client of the cluster whose workers run the chunks (see :func:`connect`).
+    """
+
+    chunk_size = CLUSTER_CHUNK_SIZE
+
+    def __init__(self, client: distributed.Client) -> None:
+        self.client = client
+
+    def check_folders(self, in_dir: Path, out_dir: Path) -> None:
+        """:func:`check_workers`."""
+        check_workers(self.client, in_dir, out_dir)
+
+    def run_chunks(
+        self,
+        todo: Iterable[_Task],
+        n_images: int,
+        settings: CropSettings,
+        largest_only: bool,
+        out_dir: Path,
+        chunk_size: int,
+    ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+        """:func:`run_chunks_on_cluster` (chunks are yielded as they complete, in any order)."""
+        return run_chunks_on_cluster(self.client, todo, n_images, settings, largest_only, out_dir, chunk_size)
 
 
 # --------------------------------------------------------------------------- #

@@ -29,7 +29,7 @@ from facealign.cli import main
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'facealign[dask]'")
 
-from facealign.cluster import DASK_INSTALL, _worker_folder_problem, check_workers  # noqa: E402
+from facealign.cluster import DASK_INSTALL, DaskExecutor, _worker_folder_problem, check_workers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,12 +83,14 @@ def client():
 def test_cluster_run_writes_what_the_joblib_run_writes(photos_in, reference, client, tmp_path) -> None:
     out = tmp_path / "out"
     seen = []
-    summary = run_crop_job(photos_in, out, client=client, chunk_size=1, progress=lambda d, t: seen.append((d, t)))
+    summary = run_crop_job(
+        photos_in, out, executor=DaskExecutor(client), chunk_size=1, progress=lambda d, t: seen.append((d, t))
+    )
     assert (summary.images, summary.processed, summary.faces, summary.failures) == (5, 5, 5, 1)
     assert summary.chunks == 5 and summary.line().endswith("(5 chunks)")
     assert seen == [(d, 5) for d in range(6)]  # once before, then per chunk
     assert_same_outputs(out, reference)
-    again = run_crop_job(photos_in, out, client=client)  # resumes: nothing left to do
+    again = run_crop_job(photos_in, out, executor=DaskExecutor(client))  # resumes: nothing left to do
     assert (again.skipped, again.processed, again.chunks) == (5, 0, 0)
 
 
@@ -111,7 +113,7 @@ def test_the_first_chunks_go_out_before_the_walk_has_finished(face_photos, clien
         return real_submit(*args, **kwargs)
 
     monkeypatch.setattr(client, "submit", submit)
-    summary = run_crop_job(in_dir, tmp_path / "out", client=client, chunk_size=1)
+    summary = run_crop_job(in_dir, tmp_path / "out", executor=DaskExecutor(client), chunk_size=1)
     assert (summary.images, summary.faces, summary.chunks) == (12, 12, 12)
     assert at_submit[:4] == [2, 3, 4, 5]  # 2 chunks per worker thread in flight; the root and a folder each
     assert len(listed) == 13 and at_submit == sorted(at_submit)
@@ -130,7 +132,7 @@ def test_a_worker_killed_mid_job_loses_nothing(photos_in, reference, client, tmp
             killed.append(pid)
 
     out = tmp_path / "out"
-    summary = run_crop_job(photos_in, out, client=client, chunk_size=1, progress=kill_a_busy_worker)
+    summary = run_crop_job(photos_in, out, executor=DaskExecutor(client), chunk_size=1, progress=kill_a_busy_worker)
     assert killed, "no worker was busy after the first chunk"
     assert (summary.processed, summary.faces, summary.failures) == (5, 5, 1)
     assert_same_outputs(out, reference)
@@ -224,7 +226,7 @@ def test_an_image_that_kills_its_workers_is_a_failure(photos_in, tmp_path, monke
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as local, distributed.Client(local) as dask_client:  # fmt: skip
-        summary = run_crop_job(in_dir, out, client=dask_client, chunk_size=3)
+        summary = run_crop_job(in_dir, out, executor=DaskExecutor(dask_client), chunk_size=3)
     # The chunk with crash.jpg is split into its three images; the other one is too when it was
     # queued on the worker as it died (Dask counts the death against every task it held).
     assert summary.chunks in (1 + 3, 3 + 3)

@@ -63,7 +63,7 @@ from .records import (
 from .worker import _ChunkResult, _process_chunk, get_aligner
 
 if TYPE_CHECKING:  # for the annotations only
-    import distributed
+    from .executor import ChunkExecutor
 
 
 def run_crop_job(
@@ -84,7 +84,7 @@ def run_crop_job(
     progress: Callable[[int, int], None] | None = None,
     max_expected_error: float | None = None,
     max_p_fail: float | None = None,
-    client: distributed.Client | None = None,
+    executor: ChunkExecutor | None = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -116,8 +116,7 @@ def run_crop_job(
         Manifest file format.
     chunk_size : int, optional
         Images per task (at most; locally smaller when there are few images per
-        worker). Default: :data:`CHUNK_SIZE`, or
-        :data:`facealign.cluster.CLUSTER_CHUNK_SIZE` with ``client``.
+        worker). Default: the executor's (:data:`CHUNK_SIZE` for local processes).
     progress : callable, optional
         ``progress(done, total)``, called with ``done = 0`` before the first
         image and after each chunk, in the parent process; ``total`` counts the
@@ -131,11 +130,12 @@ def run_crop_job(
     max_p_fail : float, optional
         The same for ``p_fail``, the probability that the error exceeds 10%.
         The limits apply to the images this run processes.
-    client : distributed.Client, optional
-        Run the chunks on this Dask cluster instead of local processes
-        (``jobs`` is then ignored; :mod:`facealign.cluster`). Its workers must
-        see ``in_dir`` and ``out_dir`` at the same paths (checked before any
-        work); only this process writes the records.
+    executor : ChunkExecutor, optional
+        Where the chunks run (:mod:`facealign.batch.executor`): by default local
+        worker processes (:class:`LocalExecutor` of ``jobs``); e.g.
+        :class:`facealign.cluster.DaskExecutor` for a Dask cluster (``jobs`` is
+        then ignored). Its workers must see ``in_dir`` and ``out_dir`` at the
+        same paths (checked before any work); only this process writes the records.
 
     Returns
     -------
@@ -156,11 +156,13 @@ def run_crop_job(
     in_path, out_path = Path(in_dir), Path(out_dir)
     mname = manifest_name(manifest_format)
     if chunk_size is None:
-        chunk_size = CHUNK_SIZE if client is None else _cluster_chunk_size()
+        chunk_size = (LocalExecutor if executor is None else executor).chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     settings = CropSettings(detector, engine, template, size, min_face, max_expected_error, max_p_fail)
     _resolve_jobs(jobs, 0)  # reject bad values before any work
+    if executor is None:
+        executor = LocalExecutor(jobs)
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise CropJobError(f"unknown output format {fmt!r}; choose one of {list(OUTPUT_FORMATS)}")
     try:  # fail early on unknown names or missing weights (workers build their own)
@@ -178,13 +180,10 @@ def run_crop_job(
     summary = Summary(manifest=str(out_path / mname), failures_file=str(out_path / FAILURES_NAME))
     try:
         _refuse_links(dst)
-        if client is not None:
-            from ..cluster import check_workers
-
-            check_workers(client, src, dst)
+        executor.check_folders(src, dst)
         with _Lock(dst):
             _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                        chunk_size, progress, summary, start, client)  # fmt: skip
+                        chunk_size, progress, summary, start, executor)  # fmt: skip
     except OSError as exc:  # reading IN_DIR never raises (see scan_folder, the workers): OUT_DIR does
         where = f" {portable_name(str(exc.filename))!r}" if exc.filename else ""
         raise CropJobTransientError(
@@ -198,7 +197,7 @@ def _run_locked(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
-    client: distributed.Client | None = None,
+    executor: ChunkExecutor,
 ) -> None:  # fmt: skip
     """The body of :func:`run_crop_job`, run while OUT_DIR is locked.
 
@@ -213,7 +212,7 @@ def _run_locked(
     forget_journal(dst)
     try:
         _run_journaled(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                       chunk_size, progress, summary, start, client)  # fmt: skip
+                       chunk_size, progress, summary, start, executor)  # fmt: skip
     finally:
         forget_journal(dst)
 
@@ -234,7 +233,7 @@ def _run_journaled(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
-    client: distributed.Client | None = None,
+    executor: ChunkExecutor,
 ) -> None:  # fmt: skip
     """:func:`_run_locked` once the journal of OUT_DIR is fresh (:func:`facealign.batch.outdir.journal_of`)."""
     journal = journal_of(dst)
@@ -295,9 +294,8 @@ def _run_journaled(
             if progress is not None:
                 progress(0, planner.total())
             done = 0
-            n_jobs = _resolve_jobs(jobs, estimate)
-            for chunk_tasks, chunk in _run_chunks(planner.tasks(walk), estimate, settings, largest_only, dst, n_jobs,
-                                                  chunk_size, client):  # fmt: skip
+            for chunk_tasks, chunk in executor.run_chunks(planner.tasks(walk), estimate, settings, largest_only, dst,
+                                                          chunk_size):  # fmt: skip
                 results, stopped = _commit(dst, journal, chunk)
                 rows = [r for image_rows, _ in results for r in image_rows]
                 fails = [f for _, f in results if f is not None]
@@ -365,12 +363,6 @@ def _failure_of_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
     return record
 
 
-def _cluster_chunk_size() -> int:
-    from ..cluster import CLUSTER_CHUNK_SIZE
-
-    return CLUSTER_CHUNK_SIZE
-
-
 def _validate_settings(settings: CropSettings) -> Any:
     """The crop template of ``settings``, after checking the detector, engine and template
     without loading the landmark network (the parent process only writes records; the
@@ -429,11 +421,9 @@ def _run_chunks(
     out_dir: Path,
     n_jobs: int,
     chunk_size: int,
-    client: distributed.Client | None = None,
 ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
-    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``,
-    or on a Dask cluster, in the order they complete, with ``client``
-    (:func:`facealign.cluster.run_chunks_on_cluster`).
+    """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``
+    (:class:`LocalExecutor`).
 
     ``todo`` is consumed a chunk at a time, as chunks are submitted (it is the
     streaming walk, :class:`_Planner`); ``n_images``, the number of images
@@ -449,11 +439,6 @@ def _run_chunks(
     a failure; the other chunks run on as before. (In one process, such an image
     ends the job.)
     """
-    if client is not None:
-        from ..cluster import run_chunks_on_cluster
-
-        yield from run_chunks_on_cluster(client, todo, n_images, settings, largest_only, out_dir, chunk_size)
-        return
     n_jobs = max(1, min(n_jobs, n_images))
     chunks = _batched(todo, balanced_chunk_size(n_images, n_jobs, chunk_size))
     if n_jobs == 1:
@@ -461,6 +446,39 @@ def _run_chunks(
             yield chunk, _process_chunk(chunk, settings, largest_only, str(out_dir), False)
         return
     yield from _run_in_processes(chunks, settings, largest_only, out_dir, n_jobs)
+
+
+class LocalExecutor:
+    """The crop job's chunks in local worker processes (the default :class:`ChunkExecutor`).
+
+    Parameters
+    ----------
+    jobs : int or "auto", optional
+        As :func:`run_crop_job`'s ``jobs``: resolved against the number of images
+        to process when the chunks start.
+    """
+
+    chunk_size = CHUNK_SIZE
+
+    def __init__(self, jobs: int | str | None = "auto") -> None:
+        _resolve_jobs(jobs, 0)  # reject bad values before any work
+        self.jobs = jobs
+
+    def check_folders(self, in_dir: Path, out_dir: Path) -> None:
+        """Nothing to check: the workers are processes of this machine."""
+
+    def run_chunks(
+        self,
+        todo: Iterable[_Task],
+        n_images: int,
+        settings: CropSettings,
+        largest_only: bool,
+        out_dir: Path,
+        chunk_size: int,
+    ) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+        """:func:`_run_chunks` with the number of processes ``jobs`` gives for ``n_images``."""
+        n_jobs = _resolve_jobs(self.jobs, n_images)
+        return _run_chunks(todo, n_images, settings, largest_only, out_dir, n_jobs, chunk_size)
 
 
 def _worker_pool(n_jobs: int) -> Any:
