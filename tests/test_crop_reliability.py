@@ -534,3 +534,55 @@ def test_issue22_item2_a_postscript_file_named_jpg_is_an_unsupported_format(phot
     assert (summary.faces, summary.failures) == (5, 1)
     (failure,) = read_jsonl(out / "failures.jsonl")
     assert failure["source"] == "a/page.jpg" and failure["reason"] == "unreadable image: unsupported format EPS"
+
+
+#: Every character that some reader takes for a line or record break, or that is a control.
+_CONTROL_AND_SEPARATOR_CHARS = [chr(c) for c in [*range(1, 0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) != "/"] + [
+    "\u2028", "\u2029", "\ufeff", '"', ",", "\\",
+]  # fmt: skip
+#: Those that break lines for str.splitlines, csv, editors or JavaScript.
+_LINE_BREAKING_CHARS = ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_issue22_item3_records_of_names_with_any_control_or_separator_read_back_as_written(tmp_path, fmt) -> None:
+    from facealign.batch.records import _encode_rows, _failure, _manifest_entries, manifest_name
+
+    rows = []
+    for n, char in enumerate(_CONTROL_AND_SEPARATOR_CHARS):
+        task = batch.job._Task(f"d{char}/a{char}b.jpg", "", f"d{char}/a{char}b", ".jpg", 100 + n, 7)
+        rows.append({**_failure(task, "r"), "face": 0, "num_faces": 1, "box": [0, 0, 1, 1], "score": 1.0,
+                     "landmarks": [[0, 0]] * 5, "transform": [[1, 0, 0], [0, 1, 0]],
+                     "output": f"d{char}/a{char}b_0.jpg", "size": [112, 112], "template": "arcface",
+                     "engine": "tcnn", "detector": "retinaface", "decode_scale": 1.0, "warnings": [f"w{char}"],
+                     "expected_error": 1.0, "p_fail": 0.0})  # fmt: skip
+    path = tmp_path / manifest_name(fmt)
+    header = ",".join(batch.records.CSV_COLUMNS) + "\n" if fmt == "csv" else ""
+    path.write_text(header + _encode_rows(rows, fmt), encoding="utf-8", newline="")
+    if fmt == "jsonl":
+        lines = path.read_bytes().split(b"\n")[:-1]
+        assert len(lines) == len(rows)
+        assert all(len(line.decode("utf-8").splitlines()) == 1 for line in lines)  # no reader splits a row
+    entries, dropped = _manifest_entries(path, fmt)
+    assert not dropped
+    assert [info["source"] for info, _ in entries] == [r["source"] for r in rows]
+    assert [info["output"] for info, _ in entries] == [r["output"] for r in rows]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_issue22_item3_images_named_with_line_breaks_keep_their_rows_on_rerun(face_photos, tmp_path, fmt) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for char in _LINE_BREAKING_CHARS:
+        shutil.copy(face_photos[0], in_dir / f"x{char}y.jpg")
+    out = tmp_path / "out"
+    first = run_crop_job(in_dir, out, jobs=1, manifest_format=fmt)
+    assert (first.faces, first.failures) == (len(_LINE_BREAKING_CHARS), 0)
+    again = run_crop_job(in_dir, out, jobs=1, manifest_format=fmt)
+    assert (again.skipped, again.processed, again.failures) == (len(_LINE_BREAKING_CHARS), 0, 0)
+    if fmt == "jsonl":
+        rows = assert_consistent(out)
+    else:
+        with open(out / "manifest.csv", encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    assert sorted(r["source"] for r in rows) == sorted(f"x{c}y.jpg" for c in _LINE_BREAKING_CHARS)

@@ -77,7 +77,7 @@ _STATE_NAMES: tuple[str, ...] = (
 
 
 #: A crop file name: ``<stem>_<face><ext>``.
-_CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)$")
+_CROP_NAME = re.compile(r"^(?P<stem>.+)_(?P<face>[0-9]+)(?P<ext>\.jpg|\.png)\Z", re.DOTALL)  # any character
 
 
 #: Manifest fields, in order. ``box`` is ``[x1, y1, x2, y2]``, ``landmarks`` five
