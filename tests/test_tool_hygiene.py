@@ -121,3 +121,17 @@ def test_help_shows_no_python_type_names_as_metavars() -> None:
         assert not re.search(r"\b_?[A-Z_]+_TYPE\b", result.output), (name, result.output)
     crop = runner.invoke(main, ["crop", "--help"]).output
     assert "-j, --jobs N|auto" in crop
+
+
+def test_readme_is_a_short_users_page_and_the_notebook_lives_in_docs() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    # The exact commands .ci/run uses are the README's.
+    ci = (REPO / ".ci" / "run").read_text()
+    for command in ("pip install torch==2.13.0 -e '.[test]'", "python -m pytest -q tests"):
+        assert command in readme and command in ci
+    # Every page the README links to exists.
+    import re
+
+    for target in re.findall(r"\]\(((?:docs/|CHANGELOG)[^)#]*)", readme):
+        assert (REPO / target).exists(), target
