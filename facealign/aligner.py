@@ -19,6 +19,7 @@ to RGB). In the examples, ``photo`` is the path of a photo with one face.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -101,6 +102,21 @@ def to_rgb(image: ImageInput) -> np.ndarray:
     )
 
 
+def _detector(spec: str | Detector | None, min_face: float | None, det_threshold: float | None) -> Detector:
+    """The detector of ``spec``; one given by name with ``det_threshold`` as its threshold (and no
+    rescue of the best face below it) when it takes one."""
+    if det_threshold is not None and not math.isfinite(det_threshold):
+        raise ValueError(f"det_threshold must be a number, got {det_threshold}")
+    if det_threshold is None or not isinstance(spec, str | None):
+        return get_detector(spec, min_face=min_face)
+    try:
+        return get_detector(spec, min_face=min_face, threshold=det_threshold, rescue_threshold=None)
+    except ValueError as exc:
+        if "does not take" not in str(exc):
+            raise
+        return get_detector(spec, min_face=min_face)  # dropped in FaceAligner.detect instead
+
+
 class FaceAligner(Pipeline):
     """Face detection, five-point landmarks and similarity alignment.
 
@@ -125,6 +141,13 @@ class FaceAligner(Pipeline):
     min_face : float, optional
         Smallest face the detector looks for, in pixels (a detector given by
         name only; default: the detector's own, 20 for the CNN detectors).
+    det_threshold : float, optional
+        Detector score a face needs, on the detector's own scale (retinaface:
+        0 to 1, default 0.9; libfacedetection: 0 to 100, default 70). Faces
+        scoring less are dropped, with any detector; a detector given by name
+        also looks for faces down to it (lower finds more). By default the
+        detector's own rule: its threshold, and when no face reaches it, the
+        best face above a lower one (0.5 for retinaface).
 
     Examples
     --------
@@ -143,12 +166,14 @@ class FaceAligner(Pipeline):
         template: str | Path | Template | np.ndarray = "arcface",
         size: int | tuple[int, int] | None = None,
         min_face: float | None = None,
+        det_threshold: float | None = None,
     ) -> None:
         super().__init__(
-            get_detector(detector, min_face=min_face),
+            _detector(detector, min_face, det_threshold),
             engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine),
             get_template(template, size),
         )
+        self.det_threshold = det_threshold
 
     def detect(self, image: ImageInput) -> Detections:
         """Face boxes and scores, largest first (see :meth:`Pipeline.detect`), of any :data:`ImageInput`.
@@ -159,7 +184,10 @@ class FaceAligner(Pipeline):
         >>> len(detections), detections.boxes.shape
         (1, (1, 4))
         """
-        return super().detect(to_rgb(image))
+        detections = super().detect(to_rgb(image))
+        if self.det_threshold is None:
+            return detections
+        return detections.take(detections.scores >= np.float32(self.det_threshold))
 
     def process(self, image: ImageInput, largest_only: bool = False) -> list[Face]:
         """Every face of an image with five landmarks and quality figures, largest first.

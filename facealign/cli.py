@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,8 +167,24 @@ def _check_detector(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+def _check_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
+
+
 def _detector_option(f):
-    """``--detector NAME`` (built-in, registered or entry-point plug-in) and ``--min-face PX``."""
+    """``--detector NAME`` (built-in, registered or entry-point plug-in), ``--min-face PX`` and
+    ``--det-threshold S``."""
+    f = click.option(
+        "--det-threshold",
+        type=float,
+        default=None,
+        callback=_check_finite,
+        help="Detector score a face needs, on the detector's scale (retinaface 0-1, libfacedetection 0-100); "
+        "faces scoring less are dropped [default: the detector's own rule: 0.9 for retinaface, and the best "
+        "face above 0.5 when none reaches it].",
+    )(f)
     f = click.option(
         "--min-face",
         type=click.FloatRange(min=1, min_open=False),
@@ -288,6 +305,7 @@ def crop(
     quiet: bool,
     max_expected_error: float | None,
     max_p_fail: float | None,
+    det_threshold: float | None,
 ) -> None:
     """Align every face of every image under IN_DIR into OUT_DIR.
 
@@ -350,6 +368,7 @@ def crop(
                 max_expected_error=max_expected_error,
                 max_p_fail=max_p_fail,
                 executor=executor,
+                det_threshold=det_threshold,
             )
     except CropJobTransientError as exc:
         raise _TemporaryFailure(str(exc)) from exc
@@ -408,7 +427,13 @@ def _format_point(point) -> str:
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 def landmarks(
-    inputs: tuple[Path, ...], detector: str, min_face: float | None, engine: str, largest_only: bool, as_json: bool
+    inputs: tuple[Path, ...],
+    detector: str,
+    min_face: float | None,
+    det_threshold: float | None,
+    engine: str,
+    largest_only: bool,
+    as_json: bool,
 ) -> None:
     """Print face boxes, scores and five landmarks for images or folders of images.
 
@@ -431,7 +456,9 @@ def landmarks(
     if missing:
         raise click.ClickException("no such file or folder: " + ", ".join(portable_name(m) for m in missing))
     try:
-        aligner = get_aligner(CropSettings(detector=detector, engine=engine, min_face=min_face))
+        aligner = get_aligner(
+            CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     paths = _expand(inputs)
@@ -513,7 +540,14 @@ def _draw_targets(name: str, out: Path) -> list[tuple[Path, Path]]:
 @click.option("--largest-only", is_flag=True, help="Draw only the largest face of each image.")
 @click.option("--no-labels", is_flag=True, help="No 'k: p_fail P' label above each box.")
 def draw(
-    source: str, out: Path, detector: str, min_face: float | None, engine: str, largest_only: bool, no_labels: bool
+    source: str,
+    out: Path,
+    detector: str,
+    min_face: float | None,
+    det_threshold: float | None,
+    engine: str,
+    largest_only: bool,
+    no_labels: bool,
 ) -> None:
     """Draw each face's box, five landmarks and quality colour on photos, to check a run.
 
@@ -538,7 +572,9 @@ def draw(
     pairs = _draw_targets(source, out)
     folder = Path(source).is_dir()
     try:
-        aligner = get_aligner(CropSettings(detector=detector, engine=engine, min_face=min_face))
+        aligner = get_aligner(
+            CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
+        )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     targets = dict(pairs)

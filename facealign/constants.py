@@ -75,6 +75,12 @@ def shipped_runtime_weights(engine: str) -> Path:
 #: and what evaluation counts.
 FAILURE_THRESHOLD: Final[float] = 0.10
 
+#: ``p_fail`` (the probability that a face's landmark error exceeds 10% of the
+#: inter-ocular distance, :mod:`facealign.quality`) above which a crop is poor:
+#: counted in ``facealign crop``'s summary, framed red by ``facealign draw`` and
+#: ``facealign sheet``, left out by ``--max-p-fail 0.5``.
+P_FAIL_POOR: Final[float] = 0.5
+
 #: Side of the square RGB network input, in pixels (paper, section 2.1).
 INPUT_SIZE: Final[int] = 40
 

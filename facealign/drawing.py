@@ -37,6 +37,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .constants import P_FAIL_POOR
+
 __all__ = [
     "P_FAIL_DOUBTFUL",
     "P_FAIL_POOR",
@@ -54,9 +56,6 @@ __all__ = [
 
 #: ``p_fail`` above which a face is drawn as doubtful (orange).
 P_FAIL_DOUBTFUL: float = 0.1
-#: ``p_fail`` above which a face is drawn as poor (red): the crops ``facealign crop
-#: --max-p-fail 0.5`` leaves out.
-P_FAIL_POOR: float = 0.5
 
 #: RGB colour of each quality class.
 QUALITY_COLOURS: dict[str, tuple[int, int, int]] = {

@@ -497,3 +497,59 @@ def test_progress_bar_follows_a_total_that_changes() -> None:
         assert (bar._bar.length, bar._bar.pos) == (7, 7)
     finally:
         bar.close()
+
+
+#: celeba_wild photos for the detection-threshold tests: four faces (scores 0.90 to 1.00, and
+#: one at 0.76 found only below the default 0.9), and one face the detector only rescues (0.71).
+CROWD_IMAGE, RESCUED_IMAGE = "076765.jpg", "051840.jpg"
+
+
+def _landmark_scores(*args) -> dict[str, list[float]]:
+    result = run("landmarks", "--json", *args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return {Path(r["image"]).name: [f["score"] for f in r["faces"]] for r in rows}
+
+
+def test_det_threshold_sets_the_score_a_face_needs(shared_datasets) -> None:
+    images = shared_datasets / "celeba_wild" / "images"
+    photos = [images / CROWD_IMAGE, images / RESCUED_IMAGE]
+    default = _landmark_scores(*photos)
+    strict = _landmark_scores(*photos, "--det-threshold", "0.98")
+    lenient = _landmark_scores(*photos, "--det-threshold", "0.3")
+    assert len(default[CROWD_IMAGE]) == 4 and default[RESCUED_IMAGE] == [pytest.approx(0.71, abs=0.01)]
+    assert strict[CROWD_IMAGE] == [s for s in default[CROWD_IMAGE] if s >= 0.98] and strict[RESCUED_IMAGE] == []
+    assert len(lenient[CROWD_IMAGE]) > len(default[CROWD_IMAGE])
+    assert min(lenient[CROWD_IMAGE]) >= 0.3
+
+
+def test_crop_det_threshold_is_a_setting_of_the_job(face_photos, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run("crop", face_photos[0].parent, out, "--det-threshold", "0.999", "-q", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / ".facealign-crop.json").read_text())["det_threshold"] == 0.999
+    assert all(r["score"] >= 0.999 for r in read_jsonl(out / "manifest.jsonl"))
+    again = run("crop", face_photos[0].parent, out, "-q", "--jobs", "1")
+    assert again.exit_code == 1 and "det_threshold: 0.999, now None" in again.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "high"])
+def test_det_threshold_must_be_a_number(value, tmp_path) -> None:
+    result = run("landmarks", tmp_path, "--det-threshold", value)
+    assert result.exit_code == 2 and "--det-threshold" in result.stderr
+
+
+def test_crop_summary_counts_poor_crops_and_says_how_to_leave_them_out(shared_datasets, tmp_path) -> None:
+    images = shared_datasets / "celeba_wild" / "images"
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for name in (RESCUED_IMAGE, "000114.jpg"):
+        (in_dir / name).write_bytes((images / name).read_bytes())
+    result = run("crop", in_dir, tmp_path / "out", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    poor = [r for r in read_jsonl(tmp_path / "out" / "manifest.jsonl") if r["p_fail"] > 0.5]
+    assert len(poor) == 1
+    assert "; 1 crops with p_fail > 0.5 (" in result.stderr
+    assert "facealign sheet OUT_DIR shows them first; --max-p-fail 0.5 leaves them out" in result.stderr
+    kept = run("crop", in_dir, tmp_path / "kept", "--jobs", "1", "--max-p-fail", "0.5")
+    assert "p_fail > 0.5" not in kept.stderr

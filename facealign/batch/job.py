@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..constants import DEFAULT_DETECTOR
+from ..constants import DEFAULT_DETECTOR, P_FAIL_POOR
 
 #: Images per parallel task (the landmark network is batched across a task).
 CHUNK_SIZE: int = 32
@@ -154,6 +154,9 @@ class CropSettings:
         Smallest face the detector looks for (pixels); None keeps its default.
     max_expected_error, max_p_fail : float, optional
         Quality limits: faces over either are not cropped (see the module notes).
+    det_threshold : float, optional
+        Detector score a face needs (:class:`facealign.FaceAligner`); None keeps
+        the detector's own rule.
     """
 
     detector: str = DEFAULT_DETECTOR
@@ -163,6 +166,7 @@ class CropSettings:
     min_face: float | None = None
     max_expected_error: float | None = None
     max_p_fail: float | None = None
+    det_threshold: float | None = None
 
 
 @dataclass
@@ -175,7 +179,8 @@ class Summary:
     are not images, by kind (:data:`facealign.imageio.IGNORED_KINDS`), and
     ``gone`` the sources recorded earlier that are no longer in IN_DIR (their
     records and crops were removed). ``chunks`` counts the chunks of images
-    (tasks) completed.
+    (tasks) completed, and ``poor`` the crops of this run whose ``p_fail``
+    is above :data:`P_FAIL_POOR`.
     """
 
     images: int = 0
@@ -189,6 +194,7 @@ class Summary:
     ignored: Counter = field(default_factory=Counter)
     gone: int = 0
     chunks: int = 0
+    poor: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -204,6 +210,12 @@ class Summary:
             + (f"records of {self.gone} deleted sources dropped; " if self.gone else "")
             + f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
             + (f" ({self.chunks} chunks)" if self.chunks else "")
+            + (
+                f"; {self.poor} crops with p_fail > {P_FAIL_POOR} (likely misplaced landmarks or not a face: "
+                f"facealign sheet OUT_DIR shows them first; --max-p-fail {P_FAIL_POOR} leaves them out)"
+                if self.poor
+                else ""
+            )
         )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..constants import DEFAULT_DETECTOR, shipped_runtime_weights
+from ..constants import DEFAULT_DETECTOR, P_FAIL_POOR, shipped_runtime_weights
 from ..detection import get_detector
 from ..imageio import (
     count_images,
@@ -85,6 +85,7 @@ def run_crop_job(
     max_expected_error: float | None = None,
     max_p_fail: float | None = None,
     executor: ChunkExecutor | None = None,
+    det_threshold: float | None = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -130,6 +131,9 @@ def run_crop_job(
     max_p_fail : float, optional
         The same for ``p_fail``, the probability that the error exceeds 10%.
         The limits apply to the images this run processes.
+    det_threshold : float, optional
+        Detector score a face needs, on the detector's scale (see
+        :class:`facealign.FaceAligner`); by default the detector's own rule.
     executor : ChunkExecutor, optional
         Where the chunks run (:mod:`facealign.batch.executor`): by default local
         worker processes (:class:`LocalExecutor` of ``jobs``); e.g.
@@ -159,7 +163,9 @@ def run_crop_job(
         chunk_size = (LocalExecutor if executor is None else executor).chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    settings = CropSettings(detector, engine, template, size, min_face, max_expected_error, max_p_fail)
+    settings = CropSettings(
+        detector, engine, template, size, min_face, max_expected_error, max_p_fail, det_threshold=det_threshold
+    )
     _resolve_jobs(jobs, 0)  # reject bad values before any work
     if executor is None:
         executor = LocalExecutor(jobs)
@@ -303,6 +309,7 @@ def _run_journaled(
                 _append(failures, "".join(json_line(f) + "\n" for f in fails))
                 summary.processed += len(results)
                 summary.faces += len(rows)
+                summary.poor += sum(1 for r in rows if (r.get("p_fail") or 0.0) > P_FAIL_POOR)
                 summary.failures += len(fails)
                 summary.chunks += 1
                 if stopped is not None:

@@ -46,7 +46,14 @@ def get_aligner(settings: CropSettings) -> FaceAligner:
     if aligner is None:
         from ..aligner import FaceAligner
 
-        aligner = FaceAligner(settings.detector, settings.engine, settings.template, settings.size, settings.min_face)
+        aligner = FaceAligner(
+            settings.detector,
+            settings.engine,
+            settings.template,
+            settings.size,
+            settings.min_face,
+            det_threshold=settings.det_threshold,
+        )
         _ALIGNERS[settings] = aligner
     return aligner
 
