@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,12 +70,42 @@ def _in_main_thread() -> bool:
 
 def _jobs_type(value: str | int) -> int | str:
     """``--jobs``: a number of processes, ``auto`` or -1 (all cores)."""
-    if isinstance(value, int) or value == "auto":
+    if value == "auto":
         return value
     try:
-        return int(value)
+        jobs = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a number of processes, 'auto' or -1") from None
+    if jobs < 1 and jobs != -1:
+        raise click.BadParameter(f"{jobs} is not a number of processes: give 1 or more, 'auto' or -1 (all cores)")
+    return jobs
+
+
+#: The largest ``--size`` (crop side, pixels): a 2048 x 2048 crop is 12 MB of RGB per face.
+MAX_CROP_SIZE = 2048
+
+
+def _check_template(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--template``: a built-in name or a readable template JSON file (a usage error otherwise)."""
+    from .alignment import get_template
+
+    try:
+        get_template(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+class _LocalPath(click.Path):
+    """A :class:`click.Path` that refuses URLs (which ``Path`` would mangle into ``https:/...``):
+    facealign reads local files only."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .imageio import is_url
+
+        if isinstance(value, str) and is_url(value):
+            self.fail(f"{value!r} is a URL; facealign reads local files only: download it first", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 #: The research commands: name -> (module, attribute). They need the ``train`` extra,
@@ -213,21 +244,22 @@ def _engine_option(f):
 
 
 @main.command()
-@click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("in_dir", type=_LocalPath(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
 @click.option(
     "--template",
     default="arcface",
     show_default=True,
+    callback=_check_template,
     help="Alignment template: 'arcface', 'loose', or a JSON file {\"size\": [w, h], \"points\": [[x, y] x 5]}.",
 )
 @click.option(
     "--size",
-    type=click.IntRange(min=8),
+    type=click.IntRange(min=8, max=MAX_CROP_SIZE),
     default=None,
-    help="Crop side in pixels [default: the template's, 112 for arcface].",
+    help=f"Crop side in pixels, 8 to {MAX_CROP_SIZE} [default: the template's, 112 for arcface].",
 )
 @click.option("--largest-only", is_flag=True, help="Crop only the largest face of each image.")
 @click.option(
@@ -411,6 +443,30 @@ def _expand(inputs: tuple[Path, ...]) -> list[Path]:
     return paths
 
 
+def _with_stdin(inputs: tuple[Path, ...]) -> tuple[Path, ...]:
+    """``inputs`` with each ``-`` replaced by the paths read from stdin, one a line (bytes kept:
+    names that are not UTF-8 work; empty lines skipped); a URL there is a usage error."""
+    from .imageio import is_url
+
+    if not any(str(p) == "-" for p in inputs):
+        return inputs
+    paths: list[Path] = []
+    for item in inputs:
+        if str(item) != "-":
+            paths.append(item)
+            continue
+        for line in click.get_binary_stream("stdin"):
+            name = os.fsdecode(line.rstrip(b"\r\n"))
+            if not name.strip():
+                continue
+            if is_url(name):
+                raise click.BadParameter(
+                    f"{name!r} is a URL; facealign reads local files only: download it first", param_hint="'-' (stdin)"
+                )
+            paths.append(Path(name))
+    return tuple(paths)
+
+
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -421,7 +477,7 @@ def _format_point(point) -> str:
 
 
 @main.command()
-@click.argument("inputs", metavar="IMAGE_OR_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="IMAGE_OR_DIR...", nargs=-1, required=True, type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
@@ -445,13 +501,24 @@ def landmarks(
     image. expected_error is the expected landmark error in % of the inter-ocular distance, p_fail
     the probability that it exceeds 10% (null when the weights carry no quality model);
     "warnings" lists the decoder's warnings, if any, and "image_b64" the exact bytes of a
-    file name that is not valid UTF-8 (PATH then shows such bytes as %XX). A missing input
-    is an error (exit 1) before any work.
+    file name that is not valid UTF-8 (PATH then shows such bytes as %XX).
+
+    '-' reads the paths from stdin, one a line (e.g. find photos -name '*.jpg' |
+    facealign landmarks -); a file named '-' is './-'. URLs are refused (exit 2):
+    facealign reads local files only.
+
+    Exit codes: 0 done; 1 a missing input (before any work), or an image given by
+    name (argument or stdin) that could not be read, after all the others were
+    printed (unreadable images found in a folder are printed with their error
+    but do not change the exit code, as in crop); 2 bad command line.
     """
     from .batch import CropSettings, get_aligner
     from .imageio import portable_name, raw_name_b64
     from .pipeline import iter_image_faces
 
+    inputs = _with_stdin(inputs)
+    if not inputs:
+        raise click.ClickException("no paths given: stdin was empty")
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
     if missing:
         raise click.ClickException("no such file or folder: " + ", ".join(portable_name(m) for m in missing))
@@ -462,6 +529,8 @@ def landmarks(
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     paths = _expand(inputs)
+    given = {p for p in inputs if not p.is_dir()}
+    unreadable: list[str] = []
     for chunk in _chunks(paths, LANDMARKS_CHUNK):
         for item in iter_image_faces(aligner, chunk, largest_only=largest_only):
             name = portable_name(str(item.path))
@@ -473,6 +542,8 @@ def landmarks(
             if item.warnings:
                 record["warnings"] = item.warnings
             if item.error is not None:
+                if item.path in given:
+                    unreadable.append(name)
                 if as_json:
                     click.echo(json.dumps({**record, "error": item.error}))
                 else:
@@ -493,6 +564,9 @@ def landmarks(
                     )
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        raise click.ClickException(f"{len(unreadable)} of the images given could not be read: {shown}")
 
 
 #: Extensions ``facealign draw`` keeps for its pictures; other sources give ``.png``.
@@ -501,10 +575,8 @@ _DRAW_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def _draw_targets(name: str, out: Path) -> list[tuple[Path, Path]]:
     """(photo, picture) pairs of ``facealign draw IN OUT``; a usage error for what cannot be."""
-    from .imageio import find_images, is_url
+    from .imageio import find_images
 
-    if is_url(name):
-        raise click.BadParameter(f"{name!r} is a URL; facealign reads local files only", param_hint="IN")
     source = Path(name)
     if not source.exists():
         raise click.BadParameter(f"no such file or folder: {str(source)!r}", param_hint="IN")
@@ -533,8 +605,8 @@ def _draw_targets(name: str, out: Path) -> list[tuple[Path, Path]]:
 
 
 @main.command()
-@click.argument("source", metavar="IN", type=click.Path(path_type=str))
-@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("source", metavar="IN", type=_LocalPath(path_type=str))
+@click.argument("out", metavar="OUT", type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
 @click.option("--largest-only", is_flag=True, help="Draw only the largest face of each image.")

@@ -348,7 +348,8 @@ def test_landmarks_json(face_photos, tmp_path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     result = run("landmarks", "--json", face_photos[0], bad)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # an image given by name could not be read
+    assert result.stderr.strip() == f"Error: 1 of the images given could not be read: {bad}"
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 2
     good, broken = lines
@@ -558,3 +559,87 @@ def test_crop_summary_counts_poor_crops_and_says_how_to_leave_them_out(shared_da
     assert "facealign sheet OUT_DIR shows them first; --max-p-fail 0.5 leaves them out" in result.stderr
     kept = run("crop", in_dir, tmp_path / "kept", "--jobs", "1", "--max-p-fail", "0.5")
     assert "p_fail > 0.5" not in kept.stderr
+
+
+def test_csv_landmark_columns_say_the_image_side_and_old_names_are_read(face_photos, tmp_path) -> None:
+    import csv
+
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for photo in face_photos:
+        shutil.copy(photo, in_dir / photo.name)
+    assert run("crop", in_dir, out, "-q", "--jobs", "1", "--manifest-format", "csv").exit_code == 0
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0]
+    points = [name for name in header if name.endswith(("_x", "_y")) and not name.startswith("box")]
+    assert points == [f"image_{p}_{c}" for p in ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+                      for c in ("x", "y")]  # fmt: skip
+    for row in map(dict, (zip(header, r) for r in rows[1:])):  # upright faces: image-left eye has the smaller x
+        assert float(row["image_left_eye_x"]) < float(row["image_right_eye_x"])
+    # A manifest of facealign 0.5 (points named left_eye_x, ...) resumes and is rewritten with the new names.
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows([[n.removeprefix("image_") for n in header], *rows[1:]])
+    again = run("crop", in_dir, out, "--jobs", "1", "--manifest-format", "csv")
+    assert again.exit_code == 0 and "0 processed, 3 skipped" in again.stderr
+    with open(out / "manifest.csv", newline="") as handle:
+        assert list(csv.reader(handle)) == rows
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--size", "50000"), "50000 is not in the range 8<=x<=2048"),
+        (("--size", "4"), "4 is not in the range 8<=x<=2048"),
+        (("--template", "tight"), "unknown template 'tight'"),
+        (("--jobs", "0"), "0 is not a number of processes"),
+        (("--jobs", "-3"), "-3 is not a number of processes"),
+        (("--jobs", "two"), "'two' is not a number of processes"),
+        (("--detector", "mtcnn"), "'mtcnn' is not a detector"),
+        (("--format", "gif"), "'gif' is not one of"),
+        (("--max-p-fail", "2"), "2.0 is not in the range"),
+        (("--min-face", "0"), "0.0 is not in the range"),
+        (("--chunk-size", "0"), "0 is not in the range"),
+        (("--det-threshold", "nan"), "nan is not a number"),
+    ],
+)
+def test_crop_bad_option_values_are_usage_errors(tmp_path, args, message) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    result = run("crop", in_dir, tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Usage: ") and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_landmarks_and_crop_refuse_urls(tmp_path) -> None:
+    for args in (("landmarks", "https://example.com/face.jpg"), ("crop", "http://example.com/photos", tmp_path)):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert f"{args[1]!r} is a URL; facealign reads local files only: download it first" in result.stderr
+
+
+def test_landmarks_reads_paths_from_stdin(face_photos, tmp_path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    stdin = f"{face_photos[0]}\n\n{face_photos[1]}\n"
+    result = CliRunner().invoke(main, ["landmarks", "--json", "-"], input=stdin)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(p) for p in face_photos[:2]]
+    # A file given on stdin that cannot be read: printed, and exit 1 after the others.
+    result = CliRunner().invoke(main, ["landmarks", "-", str(face_photos[2])], input=f"{bad}\n")
+    assert result.exit_code == 1
+    assert f"{bad}\terror: " in result.stdout and "face 0" in result.stdout
+    assert "1 of the images given could not be read" in result.stderr
+    empty = CliRunner().invoke(main, ["landmarks", "-"], input="")
+    assert empty.exit_code == 1 and "stdin was empty" in empty.stderr
+    url = CliRunner().invoke(main, ["landmarks", "-"], input="https://example.com/a.jpg\n")
+    assert url.exit_code == 2 and "is a URL" in url.stderr
+
+
+def test_landmarks_exits_1_for_a_named_file_that_is_not_an_image(tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    result = run("landmarks", notes)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{notes}\terror: ")

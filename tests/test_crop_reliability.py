@@ -410,8 +410,9 @@ def test_csv_manifest_of_an_earlier_version_is_resumed(photos_in, tmp_path) -> N
     with open(out / "manifest.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert tuple(rows[0][-4:]) == ("warnings", "source_b64", "expected_error", "p_fail")
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(row[:-4] for row in rows)
+    with open(out / "manifest.csv", "w", newline="") as handle:  # 0.2.0 named the points left_eye_x, ...
+        old_header = [name.removeprefix("image_") for name in rows[0][:-4]]
+        csv.writer(handle, lineterminator="\n").writerows([old_header] + [row[:-4] for row in rows[1:]])
     summary = run_crop_job(photos_in, out, jobs=1, manifest_format="csv")
     assert (summary.processed, summary.skipped) == (0, 4)
     with open(out / "manifest.csv", newline="") as handle:

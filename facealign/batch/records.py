@@ -68,13 +68,16 @@ def manifest_name(fmt: str) -> str:
     return f"manifest.{fmt}"
 
 
-def _csv_columns() -> list[str]:
+def _csv_columns(point_prefix: str = "image_") -> list[str]:
+    """The CSV header; the landmark columns are ``image_left_eye_x``, ... (the eye on the
+    *image's* left, the subject's right eye; MTFL order); facealign < 0.6 wrote them without
+    the ``image_`` prefix (``point_prefix=""``)."""
     cols: list[str] = []
     for name in MANIFEST_FIELDS:
         if name == "box":
             cols += ["box_x1", "box_y1", "box_x2", "box_y2"]
         elif name == "landmarks":
-            cols += [f"{p}_{c}" for p in POINT_NAMES for c in ("x", "y")]
+            cols += [f"{point_prefix}{p}_{c}" for p in POINT_NAMES for c in ("x", "y")]
         elif name == "transform":
             cols += ["m00", "m01", "m02", "m10", "m11", "m12"]
         elif name == "size":
@@ -86,9 +89,12 @@ def _csv_columns() -> list[str]:
 
 CSV_COLUMNS: tuple[str, ...] = tuple(_csv_columns())
 
+#: The CSV columns written by facealign 0.3 to 0.5: landmark columns ``left_eye_x``, ...
+#: (read, then rewritten with the current names).
+_CSV_COLUMNS_0_5: tuple[str, ...] = tuple(_csv_columns(point_prefix=""))
 
 #: The CSV columns written by facealign 0.2.0 (read, then rewritten).
-_LEGACY_CSV_COLUMNS: tuple[str, ...] = tuple(c for c in CSV_COLUMNS if c not in _FIELDS_ADDED_IN_0_3)
+_LEGACY_CSV_COLUMNS: tuple[str, ...] = tuple(c for c in _CSV_COLUMNS_0_5 if c not in _FIELDS_ADDED_IN_0_3)
 
 
 def _flatten(row: dict[str, Any]) -> list[Any]:
@@ -179,6 +185,8 @@ def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], 
             raise CropJobError(f"{path} is not a readable CSV manifest; rerun with --overwrite") from None
         if raws and tuple(raws[0]) == _LEGACY_CSV_COLUMNS:  # written by facealign < 0.3: add the new columns
             raws = [raws[0]] + [v + [""] * (len(CSV_COLUMNS) - len(v)) for v in raws[1:]]
+            dropped = True  # rewrite with the current header
+        elif raws and tuple(raws[0]) == _CSV_COLUMNS_0_5:  # the same columns, landmarks named as before 0.6
             dropped = True  # rewrite with the current header
         elif raws and tuple(raws[0]) != CSV_COLUMNS:
             raise CropJobError(f"{path} does not have the columns of a facealign manifest; rerun with --overwrite")
