@@ -290,6 +290,11 @@ def _engine_option(f):
     "--overwrite", is_flag=True, help="Discard earlier results in OUT_DIR and redo every image (default: resume)."
 )
 @click.option(
+    "--prune",
+    is_flag=True,
+    help="Drop the records and crops of sources no longer in IN_DIR (default: keep them and count them as missing).",
+)
+@click.option(
     "--cluster",
     metavar="ADDRESS",
     default=None,
@@ -332,6 +337,7 @@ def crop(
     fmt: str | None,
     manifest_format: str,
     overwrite: bool,
+    prune: bool,
     cluster: str | None,
     chunk_size: int | None,
     quiet: bool,
@@ -345,7 +351,8 @@ def crop(
     OUT_DIR/a/photo_k.jpg. OUT_DIR/manifest.jsonl lists every crop with its box,
     score, five landmarks and source-to-crop transform in original-image pixels;
     OUT_DIR/failures.jsonl lists the images that gave no crop and why. A rerun
-    skips the images already recorded, so an interrupted job resumes. Each crop's
+    skips the images already recorded, so an interrupted job resumes; sources gone
+    from IN_DIR keep their records and crops unless --prune. Each crop's
     expected_error (% IOD) and p_fail (probability of an error above 10%) are in
     the manifest; --max-expected-error and --max-p-fail leave such faces out. With
     --cluster the chunks run on Dask workers; the records are the same.
@@ -394,6 +401,7 @@ def crop(
                 jobs=jobs,
                 fmt=fmt,
                 overwrite=overwrite,
+                prune=prune,
                 manifest_format=manifest_format,
                 chunk_size=chunk_size,
                 progress=bar,

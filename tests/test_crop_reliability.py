@@ -334,11 +334,11 @@ def test_a_users_file_named_like_a_crop_is_never_overwritten(photos_in, tmp_path
     assert read_jsonl(out / "failures.jsonl") == [] and len(assert_consistent(out)) == 5
 
 
-def test_a_deleted_source_loses_its_rows_and_crops(photos_in, tmp_path) -> None:
+def test_a_deleted_source_loses_its_rows_and_crops_with_prune(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     (photos_in / "b" / "two.jpg").unlink()
-    summary = run_crop_job(photos_in, out, jobs=1)
+    summary = run_crop_job(photos_in, out, jobs=1, prune=True)
     assert (summary.gone, summary.processed, summary.skipped) == (1, 0, 3)
     assert "records of 1 deleted sources dropped" in summary.line()
     rows = assert_consistent(out)
@@ -587,3 +587,59 @@ def test_issue22_item3_images_named_with_line_breaks_keep_their_rows_on_rerun(fa
         with open(out / "manifest.csv", encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
     assert sorted(r["source"] for r in rows) == sorted(f"x{c}y.jpg" for c in _LINE_BREAKING_CHARS)
+
+
+def test_issue22_item7_a_vanished_sub_folder_keeps_its_records_and_crops_unless_pruned(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    reference = _tree(out)
+    unmounted = tmp_path / "b-unmounted"
+    shutil.move(photos_in / "b", unmounted)  # a share not mounted for a while
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.missing, summary.gone, summary.processed, summary.skipped) == (1, 0, 0, 3)
+    assert "1 recorded sources missing from IN_DIR (records and crops kept; --prune drops them)" in summary.line()
+    assert _tree(out) == reference  # nothing dropped, nothing deleted
+    result = run_cli("crop", photos_in, out, "--jobs", "1")  # the command line says so too
+    assert result.exit_code == 0 and "1 recorded sources missing from IN_DIR" in result.output
+    # A new source may not take the crop names of a missing one.
+    (photos_in / "b").mkdir()
+    shutil.copy(unmounted / "two.jpg", photos_in / "b" / "two.jpeg")
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.faces, summary.failures) == (0, 1)
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["reason"] == (
+        "output name taken: b/two_0.jpg is the crop of b/two.jpg, which is missing from IN_DIR; "
+        "rerun with --prune to drop its records"
+    )
+    assert {k: v for k, v in _tree(out).items() if k != "failures.jsonl"} == {
+        k: v for k, v in reference.items() if k != "failures.jsonl"
+    }
+    shutil.rmtree(photos_in / "b")
+    shutil.move(unmounted, photos_in / "b")  # mounted again: nothing to redo
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.missing, summary.processed) == (0, 0)
+    shutil.move(photos_in / "b", unmounted)
+    summary = run_crop_job(photos_in, out, jobs=1, prune=True)
+    assert (summary.gone, summary.missing) == (1, 0)
+    assert {r["source"] for r in assert_consistent(out)} == {"a/000114.jpg", "a/000131.jpg", "a/000149.jpg"}
+
+
+def test_issue22_item6_a_hand_edited_manifest_never_deletes_files(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    rows = {r["source"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    (out / "notes.txt").write_bytes(b"the user's notes")
+    edited = [
+        {**rows["a/000114.jpg"], "source": "gone/photo.jpg", "output": "notes.txt"},  # a missing source
+        {**rows["a/000149.jpg"], "source": "ghost.jpg", "output": "a/000131_0.jpg"},  # another image's crop
+        {**rows["a/000149.jpg"], "face": 1, "num_faces": 2, "output": "notes.txt"},  # makes an image incomplete
+    ]
+    with open(out / "manifest.jsonl", "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in edited))
+    crop_131 = (out / "a" / "000131_0.jpg").read_bytes()
+    for prune in (False, True):
+        summary = run_crop_job(photos_in, out, jobs=1, prune=prune)
+        assert (out / "notes.txt").read_bytes() == b"the user's notes"
+        assert (out / "a" / "000131_0.jpg").read_bytes() == crop_131
+        assert summary.processed == (1 if not prune else 0)  # a/000149.jpg, whose record was made incomplete
+    assert {r["source"] for r in read_jsonl(out / "manifest.jsonl")} == set(rows)

@@ -177,8 +177,9 @@ class Summary:
     ``processed`` were handled by this run, giving ``faces`` crops and
     ``failures`` failure records. ``ignored`` counts the entries of IN_DIR that
     are not images, by kind (:data:`facealign.imageio.IGNORED_KINDS`), and
-    ``gone`` the sources recorded earlier that are no longer in IN_DIR (their
-    records and crops were removed). ``chunks`` counts the chunks of images
+    ``gone`` the sources recorded earlier that are no longer in IN_DIR and whose
+    records and crops were removed (``prune``), ``missing`` those whose records and
+    crops were kept (without ``prune``). ``chunks`` counts the chunks of images
     (tasks) completed, and ``poor`` the crops of this run whose ``p_fail``
     is above :data:`P_FAIL_POOR`.
     """
@@ -195,6 +196,7 @@ class Summary:
     gone: int = 0
     chunks: int = 0
     poor: int = 0
+    missing: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -208,6 +210,11 @@ class Summary:
             f"{self.faces} faces cropped, {self.failures} failures; "
             + (f"ignored: {ignored}; " if ignored else "")
             + (f"records of {self.gone} deleted sources dropped; " if self.gone else "")
+            + (
+                f"{self.missing} recorded sources missing from IN_DIR (records and crops kept; --prune drops them); "
+                if self.missing
+                else ""
+            )
             + f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
             + (f" ({self.chunks} chunks)" if self.chunks else "")
             + (

@@ -271,10 +271,12 @@ class _Planner:
       their image names too (it lists them once more); all other folders are
       planned on their own. So the names are those of planning the whole tree
       at once (:func:`_plan`);
-    * records: the recorded sources of the folder that are gone or changed are
-      dropped (:meth:`drop`), sources recorded unchanged are skipped; a recorded
-      folder the walk never reached is gone at the end (:meth:`finish`), unless
-      it lies in a folder that could not be listed;
+    * records: the recorded sources of the folder that changed are dropped
+      (:meth:`drop`), and with ``prune`` those gone from IN_DIR (else they are
+      kept and counted as missing, and their crop names stay theirs); sources
+      recorded unchanged are skipped; a recorded folder the walk never reached
+      is gone at the end (:meth:`finish`), unless it lies in a folder that
+      could not be listed;
     * failures of unreadable files and of names a user's file holds are appended;
     * the folder's images to process are appended, durably, to the pending file
       before the first of them is yielded (:meth:`tasks`).
@@ -285,8 +287,8 @@ class _Planner:
     """
 
     def __init__(self, src: Path, dst: Path, fmt: str | None, records: _Records, failures: io.RawIOBase,
-                 summary: Summary, estimate: int) -> None:  # fmt: skip
-        self.src, self.dst, self.fmt, self.records = src, dst, fmt, records
+                 summary: Summary, estimate: int, prune: bool = False) -> None:  # fmt: skip
+        self.src, self.dst, self.fmt, self.records, self.prune = src, dst, fmt, records, prune
         self.failures, self.summary, self.estimate = failures, summary, estimate
         self.planned = 0  # images to process planned so far
         self.walked = False
@@ -318,12 +320,13 @@ class _Planner:
             return []
         twins = self._twins_of(folder, rel, scan.folders)
         planned = _plan_images(self.src, scan.images, self.fmt, self._taken_set(rel, scan.folders), twins)
-        self._judge(rel, {t.source: (t.size, t.mtime_ns) for t, _ in planned})
+        missing = self._judge(rel, {t.source: (t.size, t.mtime_ns) for t, _ in planned})
         self.summary.images += len(planned)
         readable = [t for t, problem in planned if problem is None]
         todo = [t for t in readable if self.records.done.get(t.source) != (t.size, t.mtime_ns)]
         self.summary.skipped += len(readable) - len(todo)
         taken = _taken_outputs(self.dst, todo, self.records.outputs) if todo else {}
+        taken.update(self._held(todo, missing))
         early = [(t, f"unreadable file: {problem}") for t, problem in planned if problem is not None] + [
             (t, f"output name taken: {taken[t.source]}") for t in todo if t.source in taken
         ]
@@ -376,13 +379,37 @@ class _Planner:
             self._groups.append((rel, shared))
         return taken
 
-    def _judge(self, rel: str, current: dict[str, tuple[int, int]]) -> None:
-        """Drop the records of the sources of folder ``rel`` that are gone or changed."""
+    def _judge(self, rel: str, current: dict[str, tuple[int, int]]) -> list[str]:
+        """Drop the records of the sources of folder ``rel`` that changed, and those of the
+        sources gone with ``prune``; the gone sources whose records are kept."""
         recorded = self.records.folders.pop(rel, set())
-        gone = [s for s in recorded if s not in current]
+        gone = sorted(s for s in recorded if s not in current)
         changed = [s for s in recorded if s in current and current[s] != self.records.done[s]]
-        self.drop(sorted(gone), gone=True)
         self.drop(sorted(changed), gone=False)
+        if self.prune:
+            self.drop(gone, gone=True)
+            return []
+        self.records.missing += len(gone)
+        return gone
+
+    def _held(self, todo: list[_Task], missing: list[str]) -> dict[str, str]:
+        """``{source: why}`` for the images of ``todo`` whose crop names are held by the kept
+        records of sources missing from IN_DIR (without ``prune``)."""
+        held: dict[tuple[str, str], tuple[str, str]] = {}
+        for source in missing:
+            for output in self.records.crops.get(source, []):
+                match = _CROP_NAME.match(output)
+                if match:
+                    held.setdefault((match["stem"], match["ext"]), (output, source))
+        found = {}
+        for task in todo:
+            if (task.output_stem, task.ext) in held:
+                output, source = held[(task.output_stem, task.ext)]
+                found[task.source] = (
+                    f"{portable_name(output)} is the crop of {portable_name(source)}, which is missing from IN_DIR; "
+                    "rerun with --prune to drop its records"
+                )
+        return found
 
     def drop(self, sources: list[str], gone: bool) -> None:
         """Drop the records of ``sources``: list them in the dropped file (durably, so that a
@@ -401,6 +428,9 @@ class _Planner:
             failures = records.failure_rows.pop(source, 0)
             records.gone += (bool(crops) + failures) if gone else 0
             for output in crops:
+                if records.shared[output] > 1:  # another record lists it too (a hand-edited manifest)
+                    records.shared[output] -= 1
+                    continue
                 _remove_output(self.dst, output)
                 records.outputs.discard(output)
                 match = _CROP_NAME.match(output)
@@ -413,7 +443,10 @@ class _Planner:
         except those inside folders that could not be listed (their images are unknown)."""
         for folder in sorted(self.records.folders):
             if not (folder + "/").startswith(tuple(self.hidden)):
-                self.drop(sorted(self.records.folders[folder]), gone=True)
+                if self.prune:
+                    self.drop(sorted(self.records.folders[folder]), gone=True)
+                else:
+                    self.records.missing += len(self.records.folders[folder])
         self.records.folders.clear()
 
     def close(self) -> None:

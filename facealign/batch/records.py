@@ -143,6 +143,8 @@ class _Records:
     crops: dict[str, list[str]] = field(default_factory=dict)  # source -> its crops (manifest rows)
     failure_rows: Counter = field(default_factory=Counter)  # source -> its failure rows
     folders: dict[str, set[str]] = field(default_factory=dict)  # folder of a source -> recorded sources there
+    shared: Counter = field(default_factory=Counter)  # crops listed by several sources (edited by hand) -> how many
+    missing: int = 0  # sources no longer in IN_DIR whose records were kept (no prune)
 
 
 def _read_text(path: Path) -> tuple[str, bool]:
@@ -277,6 +279,7 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
     for info, _ in live:
         groups.setdefault(info["source"], []).append(info)
     keep = set()
+    listed: Counter = Counter()
     for source, group in groups.items():
         complete = len({r["id"] for r in group}) == 1 and sorted(r["face"] for r in group) == list(
             range(group[0]["num_faces"])
@@ -287,9 +290,13 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
             records.settings = records.settings or group[0]["settings"]
             records.outputs.update(r["output"] for r in group)
             records.crops[source] = [r["output"] for r in group]
-        else:
+            listed.update(set(records.crops[source]))
+    records.shared = Counter({output: n for output, n in listed.items() if n > 1})
+    for source, group in groups.items():
+        if source not in keep:
             for r in group:
-                _remove_output(out_dir, r["output"])
+                if r["output"] not in records.outputs:  # a kept record lists it (a hand-edited manifest)
+                    _remove_output(out_dir, r["output"])
                 match = _CROP_NAME.match(r["output"])
                 if match:
                     records.dropped.add((match["stem"], match["ext"]))

@@ -86,6 +86,7 @@ def run_crop_job(
     max_p_fail: float | None = None,
     executor: ChunkExecutor | None = None,
     det_threshold: float | None = None,
+    prune: bool = False,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -141,6 +142,12 @@ def run_crop_job(
         then ignored). Its workers must see ``in_dir`` and ``out_dir`` at the
         same paths (checked before any work); only this process writes the records.
 
+    prune : bool
+        Drop the records and crops of sources no longer in ``in_dir``. Without it
+        (the default) they are kept, counted in :attr:`Summary.missing`, and their
+        crop names stay theirs: a sub-folder of ``in_dir`` that is empty or
+        unmounted for a while loses nothing.
+
     Returns
     -------
     Summary
@@ -189,7 +196,7 @@ def run_crop_job(
         executor.check_folders(src, dst)
         with _Lock(dst):
             _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                        chunk_size, progress, summary, start, executor)  # fmt: skip
+                        chunk_size, progress, summary, start, executor, prune=prune)  # fmt: skip
     except OSError as exc:  # reading IN_DIR never raises (see scan_folder, the workers): OUT_DIR does
         where = f" {portable_name(str(exc.filename))!r}" if exc.filename else ""
         raise CropJobTransientError(
@@ -203,7 +210,7 @@ def _run_locked(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
-    executor: ChunkExecutor,
+    executor: ChunkExecutor, prune: bool = False,
 ) -> None:  # fmt: skip
     """The body of :func:`run_crop_job`, run while OUT_DIR is locked.
 
@@ -218,7 +225,7 @@ def _run_locked(
     forget_journal(dst)
     try:
         _run_journaled(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
-                       chunk_size, progress, summary, start, executor)  # fmt: skip
+                       chunk_size, progress, summary, start, executor, prune=prune)  # fmt: skip
     finally:
         forget_journal(dst)
 
@@ -239,7 +246,7 @@ def _run_journaled(
     src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
-    executor: ChunkExecutor,
+    executor: ChunkExecutor, prune: bool = False,
 ) -> None:  # fmt: skip
     """:func:`_run_locked` once the journal of OUT_DIR is fresh (:func:`facealign.batch.outdir.journal_of`)."""
     journal = journal_of(dst)
@@ -291,7 +298,7 @@ def _run_journaled(
     with open_append(manifest_path) as manifest, open_append(dst / FAILURES_NAME) as failures:
         if new_csv:
             _append(manifest, ",".join(CSV_COLUMNS) + "\n")
-        planner = _Planner(src, dst, fmt, records, failures, summary, estimate)
+        planner = _Planner(src, dst, fmt, records, failures, summary, estimate, prune)
         try:
             try:
                 walk = walk_images(src, planner.plan_folder)
@@ -321,7 +328,7 @@ def _run_journaled(
             planner.finish()
         finally:
             planner.close()
-    summary.gone = records.gone
+    summary.gone, summary.missing = records.gone, records.missing
     if planner.dropped:  # rows of sources gone or changed: remove them, then forget the list
         _filter_records(manifest_path, manifest_format, planner.dropped)
         _filter_records(dst / FAILURES_NAME, "jsonl", planner.dropped)
