@@ -87,7 +87,7 @@ def test_cluster_run_writes_what_the_joblib_run_writes(photos_in, reference, cli
         photos_in, out, executor=DaskExecutor(client), chunk_size=1, progress=lambda d, t: seen.append((d, t))
     )
     assert (summary.images, summary.processed, summary.faces, summary.failures) == (5, 5, 5, 1)
-    assert summary.chunks == 5 and summary.line().endswith("(5 chunks)")
+    assert summary.chunks == 5 and "(5 chunks)" in summary.line()
     assert seen == [(d, 5) for d in range(6)]  # once before, then per chunk
     assert_same_outputs(out, reference)
     again = run_crop_job(photos_in, out, executor=DaskExecutor(client))  # resumes: nothing left to do

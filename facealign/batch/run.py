@@ -141,7 +141,6 @@ def run_crop_job(
         :class:`facealign.cluster.DaskExecutor` for a Dask cluster (``jobs`` is
         then ignored). Its workers must see ``in_dir`` and ``out_dir`` at the
         same paths (checked before any work); only this process writes the records.
-
     prune : bool
         Drop the records and crops of sources no longer in ``in_dir``. Without it
         (the default) they are kept, counted in :attr:`Summary.missing`, and their
