@@ -119,6 +119,7 @@ RESEARCH_COMMANDS: dict[str, tuple[str, str]] = {
     "fit-quality": ("facealign.research.model_cli", "fit_quality_command"),
     "sweep-k": ("facealign.research.model_cli", "sweep_k_command"),
     "train": ("facealign.research.model_cli", "train_command"),
+    "train-compact": ("facealign.research.model_cli", "train_compact_command"),
     "train-hard": ("facealign.research.model_cli", "train_hard_command"),
     "tweak": ("facealign.research.model_cli", "tweak_command"),
 }

@@ -45,7 +45,7 @@ RIGHT_EYE: Final[int] = 1
 NOSE: Final[int] = 2
 
 #: Landmark engines (:class:`facealign.engine.LandmarkEngine`); the first is the default.
-ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla")
+ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla", "compact")
 DEFAULT_ENGINE: Final[str] = ENGINES[0]
 
 #: Folder of the shipped weights (``<engine>.pt``, ``<engine>.npz``, ``box_maps.json``).

@@ -228,6 +228,8 @@ class LandmarkEngine:
         arrays = load_runtime_weights(self.weights_path)
         self.meta: dict[str, Any] = json.loads(str(arrays["meta"]))
         self._trunk_onnx = arrays["trunk_onnx"].tobytes()
+        #: Side of the square network input (40, the paper's, unless the weights say otherwise).
+        self.input_size = int(arrays["input_size"]) if "input_size" in arrays else INPUT_SIZE
         self._threads = threads
         self._trunk: Any = None  # the onnxruntime session, opened on first use (see _session)
         self._vanilla_head = tuple(arrays[f"vanilla_{k}"] for k in ("w5", "b5", "w6", "b6"))
@@ -238,7 +240,7 @@ class LandmarkEngine:
                 raise ValueError(f"{self.weights_path} holds no TCNN heads; use engine='vanilla'")
             self._heads = tuple(arrays[f"heads_{k}"] for k in ("w5", "b5", "w6", "b6"))
             self.router = GaussianRouter(arrays["gmm_weights"], arrays["gmm_means"], arrays["gmm_variances"])
-        self.mirror = (engine == "tcnn") if mirror is None else bool(mirror)
+        self.mirror = (engine != "vanilla") if mirror is None else bool(mirror)
         #: x shift (box units) added to the un-mirrored prediction of the mirrored
         #: crop; see :func:`facealign.research.training_weights.estimate_mirror_shift`.
         self.mirror_shift = float(arrays["mirror_shift"])
@@ -280,11 +282,11 @@ class LandmarkEngine:
     def num_clusters(self) -> int:
         return 1 if self.router is None else self.router.num_components
 
-    @staticmethod
-    def _check_crops(crops: np.ndarray) -> np.ndarray:
+    def _check_crops(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
-        if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"expected N x {INPUT_SIZE} x {INPUT_SIZE} x 3 crops, got {crops.shape}")
+        s = self.input_size
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected N x {s} x {s} x 3 crops, got {crops.shape}")
         return np.ascontiguousarray(crops, np.uint8)
 
     def features(self, crops: np.ndarray) -> np.ndarray:
@@ -382,12 +384,12 @@ class LandmarkEngine:
         if len(boxes) == 0:
             empty = np.zeros((0, NUM_POINTS, 2))
             return (empty, self.assess(empty_signals())) if return_quality else empty
-        crops = crop_faces(images, boxes, owner)
+        crops = crop_faces(images, boxes, owner, self.input_size)
         given, first = boxes, None
         if self.refine and self.box_model is not None:  # refine implies a box model (see __init__)
             first = from_box_coordinates(self.first_pass_crops(crops), boxes)
             boxes = self.box_model.rebox(first, boxes)
-            crops = crop_faces(images, boxes, owner)
+            crops = crop_faces(images, boxes, owner, self.input_size)
         if not return_quality:
             return from_box_coordinates(self.predict_crops(crops), boxes)
         coords, network = self.predict_crops(crops, return_signals=True)

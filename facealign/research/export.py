@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constants import INPUT_SIZE
 from ..runtime_weights import RUNTIME_FORMAT_VERSION, TRUNK_INPUT, TRUNK_OUTPUT
 from ..runtime_weights import write_runtime_weights as write_runtime_arrays
+from .compact import CompactCNN, is_compact_state
 from .model import VanillaCNN
 from .training_weights import load_weights
 
@@ -52,27 +52,36 @@ class _NormalizedTrunk(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: VanillaCNN, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, model: VanillaCNN | CompactCNN, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", mean.float().reshape(1, 3, INPUT_SIZE, INPUT_SIZE))
-        self.register_buffer("std", std.float().reshape(1, 3, INPUT_SIZE, INPUT_SIZE))
+        s = model.input_size
+        self.register_buffer("mean", mean.float().reshape(1, 3, s, s))
+        self.register_buffer("std", std.float().reshape(1, 3, s, s))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = (crops.permute(0, 3, 1, 2).float() - self.mean) / self.std
         return self.model.features(x)
 
 
-def load_network(state: dict[str, Any]) -> tuple[VanillaCNN, torch.Tensor, torch.Tensor]:
-    """The vanilla network (eval mode) and its mean and std images from a training weights dict."""
-    model = VanillaCNN.from_state_dict(state["vanilla"])
+def load_network(state: dict[str, Any]) -> tuple[VanillaCNN | CompactCNN, torch.Tensor, torch.Tensor]:
+    """The landmark network (eval mode) and its mean and std images from a training weights dict.
+
+    The network is under the key ``"vanilla"``: the paper's layout or, for the
+    ``compact`` engine, :class:`facealign.research.compact.CompactCNN` (told apart by its keys).
+    """
+    net = state["vanilla"]
+    model: VanillaCNN | CompactCNN = (
+        CompactCNN.from_state_dict(net) if is_compact_state(net) else VanillaCNN.from_state_dict(net)
+    )
     return model.eval(), state["mean"].float(), state["std"].float()
 
 
 def trunk_onnx(state: dict[str, Any]) -> bytes:
     """The ONNX graph of the normalisation and CL1-CL4 of a training weights dict (see the module docstring)."""
     trunk = _NormalizedTrunk(*load_network(state)).eval()
-    example = torch.zeros(2, INPUT_SIZE, INPUT_SIZE, 3, dtype=torch.uint8)
+    s = trunk.model.input_size
+    example = torch.zeros(2, s, s, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The tracer notes the constant input-shape check, and the legacy exporter its
@@ -105,6 +114,7 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "trunk_onnx": np.frombuffer(trunk_onnx(state), np.uint8),
         "meta": np.array(json.dumps(dict(state.get("meta", {})), sort_keys=True)),
         "mirror_shift": np.array(float(state.get("mirror_shift", 0.0))),
+        "input_size": np.array(load_network(state)[0].input_size),
         # nn.Linear keeps output x input; the run time multiplies input x output.
         **_head_arrays(
             vanilla["fc5.0.weight"].t(),

@@ -176,7 +176,9 @@ def hard_batch(faces: MultiBoxFaces, idx: np.ndarray, cfg: HardTrainConfig, rng:
         crop = warp_crop(faces.images[idx[i]], mats[i] @ rot)
         pts[i] = pts[i] @ rot[:2, :2].T + rot[:2, 2]
         if hard:
-            crop = _degrade(crop, cfg, rng)
+            crop = degrade(
+                crop, rng, cfg.p_lowres, cfg.lowres_px, cfg.p_blur, cfg.p_jpeg, cfg.jpeg_quality, cfg.p_occlude
+            )
         crops[i] = crop
     target = to_box_coordinates(pts, jittered)
     flip = rng.random(n) < 0.5
@@ -193,21 +195,31 @@ def hard_batch(faces: MultiBoxFaces, idx: np.ndarray, cfg: HardTrainConfig, rng:
     return out.astype(np.uint8), target
 
 
-def _degrade(crop: np.ndarray, cfg: HardTrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Low resolution, blur, JPEG and an occlusion patch, each with its probability."""
-    s = INPUT_SIZE
-    if rng.random() < cfg.p_lowres:
-        w = int(round(rng.uniform(*cfg.lowres_px)))
+def degrade(
+    crop: np.ndarray,
+    rng: np.random.Generator,
+    p_lowres: float,
+    lowres_px: tuple[float, float],
+    p_blur: float,
+    p_jpeg: float,
+    jpeg_quality: tuple[int, int],
+    p_occlude: float,
+) -> np.ndarray:
+    """Low resolution (down to ``lowres_px`` wide and back), blur, JPEG and an occlusion
+    patch, each with its probability, on a square uint8 crop."""
+    s = crop.shape[0]
+    if rng.random() < p_lowres:
+        w = int(round(rng.uniform(*lowres_px)))
         small = cv2.resize(crop, (w, w), interpolation=cv2.INTER_AREA)
         crop = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < cfg.p_blur:
+    if rng.random() < p_blur:
         crop = cv2.GaussianBlur(crop, (0, 0), rng.uniform(0.5, 1.5))
-    if rng.random() < cfg.p_jpeg:
-        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*cfg.jpeg_quality))])
+    if rng.random() < p_jpeg:
+        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*jpeg_quality))])
         decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
         if decoded is not None:
             crop = decoded
-    if rng.random() < cfg.p_occlude:
+    if rng.random() < p_occlude:
         crop = crop.copy()
         h, w = rng.integers(s // 5, s // 2, 2)
         y, x = rng.integers(0, s - h), rng.integers(0, s - w)

@@ -90,6 +90,7 @@ class VanillaCNN(nn.Module):
             raise ValueError(f"channels must be 4 positive widths and fc5_dim positive, got {channels}, {fc5_dim}")
         c1, c2, c3, c4 = (int(c) for c in channels)
         self.channels = (c1, c2, c3, c4)
+        self.input_size = INPUT_SIZE
         self.fc5_input_dim = c4 * CL4_OUTPUT_PIXELS
         self.cl1 = _conv_block(3, c1, 5, pool=True)
         self.cl2 = _conv_block(c1, c2, 3, pool=True)

@@ -161,6 +161,56 @@ def train_command(
         raise click.ClickException(str(err)) from err
 
 
+@click.command("train-compact")
+@_data_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate (cosine decay).")
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=32),
+    default=64,
+    show_default=True,
+    help="Side of the network input, a multiple of 16.",
+)
+@click.option("--loss", type=click.Choice(["l1", "eq1"]), default="l1", show_default=True)
+@click.option("--rotation-sd", type=float, default=15.0, show_default=True, help="In-plane rotation SD, degrees.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=1, show_default=True, help="torch threads (0: torch default)."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def train_compact_command(
+    data, out, work_dir, epochs, batch_size, lr, input_size, loss, rotation_sd, seed, limit, threads, quiet
+) -> None:
+    """Train the compact network (engine v3, facealign.research.compact) on MTFL, resumable.
+
+    \b
+    Example (the shipped compact engine):
+      facealign train-compact --out runs/compact.pt --work-dir runs/compact
+    """
+    from .compact import CompactTrainConfig, train_compact
+
+    _check_data(data)
+    cfg = CompactTrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, loss=loss,
+        rotation_sd=rotation_sd, seed=seed, threads=threads,
+    )  # fmt: skip
+    try:
+        _quiet_logs(quiet)
+        train_compact(data, out, work_dir, cfg, resume=True, limit=limit)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+
+
 @click.command("train-hard")
 @_data_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")

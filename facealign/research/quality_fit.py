@@ -30,6 +30,7 @@ from .evaluation import FAILURE_THRESHOLD, evaluate_engines
 DEFAULT_SIGNALS: dict[str, tuple[str, ...]] = {
     "tcnn": ("mirror_disagreement", "pass_disagreement", "gmm_log_likelihood", "gmm_posterior", "nose_offset"),
     "vanilla": ("pass_disagreement", "nose_offset"),
+    "compact": ("mirror_disagreement", "pass_disagreement", "nose_offset"),
 }
 #: Share of faces rejected at each point of the error-reject curve.
 REJECT_FRACTIONS: tuple[float, ...] = tuple(np.round(np.arange(0, 0.51, 0.05), 2))

@@ -36,10 +36,13 @@ def extract_layer_inputs(
     import torch
 
     from ..export import load_network
+    from ..model import VanillaCNN
     from ..training_weights import load_weights
     from ..tweak import to_tensor
 
     model, mean, std = load_network(load_weights(weights))
+    if not isinstance(model, VanillaCNN):
+        raise ValueError(f"{weights}: the layer analysis (paper section 2.2) is for the paper's network")
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     with torch.inference_mode():
         for s in range(0, len(crops), batch_size):
