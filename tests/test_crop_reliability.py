@@ -643,3 +643,28 @@ def test_issue22_item6_a_hand_edited_manifest_never_deletes_files(photos_in, tmp
         assert (out / "a" / "000131_0.jpg").read_bytes() == crop_131
         assert summary.processed == (1 if not prune else 0)  # a/000149.jpg, whose record was made incomplete
     assert {r["source"] for r in read_jsonl(out / "manifest.jsonl")} == set(rows)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "bom_and_crlf", "torn_last_line"])
+def test_issue22_item5_a_damaged_manifest_heals_without_failures(photos_in, tmp_path, damage) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    reference = read_jsonl(out / "manifest.jsonl")
+    manifest = out / "manifest.jsonl"
+    text = manifest.read_bytes()
+    if damage == "deleted":
+        manifest.unlink()
+        redone = 4  # every image with a crop; its crops, written by the job, are recognised
+    elif damage == "bom_and_crlf":  # re-saved by an editor
+        manifest.write_bytes(b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))
+        redone = 0
+    else:  # a crash or a full disk in the middle of the rows of the last image (b/two.jpg, two faces)
+        start = text.index(b'{"source": "b/two.jpg"')
+        manifest.write_bytes(text[: start + 40])
+        redone = 1
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.failures) == (redone, 0)
+    rows = assert_consistent(out)
+    key = lambda r: (r["source"], r["face"], r["output"])  # noqa: E731
+    assert sorted(map(key, rows)) == sorted(map(key, reference))
+    assert read_jsonl(out / "failures.jsonl") == []

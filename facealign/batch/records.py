@@ -149,12 +149,13 @@ class _Records:
 
 def _read_text(path: Path) -> tuple[str, bool]:
     """A record file's complete lines (``\\n``-terminated; a leading byte-order mark
-    removed, other bytes as they are) and whether a torn last line was cut off. Never
-    read through a link."""
+    removed, other bytes as they are) and whether it needs rewriting: a torn last line
+    was cut off, or the mark removed. Never read through a link."""
     text = read_bytes(path).decode("utf-8", errors="replace")  # a torn write may cut a character
-    text = text.removeprefix("\ufeff")  # re-saved by an editor
+    bom = text.startswith("\ufeff")  # re-saved by an editor
+    text = text.removeprefix("\ufeff")
     end = text.rfind("\n") + 1
-    return text[:end], end != len(text)
+    return text[:end], end != len(text) or bom
 
 
 def _lines(text: str) -> list[str]:
@@ -174,6 +175,7 @@ def _manifest_entries(path: Path, fmt: str) -> tuple[list[tuple[dict[str, Any], 
     dropped = torn
     if fmt == "jsonl":
         raws: list[Any] = _lines(text)
+        dropped = dropped or "\r\n" in text  # re-saved with CRLF: rewritten with \n
         rows: list[dict[str, Any] | None] = []
         for line in raws:
             try:
@@ -305,6 +307,7 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
 
     failures_path = out_dir / FAILURES_NAME
     text, dropped = _read_text(failures_path)
+    dropped = dropped or "\r\n" in text
     kept_lines = []
     for line in _lines(text):
         try:
