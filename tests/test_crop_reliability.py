@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import Stop, child_pids, is_alive, photo_folder, stop_after
+from conftest import Stop, child_pids, is_alive, photo_folder, stop_after, two_face_photo
 from PIL import Image
 
 import facealign.batch as batch
@@ -668,3 +668,35 @@ def test_issue22_item5_a_damaged_manifest_heals_without_failures(photos_in, tmp_
     key = lambda r: (r["source"], r["face"], r["output"])  # noqa: E731
     assert sorted(map(key, rows)) == sorted(map(key, reference))
     assert read_jsonl(out / "failures.jsonl") == []
+
+
+@pytest.fixture()
+def twelve_photos(shared_datasets, face_photos, tmp_path) -> Path:
+    """Twelve celeba_wild photos in two folders, and the two-face photo."""
+    names = sorted(os.listdir(shared_datasets / "celeba_wild" / "images"))[:12]
+    root = tmp_path / "in"
+    for n, name in enumerate(names):
+        (root / "ab"[n % 2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_datasets / "celeba_wild" / "images" / name, root / "ab"[n % 2] / name)
+    two_face_photo(face_photos, root / "b" / "two.jpg")
+    return root
+
+
+def _outputs(out: Path) -> tuple[list[str], dict[str, bytes]]:
+    rows = sorted((out / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
+    crops = {r["output"]: (out / r["output"]).read_bytes() for r in read_jsonl(out / "manifest.jsonl")}
+    return rows, crops
+
+
+def test_issue22_item4_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(twelve_photos, tmp_path) -> None:
+    """Byte-identical crops and identical manifest rows (order aside) with one process,
+    two processes, other chunk sizes, and a run stopped after its first chunk and resumed."""
+    run_crop_job(twelve_photos, tmp_path / "one", jobs=1)
+    reference = _outputs(tmp_path / "one")
+    assert len(reference[1]) >= 12
+    run_crop_job(twelve_photos, tmp_path / "two", jobs=2, chunk_size=3)
+    assert _outputs(tmp_path / "two") == reference
+    with pytest.raises(Stop):
+        run_crop_job(twelve_photos, tmp_path / "resumed", jobs=1, chunk_size=5, progress=stop_after(1))
+    run_crop_job(twelve_photos, tmp_path / "resumed", jobs=2, chunk_size=2)
+    assert _outputs(tmp_path / "resumed") == reference
