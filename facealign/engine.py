@@ -206,7 +206,8 @@ class LandmarkEngine:
         without one is an error.
     threads : int, optional
         Threads of the convolutional layers (onnxruntime's intra-op pool); by
-        default onnxruntime's choice (all cores). See :meth:`set_threads`.
+        default one per CPU the process may run on (:func:`facealign.inference.available_cpus`).
+        See :meth:`set_threads`.
     """
 
     #: Faces routed and sent through the heads together (bounds memory).
@@ -259,7 +260,7 @@ class LandmarkEngine:
             self.quality_model = QualityModel.from_state(state)
 
     def set_threads(self, threads: int | None) -> None:
-        """Run the convolutional layers on ``threads`` threads (None: onnxruntime's choice).
+        """Run the convolutional layers on ``threads`` threads (None: one per available CPU).
 
         The crop job gives each worker process one thread.
         """

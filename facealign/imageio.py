@@ -420,6 +420,7 @@ def read_image_reduced(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     decoder_warnings: list[str] | None = None,
+    exact: bool = True,
 ) -> tuple[np.ndarray, float]:
     """Decode an image so that its longer side is at most ``max_side`` pixels.
 
@@ -443,6 +444,11 @@ def read_image_reduced(
         When given, the warnings of the decoder on an image that still decodes
         (Python warnings and ``PIL`` log messages, e.g. ``"Corrupt EXIF data"``)
         are appended to it instead of being printed.
+    exact : bool, optional
+        False: return the image as decoded, without resampling it to
+        ``max_side``: a JPEG at the smallest DCT scale whose longer side is at
+        least ``max_side`` (or full size), any other format at full size; for
+        callers that want *at least* that resolution and resample themselves.
 
     Returns
     -------
@@ -479,8 +485,10 @@ def read_image_reduced(
     # Full-resolution size (EXIF orientation swaps both sides alike).
     full_w, full_h = width / draft_scale, height / draft_scale
     target = max_side / max(full_w, full_h)
-    if target >= 1.0:
+    if target >= 1.0 or (not exact and draft_scale == 1.0):
         return rgb, 1.0
+    if not exact:
+        return rgb, draft_scale
     out_w = max(1, min(max_side, math.floor(full_w * target + 1e-9)))
     out_h = max(1, min(max_side, math.floor(full_h * target + 1e-9)))
     if (out_w, out_h) == (width, height) and math.isclose(draft_scale, target):

@@ -114,3 +114,16 @@ def test_upscale_when_empty_searches_the_own_size_first():
     with pytest.raises(ValueError, match="upscale"):
         ScaledDetector(upscale="sometimes")
     assert get_detector("dlib-fast").upscale == "when-empty" and get_detector("dlib").upscale == "always"
+
+
+def test_retinaface_finds_the_same_boxes_with_one_or_two_threads(face_photos):
+    """Tolerance: none (bit-identical boxes, scores and points), as ``--jobs 1`` (threads
+    for the CPUs available) and ``--jobs 2`` workers (one thread each) must agree."""
+    one, two = get_detector("retinaface", threads=1), get_detector("retinaface", threads=2)
+    for path in face_photos:
+        image = read_image(path)
+        a, b = one.detect(image), two.detect(image)
+        assert len(a) >= 1
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)

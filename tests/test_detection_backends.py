@@ -119,7 +119,7 @@ def test_tiles_and_levels_find_every_square_once():
         (900, 480, 22),
     ]
     image = _canvas(1000, 1500, squares)
-    det = SquareFinder()
+    det = SquareFinder(min_face=20)
     assert det.levels(1000, 1500) == pytest.approx([1.0, 0.25, 0.0625])
     found = det.detect(image)
     assert len(found) == len(squares), found.boxes
@@ -146,9 +146,34 @@ def test_min_face_drops_small_faces_and_upscales_when_asked():
         SquareFinder(min_face=0)
 
 
+def test_default_min_face_is_a_32nd_of_the_photo_from_20_to_80_px():
+    det = SquareFinder()
+    assert det.min_face_for(240, 320) == 20 and det.min_face_for(480, 640) == 20
+    assert det.min_face_for(1500, 2000) == pytest.approx(62.5)
+    assert det.min_face_for(3024, 4032) == 80 and det.min_face_for(4000, 6000) == 80
+    assert det.levels(3024, 4032)[0] == pytest.approx(0.25)  # a 1,008 px search
+    assert SquareFinder(min_face=20).min_face_for(3024, 4032) == 20  # the full search, on request
+
+
+def test_a_photo_decoded_reduced_is_searched_for_faces_of_min_face_photo_pixels():
+    # A 1600 px photo with squares of 48 and 100 px, decoded at half size: min_face=40
+    # (photo pixels) keeps both, and the boxes are in the decoded image's pixels.
+    photo = _canvas(1200, 1600, [(300, 300, 48), (900, 500, 100)])
+    half = cv2.resize(photo, (800, 600), interpolation=cv2.INTER_AREA)
+    det = SquareFinder(min_face=40)
+    assert det.levels(600, 800, scale=0.5) == pytest.approx([1.0, 0.25])
+    found = det.detect(half, scale=0.5)
+    widths = sorted(found.boxes[:, 2] - found.boxes[:, 0])
+    assert widths == pytest.approx([24, 50], abs=2)
+    # told nothing, the detector takes the half-size image for the photo and drops the small square
+    assert len(det.detect(half)) == 1
+
+
 def test_working_side_follows_the_detector():
-    # CNN detectors at min_face 20 want the full photo; at 80, a quarter of it.
-    assert working_side(SquareFinder(), 12000, 9000) == 12000
+    # CNN detectors at min_face 20 want the full photo; at 80 (the default on a
+    # photo this large), a quarter of it.
+    assert working_side(SquareFinder(min_face=20), 12000, 9000) == 12000
+    assert working_side(SquareFinder(), 12000, 9000) == 3000
     assert working_side(SquareFinder(min_face=80), 12000, 9000) == 3000
     assert working_side(get_detector("dlib"), 12000, 9000) == 4096  # dlib searches at <= 1280 anyway
     assert working_side(object(), 640, 480) == 640  # a plug-in without a policy: full size

@@ -94,3 +94,38 @@ def test_bench_times_the_pipeline(face_photos, tmp_path) -> None:
     assert (times.images, times.faces, times.failures) == (3, 3, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{Path(n).stem}_0.jpg" for n in FACE_IMAGES)
     assert all(getattr(times, s) > 0 for s in BENCH_STAGES) and times.total <= times.wall
+
+
+def _enlarged(photo: Path, factor: float, out: Path) -> Path:
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        rgb = image.convert("RGB")
+    rgb.resize((round(rgb.width * factor), round(rgb.height * factor)), Image.Resampling.BICUBIC).save(out, quality=92)
+    return out
+
+
+def test_large_photos_are_decoded_at_the_dct_scale_their_crops_need(face_photos, tmp_path) -> None:
+    """A 2,560 px photo: at the default minimum face (80 px there) the crops need the full
+    resolution; at ``min_face=200`` a face on the 112 px crop (80 px) needs 0.4 of it, so the
+    JPEG is decoded at 1/2 (DCT scaling) and the detector, told the scale, still finds the face
+    (box within 2% of its width of the full-resolution one)."""
+    from facealign.detection import get_detector
+    from facealign.imageio import read_image
+
+    big = _enlarged(face_photos[0], 8, tmp_path / "big.jpg")
+    [full] = list(iter_image_faces(get_aligner(CropSettings()), [big]))
+    [half] = list(iter_image_faces(get_aligner(CropSettings(min_face=200)), [big]))
+    assert full.scale == 1.0 and half.scale == 0.5
+    assert half.image is not None and max(half.image.shape) == 1280
+    [face_half] = half.faces()
+    [truth] = get_detector("retinaface", min_face=200).detect(read_image(big)).boxes  # the full photo
+    np.testing.assert_allclose(face_half.box, truth, atol=0.02 * (truth[2] - truth[0]))
+
+
+def test_crop_side_keeps_the_smallest_face_as_wide_as_on_the_template(aligner) -> None:
+    # ArcFace 112: a face is about 80 px wide on the crop (2.25 eye distances).
+    assert aligner.crop_side(4032, 3024) > 4032 / 2  # default minimum face there, 80 px: no DCT reduction
+    assert aligner.crop_side(320, 240) == 320
+    wide = get_aligner(CropSettings(min_face=320))
+    assert wide.crop_side(4032, 3024) == pytest.approx(4032 / 4, abs=20)

@@ -28,7 +28,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
-from .base import DEFAULT_MIN_FACE, Detections, Detector, PyramidDetector, check_image, confident_or_best, nms
+from .base import (
+    DEFAULT_MIN_FACE,
+    DEFAULT_MIN_FACE_FRACTION,
+    DEFAULT_MIN_FACE_LIMIT,
+    Detections,
+    Detector,
+    PyramidDetector,
+    check_image,
+    confident_or_best,
+    nms,
+)
 from .libfacedetection import LibFaceDetectionDetector
 from .retinaface import RetinaFaceDetector
 from .scaled import DlibHogDetector, FastDlibHogDetector, HaarDetector, ScaledDetector
@@ -36,6 +46,8 @@ from .scaled import DlibHogDetector, FastDlibHogDetector, HaarDetector, ScaledDe
 __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_MIN_FACE",
+    "DEFAULT_MIN_FACE_FRACTION",
+    "DEFAULT_MIN_FACE_LIMIT",
     "DETECTORS",
     "ENTRY_POINT_GROUP",
     "Detections",

@@ -26,10 +26,24 @@ __all__ = [
     "from_resized",
     "nms",
     "DEFAULT_MIN_FACE",
+    "DEFAULT_MIN_FACE_FRACTION",
+    "DEFAULT_MIN_FACE_LIMIT",
 ]
 
-#: Smallest face (box width, pixels of the photo) the CNN detectors look for by default.
+#: The default smallest face (box width, pixels of the photo) of the CNN detectors
+#: (:meth:`PyramidDetector.min_face_for`) is :data:`DEFAULT_MIN_FACE_FRACTION` of
+#: the photo's longer side, but at least ``DEFAULT_MIN_FACE`` pixels and at most
+#: :data:`DEFAULT_MIN_FACE_LIMIT`.
 DEFAULT_MIN_FACE: int = 20
+#: See :data:`DEFAULT_MIN_FACE`: on a photo up to 640 px long the default is 20 px.
+DEFAULT_MIN_FACE_FRACTION: float = 1 / 32
+#: See :data:`DEFAULT_MIN_FACE`: every face at least as wide as a face on the
+#: default 112 px ArcFace crop (80 px: a face the crop does not enlarge) is looked
+#: for in a photo of any size. On a 4,032 px camera photo the default is 80 px and
+#: the search one tile of 1,008 px instead of a full-resolution pyramid; chosen by
+#: measurement (``bench/crop_speed.py``, docs/bench/crop_speed.md: ``--min-face``
+#: against faces found and images/s). ``min_face=20`` restores the full search.
+DEFAULT_MIN_FACE_LIMIT: int = 80
 
 
 @dataclass(frozen=True)
@@ -191,8 +205,10 @@ class PyramidDetector:
 
     1. the first level resizes the photo by ``native_min / min_face``
        (:meth:`work_scale`), so the smallest face wanted becomes ``native_min``
-       pixels wide: at the default ``min_face`` a photo is searched at its own
-       size, upscaled only when ``min_face`` is below ``native_min``;
+       pixels wide: a photo up to 640 px long is searched at its own size at the
+       default ``min_face`` (:meth:`min_face_for`), a larger one reduced (to
+       640 px up to 2,560 px long, then by 80 / ``native_min``), and a photo is
+       upscaled only when ``min_face`` is below ``native_min``;
     2. each further level shrinks by ``band``, until the whole photo fits in one
        tile, so every face size falls in the band of some level;
     3. a level larger than a tile is cut into tiles that overlap by the largest
@@ -229,13 +245,14 @@ class PyramidDetector:
 
     def __init__(
         self,
-        min_face: float = DEFAULT_MIN_FACE,
+        min_face: float | None = None,
         threshold: float | None = None,
         rescue_threshold: float | None | str = "default",
     ) -> None:
-        if not min_face > 0:
+        if min_face is not None and not min_face > 0:
             raise ValueError(f"min_face must be positive, got {min_face}")
-        self.min_face = float(min_face)
+        #: Smallest face looked for, pixels of the photo; None: the default rule (:meth:`min_face_for`).
+        self.min_face = None if min_face is None else float(min_face)
         if threshold is not None:
             self.threshold = float(threshold)
         if rescue_threshold != "default":
@@ -253,33 +270,49 @@ class PyramidDetector:
         raise NotImplementedError
 
     # -- the pyramid -------------------------------------------------------- #
-    def work_scale(self, height: int, width: int) -> float:
+    def min_face_for(self, height: float, width: float) -> float:
+        """Smallest face looked for in a photo of this size, pixels: ``min_face`` when
+        given, else :data:`DEFAULT_MIN_FACE_FRACTION` of the longer side, clipped to
+        [:data:`DEFAULT_MIN_FACE`, :data:`DEFAULT_MIN_FACE_LIMIT`]."""
+        if self.min_face is not None:
+            return self.min_face
+        fraction = DEFAULT_MIN_FACE_FRACTION * max(height, width)
+        return float(min(max(fraction, DEFAULT_MIN_FACE), DEFAULT_MIN_FACE_LIMIT))
+
+    def work_scale(self, height: float, width: float) -> float:
         """The largest resize factor this detector uses on a photo of this size (below 1:
         it never needs more than that fraction of the full resolution)."""
-        return self.native_min / self.min_face
+        return self.native_min / self.min_face_for(height, width)
 
-    def levels(self, height: int, width: int) -> list[float]:
-        """Resize factors of the pyramid levels for a photo of this size, finest first."""
-        scale = self.work_scale(height, width)
-        levels = [scale]
-        while max(height, width) * scale > self.tile:
-            scale /= self.band
-            levels.append(scale)
+    def levels(self, height: int, width: int, scale: float = 1.0) -> list[float]:
+        """Resize factors of the pyramid levels for an image of this size, finest first;
+        the image is ``scale`` times the photo (decoded reduced, see :meth:`detect`)."""
+        level = self.work_scale(height / scale, width / scale) / scale
+        levels = [level]
+        while max(height, width) * level > self.tile:
+            level /= self.band
+            levels.append(level)
         return levels
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def detect(self, image: np.ndarray, scale: float = 1.0) -> Detections:
+        """Faces of ``image``, which is ``scale`` times the photo (a photo decoded
+        reduced): ``min_face`` and the default rule refer to the photo's pixels, the
+        boxes to the image's."""
         check_image(image)
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         height, width = image.shape[:2]
+        min_face = self.min_face_for(height / scale, width / scale) * scale
         boxes: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         points: list[np.ndarray | None] = []
         overlap = int(math.ceil(self.native_min * self.band * 1.25))
-        for scale in self.levels(height, width):
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        for factor in self.levels(height, width, scale):
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
             if size == (width, height):
                 level = image
             else:
-                interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+                interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
                 level = cv2.resize(image, size, interpolation=interp)
             sx, sy = size[0] / width, size[1] / height
             xs = _tile_starts(size[0], self.tile, overlap)
@@ -306,7 +339,7 @@ class PyramidDetector:
         boxes_all = np.concatenate(boxes)
         scores_all = np.concatenate(scores)
         points_all = np.concatenate(cast(list[np.ndarray], points)) if has_points else None
-        big = (boxes_all[:, 2] - boxes_all[:, 0]) >= self.min_face
+        big = (boxes_all[:, 2] - boxes_all[:, 0]) >= min_face
         keep = np.flatnonzero(big)[nms(boxes_all[big], scores_all[big], self.nms_iou)]
         keep = keep[confident_or_best(scores_all[keep], self.threshold)]
         found = Detections(boxes_all[keep], scores_all[keep], None if points_all is None else points_all[keep])

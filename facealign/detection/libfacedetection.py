@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DEFAULT_MIN_FACE, PyramidDetector
+from .base import PyramidDetector
 
 __all__ = ["LibFaceDetectionDetector"]
 
@@ -25,8 +25,10 @@ class LibFaceDetectionDetector(PyramidDetector):
 
     Parameters
     ----------
-    min_face : float
-        Smallest face looked for (box width in pixels); default 20.
+    min_face : float, optional
+        Smallest face looked for (box width in pixels of the photo); faces
+        narrower are dropped. Default: 1/32 of the photo's longer side, at least
+        20 px and at most 80 px (:meth:`PyramidDetector.min_face_for`).
     threshold : float
         Confidence a face needs, 0 to 100 (default 70).
     rescue_threshold : float or None
@@ -43,7 +45,7 @@ class LibFaceDetectionDetector(PyramidDetector):
 
     def __init__(
         self,
-        min_face: float = DEFAULT_MIN_FACE,
+        min_face: float | None = None,
         threshold: float | None = None,
         rescue_threshold: float | None | str = "default",
     ) -> None:

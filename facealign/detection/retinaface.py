@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..constants import WEIGHTS_DIR
-from .base import DEFAULT_MIN_FACE, PyramidDetector
+from .base import PyramidDetector
 
 __all__ = ["RETINAFACE_ONNX", "RETINAFACE_SHA256", "RetinaFaceDetector", "load_retinaface_onnx"]
 
@@ -100,17 +100,19 @@ class RetinaFaceDetector(PyramidDetector):
 
     Parameters
     ----------
-    min_face : float
-        Smallest face looked for (box width in pixels of the image); faces
-        narrower are dropped. Default 20.
+    min_face : float, optional
+        Smallest face looked for (box width in pixels of the photo); faces
+        narrower are dropped. Default: 1/32 of the photo's longer side, at least
+        20 px and at most 80 px (:meth:`PyramidDetector.min_face_for`).
     threshold : float
         Face probability a detection needs (default 0.9, the model authors').
     rescue_threshold : float or None
         When no face reaches ``threshold``, the best one above this (default
         0.5) is kept; None turns the rescue off.
     threads : int, optional
-        onnxruntime intra-op threads; by default onnxruntime's own choice (all
-        cores). The crop job sets 1 per worker process.
+        onnxruntime intra-op threads; by default one per CPU the process may
+        run on (:func:`facealign.inference.available_cpus`). The crop job sets 1
+        per worker process.
     """
 
     name = "retinaface"
@@ -124,7 +126,7 @@ class RetinaFaceDetector(PyramidDetector):
 
     def __init__(
         self,
-        min_face: float = DEFAULT_MIN_FACE,
+        min_face: float | None = None,
         threshold: float | None = None,
         rescue_threshold: float | None | str = "default",
         threads: int | None = None,
