@@ -32,6 +32,7 @@ import json
 import math
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -481,6 +482,43 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start : start + size]
 
 
+def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, single_thread: bool) -> list:
+    """The landmarked :class:`~facealign.pipeline.ImageFaces` of ``paths``, without their pixels
+    (what ``facealign landmarks`` prints); in a worker process (``single_thread``) the
+    networks and OpenCV run on one thread."""
+    from .batch import get_aligner
+    from .pipeline import iter_image_faces
+
+    aligner = get_aligner(settings)
+    if single_thread:
+        import cv2
+
+        cv2.setNumThreads(1)
+        for part in (aligner.engine, aligner.detector):
+            if hasattr(part, "set_threads"):
+                part.set_threads(1)
+    items = list(iter_image_faces(aligner, paths, largest_only=largest_only))
+    for item in items:
+        item.image = None
+    return items
+
+
+def _landmarked(settings: Any, paths: list[Path], largest_only: bool, jobs: int | str) -> Iterator[list]:
+    """:func:`_landmark_chunk` of each chunk of ``paths``, in order, on ``jobs`` processes
+    (as ``crop --jobs``); the results do not depend on the chunks or the processes."""
+    from .batch.run import _resolve_jobs
+
+    n_jobs = _resolve_jobs(jobs, len(paths))
+    size = LANDMARKS_CHUNK if n_jobs == 1 else max(1, min(LANDMARKS_CHUNK, -(-len(paths) // (4 * n_jobs))))
+    chunks = list(_chunks(paths, size))
+    if n_jobs == 1:
+        return (_landmark_chunk(settings, chunk, largest_only, False) for chunk in chunks)
+    from joblib import Parallel, delayed
+
+    run = Parallel(n_jobs=n_jobs, return_as="generator")
+    return iter(run(delayed(_landmark_chunk)(settings, chunk, largest_only, True) for chunk in chunks))
+
+
 def _format_point(point) -> str:
     return f"({point[0]:.1f}, {point[1]:.1f})"
 
@@ -491,6 +529,16 @@ def _format_point(point) -> str:
 @_engine_option
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=_jobs_type,
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    help="Worker processes, as for crop; the output is the same, in the same order.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 def landmarks(
     inputs: tuple[Path, ...],
     detector: str,
@@ -499,6 +547,8 @@ def landmarks(
     engine: str,
     largest_only: bool,
     as_json: bool,
+    jobs: int | str,
+    quiet: bool,
 ) -> None:
     """Print face boxes, scores and five landmarks for images or folders of images.
 
@@ -521,9 +571,8 @@ def landmarks(
     printed (unreadable images found in a folder are printed with their error
     but do not change the exit code, as in crop); 2 bad command line.
     """
-    from .batch import CropSettings, get_aligner
+    from .batch import CropJobError, CropSettings, get_aligner
     from .imageio import portable_name, raw_name_b64
-    from .pipeline import iter_image_faces
 
     inputs = _with_stdin(inputs)
     if not inputs:
@@ -531,46 +580,54 @@ def landmarks(
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
     if missing:
         raise click.ClickException("no such file or folder: " + ", ".join(portable_name(m) for m in missing))
+    settings = CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
     try:
-        aligner = get_aligner(
-            CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
-        )
+        get_aligner(settings)  # a bad setting fails here, once
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     paths = _expand(inputs)
     given = {p for p in inputs if not p.is_dir()}
     unreadable: list[str] = []
-    for chunk in _chunks(paths, LANDMARKS_CHUNK):
-        for item in iter_image_faces(aligner, chunk, largest_only=largest_only):
-            name = portable_name(str(item.path))
-            # A name that is not UTF-8 is printed with %XX bytes; JSON adds the exact bytes.
-            record: dict = {"image": name}
-            raw = raw_name_b64(str(item.path))
-            if raw is not None:
-                record["image_b64"] = raw
-            if item.warnings:
-                record["warnings"] = item.warnings
-            if item.error is not None:
-                if item.path in given:
-                    unreadable.append(name)
+    try:
+        results = _landmarked(settings, paths, largest_only, jobs)
+    except CropJobError as exc:
+        raise click.ClickException(str(exc)) from exc
+    done = 0
+    # stdout is the output: a bar on a terminal, and no progress lines in a log
+    with Progress("landmarks", enabled=not quiet and sys.stderr.isatty()) as progress:
+        for chunk_items in results:
+            done += len(chunk_items)
+            progress(done, len(paths))
+            for item in chunk_items:
+                name = portable_name(str(item.path))
+                # A name that is not UTF-8 is printed with %XX bytes; JSON adds the exact bytes.
+                record: dict = {"image": name}
+                raw = raw_name_b64(str(item.path))
+                if raw is not None:
+                    record["image_b64"] = raw
+                if item.warnings:
+                    record["warnings"] = item.warnings
+                if item.error is not None:
+                    if item.path in given:
+                        unreadable.append(name)
+                    if as_json:
+                        click.echo(json.dumps({**record, "error": item.error}))
+                    else:
+                        click.echo(f"{name}\terror: {item.error}")
+                    continue
+                faces = item.faces()
                 if as_json:
-                    click.echo(json.dumps({**record, "error": item.error}))
+                    click.echo(json.dumps({**record, "faces": [f.to_json() for f in faces]}))
+                elif not faces:
+                    click.echo(f"{name}\tno face found")
                 else:
-                    click.echo(f"{name}\terror: {item.error}")
-                continue
-            faces = item.faces()
-            if as_json:
-                click.echo(json.dumps({**record, "faces": [f.to_json() for f in faces]}))
-            elif not faces:
-                click.echo(f"{name}\tno face found")
-            else:
-                for k, face in enumerate(faces):
-                    box = ", ".join(f"{v:.1f}" for v in face.box)
-                    points = " ".join(_format_point(p) for p in face.landmarks)
-                    click.echo(
-                        f"{name}\tface {k}\tscore {face.score:.3f}\tbox ({box})\tlandmarks {points}"
-                        f"\texpected error {face.expected_error:.1f}%\tp_fail {face.p_fail:.3f}"
-                    )
+                    for k, face in enumerate(faces):
+                        box = ", ".join(f"{v:.1f}" for v in face.box)
+                        points = " ".join(_format_point(p) for p in face.landmarks)
+                        click.echo(
+                            f"{name}\tface {k}\tscore {face.score:.3f}\tbox ({box})\tlandmarks {points}"
+                            f"\texpected error {face.expected_error:.1f}%\tp_fail {face.p_fail:.3f}"
+                        )
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(str(p) for p in inputs))
     if unreadable:

@@ -238,6 +238,10 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
+#: The EXIF tag of the orientation (1: upright, as stored).
+_EXIF_ORIENTATION = 0x0112
+
+
 def _decode(
     path: str | os.PathLike[str],
     max_pixels: int,
@@ -274,8 +278,10 @@ def _decode(
                         scale = drafted[1][2] / width  # box = (0, 0, width / s, height / s)
             _check_pixels(path, image.size, max_pixels)
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            rgb = _pil_to_rgb(oriented)
+            # exif_transpose copies the pixels even when there is nothing to turn
+            # (60 ms on a 12 MP photo); most photos are upright
+            upright = image.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1)
+            rgb = _pil_to_rgb(image if upright else ImageOps.exif_transpose(image))
     except ImageReadError:
         raise
     except MemoryError:

@@ -265,7 +265,7 @@ def test_thirty_faces_of_125px_on_a_6000x4000_canvas_are_all_found(face_photos, 
     cv2.imwrite(str(in_dir / "canvas.jpg"), canvas[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
     result = CliRunner().invoke(main, ["landmarks", str(in_dir / "canvas.jpg"), "--json"])
     assert result.exit_code == 0, result.output
-    faces = json.loads(result.output.splitlines()[0])["faces"]
+    faces = json.loads(result.stdout.splitlines()[0])["faces"]
     widths = [f["box"][2] - f["box"][0] for f in faces]
     assert len(faces) == 30, widths
     assert all(90 < w < 170 for w in widths), widths
