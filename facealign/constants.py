@@ -56,7 +56,9 @@ def shipped_weights(engine: str) -> Path:
     """Path of the training weights shipped for ``engine`` (``<engine>.pt``, a torch file).
 
     Training, tweaking and the research commands read and write this file; the
-    run-time engine reads :func:`shipped_runtime_weights`, compiled from it.
+    run-time engine reads :func:`shipped_runtime_weights`, compiled from it. The
+    file is in the source tree only (the wheel leaves the training weights out):
+    the research commands run from a checkout installed with ``pip install -e``.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")

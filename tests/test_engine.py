@@ -340,3 +340,14 @@ def test_wider_networks_round_trip_through_weights_and_the_runtime_engine(tmp_pa
 def test_network_widths_are_checked():
     with pytest.raises(ValueError, match="4 positive widths"):
         VanillaCNN(channels=(16, 48, 64))
+
+
+def test_a_missing_shipped_training_weights_file_says_where_they_come_from(monkeypatch, tmp_path) -> None:
+    # As in a wheel install: the .pt files are not there.
+    import facealign.research.training_weights as tw
+
+    monkeypatch.setattr(tw, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"come with a source checkout: pip install -e"):
+        tw.load_weights(tmp_path / "tcnn.pt")
+    with pytest.raises(FileNotFoundError, match=r"^no weights file at .*other\.pt$"):
+        tw.load_weights(tmp_path / "sub" / "other.pt")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import WEIGHTS_DIR
 from ..engine import LandmarkEngine, mirror_coordinates
 
 __all__ = [
@@ -43,7 +44,11 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+        hint = ""
+        if path.parent == WEIGHTS_DIR:
+            # The wheel carries the run-time weights only; the training weights live in the source tree.
+            hint = "; the shipped training weights come with a source checkout: pip install -e '.[train]' from a clone"
+        raise FileNotFoundError(f"no weights file at {path}{hint}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "vanilla" not in state or "mean" not in state:
         raise ValueError(f"{path} is not a facealign weights file")
