@@ -19,11 +19,12 @@ to RGB). In the examples, ``photo`` is the path of a photo with one face.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
@@ -31,6 +32,7 @@ import numpy as np
 from .alignment import Template, get_template
 from .detection import Detections, Detector, check_image, get_detector
 from .engine import DEFAULT_ENGINE, LandmarkEngine
+from .inference import resolve_providers
 from .pipeline import AlignedFace, Face, ImageFaces, Pipeline
 
 if TYPE_CHECKING:  # for the annotations only
@@ -102,19 +104,33 @@ def to_rgb(image: ImageInput) -> np.ndarray:
     )
 
 
-def _detector(spec: str | Detector | None, min_face: float | None, det_threshold: float | None) -> Detector:
-    """The detector of ``spec``; one given by name with ``det_threshold`` as its threshold (and no
-    rescue of the best face below it) when it takes one."""
+def _detector(
+    spec: str | Detector | None,
+    min_face: float | None,
+    det_threshold: float | None,
+    providers: str | Sequence[str] | None,
+) -> Detector:
+    """The detector of ``spec``. One given by name gets ``det_threshold`` as its threshold (and no
+    rescue of the best face below it) and ``providers`` when it takes them (the onnxruntime
+    detectors); the threshold is applied by :meth:`FaceAligner.detect` in any case."""
     if det_threshold is not None and not math.isfinite(det_threshold):
         raise ValueError(f"det_threshold must be a number, got {det_threshold}")
-    if det_threshold is None or not isinstance(spec, str | None):
-        return get_detector(spec, min_face=min_face)
-    try:
-        return get_detector(spec, min_face=min_face, threshold=det_threshold, rescue_threshold=None)
-    except ValueError as exc:
-        if "does not take" not in str(exc):
-            raise
-        return get_detector(spec, min_face=min_face)  # dropped in FaceAligner.detect instead
+    options: list[dict[str, Any]] = []
+    if det_threshold is not None:
+        options.append({"threshold": det_threshold, "rescue_threshold": None})
+    if providers is not None:
+        options.append({"providers": providers})
+    if not isinstance(spec, str | None):
+        options = []
+    # Every combination of the options, most first: a detector that takes neither gets none.
+    for count in range(len(options), 0, -1):
+        for chosen in itertools.combinations(options, count):
+            try:
+                return get_detector(spec, min_face=min_face, **{k: v for part in chosen for k, v in part.items()})
+            except ValueError as exc:
+                if "does not take" not in str(exc):
+                    raise
+    return get_detector(spec, min_face=min_face)
 
 
 class FaceAligner(Pipeline):
@@ -141,6 +157,15 @@ class FaceAligner(Pipeline):
     min_face : float, optional
         Smallest face the detector looks for, in pixels (a detector given by
         name only; default: the detector's own, 20 for the CNN detectors).
+    providers : str or sequence of str, optional
+        onnxruntime execution providers, most preferred first, for the networks
+        onnxruntime runs (the landmark engine given by name, RetinaFace): short
+        names ``cuda``, ``tensorrt``, ``coreml``, ``openvino``, ``directml``,
+        ``rocm`` or onnxruntime's (``CUDAExecutionProvider``); the CPU is always
+        the fallback. Default: ``FACEALIGN_PROVIDERS`` (comma-separated), else
+        the CPU. A provider the installed onnxruntime lacks is skipped with a
+        warning (for CUDA: ``pip install onnxruntime-gpu`` in place of
+        ``onnxruntime``). See :mod:`facealign.inference`.
     det_threshold : float, optional
         Detector score a face needs, on the detector's own scale (retinaface:
         0 to 1, default 0.9; libfacedetection: 0 to 100, default 70). Faces
@@ -167,10 +192,13 @@ class FaceAligner(Pipeline):
         size: int | tuple[int, int] | None = None,
         min_face: float | None = None,
         det_threshold: float | None = None,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
+        if providers is not None:
+            resolve_providers(providers)  # unknown names fail now
         super().__init__(
-            _detector(detector, min_face, det_threshold),
-            engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine),
+            _detector(detector, min_face, det_threshold, providers),
+            engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine, providers=providers),
             get_template(template, size),
         )
         self.det_threshold = det_threshold

@@ -235,6 +235,39 @@ def _detector_option(f):
     )(f)
 
 
+def _providers_option(f):
+    """``--providers NAMES`` (or ``FACEALIGN_PROVIDERS``): onnxruntime execution providers."""
+    return click.option(
+        "--providers",
+        envvar="FACEALIGN_PROVIDERS",
+        default=None,
+        metavar="NAMES",
+        callback=_check_providers,
+        help="onnxruntime execution providers, comma-separated, most preferred first: cuda, tensorrt, coreml, "
+        "openvino, directml, rocm (the CPU is always the fallback; a provider this onnxruntime lacks is skipped "
+        "with a warning). For CUDA: pip install onnxruntime-gpu in place of onnxruntime. [env: FACEALIGN_PROVIDERS; "
+        "default: the CPU]",
+    )(f)
+
+
+def _check_providers(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    """The providers of ``--providers`` that this onnxruntime has (None when not given); a
+    usage error for an unknown name, one warning line for those missing."""
+    from .inference import available_providers, missing_providers_message, resolve_providers
+
+    if not value or not value.strip():
+        return None
+    try:
+        wanted = resolve_providers(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    message = missing_providers_message(wanted)
+    if message is not None:
+        click.echo(f"warning: {message}", err=True)
+    available = set(available_providers())
+    return tuple(name for name in wanted if name in available)
+
+
 def _engine_option(f):
     return click.option(
         "--engine",
@@ -250,6 +283,7 @@ def _engine_option(f):
 @click.argument("out_dir", type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
+@_providers_option
 @click.option(
     "--template",
     default="arcface",
@@ -346,6 +380,7 @@ def crop(
     max_expected_error: float | None,
     max_p_fail: float | None,
     det_threshold: float | None,
+    providers: tuple[str, ...] | None,
 ) -> None:
     """Align every face of every image under IN_DIR into OUT_DIR.
 
@@ -411,6 +446,7 @@ def crop(
                 max_p_fail=max_p_fail,
                 executor=executor,
                 det_threshold=det_threshold,
+                providers=providers,
             )
     except CropJobTransientError as exc:
         raise _TemporaryFailure(str(exc)) from exc
@@ -527,6 +563,7 @@ def _format_point(point) -> str:
 @click.argument("inputs", metavar="IMAGE_OR_DIR...", nargs=-1, required=True, type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
+@_providers_option
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @click.option(
@@ -545,6 +582,7 @@ def landmarks(
     min_face: float | None,
     det_threshold: float | None,
     engine: str,
+    providers: tuple[str, ...] | None,
     largest_only: bool,
     as_json: bool,
     jobs: int | str,
@@ -580,7 +618,9 @@ def landmarks(
     missing = [str(p) for p in inputs if not p.exists() and not p.is_symlink()]
     if missing:
         raise click.ClickException("no such file or folder: " + ", ".join(portable_name(m) for m in missing))
-    settings = CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
+    settings = CropSettings(
+        detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold, providers=providers
+    )
     try:
         get_aligner(settings)  # a bad setting fails here, once
     except (ValueError, FileNotFoundError) as exc:
@@ -675,6 +715,7 @@ def _draw_targets(name: str, out: Path) -> list[tuple[Path, Path]]:
 @click.argument("out", metavar="OUT", type=_LocalPath(path_type=Path))
 @_detector_option
 @_engine_option
+@_providers_option
 @click.option("--largest-only", is_flag=True, help="Draw only the largest face of each image.")
 @click.option("--no-labels", is_flag=True, help="No 'k: p_fail P' label above each box.")
 def draw(
@@ -684,6 +725,7 @@ def draw(
     min_face: float | None,
     det_threshold: float | None,
     engine: str,
+    providers: tuple[str, ...] | None,
     largest_only: bool,
     no_labels: bool,
 ) -> None:
@@ -711,7 +753,9 @@ def draw(
     folder = Path(source).is_dir()
     try:
         aligner = get_aligner(
-            CropSettings(detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold)
+            CropSettings(
+                detector=detector, engine=engine, min_face=min_face, det_threshold=det_threshold, providers=providers
+            )
         )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc

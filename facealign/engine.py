@@ -208,6 +208,10 @@ class LandmarkEngine:
         Threads of the convolutional layers (onnxruntime's intra-op pool); by
         default one per CPU the process may run on (:func:`facealign.inference.available_cpus`).
         See :meth:`set_threads`.
+    providers : str or sequence of str, optional
+        onnxruntime execution providers of the convolutional layers
+        (:func:`facealign.inference.resolve_providers`; default the CPU, or
+        ``FACEALIGN_PROVIDERS``).
     """
 
     #: Faces routed and sent through the heads together (bounds memory).
@@ -221,6 +225,7 @@ class LandmarkEngine:
         batch_size: int = 16,
         refine: bool | None = None,
         threads: int | None = None,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -232,6 +237,7 @@ class LandmarkEngine:
         #: Side of the square network input (40, the paper's, unless the weights say otherwise).
         self.input_size = int(arrays["input_size"]) if "input_size" in arrays else INPUT_SIZE
         self._threads = threads
+        self._providers = providers
         self._trunk: Any = None  # the onnxruntime session, opened on first use (see _session)
         self._vanilla_head = tuple(arrays[f"vanilla_{k}"] for k in ("w5", "b5", "w6", "b6"))
         self._heads: tuple[np.ndarray, ...] | None = None
@@ -276,7 +282,7 @@ class LandmarkEngine:
         """The onnxruntime session of CL1-CL4, opened on first use, so that a thread count
         set before (:meth:`set_threads`, as the crop job's workers do) opens it once."""
         if self._trunk is None:
-            self._trunk = onnx_session(self._trunk_onnx, self._threads)
+            self._trunk = onnx_session(self._trunk_onnx, self._threads, self._providers)
         return self._trunk
 
     @property

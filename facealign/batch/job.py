@@ -157,6 +157,10 @@ class CropSettings:
     det_threshold : float, optional
         Detector score a face needs (:class:`facealign.FaceAligner`); None keeps
         the detector's own rule.
+    providers : tuple of str, optional
+        onnxruntime execution providers (:mod:`facealign.inference`); None: the
+        default (the CPU). Not a setting of the results: not recorded in, nor
+        compared with, OUT_DIR's settings file.
     """
 
     detector: str = DEFAULT_DETECTOR
@@ -167,6 +171,7 @@ class CropSettings:
     max_expected_error: float | None = None
     max_p_fail: float | None = None
     det_threshold: float | None = None
+    providers: tuple[str, ...] | None = None
 
 
 @dataclass

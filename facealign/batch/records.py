@@ -403,6 +403,7 @@ def _append(handle: io.RawIOBase, text: str) -> None:
 def _job_settings(settings: CropSettings, template: Any, largest_only: bool, fmt: str | None) -> dict[str, Any]:
     """What a job computes, as written in OUT_DIR's settings file (resuming must not change any)."""
     values = dataclasses.asdict(settings)
+    del values["providers"]  # where the networks run, not what they compute
     values.update(template=template.name, size=list(template.size), largest_only=largest_only,
                   format=fmt or "jpg for JPEG sources, png otherwise")  # fmt: skip
     return values

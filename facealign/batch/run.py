@@ -87,6 +87,7 @@ def run_crop_job(
     executor: ChunkExecutor | None = None,
     det_threshold: float | None = None,
     prune: bool = False,
+    providers: tuple[str, ...] | None = None,
 ) -> Summary:
     """Detect, landmark and align every face of every image under ``in_dir``.
 
@@ -135,6 +136,10 @@ def run_crop_job(
     det_threshold : float, optional
         Detector score a face needs, on the detector's scale (see
         :class:`facealign.FaceAligner`); by default the detector's own rule.
+    providers : tuple of str, optional
+        onnxruntime execution providers of the networks (:mod:`facealign.inference`);
+        by default the CPU. Where the networks run is not a setting of the
+        results: a job may resume with other providers.
     executor : ChunkExecutor, optional
         Where the chunks run (:mod:`facealign.batch.executor`): by default local
         worker processes (:class:`LocalExecutor` of ``jobs``); e.g.
@@ -170,7 +175,15 @@ def run_crop_job(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     settings = CropSettings(
-        detector, engine, template, size, min_face, max_expected_error, max_p_fail, det_threshold=det_threshold
+        detector,
+        engine,
+        template,
+        size,
+        min_face,
+        max_expected_error,
+        max_p_fail,
+        det_threshold=det_threshold,
+        providers=providers,
     )
     _resolve_jobs(jobs, 0)  # reject bad values before any work
     if executor is None:

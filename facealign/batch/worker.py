@@ -53,6 +53,7 @@ def get_aligner(settings: CropSettings) -> FaceAligner:
             settings.size,
             settings.min_face,
             det_threshold=settings.det_threshold,
+            providers=settings.providers,
         )
         _ALIGNERS[settings] = aligner
     return aligner

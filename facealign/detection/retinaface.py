@@ -24,6 +24,7 @@ Conventions at this boundary:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -113,6 +114,9 @@ class RetinaFaceDetector(PyramidDetector):
         onnxruntime intra-op threads; by default one per CPU the process may
         run on (:func:`facealign.inference.available_cpus`). The crop job sets 1
         per worker process.
+    providers : str or sequence of str, optional
+        onnxruntime execution providers (:func:`facealign.inference.resolve_providers`;
+        default the CPU, or ``FACEALIGN_PROVIDERS``).
     """
 
     name = "retinaface"
@@ -130,9 +134,11 @@ class RetinaFaceDetector(PyramidDetector):
         threshold: float | None = None,
         rescue_threshold: float | None | str = "default",
         threads: int | None = None,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__(min_face, threshold, rescue_threshold)
         self.threads = threads
+        self.providers = providers
         self._session = None
         load_retinaface_onnx()  # fail now, with the install command, if the package is missing
 
@@ -151,7 +157,7 @@ class RetinaFaceDetector(PyramidDetector):
         if self._session is None:
             from ..inference import onnx_session
 
-            self._session = onnx_session(load_retinaface_onnx(), self.threads)
+            self._session = onnx_session(load_retinaface_onnx(), self.threads, self.providers)
         return self._session
 
     def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
