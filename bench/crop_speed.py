@@ -54,13 +54,13 @@ DECODE_ONLY = (
 CAMERA_SIDE = 4032
 
 
-def _wall(commands: list[list[str]], one_core: bool = False) -> float:
-    """Seconds until every command (started together) has finished; raises on failure."""
+def _wall(commands: list[list[str]], one_core: bool = False, cwd: Path | None = None) -> float:
+    """Seconds until every command (started together, in ``cwd``) has finished; raises on failure."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if one_core and shutil.which("taskset"):
         commands = [["taskset", "-c", "0", *c] for c in commands]
     start = time.perf_counter()
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd) for c in commands]
     for c, p in zip(commands, procs):
         _, err = p.communicate()
         if p.returncode != 0:
@@ -88,13 +88,13 @@ def _crops(folder: Path) -> int:
 
 def measure(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats: int, log=print) -> dict:
     """images/s (median over rounds) and crops written of each command of ``commands``
-    (name -> (argv builder taking OUT, one_core, processes or None))."""
+    (name -> (argv builder taking OUT, one_core[, working directory]))."""
     runs: dict[str, list[float]] = {name: [] for name in commands}
     crops: dict[str, int] = {}
     for r in range(repeats):
-        for name, (build, one_core) in commands.items():
-            out = work / f"{tag}-{name}-{r}"
-            seconds = _wall(build(out), one_core=one_core)
+        for name, (build, one_core, *cwd) in commands.items():
+            out = work / f"{tag}-{name}-{r}".replace(" ", "_")
+            seconds = _wall(build(out), one_core=one_core, cwd=cwd[0] if cwd else None)
             runs[name].append(n / seconds)
             crops.setdefault(name, _crops(out))
             shutil.rmtree(out, ignore_errors=True)
@@ -102,39 +102,52 @@ def measure(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats:
     return {"images": n, "images_per_s": {k: median(v) for k, v in runs.items()}, "crops": crops, "runs": runs}
 
 
-def run(web: list[Path], camera: list[Path], min_faces: list[float], repeats: int, log=print) -> dict:
+def run(
+    web: list[Path], camera: list[Path], min_faces: list[float], repeats: int, before: Path | None = None, log=print
+) -> dict:
+    """The measurements (see the module docstring); ``before``: a folder holding an earlier
+    ``facealign`` package, whose ``crop --jobs 1`` runs in the same rounds."""
     work = Path(tempfile.mkdtemp(prefix="facealign-crop-speed-"))
     py = sys.executable
     crop = [py, "-m", "facealign.cli", "crop"]
+    here = Path(__file__).resolve().parents[1]
     try:
         result: dict = {}
         if web:
             in_dir = link_photos(web, work / "web")
             commands = {
-                "facealign crop --jobs 1": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]], True),
+                "facealign crop --jobs 1": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]], True, here),
                 "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(in_dir), str(o)]], True),
                 "dlib script": (lambda o: [[py, str(DLIB_SCRIPT), str(in_dir), str(o)]], True),
                 "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(in_dir)]], True),
-                "facealign crop --jobs 2": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "2", "-q"]], False),
+                "facealign crop --jobs 2": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "2", "-q"]], False, here),
             }
+            if before is not None:
+                commands["before: crop --jobs 1"] = (
+                    lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]],
+                    True,
+                    before,
+                )
             result["web"] = measure(in_dir, len(web), work, "web", commands, repeats, log)
         if camera:
             cam_dir = make_camera_photos(camera, work / "camera")
             commands = {
-                "facealign crop --jobs 1": (lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]], True),
+                "facealign crop --jobs 1": (lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]], True, here),
                 "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(cam_dir), str(o)]], True),
                 "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(cam_dir)]], True),
             }
+            if before is not None:
+                commands["before: crop --jobs 1"] = (
+                    lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]],
+                    True,
+                    before,
+                )
             result["camera"] = measure(cam_dir, len(camera), work, "camera", commands, repeats, log)
             table = {}
             for m in min_faces:
                 name = f"--min-face {m:g}"
-                cmd = {
-                    name: (
-                        lambda o, m=m: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q", "--min-face", f"{m:g}"]],
-                        True,
-                    )
-                }
+                argv = [*crop, str(cam_dir), "--jobs", "1", "-q", "--min-face", f"{m:g}"]
+                cmd = {name: (lambda o, argv=argv: [[*argv, str(o)]], True, here)}
                 table[name] = measure(cam_dir, len(camera), work, "camera", cmd, 1, log)
             result["camera_min_face"] = {
                 k: {"images_per_s": v["images_per_s"][k], "crops": v["crops"][k]} for k, v in table.items()
@@ -189,7 +202,7 @@ def markdown(result: dict) -> str:
             "",
             "| minimum face | images/s | crops |",
             "|---|---|---|",
-            f"| default (20 px, or 1/32 of the longer side: 126 px) "
+            f"| default (a 32nd of the longer side, 20 to 80 px: 80 px here) "
             f"| {cam['images_per_s']['facealign crop --jobs 1']:.1f} | {cam['crops']['facealign crop --jobs 1']} |",
         ]
         for name, row in result["camera_min_face"].items():
@@ -207,6 +220,7 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--note", default="", help="a line for the markdown (e.g. the machine's load)")
+    ap.add_argument("--before", type=Path, help="a folder holding an earlier facealign package, timed alongside")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     all_photos = sample_paths(CELEBA_IMAGES, None)
@@ -215,8 +229,10 @@ def main() -> None:
     index = np.linspace(7, len(all_photos) - 8, args.camera).round().astype(int) if args.camera else []
     camera = [all_photos[i] for i in index]
     min_faces = [float(v) for v in args.min_faces.split(",") if v.strip()]
-    result = run(web, camera, min_faces, args.repeats, log=lambda s: print(s, flush=True))
+    result = run(web, camera, min_faces, args.repeats, args.before, log=lambda s: print(s, flush=True))
     result.update(repeats=args.repeats, machine=machine_info(), note=args.note)
+    if args.before is not None:
+        result["before"] = str(args.before)
     text = markdown(result)
     print("\n" + text)
     if args.out:
