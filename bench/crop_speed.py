@@ -86,7 +86,7 @@ def _crops(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*.jpg")) if folder.is_dir() else 0
 
 
-def measure(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats: int, log=print) -> dict:
+def measure_commands(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats: int, log=print) -> dict:
     """images/s (median over rounds) and crops written of each command of ``commands``
     (name -> (argv builder taking OUT, one_core[, working directory]))."""
     runs: dict[str, list[float]] = {name: [] for name in commands}
@@ -100,6 +100,44 @@ def measure(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats:
             shutil.rmtree(out, ignore_errors=True)
             log(f"{tag} round {r + 1}: {name:22s} {n / seconds:7.1f} images/s ({seconds:.1f} s)")
     return {"images": n, "images_per_s": {k: median(v) for k, v in runs.items()}, "crops": crops, "runs": runs}
+
+
+def measure_against_dlib(paths: list[Path], crop_args: str = "", repeats: int = 3, log=print) -> dict:
+    """images/s of ``facealign crop CROP_ARGS`` and the plain dlib script with 1 and 2 processes
+    (medians; ``bench/detectors.py``'s end-to-end part)."""
+    work = Path(tempfile.mkdtemp(prefix="facealign-crop-speed-"))
+    try:
+        in_dir = link_photos(paths, work / "in")
+        crop = [sys.executable, "-m", "facealign.cli", "crop", str(in_dir)]
+        extra = shlex.split(crop_args)
+        dlib = [sys.executable, str(DLIB_SCRIPT), str(in_dir)]
+        runs: dict[str, list[float]] = {"facealign-1": [], "dlib-1": [], "facealign-2": [], "dlib-2": []}
+        for r in range(repeats):
+            for name, commands in [
+                ("facealign-1", [crop + [str(work / f"fa1-{r}"), "--jobs", "1", "-q", *extra]]),
+                ("dlib-1", [dlib + [str(work / f"dl1-{r}")]]),
+                ("facealign-2", [crop + [str(work / f"fa2-{r}"), "--jobs", "2", "-q", *extra]]),
+                ("dlib-2", [dlib + [str(work / f"dl2-{r}"), "--shard", f"{k}/2"] for k in range(2)]),
+            ]:
+                seconds = _wall(commands, one_core=name.endswith("-1"))
+                runs[name].append(len(paths) / seconds)
+                log(f"round {r + 1}: {name:12s} {len(paths) / seconds:7.1f} images/s ({seconds:.1f} s)")
+        crops = {
+            "facealign": sum(1 for _ in (work / "fa1-0").glob("*.jpg")),
+            "dlib": sum(1 for _ in (work / "dl1-0").glob("*.jpg")),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ips = {k: median(v) for k, v in runs.items()}
+    return {
+        "images": len(paths),
+        "crop_args": crop_args,
+        "crops_written": crops,
+        "images_per_s": ips,
+        "ratio_1_process": ips["facealign-1"] / ips["dlib-1"],
+        "ratio_2_processes": ips["facealign-2"] / ips["dlib-2"],
+        "runs": runs,
+    }
 
 
 def run(
@@ -128,7 +166,7 @@ def run(
                     True,
                     before,
                 )
-            result["web"] = measure(in_dir, len(web), work, "web", commands, repeats, log)
+            result["web"] = measure_commands(in_dir, len(web), work, "web", commands, repeats, log)
         if camera:
             cam_dir = make_camera_photos(camera, work / "camera")
             commands = {
@@ -142,13 +180,13 @@ def run(
                     True,
                     before,
                 )
-            result["camera"] = measure(cam_dir, len(camera), work, "camera", commands, repeats, log)
+            result["camera"] = measure_commands(cam_dir, len(camera), work, "camera", commands, repeats, log)
             table = {}
             for m in min_faces:
                 name = f"--min-face {m:g}"
                 argv = [*crop, str(cam_dir), "--jobs", "1", "-q", "--min-face", f"{m:g}"]
                 cmd = {name: (lambda o, argv=argv: [[*argv, str(o)]], True, here)}
-                table[name] = measure(cam_dir, len(camera), work, "camera", cmd, 1, log)
+                table[name] = measure_commands(cam_dir, len(camera), work, "camera", cmd, 1, log)
             result["camera_min_face"] = {
                 k: {"images_per_s": v["images_per_s"][k], "crops": v["crops"][k]} for k, v in table.items()
             }

@@ -126,13 +126,15 @@ def main() -> None:
     log("MTFL: validation split and AFLW test set")
     result["mtfl"] = _aflw(names, args.cache_dir, log)
     if args.e2e_images:
-        from bench.crop_speed import measure
+        from bench.crop_speed import measure_against_dlib
 
         e2e_paths = sample_paths(CELEBA_IMAGES, args.e2e_images)
         result["end_to_end"] = {}
         for name in names:
             log(f"end to end: facealign crop --detector {name} against plain dlib, {len(e2e_paths)} photos")
-            result["end_to_end"][name] = measure(e2e_paths, f"--detector {name}", args.e2e_repeats, log=log)
+            result["end_to_end"][name] = measure_against_dlib(
+                e2e_paths, f"--detector {name}", args.e2e_repeats, log=log
+            )
 
     print(
         f"\nceleba_wild ({len(paths)} photos; time: median ms of detect() per photo, one thread, "

@@ -156,7 +156,8 @@ class FaceAligner(Pipeline):
         template's own size (112 for ``arcface``).
     min_face : float, optional
         Smallest face the detector looks for, in pixels (a detector given by
-        name only; default: the detector's own, 20 for the CNN detectors).
+        name only; default: the detector's own; for the CNN detectors a 32nd
+        of the photo's longer side, 20 to 80 px).
     providers : str or sequence of str, optional
         onnxruntime execution providers, most preferred first, for the networks
         onnxruntime runs (the landmark engine given by name, RetinaFace): short

@@ -7,10 +7,14 @@ speed benches (``bench/common.py``, through the timing hook).
 
 1. **decode** (:meth:`Pipeline.load_and_detect`): each file is decoded once, at
    the working resolution its detector needs
-   (:func:`facealign.detection.working_side`), at most ``max_side`` pixels when
-   given (:func:`facealign.imageio.read_image_reduced`); the working image is
+   (:func:`facealign.detection.working_side`) and its crops need
+   (:meth:`Pipeline.crop_side`, pyramid detectors: a JPEG at the smallest DCT
+   scale that keeps the smallest face looked for as wide as a face on the
+   template), at most ``max_side`` pixels when given
+   (:func:`facealign.imageio.read_image_reduced`); the working image is
    ``scale`` times the original (pixel-centre rule, :mod:`facealign.geometry`).
-2. **detect**: the detector's boxes and scores, largest first.
+2. **detect**: the detector's boxes and scores, largest first; a pyramid
+   detector is told ``scale`` and resizes the working image for itself.
 3. **engine boxes** (:meth:`Pipeline.engine_boxes`): the boxes mapped to the
    training detector's convention, which is what the landmark engine expects
    (:func:`facealign.reboxing.training_boxes`).
@@ -425,10 +429,11 @@ def iter_image_faces(
 ) -> Iterator[ImageFaces]:
     """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
 
-    Each image is decoded once, at the working resolution its detector needs
-    (:func:`facealign.detection.working_side`: full resolution for the CNN
-    detectors at the default ``min_face``, at most 4,096 pixels for dlib and
-    Haar), and at most ``max_side`` pixels (longer side) when given. Images
+    Each image is decoded once, at the working resolution its detector and its
+    crops need (see the module docstring: a 12 MP JPEG at full resolution for
+    the CNN detectors at the default ``min_face``, at 1/2 or less when
+    ``min_face`` is twice a face on the template or more; at most 4,096 pixels
+    for dlib and Haar), and at most ``max_side`` pixels (longer side) when given. Images
     are detected one by one and accumulated until ``batch_pixels`` decoded
     pixels are held; then the landmark network runs once on every face of the
     batch (:meth:`Pipeline.add_landmarks`). Unreadable images and detector

@@ -110,12 +110,13 @@ resuming and the locks are the same, and only this process writes records.
 
 Large photographs
 -----------------
-Each image is decoded once, at the *working* resolution its detector needs
-(:func:`facealign.detection.working_side`): the CNN detectors search a pyramid
-of tiles (:class:`facealign.detection.PyramidDetector`) and want the full
-resolution to find faces down to ``min_face`` (20 px by default) anywhere in a
-photo up to the decoder's pixel limit; dlib and Haar search at most 1,280 px
-and get at most :data:`WORK_MAX_SIDE` pixels (JPEGs in Pillow's draft mode).
+Each image is decoded once, at the *working* resolution its detector and its
+crops need (:mod:`facealign.pipeline`): the CNN detectors search a pyramid of
+tiles (:class:`facealign.detection.PyramidDetector`) for faces down to
+``min_face`` (by default a 32nd of the photo's longer side, 20 to 80 px), and a
+JPEG is decoded at the smallest DCT scale (Pillow's draft mode) that keeps
+such a face as wide as on the crop; dlib and Haar search at most 1,280 px
+and get at most :data:`WORK_MAX_SIDE` pixels.
 Detection, landmarks and the warp all run on that working image; coordinates
 are mapped back to the original pixels for the records. Within a worker,
 decoded images are batched for the landmark network until
