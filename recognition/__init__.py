@@ -29,7 +29,11 @@ caches
     keyed by detector, a fingerprint of its settings and the image root.
 aligners
     The face box of every image and the interchangeable aligners (``tcnn``,
-    ``vanilla``, ``dlib-ert``, ``dlib-5pt``, ``box``, ``manifest:PATH``).
+    ``vanilla``, ``dlib-ert``, ``dlib-5pt``, ``retinaface``, ``detector:NAME``,
+    ``box``, ``manifest:PATH``).
+conditions
+    Hard conditions: the reference landmarks (dlib-ert) that decide them, yaw for
+    cross-pose protocols, and the reduction of low-resolution probes.
 backbones
     Which backbone embeds the crops (:func:`~recognition.backbones.load_backbone`),
     with its template and cache key.

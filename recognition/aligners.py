@@ -29,6 +29,17 @@ black border; :data:`~facealign.alignment.WARP_VERSION` is part of the cache key
   that best map :data:`BOX_MEAN_SHAPE` (where the five points lie in a dlib
   box, on average) onto the template. This is "the detector box, enlarged
   to the template's face scale, cropped and resized".
+* ``retinaface`` (``detector:NAME`` for another detector with five points):
+  the detector's own five points. The detector runs on the whole image
+  (cached like the shared detection, points stored with the boxes); its face
+  whose box overlaps the chosen face box most (IoU >= :data:`PROTOCOL_BOX_IOU`,
+  boxes in the training convention) gives the points, which are mapped onto
+  where that detector's points lie in the backbone's chip
+  (:data:`recognition.dlib_resnet.DETECTOR_CHIP_POINTS`, a least-squares fit
+  measured like dlib-5pt's, carried into any template like dlib-5pt's:
+  :func:`recognition.dlib_resnet.detector_template`). ``detector:NAME=FIT.json``
+  takes the layout from a fit written by ``bench/detector_chip_template.py``.
+  When the detector finds no such face, the ``box`` alignment is used (counted).
 * ``manifest:PATH``: five points read from a file (any landmark detector):
   JSON lines with ``{"image" | "source": path, "landmarks": [[x, y] x 5]}``,
   the ``facealign landmarks --json`` lines
@@ -49,7 +60,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -58,7 +69,10 @@ from facealign.constants import ENGINES, WORK_MAX_SIDE
 from facealign.geometry import to_resized
 from facealign.imageio import ImageReadError, read_image_reduced
 
-from .caches import DetectionRecord, file_digest, text_digest
+from .caches import DetectionCache, DetectionRecord, file_digest, text_digest
+
+if TYPE_CHECKING:
+    from .conditions import ProbeReduction
 
 __all__ = [
     "ALIGNER_NAMES",
@@ -74,13 +88,17 @@ __all__ = [
     "LandmarkAligner",
     "BoxAligner",
     "ManifestAligner",
+    "DetectorAligner",
     "get_aligner",
     "read_landmark_manifest",
     "box_alignment_matrix",
 ]
 
 #: Names accepted by :func:`get_aligner` besides ``manifest:PATH``.
-ALIGNER_NAMES: tuple[str, ...] = ("tcnn", "vanilla", "dlib-ert", "dlib-5pt", "box")
+ALIGNER_NAMES: tuple[str, ...] = ("tcnn", "vanilla", "dlib-ert", "dlib-5pt", "retinaface", "box")
+
+#: Aligners named after a detector whose own five points they use.
+DETECTOR_ALIGNERS: tuple[str, ...] = ("retinaface",)
 
 #: Mean position of the five MTFL-order points inside a dlib detector box, in
 #: box-normalised coordinates ``((x - x1) / w, (y - y1) / h)``: measured on the
@@ -224,16 +242,24 @@ class FaceInput:
 
 
 def read_face_inputs(
-    root: Path, files: Sequence[str], boxes: Mapping[str, Sequence[float] | np.ndarray]
+    root: Path,
+    files: Sequence[str],
+    boxes: Mapping[str, Sequence[float] | np.ndarray],
+    reduction: ProbeReduction | None = None,
 ) -> list[FaceInput]:
     """Decode ``files`` (relative to ``root``) at the working resolution, with their face boxes.
 
-    Detection already read every file, so a read error here means the file changed.
+    With a ``reduction`` (low-resolution probes) every image is decoded reduced
+    by its factor instead. Detection already read every file, so a read error
+    here means the file changed.
     """
     faces = []
     for f in files:
         try:
-            image, scale = read_image_reduced(root / f, WORK_MAX_SIDE)
+            if reduction is None:
+                image, scale = read_image_reduced(root / f, WORK_MAX_SIDE)
+            else:
+                image, scale = reduction.read(root, f)
         except ImageReadError as exc:
             raise ValueError(f"cannot read {root / f}: {exc.reason}") from None
         faces.append(FaceInput(f, image, scale, np.asarray(boxes[f], np.float64)))
@@ -518,24 +544,129 @@ class ManifestAligner:
         return [f for f in files if not self.points.get(f)]
 
 
+class DetectorAligner:
+    """A detector's own five points (module notes: ``retinaface``, ``detector:NAME``).
+
+    Parameters
+    ----------
+    name : str
+        Aligner name (``"retinaface"``, ``"detector:NAME"``).
+    detections : DetectionCache
+        The detector's cached detections (with points) of the images, reduced
+        ones for a low-resolution condition.
+    chip_points : numpy.ndarray
+        ``(5, 2)`` where the detector's points lie in dlib's 150 px chip
+        (:data:`recognition.dlib_resnet.DETECTOR_CHIP_POINTS`).
+    template : Template
+        Output template.
+    """
+
+    def __init__(self, name: str, detections: DetectionCache, chip_points: np.ndarray, template: Template) -> None:
+        from .dlib_resnet import detector_template
+
+        self.name = name
+        self.detections = detections
+        self.template = template
+        self.point_template = detector_template(chip_points, template, detections.detector)
+        self.fallback = BoxAligner(template)
+        layout = text_digest(np.asarray(chip_points, np.float64).round(4).tobytes().hex())[:8]
+        self.key = f"{detections.detector}pts-{layout}-{detections.key}-{template.name}{template.width}-{WARP_VERSION}"
+        self._records: dict[str, DetectionRecord] = {}
+
+    def records(self, files: Sequence[str], jobs: int = 1) -> dict[str, DetectionRecord]:
+        """The detector's records of ``files`` (detecting those not cached yet)."""
+        todo = [f for f in files if f not in self._records]
+        if todo:
+            self._records.update(self.detections.ensure(todo, jobs=jobs, landmarks=True))
+        return {f: self._records[f] for f in files}
+
+    def points(self, record: DetectionRecord, box: np.ndarray) -> np.ndarray | None:
+        """The detector's five points of the face in ``box`` (original pixels), or None."""
+        if record.error is not None or not len(record.boxes):
+            return None
+        if record.landmarks is None:
+            raise ValueError(f"detector {self.detections.detector!r} gives no landmarks; it cannot be an aligner")
+        overlap = _iou(np.asarray(box, np.float64), np.asarray(record.boxes, np.float64).reshape(-1, 4))
+        best = int(np.argmax(overlap))
+        return record.landmarks[best] if overlap[best] >= PROTOCOL_BOX_IOU else None
+
+    def align(self, faces: Sequence[FaceInput]) -> np.ndarray:
+        records = self.records([f.file for f in faces])
+        crops = []
+        for face in faces:
+            points = self.points(records[face.file], face.box)
+            if points is None:
+                crops.append(self.fallback.crop(face))
+            else:
+                crops.append(warp_face(face.image, to_resized(points, face.scale), self.point_template)[0])
+        return _stack(crops, self.template)
+
+    def missing(self, files: Sequence[str], boxes: Mapping[str, np.ndarray]) -> list[str]:
+        """Those of ``files`` where the detector found no face on the chosen box (aligned by the box rule)."""
+        records = self.records(list(files))
+        return [f for f in files if self.points(records[f], boxes[f]) is None]
+
+
+def _detector_aligner(
+    spec: str,
+    template: Template,
+    images_root: str | Path | None,
+    cache_dir: str | Path | None,
+    reduction: ProbeReduction | None,
+) -> DetectorAligner:
+    from .dlib_resnet import DETECTOR_CHIP_POINTS
+
+    if images_root is None:
+        raise ValueError(f"aligner {spec!r} needs an image root")
+    if spec in DETECTOR_ALIGNERS:
+        detector, chip_points = spec, DETECTOR_CHIP_POINTS[spec]
+    else:
+        detector, _, fit = spec[len("detector:") :].partition("=")
+        if not detector:
+            raise ValueError("the detector aligner needs 'detector:NAME' or 'detector:NAME=FIT.json'")
+        if fit:
+            try:
+                chip_points = np.asarray(json.loads(Path(fit).read_text(encoding="utf-8"))["points"], np.float64)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"cannot read a detector layout from {fit}: {exc}") from None
+            if chip_points.shape != (5, 2) or not np.all(np.isfinite(chip_points)):
+                raise ValueError(f"{fit}: 'points' must be 5 finite [x, y] points")
+        elif detector in DETECTOR_CHIP_POINTS:
+            chip_points = DETECTOR_CHIP_POINTS[detector]
+        else:
+            raise ValueError(
+                f"no fitted point layout for detector {detector!r}: fit one with "
+                f"'python bench/detector_chip_template.py --detector {detector} --out FIT.json' "
+                f"and use 'detector:{detector}=FIT.json'"
+            )
+    detections = DetectionCache(images_root, detector, cache_dir, reduction)
+    return DetectorAligner(spec, detections, chip_points, template)
+
+
 def get_aligner(
     spec: str,
     template: Template,
     images_root: str | Path | None = None,
     weights: Mapping[str, str | Path | None] | None = None,
+    cache_dir: str | Path | None = None,
+    reduction: ProbeReduction | None = None,
 ) -> Aligner:
     """Build an aligner from its name.
 
     Parameters
     ----------
     spec : str
-        One of :data:`ALIGNER_NAMES` or ``"manifest:PATH"``.
+        One of :data:`ALIGNER_NAMES`, ``"detector:NAME[=FIT.json]"`` or ``"manifest:PATH"``.
     template : Template
         Output template (:attr:`recognition.backbones.BackboneChoice.template`).
     images_root : path, optional
-        Needed by ``manifest:PATH``.
+        Needed by ``manifest:PATH`` and the detector aligners.
     weights : mapping, optional
         Model files by aligner name (``{"tcnn": path}``); shipped by default.
+    cache_dir : path, optional
+        Where the detector aligners cache their detections.
+    reduction : ProbeReduction, optional
+        Low-resolution probes: the detector aligners detect on the reduced images.
 
     Raises
     ------
@@ -545,6 +676,8 @@ def get_aligner(
         For ``dlib-ert`` / ``dlib-5pt`` without the ``face-recognition-models`` package.
     """
     resolved = template
+    if spec in DETECTOR_ALIGNERS or spec.startswith("detector:"):
+        return _detector_aligner(spec, resolved, images_root, cache_dir, reduction)
     if spec in ALIGNER_NAMES and spec != "box":
         return LandmarkAligner.from_name(spec, resolved, (weights or {}).get(spec))
     if spec == "box":
@@ -554,4 +687,6 @@ def get_aligner(
         if not path or images_root is None:
             raise ValueError("manifest aligner needs 'manifest:PATH' and an image root")
         return ManifestAligner(path, images_root, resolved)
-    raise ValueError(f"unknown aligner {spec!r}; choose one of {list(ALIGNER_NAMES)} or 'manifest:PATH'")
+    raise ValueError(
+        f"unknown aligner {spec!r}; choose one of {list(ALIGNER_NAMES)}, 'detector:NAME' or 'manifest:PATH'"
+    )

@@ -10,6 +10,15 @@ use, so a changed setting never reuses
 stale boxes) and a hash of the resolved image root, so a rerun (or another
 aligner, another protocol on the same images) reuses them. A killed run
 resumes where it stopped.
+
+A detector that gives five points (RetinaFace) has them stored too, in pixels
+of the original image (``landmarks``), for the ``retinaface`` aligner.
+
+A :class:`~recognition.conditions.ProbeReduction` makes the cache one of the
+*reduced* images (low-resolution probes, ``compare-aligners --probe-iod``):
+every image is decoded at its own reduction factor before detection, the
+records are still in original-image pixels, and the file name carries the
+reduction's key.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +37,9 @@ from facealign.constants import TRAINING_DETECTOR, WORK_MAX_SIDE
 from facealign.geometry import from_resized
 from facealign.imageio import ImageReadError, read_image_reduced
 from facealign.research.parallel import parallel_map, resolve_jobs
+
+if TYPE_CHECKING:
+    from .conditions import ProbeReduction
 
 __all__ = [
     "DetectionRecord",
@@ -80,6 +92,10 @@ class DetectionRecord:
         ``(K,)`` detector scores.
     error : str or None
         Why the image could not be read (then ``boxes`` is empty).
+    landmarks : numpy.ndarray or None
+        ``(K, 5, 2)`` the detector's own five points (MTFL order) of every box,
+        when it gives them; ``None`` otherwise (or in records written before
+        points were stored).
     """
 
     file: str
@@ -87,16 +103,20 @@ class DetectionRecord:
     boxes: np.ndarray
     scores: np.ndarray
     error: str | None = None
+    landmarks: np.ndarray | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {
+        row = {
             "file": self.file,
             "size": [round(float(v), 3) for v in self.size],
             "boxes": [[round(float(v), 3) for v in b] for b in self.boxes],
             "scores": [round(float(s), 5) for s in self.scores],
         }
+        if self.landmarks is not None:
+            row["landmarks"] = [[[round(float(v), 3) for v in p] for p in face] for face in self.landmarks]
+        return row
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> DetectionRecord:
@@ -107,15 +127,27 @@ class DetectionRecord:
         if len(boxes) != len(scores):
             raise ValueError("boxes and scores differ in length")
         width, height = (float(v) for v in row["size"])
-        return cls(str(row["file"]), (width, height), boxes, scores)
+        landmarks = None
+        if "landmarks" in row:
+            landmarks = np.asarray(row["landmarks"], np.float64).reshape(-1, 5, 2)
+            if len(landmarks) != len(boxes):
+                raise ValueError("boxes and landmarks differ in length")
+        return cls(str(row["file"]), (width, height), boxes, scores, None, landmarks)
 
 
-def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread: bool) -> list[dict[str, Any]]:
-    """Worker: detect faces in ``files`` (relative to ``root``); JSON-ready records."""
+def _detect_chunk(
+    root: str, files: Sequence[str], detector: str, single_thread: bool, factors: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Worker: detect faces in ``files`` (relative to ``root``); JSON-ready records.
+
+    ``factors`` (a probe reduction's, by file) reduces the images before detection.
+    """
     import cv2
 
     from facealign.detection import get_detector
     from facealign.reboxing import training_boxes
+
+    from .conditions import read_reduced
 
     if single_thread:  # a worker process, one of several
         cv2.setNumThreads(1)
@@ -123,7 +155,10 @@ def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread:
     out = []
     for file in files:
         try:
-            image, scale = read_image_reduced(Path(root) / file, WORK_MAX_SIDE)
+            if factors is None:
+                image, scale = read_image_reduced(Path(root) / file, WORK_MAX_SIDE)
+            else:
+                image, scale = read_reduced(Path(root) / file, factors[file])
         except ImageReadError as exc:
             out.append(DetectionRecord(file, (0.0, 0.0), np.zeros((0, 4)), np.zeros(0), exc.reason).to_json())
             continue
@@ -132,8 +167,12 @@ def _detect_chunk(root: str, files: Sequence[str], detector: str, single_thread:
         # every aligner and the box baseline see the same framing whatever the detector.
         boxes = training_boxes(detector, found.boxes, found.landmarks)
         boxes = from_resized(np.asarray(boxes, np.float64).reshape(-1, 2, 2), scale, scale).reshape(-1, 4)
+        points = None
+        if found.landmarks is not None:
+            points = from_resized(np.asarray(found.landmarks, np.float64).reshape(-1, 5, 2), scale, scale)
         h, w = image.shape[:2]
-        out.append(DetectionRecord(file, (w / scale, h / scale), boxes, found.scores.astype(np.float64)).to_json())
+        record = DetectionRecord(file, (w / scale, h / scale), boxes, found.scores.astype(np.float64), None, points)
+        out.append(record.to_json())
     return out
 
 
@@ -151,6 +190,8 @@ class DetectionCache:
         ``detections-<detector>-<hash of its settings>-<hash of root>.jsonl``
         (the settings hash is ``facealign.research.data._detector_fingerprint``'s, so
         changed detector settings never reuse stale boxes).
+    reduction : ProbeReduction, optional
+        Detect on the reduced images instead (its key is added to the name).
 
     Notes
     -----
@@ -159,7 +200,11 @@ class DetectionCache:
     """
 
     def __init__(
-        self, images_root: str | Path, detector: str = TRAINING_DETECTOR, cache_dir: str | Path | None = None
+        self,
+        images_root: str | Path,
+        detector: str = TRAINING_DETECTOR,
+        cache_dir: str | Path | None = None,
+        reduction: ProbeReduction | None = None,
     ) -> None:
         self.images_root = Path(images_root)
         if not self.images_root.is_dir():
@@ -169,6 +214,9 @@ class DetectionCache:
         from facealign.research.data import _detector_fingerprint
 
         self.key = f"{detector}-{_detector_fingerprint(detector)}-{text_digest(str(self.images_root.resolve()))}"
+        self.reduction = reduction
+        if reduction is not None:
+            self.key += f"-{reduction.key}"
         self.path = cache / f"detections-{self.key}.jsonl"
 
     def load(self) -> dict[str, DetectionRecord]:
@@ -189,6 +237,7 @@ class DetectionCache:
         files: Sequence[str],
         jobs: int = 1,
         progress: Callable[[int, int], None] | None = None,
+        landmarks: bool = False,
     ) -> dict[str, DetectionRecord]:
         """Detections of ``files``, running the detector on those not cached yet.
 
@@ -200,6 +249,9 @@ class DetectionCache:
             Worker processes (joblib, loky); ``-1`` for all cores.
         progress : callable, optional
             ``progress(done, total)`` over the images detected by this call.
+        landmarks : bool
+            Also re-detect cached records that have faces but no stored points
+            (written before points were stored).
 
         Returns
         -------
@@ -207,7 +259,12 @@ class DetectionCache:
             ``file -> DetectionRecord`` for every requested file.
         """
         records = self.load()
-        todo = [f for f in dict.fromkeys(files) if f not in records]
+        todo = [
+            f
+            for f in dict.fromkeys(files)
+            if f not in records
+            or (landmarks and records[f].landmarks is None and records[f].error is None and len(records[f].boxes))
+        ]
         if todo:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if jobs < 1 and jobs != -1:
@@ -215,7 +272,12 @@ class DetectionCache:
             chunks = [todo[i : i + _DETECTION_CHUNK] for i in range(0, len(todo), _DETECTION_CHUNK)]
             root = str(self.images_root)
             in_workers = resolve_jobs(jobs, len(chunks)) > 1
-            results = parallel_map(_detect_chunk, [(root, c, self.detector, in_workers) for c in chunks], jobs)
+            factors = self.reduction.factors if self.reduction is not None else None
+            tasks = [
+                (root, c, self.detector, in_workers, None if factors is None else {f: factors[f] for f in c})
+                for c in chunks
+            ]
+            results = parallel_map(_detect_chunk, tasks, jobs)
             done = 0
             if progress is not None:
                 progress(0, len(todo))

@@ -36,13 +36,47 @@ ALIGNER_HELP = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Modules of the ``recognition`` extra (setup.cfg), by import name.
+EXTRA_MODULES: frozenset[str] = frozenset(
+    {"torch", "onnx", "face_recognition_models", "sklearn", "threadpoolctl", "scipy", "matplotlib"}
+)
+
+#: The install command that brings them.
+EXTRA_INSTALL = "pip install 'facealign[recognition]'"
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install when ``exc`` is a module of it that is missing, else None."""
+    module = (exc.name or "").split(".")[0]
+    if module not in EXTRA_MODULES:
+        return None
+    return f"recognition needs the 'recognition' extra (module {module!r} is missing): {EXTRA_INSTALL}"
+
+
+class _RecognitionGroup(click.Group):
+    """The command group; a missing module of the extra is a one-line error, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            message = missing_extra_message(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=_RecognitionGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="recognition", message="%(prog)s %(version)s")
 def main() -> None:
     """Face verification benchmark that measures what an alignment is worth (paper, section 5.2)."""
 
 
 def _fail(exc: Exception) -> click.ClickException:
+    if isinstance(exc, ModuleNotFoundError):
+        message = missing_extra_message(exc)
+        if message is not None:
+            return click.ClickException(message)
     return click.ClickException(str(exc))
 
 
@@ -171,6 +205,33 @@ def _beta_option(f: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Use only a random sample of N subjects (seeded by --seed), e.g. when features are costly.",
 )
+@click.option(
+    "--cross-pose",
+    is_flag=True,
+    help="Pose protocol: templates made per |yaw| bin, genuine (and impostor) comparisons only between "
+    "templates of different bins; yaw from dlib-ert's landmarks on the detected face (the fixed reference, "
+    "never an aligner under test). Needs the image root.",
+)
+@click.option(
+    "--yaw-bins",
+    default="15,30",
+    show_default=True,
+    help="Upper edges of the |yaw| bins in degrees but the last (which ends at 90), comma-separated.",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(BUILTIN_DETECTORS),
+    default=TRAINING_DETECTOR,
+    show_default=True,
+    help="Face detector of --cross-pose (cached, shared with compare-aligners).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Detection and reference-landmark caches of --cross-pose [default: as compare-aligners].",
+)
+@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Detection worker processes.")
 def make_protocol_command(
     source: Path,
     out_dir: Path,
@@ -182,6 +243,11 @@ def make_protocol_command(
     max_templates: int,
     impostor_ratio: float,
     n_subjects: int | None,
+    cross_pose: bool,
+    yaw_bins: str,
+    detector: str,
+    cache_dir: Path | None,
+    jobs: int,
 ) -> None:
     """Write a CS2 style protocol for SOURCE: a folder with one subfolder per identity,
     or an 'image identity' list file (e.g. celeba_wild/identities.txt)."""
@@ -203,6 +269,12 @@ def make_protocol_command(
             missing = [p for p, _ in items if not (root / p).is_file()]
             if missing:
                 raise ValueError(f"{len(missing)} listed image(s) not found under {root}, e.g. {missing[:3]}")
+        yaw = pose = None
+        edges = _yaw_edges(yaw_bins)
+        if cross_pose:
+            if root is None:
+                raise click.UsageError("--cross-pose needs --images-root (it detects the faces)")
+            yaw, pose = _reference_yaw([p for p, _ in items], root, detector, cache_dir, jobs)
         summary = make_protocol(
             items,
             out_dir,
@@ -212,9 +284,13 @@ def make_protocol_command(
             template_size=template_size,
             max_templates_per_subject=max_templates,
             impostor_ratio=impostor_ratio,
+            yaw=yaw,
+            yaw_bins=edges,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
+    if pose is not None:
+        summary["cross_pose"].update(pose)
     summary["source"] = str(source.resolve())
     if n_subjects is not None:
         summary["subjects_sampled"] = {"n": n_subjects, "seed": seed}
@@ -228,6 +304,31 @@ def make_protocol_command(
         f"{first['test_subjects']} test subjects in {first['test_templates']} templates, "
         f"{first['genuine']} genuine + {first['impostor']} impostor comparisons"
     )
+
+
+def _yaw_edges(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated degrees, got {text!r}", param_hint="--yaw-bins") from None
+
+
+def _reference_yaw(
+    files: list[str], root: Path, detector: str, cache_dir: Path | None, jobs: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Yaw of every image whose face the detector finds, from the reference aligner's landmarks."""
+    from .aligners import choose_face_boxes
+    from .caches import DetectionCache, default_cache_dir
+    from .conditions import REFERENCE_ALIGNER, reference_landmarks
+
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    detections = DetectionCache(root, detector, cache)
+    faces = choose_face_boxes(detections.ensure(files, jobs=jobs, progress=Progress("detect")))
+    detected = [f for f in files if faces.sources[f] == "detector"]
+    reference = reference_landmarks(detected, root, faces.boxes, cache, detections.key, Progress("reference landmarks"))
+    yaw = {f: reference.yaw(f) for f in detected}
+    pose = {"reference": REFERENCE_ALIGNER, "reference_key": reference.key, "detector": detector}
+    return yaw, pose
 
 
 # --------------------------------------------------------------------------- prepare-lfw / train / export
@@ -485,40 +586,75 @@ def _run(
     threads: int | None,
     quiet: bool,
     betas: tuple[float, ...],
-) -> tuple[Any, Any, list[Any], Any]:
-    from .aligners import get_aligner
+    probe_iod: float | None = None,
+) -> tuple[Any, Any, list[Any], Any, dict[str, Any]]:
+    """Features and verification of every aligner; the last item describes the condition."""
+    from .aligners import DetectorAligner, choose_face_boxes, get_aligner
     from .backbones import load_backbone
-    from .evaluate import DEFAULT_BETAS, run_aligner
-    from .features import fill_feature_caches
+    from .caches import DetectionCache
+    from .conditions import probe_reduction, reference_landmarks
+    from .evaluate import DEFAULT_BETAS, ProbeCondition, probe_files, run_aligner
+    from .features import FeatureJob, feature_cache_path, fill_feature_caches
+    from .protocol import protocol_files
 
     _set_threads(threads)
+    root = _images_root(protocol_dir, images_root)
+    weights = {"tcnn": tcnn_weights, "vanilla": vanilla_weights}
+    condition: dict[str, Any] = {}
     try:
         choice = load_backbone(backbone)
+        protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
         aligners = [
-            get_aligner(
-                spec,
-                choice.template,
-                images_root=_images_root(protocol_dir, images_root),
-                weights={"tcnn": tcnn_weights, "vanilla": vanilla_weights},
-            )
+            get_aligner(spec, choice.template, images_root=root, weights=weights, cache_dir=cache)
             for spec in aligner_specs
         ]
-        protocol, detections, faces, cache = _setup(protocol_dir, images_root, detector, cache_dir, jobs, quiet)
-        if jobs != 1 and len(aligners) > 1:
-            fill_feature_caches(
-                aligner_specs,
-                aligners,
-                backbone,
-                protocol,
-                faces,
-                choice,
-                detections,
-                cache,
-                _images_root(protocol_dir, images_root),
-                {"tcnn": tcnn_weights, "vanilla": vanilla_weights},
-                jobs,
-                quiet,
+        files = protocol_files(protocol)
+        for aligner in aligners:
+            if isinstance(aligner, DetectorAligner):
+                aligner.records(files, jobs)
+        feature_jobs = [
+            FeatureJob(spec, files, faces.boxes, feature_cache_path(cache, a, choice, detections))
+            for spec, a in zip(aligner_specs, aligners)
+        ]
+        probes: list[Any] = [None] * len(aligners)
+        if probe_iod is not None:
+            probe_list = probe_files(protocol)
+            reference = reference_landmarks(
+                probe_list, root, faces.boxes, cache, detections.key, Progress("reference landmarks", not quiet)
             )
+            reduction = probe_reduction(probe_iod, reference, probe_list)
+            probe_detections = DetectionCache(root, detector, cache, reduction)
+            records = probe_detections.ensure(probe_list, jobs=jobs, progress=Progress("detect probes", not quiet))
+            probe_faces = choose_face_boxes(records, {f: faces.boxes[f] for f in probe_list})
+            probe_aligners = [
+                get_aligner(
+                    spec, choice.template, images_root=root, weights=weights, cache_dir=cache, reduction=reduction
+                )
+                for spec in aligner_specs
+            ]
+            for aligner in probe_aligners:
+                if isinstance(aligner, DetectorAligner):
+                    aligner.records(probe_list, jobs)
+            probes = [ProbeCondition(a, probe_faces, probe_detections, reduction) for a in probe_aligners]
+            feature_jobs += [
+                FeatureJob(
+                    spec,
+                    probe_list,
+                    probe_faces.boxes,
+                    feature_cache_path(cache, a, choice, probe_detections),
+                    reduction,
+                )
+                for spec, a in zip(aligner_specs, probe_aligners)
+            ]
+            condition = {
+                "probe_iod": {
+                    **reduction.summary(),
+                    "reference": reference.key,
+                    "probe_face_boxes": probe_faces.counts(),
+                }
+            }
+        if jobs != 1 and len(feature_jobs) > 1:
+            fill_feature_caches(feature_jobs, backbone, root, weights, cache, jobs, quiet)
         runs = [
             run_aligner(
                 protocol,
@@ -530,12 +666,13 @@ def _run(
                 betas or DEFAULT_BETAS,
                 pca_components,
                 Progress(f"features {a.name}", not quiet),
+                probe,
             )
-            for a in aligners
+            for a, probe in zip(aligners, probes)
         ]
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise _fail(exc) from exc
-    return protocol, faces, runs, choice
+    return protocol, faces, runs, choice, condition
 
 
 def _context(
@@ -551,6 +688,7 @@ def _context(
         "detector": detector,
         "backbone": backbone.describe(),
         "pca_components_requested": pca_components,
+        **({"cross_pose": protocol.summary["cross_pose"]} if (protocol.summary or {}).get("cross_pose") else {}),
     }
 
 
@@ -611,7 +749,7 @@ def verify_command(
 
     from .report import plot_rocs
 
-    protocol, faces, runs, choice = _run(
+    protocol, faces, runs, choice, _ = _run(
         [aligner_spec],
         protocol_dir,
         images_root,
@@ -636,6 +774,8 @@ def verify_command(
     click.echo(_boxes_line(faces))
     if run.manifest_missing:
         click.echo(f"{run.manifest_missing} images had no landmarks in the manifest (box alignment used)")
+    if run.detector_missing:
+        click.echo(f"{run.detector_missing} images had no {run.aligner} face on the chosen box (box alignment used)")
     click.echo(f"results in {out_dir}")
 
 
@@ -662,12 +802,39 @@ def _table_markdown(
 
     names = [r.aligner for r in runs]
     backbone = context["backbone"]
+    probe = context.get("probe_iod")
+    cross_pose = context.get("cross_pose")
+    title = f"# Verification: {Path(context['protocol']).name}, backbone {backbone['name']}"
+    if probe:
+        title += f", probes at {probe['target_iod']:g} px between the eyes"
     lines = [
-        f"# Verification: {Path(context['protocol']).name}, backbone {backbone['name']}",
+        title,
         "",
         "Same recognition pipeline, different alignments (paper, Table 2). "
         f"TAR at FAR, mean ± std over {context['protocol_sizes']['splits']} splits; best in bold.",
         "",
+    ]
+    if probe:
+        boxes = probe["probe_face_boxes"]
+        lines += [
+            f"Condition: low-resolution probes. Every test image is reduced so that its face's inter-ocular "
+            f"distance (dlib-ert's eye centres at full resolution) is about {probe['target_iod']:g} px "
+            f"({probe['reduced']} of {probe['images']} images reduced, median factor "
+            f"{probe['median_factor']:.3f}; {probe['already_small']} already that small); detection and alignment "
+            f"run on the reduced image, the PCA training images are not reduced. Faces on the reduced images: "
+            f"{boxes['detector']} detected, {boxes['protocol']} not found there (the full-resolution box is used).",
+            "",
+        ]
+    if cross_pose:
+        lines += [
+            f"Condition: cross-pose protocol. Genuine and impostor comparisons are between templates in "
+            f"different yaw bins ({', '.join(cross_pose['bin_labels'])} degrees of |yaw|, estimated from "
+            f"{cross_pose['reference']}'s landmarks).",
+            "",
+        ]
+    for warning in context.get("warnings", []):
+        lines += [f"**Warning**: {warning}.", ""]
+    lines += [
         "| TAR @ | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
@@ -717,6 +884,18 @@ def _table_markdown(
     missing = [f"{r.aligner}: {r.manifest_missing}" for r in runs if r.manifest_missing]
     if missing:
         lines += ["", "Images without manifest landmarks (box alignment used): " + "; ".join(missing) + "."]
+    found = [
+        f"{r.aligner}: {r.detector_missing}" + (f" (probes: {r.probe_detector_missing})" if probe else "")
+        for r in runs
+        if r.detector_missing or r.probe_detector_missing
+    ]
+    if found:
+        lines += [
+            "",
+            "Images where the aligner's detector found no face on the chosen box (box alignment used): "
+            + "; ".join(found)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -741,6 +920,21 @@ def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool
             Progress(f"subject bootstrap ({len(splits)} splits)", not quiet),
         )
     return compare_pairs(tars, bootstrap, FAR_TARGETS)
+
+
+def _size_warnings(context: dict[str, Any]) -> list[str]:
+    """Where the protocol is too small for a FAR reported: fewer impostor comparisons per split than 10 / FAR."""
+    from .evaluate import FAR_TARGETS
+
+    impostors = context["protocol_sizes"]["mean"]["impostor"]
+    short = [far for far in FAR_TARGETS if impostors < 10 / far]
+    if not short:
+        return []
+    fars = ", ".join(f"{far:.0e}" for far in short)
+    return [
+        f"{impostors:.0f} impostor comparisons per split: TAR at FAR {fars} rests on fewer than 10 impostor "
+        f"scores (needs >= {10 / min(short):.0f}); read it as indicative only"
+    ]
 
 
 @main.command("compare-aligners")
@@ -772,6 +966,14 @@ def _paired_statistics(runs: list[Any], n_bootstrap: int, seed: int, quiet: bool
     help="Resamples of the test subjects for the confidence intervals of differences (0: none).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--probe-iod",
+    type=click.FloatRange(min=2),
+    default=None,
+    help="Low-resolution probes: reduce every test image so that its face's inter-ocular distance "
+    "(dlib-ert's eye centres at full resolution) is about this many pixels; detection and alignment "
+    "run on the reduced image, the PCA training images stay as they are.",
+)
 @_beta_option
 @_shared_options
 def compare_aligners_command(
@@ -781,6 +983,7 @@ def compare_aligners_command(
     out_dir: Path,
     n_bootstrap: int,
     seed: int,
+    probe_iod: float | None,
     betas: tuple[float, ...],
     backbone: str | None,
     detector: str,
@@ -803,7 +1006,7 @@ def compare_aligners_command(
         raise click.UsageError("--aligners is empty")
     if len(set(specs)) != len(specs):
         raise click.UsageError(f"--aligners lists an aligner twice: {specs}")
-    protocol, faces, runs, choice = _run(
+    protocol, faces, runs, choice, condition = _run(
         specs,
         protocol_dir,
         images_root,
@@ -817,9 +1020,15 @@ def compare_aligners_command(
         threads,
         quiet,
         betas,
+        probe_iod,
     )
     root = _images_root(protocol_dir, images_root)
-    context = _context(protocol, faces, choice, detector, pca_components, root)
+    context = {**_context(protocol, faces, choice, detector, pca_components, root), **condition}
+    warnings = _size_warnings(context)
+    if warnings:
+        context["warnings"] = warnings
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     used_betas = betas or DEFAULT_BETAS
     pairs = _paired_statistics(runs, n_bootstrap, seed, quiet)
     for run in runs:

@@ -43,6 +43,8 @@ __all__ = [
     "RECOGNITION_INSTALL_HINT",
     "dlib_chip_template",
     "dlib5_template",
+    "DETECTOR_CHIP_POINTS",
+    "detector_template",
     "dlib_resnet_model_path",
     "face_chip_matrix",
     "ChipTemplateFit",
@@ -80,6 +82,22 @@ DLIB_CHIP_DLIB5_POINTS: np.ndarray = np.array(
 )
 DLIB_CHIP_DLIB5_POINTS.flags.writeable = False
 
+#: Where a detector's own five points (MTFL order) lie in the same 150 px dlib
+#: chips, by detector: the least-squares layout (mean position) over the MTFL
+#: training faces that the dlib detector and that detector both find, measured
+#: in the chips of :data:`DLIB_CHIP_POINTS` (``python bench/detector_chip_template.py``,
+#: docs/recognition/retinaface_chip_template.json). RetinaFace: the first 3,000
+#: MTFL training faces, 2,984 found by both; rms spread about the mean 4.7, 4.8,
+#: 7.4, 6.9 and 6.9 chip pixels; its eye points lie 1.5 to 3 px inside and above
+#: the ground-truth eye centres.
+DETECTOR_CHIP_POINTS: dict[str, np.ndarray] = {
+    "retinaface": np.array(
+        [[44.2613, 44.1154], [101.3276, 43.8307], [72.2521, 74.7298], [49.5827, 102.4108], [96.4728, 102.1624]]
+    ),
+}
+for _layout in DETECTOR_CHIP_POINTS.values():
+    _layout.flags.writeable = False
+
 #: How to install what the dlib backbone needs (dlib itself is a dependency).
 RECOGNITION_INSTALL_HINT = "pip install -e '.[recognition]'"
 
@@ -100,8 +118,22 @@ def dlib5_template(template: Template) -> Template:
     points onto the result puts the face where aligning MTFL points onto
     ``template`` would.
     """
+    return _carry_chip_points(DLIB_CHIP_DLIB5_POINTS, template, "dlib5")
+
+
+def detector_template(chip_points: np.ndarray, template: Template, detector: str) -> Template:
+    """Where a detector's own five points go in ``template``, from their layout in dlib's chip.
+
+    As :func:`dlib5_template`: ``chip_points``
+    (:data:`DETECTOR_CHIP_POINTS`) are carried into ``template`` by the
+    similarity that maps :data:`DLIB_CHIP_POINTS` onto ``template.points``.
+    """
+    return _carry_chip_points(np.asarray(chip_points, np.float64), template, detector)
+
+
+def _carry_chip_points(chip_points: np.ndarray, template: Template, suffix: str) -> Template:
     matrix = estimate_similarity(DLIB_CHIP_POINTS, template.points)
-    return Template(f"{template.name}-dlib5", transform_points(matrix, DLIB_CHIP_DLIB5_POINTS), template.size)
+    return Template(f"{template.name}-{suffix}", transform_points(matrix, chip_points), template.size)
 
 
 def _import_dlib():
@@ -231,6 +263,10 @@ class ChipTemplateFit:
         ``(5,)`` rms spread of each point about its mean, chip pixels.
     faces : int
         Faces the fit used.
+    other_points, other_rms : numpy.ndarray or None
+        Layout and rms spread of the ``other_points`` given to
+        :func:`fit_chip_template` (another landmark source, e.g. a detector's
+        own five points), in the same chips; ``None`` when none were given.
     """
 
     points: np.ndarray
@@ -238,6 +274,8 @@ class ChipTemplateFit:
     rms: np.ndarray
     dlib5_rms: np.ndarray
     faces: int
+    other_points: np.ndarray | None = None
+    other_rms: np.ndarray | None = None
 
 
 def fit_chip_template(
@@ -247,13 +285,14 @@ def fit_chip_template(
     size: int = DLIB_CHIP_SIZE,
     padding: float = DLIB_CHIP_PADDING,
     progress: Callable[[int, int], None] | None = None,
+    other_points: np.ndarray | None = None,
 ) -> ChipTemplateFit:
     """Measure where five MTFL points land in dlib's face chips.
 
     For every face, dlib's 5-point predictor runs on the face box, the chip
     map is measured with :func:`face_chip_matrix`, and the face's MTFL points
-    and dlib's points are mapped into the chip; :func:`mean_chip_points` gives
-    the layouts.
+    and dlib's points (and ``other_points``, when given) are mapped into the
+    chip; :func:`mean_chip_points` gives the layouts.
 
     Parameters
     ----------
@@ -267,6 +306,9 @@ def fit_chip_template(
         ``get_face_chip`` arguments.
     progress : callable, optional
         ``progress(done, total)``.
+    other_points : numpy.ndarray, optional
+        ``(N, K, 2)`` points of another landmark source on the same faces
+        (e.g. RetinaFace's own five points; ``bench/detector_chip_template.py``).
     """
     predictor = DlibFivePointPredictor()
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -283,7 +325,10 @@ def fit_chip_template(
     matrices_array = np.stack(matrices)
     layout, rms = mean_chip_points(matrices_array, points)
     dlib_layout, dlib_rms = mean_chip_points(matrices_array, np.asarray(dlib_points, np.float64))
-    return ChipTemplateFit(layout, dlib_layout, rms, dlib_rms, len(boxes))
+    other_layout = other_rms = None
+    if other_points is not None:
+        other_layout, other_rms = mean_chip_points(matrices_array, np.asarray(other_points, np.float64))
+    return ChipTemplateFit(layout, dlib_layout, rms, dlib_rms, len(boxes), other_layout, other_rms)
 
 
 # --------------------------------------------------------------------------- landmarks and backbone

@@ -9,6 +9,10 @@ and (population) standard deviation over the splits; the per-split scores are
 kept for the paired statistics of :mod:`recognition.statistics`.
 :func:`run_aligner` is the whole of one aligner: its (cached) features, then
 the evaluation.
+
+With a low-resolution condition (:class:`ProbeCondition`) the test templates
+are made of the reduced images' features and the PCA is fitted on the
+full-resolution training images, as without it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .aligners import Aligner, FaceBoxes, ManifestAligner
+from .aligners import Aligner, DetectorAligner, FaceBoxes, ManifestAligner
 from .backbones import BackboneChoice
 from .caches import DetectionCache
 from .features import FeatureTable, extract_features, feature_cache_path
@@ -29,6 +33,9 @@ from .matching import fit_pca, power_normalize, template_scores
 from .metrics import tar_at_far
 from .protocol import Protocol, Split, protocol_files
 from .statistics import SplitComparisons
+
+if TYPE_CHECKING:
+    from .conditions import ProbeReduction
 
 __all__ = [
     "DEFAULT_BETAS",
@@ -39,6 +46,8 @@ __all__ = [
     "evaluate_split",
     "evaluate_protocol",
     "AlignerRun",
+    "ProbeCondition",
+    "probe_files",
     "run_aligner",
 ]
 
@@ -147,8 +156,12 @@ def evaluate_split(
     features: FeatureTable,
     betas: Sequence[float] = DEFAULT_BETAS,
     n_components: int = 4000,
+    test_features: FeatureTable | None = None,
 ) -> SplitResult:
     """Power normalisation, PCA on the split's training images, Pearson + SoftMax, TAR at FAR.
+
+    ``test_features`` (e.g. of low-resolution probes) replace ``features`` for
+    the test templates; the PCA is fitted on ``features`` either way.
 
     Raises
     ------
@@ -160,7 +173,8 @@ def evaluate_split(
         raise ValueError(f"split {split.index} has no training images to fit the PCA on")
     pca = fit_pca(power_normalize(features.rows(train_files).astype(np.float64)), n_components)
     test_files = split.test_files
-    projected = pca.transform(power_normalize(features.rows(test_files).astype(np.float64)))
+    test_table = features if test_features is None else test_features
+    projected = pca.transform(power_normalize(test_table.rows(test_files).astype(np.float64)))
     row_of = {f: i for i, f in enumerate(test_files)}
     by_template = {tid: projected[[row_of[r.file] for r in rows]] for tid, rows in split.templates.items()}
     scores = np.asarray(template_scores(by_template, split.comparisons, tuple(betas)), np.float64)
@@ -190,13 +204,42 @@ def evaluate_protocol(
     features: FeatureTable,
     betas: Sequence[float] = DEFAULT_BETAS,
     n_components: int = 4000,
+    test_features: FeatureTable | None = None,
 ) -> VerificationResult:
     """:func:`evaluate_split` on every split of ``protocol``."""
     if not betas:
         raise ValueError("need at least one beta")
     return VerificationResult(
-        [evaluate_split(s, features, betas, n_components) for s in protocol.splits], tuple(float(b) for b in betas)
+        [evaluate_split(s, features, betas, n_components, test_features) for s in protocol.splits],
+        tuple(float(b) for b in betas),
     )
+
+
+@dataclass
+class ProbeCondition:
+    """Low-resolution probes of one aligner (``compare-aligners --probe-iod``).
+
+    Attributes
+    ----------
+    aligner : Aligner
+        The aligner, built for the reduced images (a detector aligner detects on them).
+    faces : FaceBoxes
+        Face boxes found on the reduced images (original pixels).
+    detections : DetectionCache
+        The detections of the reduced images (their key names the feature cache).
+    reduction : ProbeReduction
+        The reduction.
+    """
+
+    aligner: Aligner
+    faces: FaceBoxes
+    detections: DetectionCache
+    reduction: ProbeReduction
+
+
+def probe_files(protocol: Protocol) -> list[str]:
+    """Sorted unique images of the test templates of all splits (those a probe condition reduces)."""
+    return sorted({f for s in protocol.splits for f in s.test_files})
 
 
 @dataclass
@@ -208,6 +251,8 @@ class AlignerRun:
     result: VerificationResult
     manifest_missing: int = 0
     seconds: float = 0.0
+    detector_missing: int = 0
+    probe_detector_missing: int = 0
 
     def record(self) -> dict[str, Any]:
         return {
@@ -215,6 +260,8 @@ class AlignerRun:
             "key": self.key,
             **self.result.summary(),
             "manifest_missing": self.manifest_missing,
+            "detector_missing": self.detector_missing,
+            "probe_detector_missing": self.probe_detector_missing,
             "feature_seconds": round(self.seconds, 1),
         }
 
@@ -229,8 +276,9 @@ def run_aligner(
     betas: Sequence[float] = DEFAULT_BETAS,
     n_components: int = 4000,
     progress: Callable[[int, int], None] | None = None,
+    probe: ProbeCondition | None = None,
 ) -> AlignerRun:
-    """Features (cached) and verification of one aligner on a protocol."""
+    """Features (cached) and verification of one aligner on a protocol (with low-resolution probes)."""
     started = time.perf_counter()
     files = protocol_files(protocol)
     table = extract_features(
@@ -242,7 +290,24 @@ def run_aligner(
         feature_cache_path(cache_dir, aligner, backbone, detections),
         progress,
     )
+    probe_table = None
+    probe_missing = 0
+    if probe is not None:
+        probes = probe_files(protocol)
+        probe_table = extract_features(
+            probes,
+            detections.images_root,
+            probe.faces.boxes,
+            probe.aligner,
+            backbone.network,
+            feature_cache_path(cache_dir, probe.aligner, backbone, probe.detections),
+            progress,
+            reduction=probe.reduction,
+        )
+        if isinstance(probe.aligner, DetectorAligner):
+            probe_missing = len(probe.aligner.missing(probes, probe.faces.boxes))
     seconds = time.perf_counter() - started
-    result = evaluate_protocol(protocol, table, betas, n_components)
+    result = evaluate_protocol(protocol, table, betas, n_components, probe_table)
     missing = len(aligner.missing(files)) if isinstance(aligner, ManifestAligner) else 0
-    return AlignerRun(aligner.name, aligner.key, result, missing, seconds)
+    detector_missing = len(aligner.missing(files, faces.boxes)) if isinstance(aligner, DetectorAligner) else 0
+    return AlignerRun(aligner.name, aligner.key, result, missing, seconds, detector_missing, probe_missing)

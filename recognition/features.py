@@ -7,6 +7,11 @@ weights or manifest and its template), the backbone (a hash of its weights),
 the detector with a hash of its settings, and the image root
 (:func:`feature_cache_path`); a row is reused only if the face box it was
 computed from is the same. So adding an aligner costs one pass over the images.
+
+A low-resolution condition (:class:`recognition.conditions.ProbeReduction`)
+has its own cache files (the reduction's and the reduced detections' keys are
+in the name): adding a condition costs one pass per aligner over the reduced
+images, and the full-resolution features are reused.
 """
 
 from __future__ import annotations
@@ -21,18 +26,19 @@ import numpy as np
 
 from facealign.imageio import write_bytes_atomic
 
-from .aligners import Aligner, FaceBoxes, get_aligner, read_face_inputs
+from .aligners import Aligner, get_aligner, read_face_inputs
 from .backbones import BackboneChoice, load_backbone
 from .caches import DetectionCache
-from .protocol import Protocol, protocol_files
 
 if TYPE_CHECKING:
     from .backbone import Backbone
+    from .conditions import ProbeReduction
 
 __all__ = [
     "FeatureTable",
     "extract_features",
     "feature_cache_path",
+    "FeatureJob",
     "fill_feature_caches",
 ]
 
@@ -82,6 +88,7 @@ def extract_features(
     backbone: Backbone,
     cache_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reduction: ProbeReduction | None = None,
 ) -> FeatureTable:
     """Raw backbone features of the aligned face of every image.
 
@@ -103,6 +110,9 @@ def extract_features(
         rewritten (every :data:`_FEATURE_SAVE_EVERY` images and at the end).
     progress : callable, optional
         ``progress(done, total)`` over the images computed by this call.
+    reduction : ProbeReduction, optional
+        Decode the images reduced (low-resolution probes); ``boxes`` then are
+        the boxes found on the reduced images, in original pixels.
 
     Returns
     -------
@@ -149,7 +159,7 @@ def extract_features(
     since_save = 0
     for start in range(0, len(todo), _FEATURE_BATCH):
         batch = todo[start : start + _FEATURE_BATCH]
-        faces = read_face_inputs(root, batch, boxes)
+        faces = read_face_inputs(root, batch, boxes, reduction)
         features = backbone.embed(aligner.align(faces))
         for f, x in zip(batch, features):
             known[f] = x
@@ -166,19 +176,51 @@ def extract_features(
     return FeatureTable(files, np.stack([known[f] for f in files]).astype(np.float32))
 
 
-def feature_cache_path(cache_dir: Path, aligner: Aligner, backbone: BackboneChoice, detections: DetectionCache) -> Path:
-    """Cache file of the features of ``aligner`` through ``backbone`` on these detections (module notes)."""
+def feature_cache_path(
+    cache_dir: Path,
+    aligner: Aligner,
+    backbone: BackboneChoice,
+    detections: DetectionCache,
+) -> Path:
+    """Cache file of the features of ``aligner`` through ``backbone`` on these detections (module notes).
+
+    ``detections`` are those the face boxes come from (the reduced images' for
+    a low-resolution condition, whose key holds the reduction's).
+    """
     return cache_dir / f"features-{aligner.key}-{backbone.key}-{detections.key}.npz"
 
 
+@dataclass
+class FeatureJob:
+    """One aligner's features to compute in a worker (:func:`fill_feature_caches`).
+
+    Attributes
+    ----------
+    spec : str
+        Aligner name, rebuilt in the worker.
+    files : list of str
+        Images.
+    boxes : dict
+        Their face boxes (original pixels).
+    cache_path : pathlib.Path
+        The aligner's feature cache.
+    reduction : ProbeReduction or None
+        Low-resolution probes.
+    """
+
+    spec: str
+    files: list[str]
+    boxes: Mapping[str, np.ndarray]
+    cache_path: Path
+    reduction: ProbeReduction | None = None
+
+
 def _fill_one_cache(
-    spec: str,
+    job: FeatureJob,
     backbone_spec: str | Path | None,
     images_root: Path,
     weights: Mapping[str, str | Path | None],
-    files: list[str],
-    boxes: Mapping[str, np.ndarray],
-    cache_path: Path,
+    cache_dir: Path,
 ) -> None:
     """Worker: the features of one aligner into its cache file (one torch thread; the caller's
     thread counts come back when it runs in the calling process)."""
@@ -188,25 +230,29 @@ def _fill_one_cache(
 
     with single_threaded():
         choice = load_backbone(backbone_spec)
-        aligner = get_aligner(spec, choice.template, images_root=images_root, weights=weights)
-        extract_features(files, images_root, boxes, aligner, choice.network, cache_path)
+        aligner = get_aligner(
+            job.spec,
+            choice.template,
+            images_root=images_root,
+            weights=weights,
+            cache_dir=cache_dir,
+            reduction=job.reduction,
+        )
+        extract_features(
+            job.files, images_root, job.boxes, aligner, choice.network, job.cache_path, reduction=job.reduction
+        )
 
 
 def fill_feature_caches(
-    specs: Sequence[str],
-    aligners: Sequence[Aligner],
+    jobs_list: Sequence[FeatureJob],
     backbone_spec: str | Path | None,
-    protocol: Protocol,
-    faces: FaceBoxes,
-    backbone: BackboneChoice,
-    detections: DetectionCache,
-    cache_dir: Path,
     images_root: Path,
     weights: Mapping[str, str | Path | None],
+    cache_dir: Path,
     jobs: int,
     quiet: bool = False,
 ) -> None:
-    """Compute the features of several aligners in parallel processes, one aligner per process.
+    """Compute the features of several aligners (and conditions) in parallel processes, one each.
 
     Each worker builds its aligner and backbone from their names and fills the
     aligner's feature cache (:func:`feature_cache_path`), so that
@@ -217,19 +263,7 @@ def fill_feature_caches(
     from facealign.progress import Progress
     from facealign.research.parallel import parallel_map
 
-    files = protocol_files(protocol)
-    tasks = [
-        (
-            spec,
-            backbone_spec,
-            images_root,
-            weights,
-            files,
-            faces.boxes,
-            feature_cache_path(cache_dir, aligner, backbone, detections),
-        )
-        for spec, aligner in zip(specs, aligners)
-    ]
+    tasks = [(job, backbone_spec, images_root, weights, cache_dir) for job in jobs_list]
     with Progress("features, aligners done", enabled=not quiet, every=0) as progress:
         for done, _ in enumerate(parallel_map(_fill_one_cache, tasks, jobs), 1):
             progress(done, len(tasks))

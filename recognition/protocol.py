@@ -58,7 +58,13 @@ __all__ = [
     "protocol_files",
     "protocol_boxes",
     "protocol_sizes",
+    "DEFAULT_YAW_BINS",
+    "yaw_bin_labels",
 ]
+
+#: Upper edges (degrees of |yaw|) of the yaw bins of a cross-pose protocol but the last:
+#: bins [0, 15), [15, 30) and [30, 90].
+DEFAULT_YAW_BINS: tuple[float, ...] = (15.0, 30.0)
 
 #: Columns every metadata CSV must have (in this order when written).
 METADATA_COLUMNS: tuple[str, ...] = (
@@ -498,15 +504,24 @@ def _template_count(n_images: int, template_size: int, max_templates: int) -> in
 
 
 def _sample_impostors(
-    template_subject: np.ndarray, n_wanted: int, rng: np.random.Generator, enumerate_limit: int = 20_000_000
+    template_subject: np.ndarray,
+    n_wanted: int,
+    rng: np.random.Generator,
+    template_group: np.ndarray | None = None,
+    enumerate_limit: int = 20_000_000,
 ) -> np.ndarray:
-    """Sample ``n_wanted`` distinct unordered different-subject template pairs (index pairs, i < j)."""
+    """Sample ``n_wanted`` distinct unordered different-subject template pairs (index pairs, i < j).
+
+    With ``template_group`` (yaw bins), only pairs of different groups.
+    """
     n = len(template_subject)
     if n_wanted <= 0:
         return np.zeros((0, 2), dtype=np.int64)
-    if n * (n - 1) // 2 <= enumerate_limit:
+    if n * (n - 1) // 2 <= enumerate_limit or template_group is not None:
         i, j = np.triu_indices(n, k=1)
         keep = template_subject[i] != template_subject[j]
+        if template_group is not None:
+            keep &= template_group[i] != template_group[j]
         candidates = np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
         if n_wanted >= len(candidates):
             return candidates
@@ -534,11 +549,21 @@ def _box_fields(box: Sequence[float] | None) -> list[str]:
     return [f"{x1:.2f}", f"{y1:.2f}", f"{x2 - x1:.2f}", f"{y2 - y1:.2f}"]
 
 
-def _write_metadata(path: Path, rows: Sequence[list[str]]) -> None:
+def _write_metadata(path: Path, rows: Sequence[list[str]], extra_columns: Sequence[str] = ()) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
+        writer.writerow([*METADATA_COLUMNS, *extra_columns])
         writer.writerows(rows)
+
+
+def yaw_bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the |yaw| bins with upper edges ``edges`` (``"0-15", "15-30", "30-90"``)."""
+    bounds = [0.0, *(float(e) for e in edges), 90.0]
+    return [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _yaw_bin(yaw: float, edges: Sequence[float]) -> int:
+    return int(np.searchsorted(np.asarray(edges, np.float64), abs(yaw), side="right"))
 
 
 def sample_subjects(items: Sequence[tuple[str, str]], n_subjects: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -572,6 +597,8 @@ def make_protocol(
     max_templates_per_subject: int = 4,
     impostor_ratio: float = 10.0,
     boxes: Mapping[str, Sequence[float]] | None = None,
+    yaw: Mapping[str, float] | None = None,
+    yaw_bins: Sequence[float] = DEFAULT_YAW_BINS,
 ) -> dict[str, Any]:
     """Write a Janus CS2 style verification protocol for an identity-labelled image set.
 
@@ -591,6 +618,20 @@ def make_protocol(
        Impostor comparisons: a uniform random sample, without replacement, of
        ``min(round(impostor_ratio * n_genuine), available)`` different-subject
        template pairs. Comparisons are written sorted by template id.
+
+    **Cross-pose** (``yaw`` given): each image falls in a bin of ``|yaw|``
+    (upper edges ``yaw_bins``). Test subjects are drawn among those with
+    images in at least two bins (and images with a yaw); each test subject's
+    templates are made per bin (step 2 within every bin, at least one template
+    per non-empty bin; images without a yaw are left out of the test
+    templates); genuine comparisons are the same-subject template pairs *of
+    different bins*, impostors a sample of different-subject pairs of
+    different bins. The metadata get ``YAW`` (degrees, per image) and
+    ``YAW_BIN`` (the template's bin label) columns, and ``protocol.json`` a
+    ``cross_pose`` record with the bins and, per split, the genuine
+    comparisons per bin pair. The yaw must come from a fixed reference, not
+    from an aligner under test (``recognition make-protocol --cross-pose``
+    uses dlib-ert's landmarks).
 
     Template ids are unique within a split: test templates are numbered
     ``1..T`` and training templates continue from ``T + 1``. ``MEDIA_ID`` and
@@ -621,6 +662,10 @@ def make_protocol(
     boxes : mapping, optional
         ``image path -> (x1, y1, x2, y2)`` face boxes written to ``FACE_*``;
         images without an entry get empty ``FACE_*`` fields.
+    yaw : mapping, optional
+        ``image path -> yaw`` in degrees: makes a cross-pose protocol (see above).
+    yaw_bins : sequence of float
+        Increasing upper edges of the ``|yaw|`` bins but the last (which ends at 90).
 
     Returns
     -------
@@ -652,17 +697,28 @@ def make_protocol(
     if any(not s.strip() for s in identities):
         raise ValueError("empty identity in items")
     boxes = dict(boxes or {})
+    edges = [float(e) for e in yaw_bins]
+    if yaw is not None and (any(not 0 < e < 90 for e in edges) or sorted(set(edges)) != edges or not edges):
+        raise ValueError(f"yaw_bins must be increasing edges strictly between 0 and 90, got {list(yaw_bins)}")
+    labels = yaw_bin_labels(edges)
+    bin_of = [None if yaw is None or p not in yaw else _yaw_bin(yaw[p], edges) for p in paths]
 
     by_subject: dict[str, list[int]] = defaultdict(list)
     for index, subject in enumerate(identities):
         by_subject[subject].append(index)
     subjects = sorted(by_subject)
-    eligible_count = sum(len(by_subject[s]) >= 2 for s in subjects)
+
+    def eligible(subject: str) -> bool:
+        if yaw is None:
+            return len(by_subject[subject]) >= 2
+        return len({bin_of[i] for i in by_subject[subject] if bin_of[i] is not None}) >= 2
+
+    eligible_count = sum(eligible(s) for s in subjects)
     n_test_target = min(round((1.0 - train_fraction) * len(subjects)), eligible_count)
     if n_test_target < 2:
         raise ValueError(
-            f"need at least two test subjects with >= 2 images; {len(subjects)} subjects, "
-            f"{eligible_count} with >= 2 images, train_fraction={train_fraction}"
+            f"need at least two test subjects with >= 2 images{' in different yaw bins' if yaw else ''}; "
+            f"{len(subjects)} subjects, {eligible_count} eligible, train_fraction={train_fraction}"
         )
 
     out_dir = Path(out_dir)
@@ -671,32 +727,53 @@ def make_protocol(
     for k in range(1, n_splits + 1):
         rng = np.random.default_rng([seed, k])
         order = [subjects[i] for i in rng.permutation(len(subjects))]
-        test_subjects = [s for s in order if len(by_subject[s]) >= 2][:n_test_target]
+        test_subjects = [s for s in order if eligible(s)][:n_test_target]
         test_set = set(test_subjects)
         train_subjects = [s for s in order if s not in test_set]
 
         # Test templates, numbered 1..T in the (shuffled) subject order.
         template_rows: list[list[str]] = []
         template_subject: list[str] = []
+        template_bin: list[int] = []
         template_ids_of: dict[str, list[int]] = {}
         for subject in test_subjects:
             images = np.asarray(by_subject[subject])[rng.permutation(len(by_subject[subject]))]
-            n_templates = _template_count(len(images), template_size, max_templates_per_subject)
+            if yaw is None:
+                groups = [(-1, images, _template_count(len(images), template_size, max_templates_per_subject))]
+            else:
+                groups = []
+                for b in range(len(labels)):
+                    in_bin = np.asarray([i for i in images.tolist() if bin_of[i] == b], np.int64)
+                    if len(in_bin):
+                        count = max(1, min(max_templates_per_subject, len(in_bin) // template_size))
+                        groups.append((b, in_bin, count))
             ids = []
-            for chunk in np.array_split(images, n_templates):
-                template_id = len(template_subject) + 1
-                template_subject.append(subject)
-                ids.append(template_id)
-                for i in sorted(chunk.tolist()):
-                    template_rows.append(
-                        [str(template_id), subject, paths[i], str(i + 1), str(i + 1), ""]
-                        + _box_fields(boxes.get(paths[i]))
-                    )
+            for b, group, n_templates in groups:
+                for chunk in np.array_split(group, n_templates):
+                    template_id = len(template_subject) + 1
+                    template_subject.append(subject)
+                    template_bin.append(b)
+                    ids.append(template_id)
+                    for i in sorted(chunk.tolist()):
+                        extra = [] if yaw is None else [f"{float(yaw[paths[i]]):.1f}", labels[b]]
+                        template_rows.append(
+                            [str(template_id), subject, paths[i], str(i + 1), str(i + 1), ""]
+                            + _box_fields(boxes.get(paths[i]))
+                            + extra
+                        )
             template_ids_of[subject] = ids
 
-        genuine = [(a, b) for ids in template_ids_of.values() for n, a in enumerate(ids) for b in ids[n + 1 :]]
+        genuine = [
+            (a, b)
+            for ids in template_ids_of.values()
+            for n, a in enumerate(ids)
+            for b in ids[n + 1 :]
+            if yaw is None or template_bin[a - 1] != template_bin[b - 1]
+        ]
         n_impostor = int(round(impostor_ratio * len(genuine)))
-        impostor_index = _sample_impostors(np.asarray(template_subject), n_impostor, rng)
+        impostor_index = _sample_impostors(
+            np.asarray(template_subject), n_impostor, rng, None if yaw is None else np.asarray(template_bin)
+        )
         impostor = [(int(a) + 1, int(b) + 1) for a, b in impostor_index]
         comparisons = sorted(genuine + impostor)
 
@@ -711,7 +788,7 @@ def make_protocol(
         folder = out_dir / f"split{k}"
         folder.mkdir(exist_ok=True)
         _write_metadata(folder / f"train_{k}.csv", train_rows)
-        _write_metadata(folder / f"verify_metadata_{k}.csv", template_rows)
+        _write_metadata(folder / f"verify_metadata_{k}.csv", template_rows, () if yaw is None else ("YAW", "YAW_BIN"))
         with (folder / f"verify_comparisons_{k}.csv").open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle, lineterminator="\n").writerows(comparisons)
 
@@ -727,6 +804,11 @@ def make_protocol(
                 "impostor": len(impostor),
             }
         )
+        if yaw is not None:
+            pairs = Counter(
+                "|".join(sorted((labels[template_bin[a - 1]], labels[template_bin[b - 1]]))) for a, b in genuine
+            )
+            split_summaries[-1]["genuine_by_yaw_bins"] = dict(sorted(pairs.items()))  # type: ignore[assignment]
 
     summary: dict[str, Any] = {
         "format": PROTOCOL_FORMAT,
@@ -744,6 +826,13 @@ def make_protocol(
         "images_with_box": sum(p in boxes for p in paths),
         "splits": split_summaries,
     }
+    if yaw is not None:
+        summary["cross_pose"] = {
+            "yaw_bins": edges,
+            "bin_labels": labels,
+            "images_per_bin": {labels[b]: sum(x == b for x in bin_of) for b in range(len(labels))},
+            "images_without_yaw": sum(x is None for x in bin_of),
+        }
     from facealign.imageio import write_json
 
     write_json(summary, out_dir / "protocol.json")
