@@ -420,7 +420,7 @@ def crop(
         else:
             from .cluster import connect
 
-            connection = connect(cluster)
+            connection = connect(cluster, quiet=quiet)
         with connection as client:
             executor: ChunkExecutor | None = None
             if client is not None:

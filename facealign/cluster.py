@@ -38,6 +38,8 @@ runs as its own task, and one that kills its workers again gets the failure
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import os
 import re
 import tempfile
@@ -95,7 +97,7 @@ def _import_distributed() -> Any:
 
 
 @contextmanager
-def connect(address: str) -> Iterator[distributed.Client]:
+def connect(address: str, quiet: bool = False) -> Iterator[distributed.Client]:
     """A Dask client for ``--cluster ADDRESS``, closed (with its local cluster) on exit.
 
     Parameters
@@ -105,25 +107,59 @@ def connect(address: str) -> Iterator[distributed.Client]:
         processes) starts a :class:`distributed.LocalCluster` on this machine,
         one thread per worker; anything else is the address of a running
         scheduler (``tcp://host:8786``, or a scheduler file path ending
-        ``.json``).
+        ``.json``, which must exist: Dask would wait for it without end).
+    quiet : bool, optional
+        Only errors from Dask's loggers (here and in a local cluster's workers).
 
     Raises
     ------
     CropJobError
-        Dask distributed is missing, ``local:N`` is malformed, or the scheduler
-        cannot be reached.
+        Dask distributed is missing, ``local:N`` is malformed, the scheduler
+        file is missing or unreadable, or the scheduler cannot be reached.
     """
     distributed = _import_distributed()
     local = re.fullmatch(r"local(?::(?P<n>[0-9]+))?", address)
-    if local:
-        n_workers = int(local["n"]) if local["n"] else os.cpu_count() or 1
-        if n_workers < 1:
-            raise CropJobError(f"--cluster local:N needs at least one worker, got {address!r}")
-        with distributed.LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+    with _dask_logs(logging.ERROR if quiet else None):
+        if local:
+            n_workers = int(local["n"]) if local["n"] else os.cpu_count() or 1
+            if n_workers < 1:
+                raise CropJobError(f"--cluster local:N needs at least one worker, got {address!r}")
+            with distributed.LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                silence_logs=logging.ERROR if quiet else logging.WARNING,
+            ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+                yield client
+            return
+        with _remote_client(distributed, address) as client:
             yield client
-        return
+
+
+@contextmanager
+def _dask_logs(level: int | None) -> Iterator[None]:
+    """Dask's loggers (``distributed``, ``dask``) at ``level`` meanwhile (None: unchanged)."""
+    loggers = [logging.getLogger(name) for name in ("distributed", "dask")]
+    saved = [logger.level for logger in loggers]
+    if level is not None:
+        for logger in loggers:
+            logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, saved):
+            logger.setLevel(old)
+
+
+@contextmanager
+def _remote_client(distributed: Any, address: str) -> Iterator[distributed.Client]:
+    """A client of the running scheduler at ``address`` (see :func:`connect`)."""
+    if address.endswith(".json"):
+        try:
+            with open(address, encoding="utf-8") as handle:
+                json.load(handle)
+        except OSError as exc:
+            raise CropJobError(f"cannot read the Dask scheduler file {address!r}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise CropJobError(f"the Dask scheduler file {address!r} is not JSON") from None
     try:
         if address.endswith(".json"):
             client = distributed.Client(scheduler_file=address, timeout="30s")

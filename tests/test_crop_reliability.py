@@ -700,3 +700,88 @@ def test_issue22_item4_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(tw
         run_crop_job(twelve_photos, tmp_path / "resumed", jobs=1, chunk_size=5, progress=stop_after(1))
     run_crop_job(twelve_photos, tmp_path / "resumed", jobs=2, chunk_size=2)
     assert _outputs(tmp_path / "resumed") == reference
+
+
+def test_issue22_item8_out_of_memory_while_decoding_is_retried_by_the_next_run(
+    photos_in, tmp_path, monkeypatch
+) -> None:
+    import facealign.pipeline as pipeline
+
+    real = pipeline.read_image_reduced
+
+    def short_of_memory(path, *args, **kwargs):
+        if str(path).endswith("000131.jpg"):
+            raise MemoryError
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_image_reduced", short_of_memory)
+    out = tmp_path / "out"
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.faces, summary.failures) == (4, 1)
+    monkeypatch.undo()  # memory is back
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.faces, summary.failures) == (1, 1, 0)
+    assert len(assert_consistent(out)) == 5
+
+
+def test_issue22_item8_crop_names_of_up_to_255_bytes_are_written(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    stem = "n" * (255 - len("_0.jpg"))  # the crop name is 255 bytes, the longest a file system takes
+    shutil.copy(face_photos[0], in_dir / f"{stem}.jpg")
+    out = tmp_path / "out"
+    summary = run_crop_job(in_dir, out, jobs=1)
+    assert (summary.faces, summary.failures) == (1, 0)
+    assert (out / f"{stem}_0.jpg").is_file()
+
+
+def test_issue22_item8_a_second_job_on_the_same_out_dir_exits_75(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch.locks._Lock(out.resolve()):
+        result = run_cli("crop", photos_in, out, "-q")
+    assert result.exit_code == EXIT_TEMPORARY
+    assert "another crop job is writing to" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_issue22_item8_a_missing_scheduler_file_is_a_quick_one_line_error(photos_in, tmp_path) -> None:
+    pytest.importorskip("distributed", reason="needs the dask extra")
+    start = time.monotonic()
+    result = run_cli("crop", photos_in, tmp_path / "out", "-q", "--cluster", tmp_path / "scheduler.json")
+    assert time.monotonic() - start < 20  # Dask itself waits for the file without end
+    assert result.exit_code == 1
+    assert "cannot read the Dask scheduler file" in result.output and "No such file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_issue22_item8_a_full_disk_while_checking_cluster_workers_exits_75_and_leaves_nothing(
+    photos_in, tmp_path, monkeypatch
+) -> None:
+    pytest.importorskip("distributed", reason="needs the dask extra")
+    from facealign.cluster import DaskExecutor
+
+    class Client:  # a cluster with one worker; the disk fills before anything runs on it
+        def nthreads(self):
+            return {"tcp://worker": 1}
+
+    def full(path, data, *args, **kwargs):
+        with open(path, "w") as handle:
+            handle.write(data[:3])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "out"
+    with pytest.raises(CropJobTransientError, match="No space left on device"):
+        run_crop_job(photos_in, out, executor=DaskExecutor(Client()))
+    monkeypatch.undo()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".facealign-probe")]
+
+
+def test_issue22_item8_num_faces_edited_to_a_huge_number_redoes_the_image(photos_in, tmp_path) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
+    (out / "manifest.jsonl").write_text(text.replace('"num_faces": 1,', '"num_faces": 1000000000000,', 1))
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.faces, summary.failures) == (1, 1, 0)
+    assert len(assert_consistent(out)) == 5

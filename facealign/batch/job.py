@@ -26,8 +26,9 @@ AUTO_IMAGES_PER_PROCESS: int = 100
 
 
 #: Failure reasons that every rerun retries, because what caused them can be
-#: fixed without the source file changing (permissions, a link, OUT_DIR).
-RETRIED_REASONS: tuple[str, ...] = ("unreadable file: ", "output name taken: ")
+#: fixed without the source file changing (permissions, a link, OUT_DIR, memory
+#: that was short for a moment).
+RETRIED_REASONS: tuple[str, ...] = ("unreadable file: ", "output name taken: ", "unreadable image: out of memory")
 
 
 #: Failure reason of faces over the quality limits.

@@ -431,9 +431,7 @@ def commit_files(root: Path, journal: Journal, images: Sequence[Sequence[StagedF
                     fd = folders.get(head)
                     if fd is None:
                         fd = folders[head] = open_folder(root, head)
-                    if _is_folder(fd, name):
-                        raise OSError(errno.EISDIR, "Is a directory", f"OUT_DIR/{f.output}")
-                    os.rename(f.temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    os.rename(f.temporary, name, src_dir_fd=fd, dst_dir_fd=fd)  # EISDIR onto a folder
                     done.append((fd, name))
             except OSError as exc:
                 for fd, name in done:
@@ -446,13 +444,6 @@ def commit_files(root: Path, journal: Journal, images: Sequence[Sequence[StagedF
     finally:
         close_folders(folders)
     return outcome
-
-
-def _is_folder(fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
 
 
 def list_folder(root: Path, rel: str) -> tuple[list[str], list[str]]:

@@ -283,8 +283,10 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
     keep = set()
     listed: Counter = Counter()
     for source, group in groups.items():
-        complete = len({r["id"] for r in group}) == 1 and sorted(r["face"] for r in group) == list(
-            range(group[0]["num_faces"])
+        complete = (
+            len({r["id"] for r in group}) == 1
+            and group[0]["num_faces"] == len(group)  # (never a range of an edited number)
+            and sorted(r["face"] for r in group) == list(range(len(group)))
         )
         if complete:
             keep.add(source)
