@@ -104,3 +104,10 @@ def test_crop_resumes_with_other_providers(face_photos, tmp_path) -> None:
     assert "providers" not in json.loads((tmp_path / "out" / ".facealign-crop.json").read_text())
     again = CliRunner().invoke(main, ["crop", str(in_dir), str(tmp_path / "out"), "-j", "1"])
     assert again.exit_code == 0 and "0 processed, 1 skipped" in again.stderr
+
+
+def test_inference_docstring_examples_run() -> None:
+    import doctest
+
+    failed, attempted = doctest.testmod(inference, report=False)
+    assert attempted >= 2 and failed == 0
