@@ -6,7 +6,8 @@ called once per array and ``crop_many`` over the same arrays
 (``--batch-size``), in one process with onnxruntime's default threads. Reports
 the median wall time of each, their ratio, and how the crops of the two
 compare (faces per image, largest landmark difference, mean grey-level
-difference of the crops).
+difference of the crops); then runs the crop job (``run_crop_job``, PNG crops,
+one process) on the same files and compares its crops with ``crop_many``'s.
 
 Usage::
 
@@ -26,6 +27,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench.common import CELEBA_IMAGES, median, sample_paths  # noqa: E402
+from facealign.imageio import read_image  # noqa: E402
 
 
 def main() -> None:
@@ -35,9 +37,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from facealign import FaceAligner, read_image
+    from facealign import FaceAligner
 
-    arrays = [read_image(p) for p in sample_paths(CELEBA_IMAGES, args.images)]
+    paths = sample_paths(CELEBA_IMAGES, args.images)
+    arrays = [read_image(p) for p in paths]
     aligner = FaceAligner()
     aligner.crop_faces(arrays[0])  # open the sessions
     runs = {
@@ -68,6 +71,35 @@ def main() -> None:
         f"  same face count on {same_count}/{len(arrays)} images; landmarks differ by at most {points:.4f} px; "
         f"{identical}/{len(pairs)} crops identical, mean grey difference at most {max(grey, default=0):.3f}"
     )
+    _compare_with_crop_job(paths, many)
+
+
+def _compare_with_crop_job(paths, many) -> None:
+    """Crop the same files with ``run_crop_job`` (PNG) and count the crops equal to ``crop_many``'s."""
+    import json
+    import os
+    import tempfile
+
+    from facealign.batch import run_crop_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        in_dir, out_dir = Path(tmp) / "in", Path(tmp) / "out"
+        in_dir.mkdir()
+        for path in paths:
+            os.symlink(path.resolve(), in_dir / path.name)
+        run_crop_job(in_dir, out_dir, jobs=1, fmt="png")
+        rows = [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text().splitlines()]
+        by_source = {}
+        for row in rows:
+            by_source.setdefault(row["source"], {})[row["face"]] = row["output"]
+        same = total = 0
+        for path, faces in zip(paths, many):
+            written = by_source.get(path.name, {})
+            total += max(len(faces), len(written))
+            for k, aligned in enumerate(faces):
+                if k in written:
+                    same += np.array_equal(read_image(out_dir / written[k]), aligned.crop)
+    print(f"  facealign crop (run_crop_job, PNG) on the same files: {same}/{total} crops identical to crop_many's")
 
 
 if __name__ == "__main__":
