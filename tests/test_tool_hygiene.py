@@ -39,11 +39,12 @@ def test_landmarks_of_a_missing_input_exits_1(face_photos, tmp_path) -> None:
     result = run_cli("landmarks", "--json", face_photos[0], tmp_path / "nonexistent")
     assert result.exit_code == 1
     assert result.stdout == "" and "no such file or folder" in result.output
-    # An image that exists but cannot be decoded is reported, not an error (as in crop).
+    # An image given by name that exists but cannot be decoded is reported, then exit 1
+    # (images found in a folder are reported without changing the exit code, as in crop).
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     result = run_cli("landmarks", "--json", bad)
-    assert result.exit_code == 0 and json.loads(result.stdout)["error"].startswith("unreadable image")
+    assert result.exit_code == 1 and json.loads(result.stdout)["error"].startswith("unreadable image")
 
 
 def test_exit_codes_are_documented() -> None:
