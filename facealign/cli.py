@@ -1,7 +1,8 @@
 """The ``facealign`` command line.
 
-Commands defined here: ``crop`` (batch alignment, :mod:`facealign.batch`) and
-``landmarks``: the run time, which needs no extra. The research commands
+Commands defined here: ``crop`` (batch alignment, :mod:`facealign.batch`),
+``landmarks``, and ``draw`` and ``sheet`` (pictures to check the work,
+:mod:`facealign.drawing`): the run time, which needs no extra. The research commands
 (``train``, ``tweak``, ``evaluate``, ``analyze``, ``fit-quality``, ...: see
 :data:`RESEARCH_COMMANDS`) live in their own modules and need the ``train`` extra
 (scikit-learn, SciPy, matplotlib). They are imported only when that extra is
