@@ -99,9 +99,14 @@ def test_license_and_package_data() -> None:
 def test_python_dash_m_facealign_runs_the_command_line() -> None:
     import subprocess
     import sys
+    from importlib.util import find_spec
 
     import facealign
 
+    # The package's own __main__, not one that another installed copy of facealign provides.
+    spec = find_spec("facealign.__main__")
+    assert spec is not None and spec.origin is not None
+    assert Path(spec.origin).parent == Path(facealign.__file__).parent
     child = subprocess.run(
         [sys.executable, "-m", "facealign", "--version"], cwd=REPO, capture_output=True, text=True, check=False
     )
