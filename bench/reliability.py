@@ -485,7 +485,6 @@ def issue22_cases(work: Path, photos: list[Path]) -> list[Case]:
         checks = []
         stem = "n" * 249
         shutil.copy(photos[0], in_dir / "a" / f"{stem}.jpg")  # a crop name of 255 bytes
-        case.ready()
         done = _run(case, in_dir, out)
         checks.append(done.returncode == 0 and (out / "a" / f"{stem}_0.jpg").exists())
         with open(out / ".facealign-crop.lock", "a") as lock:  # a second job at once
@@ -497,10 +496,28 @@ def issue22_cases(work: Path, photos: list[Path]) -> list[Case]:
         text = (out / "manifest.jsonl").read_text(encoding="utf-8")
         (out / "manifest.jsonl").write_text(text.replace('"num_faces": 1,', '"num_faces": 1000000000000,', 1))
         checks.append(_run(case, in_dir, out).returncode == 0)
+        case.ready()
+        times = os.stat(in_dir / "a")
+        fd = os.open(in_dir / "a", os.O_RDONLY)  # an image under a path longer than PATH_MAX (removed after)
+        for _ in range(22):
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        image = os.open("p.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(image, photos[0].read_bytes())
+        os.close(image)
+        os.close(fd)
+        done = _run(case, in_dir, out)
+        _, failures = _records(out)
+        reasons = [f["reason"] for f in failures if f["source"].endswith("/p.jpg")]
+        checks.append(done.returncode == 0 and reasons == ["unreadable file: file name too long"])
+        shutil.rmtree(in_dir / "a" / ("d" * 200))
+        os.utime(in_dir / "a", ns=(times.st_atime_ns, times.st_mtime_ns))  # as the case found it
+        case.unlisted = _unlisted(in_dir, out)
         case.ok = all(checks)
-        case.note = "255-byte crop name, second job (75), missing scheduler file, num_faces 10^12: " + " ".join(
-            "ok" if c else "FAILED" for c in checks
-        )
+        case.note = "255-byte crop name, second job (75), missing scheduler file, num_faces 10^12, path > PATH_MAX: "
+        case.note += " ".join("ok" if c else "FAILED" for c in checks)
 
     for item, name, body in (
         ("1", "record files planted as links", planted_record_links),

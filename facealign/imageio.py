@@ -749,13 +749,14 @@ class FolderScan:
     folders: list[Path] = field(default_factory=list)
 
 
-def _classify(entry: os.DirEntry) -> tuple[str, os.stat_result | None, str | None]:
-    """``("dir" | "image" | "other", stat, problem)`` for one directory entry."""
+def _classify(entry: os.DirEntry, by_fd: bool = False) -> tuple[str, os.stat_result | None, str | None]:
+    """``("dir" | "image" | "other", stat, problem)`` for one directory entry (``by_fd``: of a
+    folder listed through a descriptor, :func:`_scandir_long`)."""
     try:
         if entry.is_dir(follow_symlinks=False):
             return "dir", None, None
         is_link = entry.is_symlink()
-        info = os.stat(entry.path)  # follows links
+        info = entry.stat() if by_fd else os.stat(entry.path)  # follows links
     except OSError as exc:
         problem = "broken symbolic link" if exc.errno in (errno.ENOENT, errno.ELOOP) else _os_reason(exc)
         return ("image" if _is_image_name(entry.name) else "other"), None, problem
@@ -809,15 +810,21 @@ def _list_folder(folder: Path) -> tuple[list[tuple[str, Any]], FolderScan]:
     """One folder's entries for :func:`walk_images`: ``("dir", path)`` and ``("image", index)``
     sorted by name, and the folder's own :class:`FolderScan` (its images, sorted; its
     ignored entries). Raises the ``OSError`` of listing it."""
-    with os.scandir(folder) as listing:
-        entries = sorted(listing, key=lambda e: e.name)
+    by_fd = False
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        entries, by_fd = _scandir_long(folder), True
     scan = FolderScan()
     order: list[tuple[str, Any]] = []
     for entry in entries:
         if entry.name.startswith("."):
             scan.ignored["hidden"] += 1
             continue
-        kind, info, problem = _classify(entry)
+        kind, info, problem = _classify(entry, by_fd)
         path = folder / entry.name
         if kind == "dir":
             order.append(("dir", path))
@@ -832,6 +839,29 @@ def _list_folder(folder: Path) -> tuple[list[tuple[str, Any]], FolderScan]:
         else:
             scan.ignored["unknown extension"] += 1
     return order, scan
+
+
+def _scandir_long(folder: Path) -> list[os.DirEntry]:
+    """The entries of a folder whose path is longer than the system allows (``PATH_MAX``),
+    reached one component at a time through descriptors; sorted by name. Their ``stat``
+    works (relative to the folder's descriptor); their ``path`` is the name only."""
+    parts = folder.parts
+    fd = os.open(parts[0] if folder.is_absolute() else ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in parts[1:] if folder.is_absolute() else parts:
+            child = os.open(name, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=fd)
+            os.close(fd)
+            fd = child
+        with os.scandir(fd) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+            for entry in entries:  # while the descriptor is open
+                try:
+                    entry.stat()
+                except OSError:
+                    pass
+            return entries
+    finally:
+        os.close(fd)
 
 
 def walk_images(root: str | os.PathLike[str], plan: Callable[[Path, FolderScan], Sequence[Any]]) -> Iterator[Any]:

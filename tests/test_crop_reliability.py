@@ -785,3 +785,28 @@ def test_issue22_item8_num_faces_edited_to_a_huge_number_redoes_the_image(photos
     summary = run_crop_job(photos_in, out, jobs=1)
     assert (summary.processed, summary.faces, summary.failures) == (1, 1, 0)
     assert len(assert_consistent(out)) == 5
+
+
+def test_issue22_item8_an_image_under_a_path_longer_than_path_max_is_listed(face_photos, tmp_path) -> None:
+    in_dir = tmp_path / "in"
+    deep = os.fsencode(in_dir)
+    os.makedirs(deep)
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(22):  # 22 x 201 bytes: past PATH_MAX (4096), reached through descriptors
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        image = os.open("p.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(image, face_photos[0].read_bytes())
+        os.close(image)
+    finally:
+        os.close(fd)
+    out = tmp_path / "out"
+    summary = run_crop_job(in_dir, out, jobs=1)
+    assert (summary.images, summary.failures) == (1, 1)
+    (failure,) = read_jsonl(out / "failures.jsonl")
+    assert failure["source"] == "/".join(["d" * 200] * 22 + ["p.jpg"])
+    assert failure["reason"] == "unreadable file: file name too long"
+    shutil.rmtree(in_dir, ignore_errors=True)  # (rmtree copes with long paths)
