@@ -29,13 +29,16 @@ Two append-only record files sit in ``OUT_DIR``:
 Hidden files in ``OUT_DIR`` hold the job's state: ``.facealign-crop.lock`` is
 locked by the job's process, ``.facealign-crop.workers`` (shared) by its worker
 processes while they write, so that a second job on the same ``OUT_DIR`` stops
-with an error instead of interleaving records, also while the workers of a
-killed job still run; ``.facealign-crop.json`` holds the settings (a rerun with
-other settings is refused) and, for the record, the ``facealign_version`` and the
-``weights_sha256`` of the landmark weights of the last run; ``.facealign-crop.pending`` lists the crop names the
-current run may write (appended a folder at a time, before that folder's images
-go out); ``.facealign-crop.dropped`` lists the records a run dropped (sources
-gone or changed) until it has rewritten the record files without them.
+with a temporary error (:class:`CropJobTransientError`, exit 75) instead of
+interleaving records, also while the workers of a killed job still run;
+``.facealign-crop.json`` holds the settings (a rerun with other settings is
+refused) and, for the record, the ``facealign_version`` and the ``weights_sha256``
+of the landmark weights of the last run; ``.facealign-crop.pending`` lists the crop
+names the current run may write (appended a folder at a time, before that
+folder's images go out); ``.facealign-crop.dropped`` lists the records a run
+dropped (sources changed, or gone with ``prune``) until it has rewritten the
+record files without them; ``.facealign-crop.written`` is the journal of the
+crops the job wrote (see Resuming).
 
 The walk streams
 ----------------
@@ -74,8 +77,10 @@ the job did not write (the user's) are never overwritten or deleted: their image
 gets an ``output name taken`` failure. Images recorded in the manifest or
 the failures list with the same relative path, byte size and modification time
 are skipped; an image that changed since it was recorded is processed again and
-its old rows and crops are dropped, and so are those of a source no longer in
-``IN_DIR`` (unless it lies in a sub-folder that could not be listed): as the walk
+its old rows and crops are dropped, and so, with ``prune``, are those of a source
+no longer in ``IN_DIR`` (unless it lies in a sub-folder that could not be listed;
+without ``prune`` they are kept, counted as missing, and their crop names stay
+theirs): as the walk
 reaches the source's folder (before any image of it goes out, so a new source
 may take the name), or, for folders gone as a whole, at the end of the walk. Their
 crops are deleted at once, after they are listed in the dropped list; the
