@@ -810,3 +810,19 @@ def test_issue22_item8_an_image_under_a_path_longer_than_path_max_is_listed(face
     assert failure["source"] == "/".join(["d" * 200] * 22 + ["p.jpg"])
     assert failure["reason"] == "unreadable file: file name too long"
     shutil.rmtree(in_dir, ignore_errors=True)  # (rmtree copes with long paths)
+
+
+def test_an_out_dir_made_before_the_journal_is_resumed_and_its_crops_still_replaced(
+    photos_in, face_photos, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    (out / batch.outdir.JOURNAL_NAME).unlink()  # as facealign 0.5.0 left it
+    changed = photos_in / "a" / "000114.jpg"
+    shutil.copy(face_photos[1], changed)
+    os.utime(changed, ns=(1_000_000_000, 1_000_000_000))
+    summary = run_crop_job(photos_in, out, jobs=1)
+    assert (summary.processed, summary.failures) == (1, 0)  # its old crop was recognised, and replaced
+    rows = assert_consistent(out)
+    assert len(rows) == 5
+    assert (out / "a" / "000114_0.jpg").read_bytes() == (out / "a" / "000131_0.jpg").read_bytes()
