@@ -826,3 +826,18 @@ def test_an_out_dir_made_before_the_journal_is_resumed_and_its_crops_still_repla
     rows = assert_consistent(out)
     assert len(rows) == 5
     assert (out / "a" / "000114_0.jpg").read_bytes() == (out / "a" / "000131_0.jpg").read_bytes()
+
+
+def test_the_journal_is_compacted_to_the_crops_listed(photos_in, face_photos, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(batch.run, "JOURNAL_SLACK_LINES", -100)  # compact at the end of every run
+    out = tmp_path / "out"
+    run_crop_job(photos_in, out, jobs=1)
+    changed = photos_in / "a" / "000114.jpg"
+    for n, photo in enumerate([face_photos[1], face_photos[2]]):  # redone twice: lines for old crops
+        shutil.copy(photo, changed)
+        os.utime(changed, ns=(10**9 * (n + 1),) * 2)
+        assert run_crop_job(photos_in, out, jobs=1).processed == 1
+    journal = [json.loads(line) for line in (out / batch.outdir.JOURNAL_NAME).read_text().splitlines()]
+    rows = assert_consistent(out)
+    assert sorted(entry[0] for entry in journal) == sorted(r["output"] for r in rows)
+    assert all(entry[1] == (out / entry[0]).stat().st_size for entry in journal)

@@ -42,7 +42,16 @@ from .job import (
     _unlink_quietly,
 )
 from .locks import _Lock
-from .outdir import JOURNAL_NAME, Journal, check_not_link, commit_files, forget_journal, journal_of, open_append
+from .outdir import (
+    JOURNAL_NAME,
+    Journal,
+    check_not_link,
+    commit_files,
+    forget_journal,
+    journal_of,
+    open_append,
+    read_bytes,
+)
 from .plan import _check_dirs, _crop_files, _folder, _Planner, _remove_parts, _remove_unrecorded
 from .records import (
     CSV_COLUMNS,
@@ -55,6 +64,7 @@ from .records import (
     _has_records,
     _job_settings,
     _load_records,
+    _manifest_entries,
     _read_text,
     _recorded_outputs,
     _rewrite,
@@ -346,6 +356,27 @@ def _run_journaled(
         _filter_records(dst / FAILURES_NAME, "jsonl", planner.dropped)
         _unlink_quietly(dst / _DROPPED_NAME)
     (dst / _PENDING_NAME).unlink()  # every crop written is recorded
+    _compact_journal(dst, manifest_path, manifest_format, journal)
+
+
+#: The journal is compacted at the end of a run when it has more lines than this plus
+#: twice the manifest's rows (crops redone or dropped leave lines behind).
+JOURNAL_SLACK_LINES: int = 10_000
+
+
+def _compact_journal(dst: Path, manifest_path: Path, fmt: str, journal: Journal) -> None:
+    """Rewrite the journal with the entries of the crops the manifest lists, when it has
+    grown well past them. Run at the end of a finished run, when every crop written is
+    recorded (:mod:`facealign.batch.outdir`); atomic, so a crash keeps the old journal."""
+    lines = read_bytes(dst / JOURNAL_NAME).count(b"\n")
+    rows = read_bytes(manifest_path).count(b"\n")
+    if lines <= JOURNAL_SLACK_LINES + 2 * rows:
+        return
+    listed = {info["output"] for info, _ in _manifest_entries(manifest_path, fmt)[0]}
+    kept = [(output, entry) for output, entry in journal.entries().items() if output in listed]
+    journal.close()
+    _rewrite(dst / JOURNAL_NAME, "".join(json.dumps([o, size, sha]) + "\n" for o, (size, sha) in kept))
+    forget_journal(dst)
 
 
 def _sha256(path: Path) -> str:
