@@ -44,9 +44,14 @@ RIGHT_EYE: Final[int] = 1
 #: Index of the nose tip.
 NOSE: Final[int] = 2
 
-#: Landmark engines (:class:`facealign.engine.LandmarkEngine`); the first is the default.
-ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla", "compact")
+#: Landmark engines shipped with weights (:class:`facealign.engine.LandmarkEngine`); the first is the default.
+ENGINES: Final[tuple[str, ...]] = ("tcnn", "vanilla")
 DEFAULT_ENGINE: Final[str] = ENGINES[0]
+#: Every kind of network :class:`facealign.engine.LandmarkEngine` runs: the shipped
+#: engines and ``compact`` (engine v3, :mod:`facealign.research.compact`), which ships
+#: no weights yet (it has not beaten ``tcnn`` on validation: docs/hard/engine-v3.md)
+#: and runs from a weights file that ``facealign train-compact`` writes.
+ENGINE_KINDS: Final[tuple[str, ...]] = (*ENGINES, "compact")
 
 #: Folder of the shipped weights (``<engine>.pt``, ``<engine>.npz``, ``box_maps.json``).
 WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"

@@ -38,6 +38,7 @@ import numpy as np
 
 from .constants import (
     DEFAULT_ENGINE,
+    ENGINE_KINDS,
     ENGINES,
     INPUT_SIZE,
     MIRROR_PERMUTATION,
@@ -227,8 +228,10 @@ class LandmarkEngine:
         threads: int | None = None,
         providers: str | Sequence[str] | None = None,
     ) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+        if engine not in ENGINE_KINDS:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINE_KINDS)}")
+        if weights is None and engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} ships no weights: give weights= (facealign train-compact writes them)")
         self.engine = engine
         self.weights_path = Path(weights) if weights is not None else shipped_runtime_weights(engine)
         arrays = load_runtime_weights(self.weights_path)

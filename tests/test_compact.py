@@ -61,6 +61,12 @@ def test_compact_network_runs_in_the_runtime_engine_as_in_torch(tmp_path):
     assert points.shape == (1, 5, 2) and np.isfinite(points).all()
 
 
+def test_compact_engine_needs_a_weights_file():
+    # No compact weights ship (it has not beaten tcnn on validation): a clear error, not a missing file.
+    with pytest.raises(ValueError, match="ships no weights"):
+        LandmarkEngine("compact")
+
+
 def test_compact_input_size_must_be_a_multiple_of_16():
     with pytest.raises(ValueError, match="multiple of 16"):
         CompactCNN(50)

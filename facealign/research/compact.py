@@ -180,6 +180,7 @@ def is_compact_state(state: dict[str, torch.Tensor]) -> bool:
 class CompactTrainConfig:
     """Settings of :func:`train_compact` (all recorded in the weights' ``meta``)."""
 
+    init: str | None = None  # weights to fine-tune from (their network, normalisation and box model)
     epochs: int = 80
     batch_size: int = 64
     lr: float = 2e-3
@@ -204,6 +205,21 @@ class CompactTrainConfig:
     seed: int = 0
     threads: int = 0
     extra: dict = field(default_factory=dict)
+
+
+#: ``--augment light``: box jitter, small rotations, mirroring and colour only (for a
+#: fine-tune on clean crops after training with the default, strong augmentation).
+LIGHT_AUGMENTATION: dict[str, float] = {
+    "jitter_shift": 0.05,
+    "jitter_scale": 0.07,
+    "rotation_sd": 6.0,
+    "max_rotation": 20.0,
+    "p_lowres": 0.0,
+    "p_blur": 0.0,
+    "p_jpeg": 0.0,
+    "p_occlude": 0.0,
+    "p_gray": 0.0,
+}
 
 
 def compact_batch(
@@ -275,14 +291,27 @@ def train_compact(
         torch.set_num_threads(cfg.threads)
     work_dir, out = Path(work_dir), Path(out)
     train, val = load_train_validation(mtfl_root, work_dir, cfg.detector, limit)
-    s = cfg.input_size
-    mean, std = mean_std_images(crop_faces(train.images, train.boxes, size=s))
-    box_model = BoxFromLandmarks.fit(train.points, train.boxes)
+    torch.manual_seed(cfg.seed)
+    if cfg.init:
+        from .training_weights import load_weights
+
+        init = load_weights(cfg.init)
+        if not is_compact_state(init["vanilla"]):
+            raise ValueError(f"--init {cfg.init} is not a compact network")
+        model = CompactCNN.from_state_dict(init["vanilla"])
+        mean, std = init["mean"].float(), init["std"].float()
+        box_model = BoxFromLandmarks.from_tensor(init["box_model"])
+        s = model.input_size
+    else:
+        s = cfg.input_size
+        model = CompactCNN(s, cfg.channels, cfg.depths, cfg.fc5_dim)
+        mean, std = mean_std_images(crop_faces(train.images, train.boxes, size=s))
+        box_model = BoxFromLandmarks.fit(train.points, train.boxes)
+    if s != cfg.input_size:
+        raise ValueError(f"--init {cfg.init} takes {s} px crops, not --input-size {cfg.input_size}")
     val_crops = crop_faces(val.images, val.boxes, size=s)
     val_x = to_tensor(val_crops, mean, std)
 
-    torch.manual_seed(cfg.seed)
-    model = CompactCNN(s, cfg.channels, cfg.depths, cfg.fc5_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     rng = np.random.default_rng(cfg.seed)
@@ -314,9 +343,14 @@ def train_compact(
         }
 
     loss_fn = l1_interocular_loss if cfg.loss == "l1" else interocular_loss
+    start = (float("inf"), -1, None)
+    if cfg.init:  # a fine-tune keeps its starting point unless an epoch beats it
+        first = validate()
+        logger.info(f"start: validation NME {first['val_nme']:.3f}%")
+        start = (first["val_nme"], 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
     best, best_epoch, best_state, history = run_epochs(
         model, opt, sched, rng, cfg.epochs, batches, loss_fn, validate,
-        work_dir / "compact-checkpoint.pt", asdict(cfg), n, resume,
+        work_dir / "compact-checkpoint.pt", asdict(cfg), n, resume, best=start,
     )  # fmt: skip
     model.load_state_dict(best_state)
     meta = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINES, TRAINING_DETECTOR
+from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR, ENGINE_KINDS, ENGINES, TRAINING_DETECTOR
 
 
 def _default_data() -> str:
@@ -181,7 +181,19 @@ def train_command(
     help="Side of the network input, a multiple of 16.",
 )
 @click.option("--loss", type=click.Choice(["l1", "eq1"]), default="l1", show_default=True)
-@click.option("--rotation-sd", type=float, default=15.0, show_default=True, help="In-plane rotation SD, degrees.")
+@click.option(
+    "--augment",
+    type=click.Choice(["strong", "light"]),
+    default="strong",
+    show_default=True,
+    help="strong: rotation, jitter, low resolution, blur, JPEG, occlusion, grey; light: jitter, small rotations, "
+    "mirroring and colour (a clean fine-tune after --init).",
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Compact weights to fine-tune from (their network, normalisation and box model).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=10), default=None, help="Use only the first N training faces.")
 @click.option(
@@ -189,20 +201,23 @@ def train_command(
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def train_compact_command(
-    data, out, work_dir, epochs, batch_size, lr, input_size, loss, rotation_sd, seed, limit, threads, quiet
+    data, out, work_dir, epochs, batch_size, lr, input_size, loss, augment, init, seed, limit, threads, quiet
 ) -> None:
     """Train the compact network (engine v3, facealign.research.compact) on MTFL, resumable.
 
     \b
-    Example (the shipped compact engine):
-      facealign train-compact --out runs/compact.pt --work-dir runs/compact
+    Examples (C1, then C1 fine-tuned on clean crops, of docs/hard/engine-v3.md):
+      facealign train-compact --out runs/c64/compact.pt --work-dir runs/c64
+      facealign train-compact --init runs/c64/compact.pt --augment light --epochs 12 --lr 2e-4 \\
+          --out runs/c64ft/compact.pt --work-dir runs/c64ft
     """
-    from .compact import CompactTrainConfig, train_compact
+    from .compact import LIGHT_AUGMENTATION, CompactTrainConfig, train_compact
 
     _check_data(data)
     cfg = CompactTrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, input_size=input_size, loss=loss,
-        rotation_sd=rotation_sd, seed=seed, threads=threads,
+        init=None if init is None else str(init), epochs=epochs, batch_size=batch_size, lr=lr,
+        input_size=input_size, loss=loss, seed=seed, threads=threads,
+        **(LIGHT_AUGMENTATION if augment == "light" else {}),  # type: ignore[arg-type]
     )  # fmt: skip
     try:
         _quiet_logs(quiet)
@@ -376,7 +391,7 @@ def tweak_command(
     "--engine",
     "engines",
     multiple=True,
-    type=click.Choice(list(ENGINES)),
+    type=click.Choice(list(ENGINE_KINDS)),
     default=("tcnn",),
     show_default=True,
     help="Engine(s) to evaluate on the same faces; repeatable.",
@@ -557,7 +572,7 @@ def _quality_engine(name: str, weights: Path | None):
 
 @click.command("fit-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINE_KINDS)), default="tcnn", show_default=True)
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -592,6 +607,8 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
     from .quality_fit import DEFAULT_SIGNALS, collect_quality, fit_engine_quality
 
     _check_data(data)
+    if weights is None and engine_name not in ENGINES:
+        raise click.ClickException(f"engine {engine_name!r} ships no weights: give --weights")
     source = weights if weights is not None else shipped_weights(engine_name)
     names = (
         DEFAULT_SIGNALS[engine_name] if signals is None else tuple(n.strip() for n in signals.split(",") if n.strip())
@@ -618,7 +635,7 @@ def fit_quality_command(data, engine_name, weights, out, signals, detector, cach
 
 @click.command("evaluate-quality")
 @_data_option
-@click.option("--engine", "engine_name", type=click.Choice(list(ENGINES)), default="tcnn", show_default=True)
+@click.option("--engine", "engine_name", type=click.Choice(list(ENGINE_KINDS)), default="tcnn", show_default=True)
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
