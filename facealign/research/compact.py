@@ -36,6 +36,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -343,7 +344,7 @@ def train_compact(
         }
 
     loss_fn = l1_interocular_loss if cfg.loss == "l1" else interocular_loss
-    start = (float("inf"), -1, None)
+    start: tuple[float, int, dict[str, Any] | None] = (float("inf"), -1, None)
     if cfg.init:  # a fine-tune keeps its starting point unless an epoch beats it
         first = validate()
         logger.info(f"start: validation NME {first['val_nme']:.3f}%")
