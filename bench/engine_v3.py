@@ -20,8 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_CACHE, MTFL_ROOT  # noqa: E402
@@ -55,9 +53,7 @@ def row(result: dict, command: str) -> dict:
         name = group.split(" ")[0]
         out[f"{name}_nme"] = pose[group]["nme"]
         out[f"{name}_failure_rate"] = 100 * pose[group]["failure_rate"]
-    for group, summary in result["by_size"].items():
-        if np.isfinite(summary["nme"]):
-            out[f"size {group} nme"] = summary["nme"]
+    out["size_nme"] = {group: summary["nme"] for group, summary in result["by_size"].items() if summary["detected"]}
     return out
 
 
