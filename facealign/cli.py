@@ -503,7 +503,7 @@ def _with_stdin(inputs: tuple[Path, ...]) -> tuple[Path, ...]:
         if str(item) != "-":
             paths.append(item)
             continue
-        for line in click.get_binary_stream("stdin"):
+        for line in sys.stdin.buffer:  # bytes (click's get_binary_stream is typed as object since 8.5)
             name = os.fsdecode(line.rstrip(b"\r\n"))
             if not name.strip():
                 continue
