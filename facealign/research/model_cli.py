@@ -106,20 +106,27 @@ def _widths(channels: tuple[int, ...] | None, fc5_dim: int | None) -> dict:
     return {k: v for k, v in {"channels": channels, "fc5_dim": fc5_dim}.items() if v is not None}
 
 
+def _training_run_options(command):
+    """``--data``, ``--out`` and ``--work-dir``, shared by the training commands."""
+    command = click.option(
+        "--work-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        required=True,
+        help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
+    )(command)
+    command = click.option(
+        "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write."
+    )(command)
+    return _data_option(command)
+
+
 def _check_data(data: Path) -> None:
     if not (data / "train.txt").is_file():
         raise click.ClickException(f"{data} is not an MTFL folder (no train.txt); pass --data")
 
 
 @click.command("train")
-@_data_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
-)
+@_training_run_options
 @click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate (cosine decay).")
@@ -162,14 +169,7 @@ def train_command(
 
 
 @click.command("train-compact")
-@_data_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
-)
+@_training_run_options
 @click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate (cosine decay).")
@@ -227,14 +227,7 @@ def train_compact_command(
 
 
 @click.command("train-hard")
-@_data_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Weights file to write.")
-@click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Checkpoint and detector-box cache; rerun with the same folder to resume.",
-)
+@_training_run_options
 @click.option("--init", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Weights to fine-tune from.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Adam learning rate (cosine decay).")
