@@ -301,7 +301,8 @@ def _load_template_json(path: Path) -> Template:
     names = ", ".join(sorted(TEMPLATES))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the interpreter's stack (a hostile file)
         raise ValueError(
             f"cannot read template file {str(path)!r}: {exc} "
             f'(expected JSON {{"size": [w, h], "points": [[x, y] x 5]}}; '

@@ -257,6 +257,14 @@ def test_get_template_errors(tmp_path: Path) -> None:
         get_template(tmp_path / "absent.json")
 
 
+def test_a_template_file_nested_past_the_stack_is_a_clear_error(tmp_path: Path) -> None:
+    # issue 22 item 8: a deeply nested --template JSON gave a RecursionError traceback.
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"cannot read template file .*nested\.json"):
+        get_template(nested)
+
+
 # --------------------------------------------------------------------------- warping
 
 
