@@ -9,15 +9,15 @@ the runs to regenerate the document.
 
 Usage::
 
-    python bench/recognition_conditions.py --out docs/recognition/conditions-dlib-resnet.md \\
-        full=runs/cond/base iod32=runs/cond/iod32 iod24=runs/cond/iod24 iod16=runs/cond/iod16 \\
-        cross-pose=runs/cond/crosspose
+    python bench/recognition_conditions.py --out docs/recognition/conditions-dlib-resnet-celeba150.md \\
+        full=docs/recognition/dlib-resnet-celeba150-full iod32=docs/recognition/dlib-resnet-celeba150-iod32 ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +35,7 @@ def _p(value: float) -> str:
     return "< .001" if value < 0.001 else f"{value:.3f}".replace("0.", ".", 1)
 
 
-def _condition_line(name: str, table: dict) -> str:
+def _condition_line(name: str, table: dict, link: str) -> str:
     sizes = table["protocol_sizes"]["mean"]
     text = (
         f"{Path(table['protocol']).name}, {table['protocol_sizes']['splits']} splits, "
@@ -52,7 +52,7 @@ def _condition_line(name: str, table: dict) -> str:
     pose = table.get("cross_pose")
     if pose:
         text += f"; cross-pose, |yaw| bins {', '.join(pose['bin_labels'])} deg ({pose['reference']})"
-    return f"* **{name}**: {text}."
+    return f"* **{name}** ([table]({link})): {text}."
 
 
 def main() -> None:
@@ -67,7 +67,8 @@ def main() -> None:
         name, _, folder = item.partition("=")
         table = json.loads((Path(folder) / "table.json").read_text())
         pairs = json.loads((Path(folder) / "pairs.json").read_text())
-        loaded.append((name, table, pairs))
+        link = os.path.relpath(Path(folder) / "table.md", args.out.resolve().parent)
+        loaded.append((name, table, pairs, link))
     aligners = [a["aligner"] for a in loaded[0][1]["aligners"]]
     backbone = loaded[0][1]["backbone"]["name"]
     lines = [
@@ -79,7 +80,7 @@ def main() -> None:
         "Conditions:",
         "",
     ]
-    lines += [_condition_line(name, table) for name, table, _ in loaded]
+    lines += [_condition_line(name, table, link) for name, table, _, link in loaded]
     for far_key, far in (("1e-03", 1e-3), ("1e-02", 1e-2)):
         lines += [
             "",
@@ -88,7 +89,7 @@ def main() -> None:
             "| condition | " + " | ".join(aligners) + " |",
             "|---|" + "---|" * len(aligners),
         ]
-        for name, table, _ in loaded:
+        for name, table, _, _ in loaded:
             by_name = {a["aligner"]: a["tar_at_far"][far_key] for a in table["aligners"]}
             best = max(v["mean"] for v in by_name.values())
             cells = []
@@ -100,13 +101,14 @@ def main() -> None:
                 cell = format_tar(value["mean"], value["std"])
                 cells.append(f"**{cell}**" if value["mean"] == best else cell)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    n_pairs = sum(1 for pair in loaded[0][2]["pairs"] if pair["far"] == loaded[0][2]["pairs"][0]["far"])
     lines += [
         "",
         "Differences per condition (first minus second aligner, mean over splits): **robust** when the "
         "sign-flip p < .05 and the 95% subject-bootstrap interval excludes zero; *one test only* when just one "
-        "of the two holds. Uncorrected for the number of pairs (15 per FAR with six aligners).",
+        f"of the two holds. Uncorrected for the number of pairs ({n_pairs} per FAR).",
     ]
-    for name, _table, pairs in loaded:
+    for name, _table, pairs, _link in loaded:
         robust, weak = [], []
         for pair in pairs["pairs"]:
             if pair["far"] > 0.011:
