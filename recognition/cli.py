@@ -16,6 +16,7 @@ non-zero with a one-line message.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import tempfile
@@ -51,6 +52,19 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     if module not in EXTRA_MODULES:
         return None
     return f"recognition needs the 'recognition' extra (module {module!r} is missing): {EXTRA_INSTALL}"
+
+
+def require_extra(*modules: str) -> None:
+    """Stop with :func:`missing_extra_message`'s one line unless every module of the extra in
+    ``modules`` can be imported: checked when a command starts, before it reads its inputs."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            message = missing_extra_message(ModuleNotFoundError(name=module))
+            raise click.ClickException(message or f"module {module!r} is missing")
 
 
 class _RecognitionGroup(click.Group):
@@ -458,6 +472,7 @@ def train_command(
     time_batches: int | None,
 ) -> None:
     """Train the AlexNet backbone to classify the identities of aligned crops (resumable)."""
+    require_extra("torch")
     from .training import TrainingConfig, read_sample_list, train_alexnet
 
     try:
@@ -996,6 +1011,7 @@ def compare_aligners_command(
     quiet: bool,
 ) -> None:
     """Run the same protocol for several aligners; write a Table 2 style table with paired statistics."""
+    require_extra("sklearn", "scipy", "matplotlib")
     from facealign.imageio import write_json
 
     from .evaluate import DEFAULT_BETAS
