@@ -289,6 +289,8 @@ def test_missing_extra_is_named_in_one_line(
 ) -> None:
     """Without a module of the recognition extra, a command says which extra to install, in one line."""
     monkeypatch.setitem(sys.modules, module, None)  # import MODULE -> ModuleNotFoundError
+    for loaded in [name for name in sys.modules if name.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, loaded)  # else `from MODULE.sub import x` finds it cached
     for name in reimported:
         monkeypatch.delitem(sys.modules, name, raising=False)
     samples = tmp_path / "samples.txt"
