@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from facealign.landmarks import Landmarks
 from facealign.research.data import default_cache_dir, default_datasets_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -184,8 +185,8 @@ class PipelineSpec:
 
 
 def build_landmarker(kind: str, mirror: bool | None = None):
-    """A landmark step with ``predict_many(images, boxes, return_quality=False)``: a
-    LandmarkEngine or the dlib peer (:class:`PeerLandmarks`)."""
+    """A landmark step (:class:`facealign.landmarks.LandmarkPredictor`, with the engines'
+    ``predict_many`` too): a LandmarkEngine or the dlib peer (:class:`PeerLandmarks`)."""
     if kind == DLIB_ERT:
         from facealign.research.peers import DlibShapePredictor
 
@@ -196,8 +197,8 @@ def build_landmarker(kind: str, mirror: bool | None = None):
 
 
 class PeerLandmarks:
-    """dlib's 68-point ERT as the pipeline's landmark step: ``predict_many`` with the
-    engine's signature (no quality figures: they are NaN in the faces)."""
+    """dlib's 68-point ERT as the pipeline's landmark step: ``landmarks`` and ``predict_many``
+    with the engine's signatures (no quality figures: they are NaN in the faces)."""
 
     def __init__(self, predictor) -> None:
         self.predictor = predictor
@@ -205,6 +206,9 @@ class PeerLandmarks:
     def predict_many(self, images: list[np.ndarray], boxes: list[np.ndarray], return_quality: bool = False):
         points = self.predictor.predict_many(images, boxes)
         return (points, [{} for _ in points]) if return_quality else points
+
+    def landmarks(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[Landmarks]:
+        return [Landmarks(np.asarray(p, np.float64)) for p in self.predictor.predict_many(images, boxes)]
 
     def __repr__(self) -> str:
         return f"PeerLandmarks({self.predictor!r})"

@@ -48,6 +48,7 @@ from .constants import (
 )
 from .cropping import crop_faces, from_box_coordinates
 from .inference import onnx_session
+from .landmarks import Landmarks
 from .quality import QualityModel, empty_signals, face_signals, split_quality
 from .reboxing import BoxFromLandmarks
 from .runtime_weights import TRUNK_INPUT, TRUNK_OUTPUT, load_runtime_weights
@@ -55,6 +56,7 @@ from .runtime_weights import TRUNK_INPUT, TRUNK_OUTPUT, load_runtime_weights
 __all__ = [
     "GaussianRouter",
     "LandmarkEngine",
+    "Landmarks",
     "load_runtime_weights",
     "mirror_coordinates",
     "row_products",
@@ -440,6 +442,17 @@ class LandmarkEngine:
             return (np.split(points, cuts), split_quality(quality, cuts)) if boxes else ([], [])
         points = self.predict_faces(images, owner, flat)
         return np.split(points, np.cumsum(counts)[:-1]) if boxes else []
+
+    def landmarks(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[Landmarks]:
+        """One :class:`~facealign.landmarks.Landmarks` (points and quality figures) per image, for
+        its face ``boxes`` (``N x 4`` each), all faces in one batched pass: the entry point of
+        :class:`facealign.pipeline.Pipeline` (:class:`~facealign.landmarks.LandmarkPredictor`).
+
+        The other ``predict*`` methods are its steps: :meth:`predict_faces` (faces
+        of many images, flat), :meth:`predict_crops` (crops cut already).
+        """
+        points, quality = self.predict_many(list(images), list(boxes), return_quality=True)
+        return [Landmarks(p, q) for p, q in zip(points, quality)]
 
     def __repr__(self) -> str:
         return (

@@ -19,7 +19,7 @@ speed benches (``bench/common.py``, through the timing hook).
    training detector's convention, which is what the landmark engine expects
    (:func:`facealign.reboxing.training_boxes`).
 4. **landmarks** (:meth:`Pipeline.add_landmarks`): one batched network pass for
-   every face of a batch of images (:meth:`LandmarkEngine.predict_many`), with
+   every face of a batch of images (:meth:`LandmarkEngine.landmarks`), with
    the per-face quality figures; :func:`iter_image_faces` batches images until
    :data:`BATCH_PIXELS` decoded pixels are held.
 5. **warp** (:meth:`Pipeline.align_faces`): every face onto the template with
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import cv2
 import numpy as np
@@ -47,6 +47,7 @@ from .alignment import Template, warp_face
 from .detection import Detections, Detector, PyramidDetector, check_image, working_side
 from .geometry import from_resized, to_resized_matrix
 from .imageio import ImageReadError, read_image_reduced
+from .landmarks import LandmarkPredictor
 from .quality import quality_json
 from .reboxing import training_boxes
 
@@ -205,16 +206,17 @@ class Pipeline:
     detector : Detector
         Any object with ``detect(image) -> Detections`` (and optionally
         ``name``, ``work_scale``).
-    engine : LandmarkEngine or compatible
-        Anything with ``predict_many(images, boxes, return_quality=...)``
-        (:meth:`facealign.engine.LandmarkEngine.predict_many`).
+    engine : LandmarkPredictor
+        Anything with ``landmarks(images, boxes) -> list[Landmarks]``
+        (:class:`facealign.landmarks.LandmarkPredictor`; e.g.
+        :class:`facealign.engine.LandmarkEngine`).
     template : Template
         Where the five points go in an aligned crop.
     """
 
-    engine: Any
+    engine: LandmarkPredictor
 
-    def __init__(self, detector: Detector, engine: Any, template: Template) -> None:
+    def __init__(self, detector: Detector, engine: LandmarkPredictor, template: Template) -> None:
         self.detector = detector
         self.engine = engine
         self.template = template
@@ -352,12 +354,11 @@ class Pipeline:
         if not ok:
             return
         start = time.perf_counter()
-        points, quality = self.engine.predict_many(
-            [item.image for item in ok], [item.engine_boxes for item in ok], return_quality=True
-        )
-        for item, pts, figures in zip(ok, points, quality):
-            item.landmarks = np.asarray(pts, np.float64)
-            item.quality = figures
+        images = cast("list[np.ndarray]", [item.image for item in ok])  # decoded: no error
+        results = self.engine.landmarks(images, [item.engine_boxes for item in ok])
+        for item, result in zip(ok, results):
+            item.landmarks = np.asarray(result.points, np.float64)
+            item.quality = result.quality
         _lap(timer, "landmarks", start)
 
     def iter_image_faces(

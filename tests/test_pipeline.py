@@ -129,3 +129,36 @@ def test_crop_side_keeps_the_smallest_face_as_wide_as_on_the_template(aligner) -
     assert aligner.crop_side(320, 240) == 320
     wide = get_aligner(CropSettings(min_face=320))
     assert wide.crop_side(4032, 3024) == pytest.approx(4032 / 4, abs=20)
+
+
+def test_the_pipeline_needs_of_its_landmark_step_only_the_landmarks_method(aligner, face_photos) -> None:
+    """Any LandmarkPredictor (one method, one result type) runs the pipeline, quality figures optional."""
+    from facealign.landmarks import LandmarkPredictor, Landmarks
+
+    class Centres:  # puts all five points at the centre of each box
+        def landmarks(self, images, boxes):
+            return [Landmarks(np.repeat(((b[:, :2] + b[:, 2:]) / 2)[:, None], 5, 1)) for b in boxes]
+
+    assert isinstance(aligner.engine, LandmarkPredictor) and isinstance(Centres(), LandmarkPredictor)
+    pipeline = Pipeline(aligner.detector, Centres(), aligner.template)
+    [item] = list(iter_image_faces(pipeline, face_photos[:1]))
+    [face] = item.faces()
+    box = item.engine_boxes[0] / item.scale
+    np.testing.assert_allclose(face.landmarks, np.repeat([(box[:2] + box[2:]) / 2], 5, 0), atol=1.0)
+    assert np.isnan(face.p_fail) and np.isnan(face.expected_error)
+
+
+def test_the_engines_landmarks_are_predict_many_with_quality_in_one_result(aligner, face_photos) -> None:
+    from facealign.quality import QUALITY_KEYS
+
+    items = list(iter_image_faces(aligner, face_photos))
+    images, boxes = [item.image for item in items], [item.engine_boxes for item in items]
+    results = aligner.engine.landmarks(images, boxes)
+    points, quality = aligner.engine.predict_many(images, boxes, return_quality=True)
+    assert len(results) == len(items)
+    for result, pts, figures, item in zip(results, points, quality, items):
+        np.testing.assert_array_equal(result.points, pts)  # bit for bit
+        np.testing.assert_array_equal(result.points, item.landmarks)
+        assert set(result.quality) == set(QUALITY_KEYS) == set(figures)
+        for key in QUALITY_KEYS:
+            np.testing.assert_array_equal(result.quality[key], figures[key])
