@@ -50,7 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch.job import CropJobError, CropSettings, _Task, _unlink_quietly
+from .batch.job import WORKER_DIED_REASON, CropJobError, CropSettings, _Task, _unlink_quietly
 from .batch.locks import _WorkersLock
 from .batch.plan import _crop_files, _folder, _pending_groups, _remove_parts
 from .batch.records import _failure
@@ -84,7 +84,7 @@ DASK_INSTALL: str = "pip install 'facealign[dask]'"
 #: Seconds to wait for the first worker of a scheduler that has none yet.
 WORKER_WAIT_SECONDS: float = 60.0
 
-_WORKER_DIED = "failed: the worker process died on it (a crash in a decoder, or killed for memory)"
+_WORKER_DIED = WORKER_DIED_REASON
 
 
 def _import_distributed() -> Any:

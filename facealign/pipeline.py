@@ -45,6 +45,7 @@ import numpy as np
 
 from .alignment import Template, warp_face
 from .detection import Detections, Detector, PyramidDetector, check_image, working_side
+from .failures import FailureKind
 from .geometry import from_resized, to_resized_matrix
 from .imageio import ImageReadError, read_image_reduced
 from .landmarks import LandmarkPredictor
@@ -123,7 +124,8 @@ class ImageFaces:
     ``boxes`` (N x 4), ``scores`` (N,) and ``landmarks`` (N x 5 x 2) are in pixels
     of ``image``, the working image, which is ``scale`` times the original
     (pixel-centre rule). ``error`` is set, and ``image`` is None, when the image
-    could not be read or analysed; ``errno`` is then the operating-system error
+    could not be read or analysed, with ``kind``, the :class:`~facealign.failures.FailureKind`
+    of the message; ``errno`` is then the operating-system error
     number when the *file* could not be read (see :class:`ImageReadError`).
     ``warnings`` lists the decoder's warnings on an image that still decoded.
     """
@@ -141,6 +143,8 @@ class ImageFaces:
     warnings: list[str] = field(default_factory=list)
     #: Per-face quality arrays (:meth:`LandmarkEngine.predict_faces`); empty before landmarking.
     quality: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The kind of ``error`` (None when there is none).
+    kind: FailureKind | None = None
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
         """Map ``(..., 2)`` working-image points (or box corners) to original pixels.
@@ -196,6 +200,11 @@ class AlignedFace:
     crop: np.ndarray
     transform: np.ndarray
     matrix: np.ndarray
+
+
+def _failed(path: Path, kind: FailureKind, detail: str, errno: int | None = None) -> ImageFaces:
+    """The :class:`ImageFaces` of an image that failed: its message and kind."""
+    return ImageFaces(path, error=kind.reason(detail), kind=kind, errno=errno)
 
 
 class Pipeline:
@@ -332,16 +341,16 @@ class Pipeline:
             image, scale = read_image_reduced(path, side_for, decoder_warnings=decoder_warnings, exact=exact)
         except ImageReadError as exc:
             if exc.errno is not None:  # the file system, not the contents (see batch.RETRIED_REASONS)
-                return ImageFaces(path, error=f"unreadable file: {exc.reason}", errno=exc.errno)
-            return ImageFaces(path, error=f"unreadable image: {exc.reason}")
+                return _failed(path, FailureKind.UNREADABLE_FILE, exc.reason, errno=exc.errno)
+            return _failed(path, FailureKind.UNREADABLE_IMAGE, exc.reason)
         except MemoryError:
-            return ImageFaces(path, error="unreadable image: out of memory while decoding")
+            return _failed(path, FailureKind.OUT_OF_MEMORY, "while decoding")
         finally:
             start = _lap(timer, "decode", start)
         try:
             det = self._detect_decoded(image, scale)
         except Exception as exc:  # a detector failing on one odd image must not stop a batch
-            return ImageFaces(path, error=f"failed: detection raised {type(exc).__name__}: {exc}")
+            return _failed(path, FailureKind.FAILED, f"detection raised {type(exc).__name__}: {exc}")
         finally:
             _lap(timer, "detect", start)
         return self._image_faces(path, image, scale, det, largest_only, decoder_warnings)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..constants import DEFAULT_DETECTOR, P_FAIL_POOR
+from ..failures import RETRIED_KINDS, FailureKind
 
 #: Images per parallel task (the landmark network is batched across a task).
 CHUNK_SIZE: int = 32
@@ -25,14 +26,19 @@ FAILURES_NAME: str = "failures.jsonl"
 AUTO_IMAGES_PER_PROCESS: int = 100
 
 
-#: Failure reasons that every rerun retries, because what caused them can be
-#: fixed without the source file changing (permissions, a link, OUT_DIR, memory
-#: that was short for a moment).
-RETRIED_REASONS: tuple[str, ...] = ("unreadable file: ", "output name taken: ", "unreadable image: out of memory")
+#: Prefixes of the failure reasons that every rerun retries, because what caused them can be
+#: fixed without the source file changing (permissions, a link, OUT_DIR, memory that was
+#: short for a moment): the kinds of :data:`facealign.failures.RETRIED_KINDS`.
+RETRIED_REASONS: tuple[str, ...] = tuple(kind.prefix for kind in FailureKind if kind in RETRIED_KINDS)
 
+
+#: Failure reason of an image whose worker process died on it, twice.
+WORKER_DIED_REASON: str = FailureKind.FAILED.reason(
+    "the worker process died on it (a crash in a decoder, or killed for memory)"
+)
 
 #: Failure reason of faces over the quality limits.
-LOW_QUALITY: str = "low quality"
+LOW_QUALITY: str = FailureKind.LOW_QUALITY.reason()
 
 
 MANIFEST_FORMATS: tuple[str, ...] = ("jsonl", "csv")

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..failures import FailureKind
 from ..imageio import (
     FolderScan,
     _list_folder,
@@ -81,7 +82,8 @@ def _plan(in_dir: Path, scan: FolderScan, fmt: str | None) -> tuple[list[_Task],
     image-named entries that cannot be read (broken links, FIFOs, ...).
     """
     planned = _plan_images(in_dir, scan.images, fmt, set())
-    return [t for t, p in planned if p is None], [(t, f"unreadable file: {p}") for t, p in planned if p is not None]
+    unreadable = FailureKind.UNREADABLE_FILE
+    return [t for t, p in planned if p is None], [(t, unreadable.reason(p)) for t, p in planned if p is not None]
 
 
 def _plan_images(
@@ -327,8 +329,8 @@ class _Planner:
         self.summary.skipped += len(readable) - len(todo)
         taken = _taken_outputs(self.dst, todo, self.records.outputs) if todo else {}
         taken.update(self._held(todo, missing))
-        early = [(t, f"unreadable file: {problem}") for t, problem in planned if problem is not None] + [
-            (t, f"output name taken: {taken[t.source]}") for t in todo if t.source in taken
+        early = [(t, FailureKind.UNREADABLE_FILE.reason(problem)) for t, problem in planned if problem is not None] + [
+            (t, FailureKind.OUTPUT_NAME_TAKEN.reason(taken[t.source])) for t in todo if t.source in taken
         ]
         todo = [t for t in todo if t.source not in taken]
         _append(self.failures, "".join(json_line(_failure(t, reason)) + "\n" for t, reason in early))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import POINT_NAMES
+from ..failures import RETRIED_KINDS, FailureKind
 from ..imageio import (
     atomic_file,
     json_line,
@@ -35,7 +36,6 @@ from .job import (
     LOW_QUALITY,
     MANIFEST_FIELDS,
     MANIFEST_FORMATS,
-    RETRIED_REASONS,
     CropJobError,
     CropSettings,
     _Task,
@@ -315,7 +315,7 @@ def _load_records(out_dir: Path, fmt: str) -> _Records:
         try:
             row = json.loads(line)
             source, ident = _record_key(row), (int(row["source_bytes"]), int(row["source_mtime_ns"]))
-            retried = str(row["reason"]).startswith(RETRIED_REASONS)
+            retried = FailureKind.of(str(row["reason"])) in RETRIED_KINDS
         except (ValueError, KeyError, TypeError):
             dropped = True
             continue

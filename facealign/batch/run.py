@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..constants import DEFAULT_DETECTOR, P_FAIL_POOR, shipped_runtime_weights
 from ..detection import get_detector
+from ..failures import FailureKind
 from ..imageio import (
     count_images,
     json_line,
@@ -34,6 +35,7 @@ from .job import (
     FAILURES_NAME,
     MANIFEST_FORMATS,
     OUTPUT_FORMATS,
+    WORKER_DIED_REASON,
     CropJobError,
     CropJobTransientError,
     CropSettings,
@@ -405,7 +407,8 @@ def _commit(
             results.append((rows, failure))
         elif error.errno in _TAKEN_WRITE_ERRNOS:
             where = portable_name(str(error.filename)) if error.filename else "a crop name"
-            results.append(([], _failure_of_row(rows[0], f"output name taken: {where} {error.strerror}")))
+            reason = FailureKind.OUTPUT_NAME_TAKEN.reason(f"{where} {error.strerror}")
+            results.append(([], _failure_of_row(rows[0], reason)))
         elif stopped is None:
             stopped = f"cannot name the crops of {rows[0]['source']!r}: {error.strerror or error}"
     return results, stopped
@@ -647,7 +650,7 @@ def _process_isolated(
                 result = executor.submit(_process_chunk, [task], settings, largest_only, str(out_dir), True,
                                          os.getpid()).result()  # fmt: skip
             except TerminatedWorkerError:
-                reason = "failed: the worker process died on it (a crash in a decoder, or killed for memory)"
+                reason = WORKER_DIED_REASON
                 result = _ChunkResult([([], _failure(task, reason))])
                 executor.shutdown(wait=True)
                 executor = None

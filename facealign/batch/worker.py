@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..failures import FailureKind
 from ..imageio import (
     encode_image,
     portable_name,
@@ -224,22 +225,24 @@ def _crop_image(
             return True
         done.results.append(([], _failure(task, item.error)))
     elif not len(item.boxes):
-        done.results.append(([], _failure(task, "no face found")))
+        done.results.append(([], _failure(task, FailureKind.NO_FACE.reason())))
     else:
         low_quality = _low_quality_failure(item, task, settings)
         try:
             rows, staged = _crop_rows(item, task, settings, aligner, root, folders)
         except OSError as exc:
             if exc.errno in _TAKEN_WRITE_ERRNOS:
-                reason = f"output name taken: {portable_name(str(exc.filename))} {exc.strerror}"
+                reason = FailureKind.OUTPUT_NAME_TAKEN.reason(f"{portable_name(str(exc.filename))} {exc.strerror}")
                 done.results.append(([], _failure(task, reason)))
             elif exc.errno in _PERMANENT_WRITE_ERRNOS:
-                done.results.append(([], _failure(task, f"failed: cannot write its crop: {exc.strerror}")))
+                done.results.append(
+                    ([], _failure(task, FailureKind.FAILED.reason(f"cannot write its crop: {exc.strerror}")))
+                )
             else:
                 done.stopped = _stop_message(f"cannot write the crops of {portable_name(task.source)!r}", exc)
                 return True
         except Exception as exc:
-            done.results.append(([], _failure(task, f"failed: {type(exc).__name__}: {exc}")))
+            done.results.append(([], _failure(task, FailureKind.FAILED.reason(f"{type(exc).__name__}: {exc}"))))
         else:
             done.results.append((rows, low_quality))
             done.files.extend([[]] * (len(done.results) - 1 - len(done.files)))
