@@ -470,9 +470,7 @@ def _tree(root: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("name", ["manifest.jsonl", "failures.jsonl", ".facealign-crop.lock"])
-def test_issue22_item1_a_record_file_planted_as_a_link_is_refused_and_not_written_through(
-    photos_in, tmp_path, name
-) -> None:
+def test_a_record_file_planted_as_a_link_is_refused_and_not_written_through(photos_in, tmp_path, name) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "file").write_bytes(b"precious")
@@ -489,7 +487,7 @@ def test_issue22_item1_a_record_file_planted_as_a_link_is_refused_and_not_writte
 
 
 @pytest.mark.parametrize("target", ["in", "elsewhere"])
-def test_issue22_item1_an_output_folder_planted_as_a_link_gets_no_crops(photos_in, tmp_path, target) -> None:
+def test_an_output_folder_planted_as_a_link_gets_no_crops(photos_in, tmp_path, target) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"
@@ -511,7 +509,7 @@ def test_issue22_item1_an_output_folder_planted_as_a_link_gets_no_crops(photos_i
     assert (summary.processed, summary.faces, summary.failures) == (1, 2, 0)
 
 
-def test_issue22_item1_resuming_never_deletes_inside_a_folder_planted_as_a_link(photos_in, tmp_path) -> None:
+def test_resuming_never_deletes_inside_a_folder_planted_as_a_link(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     with pytest.raises(Stop):  # killed after the first image: the pending list names a/
         run_crop_job(photos_in, out, jobs=1, chunk_size=1, progress=stop_after(1))
@@ -528,7 +526,7 @@ def test_issue22_item1_resuming_never_deletes_inside_a_folder_planted_as_a_link(
     assert summary.failures == 2  # the two images of a/ not done yet: their folder is a link
 
 
-def test_issue22_item2_a_postscript_file_named_jpg_is_an_unsupported_format(photos_in, tmp_path) -> None:
+def test_a_postscript_file_named_jpg_is_an_unsupported_format(photos_in, tmp_path) -> None:
     (photos_in / "a" / "page.jpg").write_bytes(b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     out = tmp_path / "out"
     summary = run_crop_job(photos_in, out, jobs=1)
@@ -546,7 +544,7 @@ _LINE_BREAKING_CHARS = ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x8
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_issue22_item3_records_of_names_with_any_control_or_separator_read_back_as_written(tmp_path, fmt) -> None:
+def test_records_of_names_with_any_control_or_separator_read_back_as_written(tmp_path, fmt) -> None:
     from facealign.batch.records import _encode_rows, _failure, _manifest_entries, manifest_name
 
     rows = []
@@ -571,7 +569,7 @@ def test_issue22_item3_records_of_names_with_any_control_or_separator_read_back_
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_issue22_item3_images_named_with_line_breaks_keep_their_rows_on_rerun(face_photos, tmp_path, fmt) -> None:
+def test_images_named_with_line_breaks_keep_their_rows_on_rerun(face_photos, tmp_path, fmt) -> None:
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     for char in _LINE_BREAKING_CHARS:
@@ -589,7 +587,7 @@ def test_issue22_item3_images_named_with_line_breaks_keep_their_rows_on_rerun(fa
     assert sorted(r["source"] for r in rows) == sorted(f"x{c}y.jpg" for c in _LINE_BREAKING_CHARS)
 
 
-def test_issue22_item7_a_vanished_sub_folder_keeps_its_records_and_crops_unless_pruned(photos_in, tmp_path) -> None:
+def test_a_vanished_sub_folder_keeps_its_records_and_crops_unless_pruned(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     reference = _tree(out)
@@ -624,7 +622,7 @@ def test_issue22_item7_a_vanished_sub_folder_keeps_its_records_and_crops_unless_
     assert {r["source"] for r in assert_consistent(out)} == {"a/000114.jpg", "a/000131.jpg", "a/000149.jpg"}
 
 
-def test_issue22_item6_a_hand_edited_manifest_never_deletes_files(photos_in, tmp_path) -> None:
+def test_a_hand_edited_manifest_never_deletes_files(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     rows = {r["source"]: r for r in read_jsonl(out / "manifest.jsonl")}
@@ -646,7 +644,7 @@ def test_issue22_item6_a_hand_edited_manifest_never_deletes_files(photos_in, tmp
 
 
 @pytest.mark.parametrize("damage", ["deleted", "bom_and_crlf", "torn_last_line"])
-def test_issue22_item5_a_damaged_manifest_heals_without_failures(photos_in, tmp_path, damage) -> None:
+def test_a_damaged_manifest_heals_without_failures(photos_in, tmp_path, damage) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     reference = read_jsonl(out / "manifest.jsonl")
@@ -688,7 +686,7 @@ def _outputs(out: Path) -> tuple[list[str], dict[str, bytes]]:
     return rows, crops
 
 
-def test_issue22_item4_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(twelve_photos, tmp_path) -> None:
+def test_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(twelve_photos, tmp_path) -> None:
     """Byte-identical crops and identical manifest rows (order aside) with one process,
     two processes, other chunk sizes, and a run stopped after its first chunk and resumed."""
     run_crop_job(twelve_photos, tmp_path / "one", jobs=1)
@@ -702,9 +700,7 @@ def test_issue22_item4_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(tw
     assert _outputs(tmp_path / "resumed") == reference
 
 
-def test_issue22_item8_out_of_memory_while_decoding_is_retried_by_the_next_run(
-    photos_in, tmp_path, monkeypatch
-) -> None:
+def test_out_of_memory_while_decoding_is_retried_by_the_next_run(photos_in, tmp_path, monkeypatch) -> None:
     import facealign.pipeline as pipeline
 
     real = pipeline.read_image_reduced
@@ -724,7 +720,7 @@ def test_issue22_item8_out_of_memory_while_decoding_is_retried_by_the_next_run(
     assert len(assert_consistent(out)) == 5
 
 
-def test_issue22_item8_crop_names_of_up_to_255_bytes_are_written(face_photos, tmp_path) -> None:
+def test_crop_names_of_up_to_255_bytes_are_written(face_photos, tmp_path) -> None:
     in_dir = tmp_path / "in"
     in_dir.mkdir()
     stem = "n" * (255 - len("_0.jpg"))  # the crop name is 255 bytes, the longest a file system takes
@@ -735,7 +731,7 @@ def test_issue22_item8_crop_names_of_up_to_255_bytes_are_written(face_photos, tm
     assert (out / f"{stem}_0.jpg").is_file()
 
 
-def test_issue22_item8_a_second_job_on_the_same_out_dir_exits_75(photos_in, tmp_path) -> None:
+def test_a_second_job_on_the_same_out_dir_exits_75(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     with batch.locks._Lock(out.resolve()):
@@ -744,7 +740,7 @@ def test_issue22_item8_a_second_job_on_the_same_out_dir_exits_75(photos_in, tmp_
     assert "another crop job is writing to" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_issue22_item8_a_missing_scheduler_file_is_a_quick_one_line_error(photos_in, tmp_path) -> None:
+def test_a_missing_scheduler_file_is_a_quick_one_line_error(photos_in, tmp_path) -> None:
     pytest.importorskip("distributed", reason="needs the dask extra")
     start = time.monotonic()
     result = run_cli("crop", photos_in, tmp_path / "out", "-q", "--cluster", tmp_path / "scheduler.json")
@@ -754,7 +750,7 @@ def test_issue22_item8_a_missing_scheduler_file_is_a_quick_one_line_error(photos
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_issue22_item8_a_full_disk_while_checking_cluster_workers_exits_75_and_leaves_nothing(
+def test_a_full_disk_while_checking_cluster_workers_exits_75_and_leaves_nothing(
     photos_in, tmp_path, monkeypatch
 ) -> None:
     pytest.importorskip("distributed", reason="needs the dask extra")
@@ -777,7 +773,7 @@ def test_issue22_item8_a_full_disk_while_checking_cluster_workers_exits_75_and_l
     assert not [p.name for p in out.iterdir() if p.name.startswith(".facealign-probe")]
 
 
-def test_issue22_item8_num_faces_edited_to_a_huge_number_redoes_the_image(photos_in, tmp_path) -> None:
+def test_num_faces_edited_to_a_huge_number_redoes_the_image(photos_in, tmp_path) -> None:
     out = tmp_path / "out"
     run_crop_job(photos_in, out, jobs=1)
     text = (out / "manifest.jsonl").read_text(encoding="utf-8")
@@ -787,7 +783,7 @@ def test_issue22_item8_num_faces_edited_to_a_huge_number_redoes_the_image(photos
     assert len(assert_consistent(out)) == 5
 
 
-def test_issue22_item8_an_image_under_a_path_longer_than_path_max_is_listed(face_photos, tmp_path) -> None:
+def test_an_image_under_a_path_longer_than_path_max_is_listed(face_photos, tmp_path) -> None:
     in_dir = tmp_path / "in"
     deep = os.fsencode(in_dir)
     os.makedirs(deep)

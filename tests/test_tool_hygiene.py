@@ -141,3 +141,15 @@ def test_readme_is_a_short_users_page_and_the_notebook_lives_in_docs() -> None:
 
     for target in re.findall(r"\]\(((?:docs/|CHANGELOG)[^)#]*)", readme):
         assert (REPO / target).exists(), target
+
+
+def test_tests_are_named_after_behaviour_not_issue_items() -> None:
+    import re
+
+    named_after_items = [
+        f"{path.name}::{name}"
+        for path in sorted((REPO / "tests").glob("test_*.py"))
+        for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
+        if re.match(r"test_(issue\d+_)?item\d+_", name)
+    ]
+    assert not named_after_items
