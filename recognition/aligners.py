@@ -65,11 +65,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from facealign.alignment import WARP_VERSION, Template, warp_affine, warp_face
-from facealign.constants import ENGINES, WORK_MAX_SIDE
+from facealign.constants import ENGINES
 from facealign.geometry import to_resized
-from facealign.imageio import ImageReadError, read_image_reduced
 
-from .caches import DetectionCache, DetectionRecord, file_digest, text_digest
+from .caches import DetectionCache, DetectionRecord
+from .digests import file_digest, text_digest
+from .face_inputs import FaceInput
 
 if TYPE_CHECKING:
     from .conditions import ProbeReduction
@@ -81,8 +82,6 @@ __all__ = [
     "FaceBoxes",
     "choose_face_box",
     "choose_face_boxes",
-    "FaceInput",
-    "read_face_inputs",
     "Aligner",
     "PointPredictor",
     "LandmarkAligner",
@@ -213,57 +212,6 @@ def choose_face_boxes(
 
 
 # --------------------------------------------------------------------------- aligners
-
-
-@dataclass
-class FaceInput:
-    """One image handed to an aligner.
-
-    Attributes
-    ----------
-    file : str
-        Path relative to the image root.
-    image : numpy.ndarray
-        Working image (``H x W x 3`` uint8 RGB).
-    scale : float
-        Working image scale relative to the original (pixel-centre rule).
-    box : numpy.ndarray
-        Face box in original-image pixels.
-    """
-
-    file: str
-    image: np.ndarray
-    scale: float
-    box: np.ndarray
-
-    @property
-    def working_box(self) -> np.ndarray:
-        return to_resized(np.asarray(self.box, np.float64).reshape(2, 2), self.scale).reshape(4)
-
-
-def read_face_inputs(
-    root: Path,
-    files: Sequence[str],
-    boxes: Mapping[str, Sequence[float] | np.ndarray],
-    reduction: ProbeReduction | None = None,
-) -> list[FaceInput]:
-    """Decode ``files`` (relative to ``root``) at the working resolution, with their face boxes.
-
-    With a ``reduction`` (low-resolution probes) every image is decoded reduced
-    by its factor instead. Detection already read every file, so a read error
-    here means the file changed.
-    """
-    faces = []
-    for f in files:
-        try:
-            if reduction is None:
-                image, scale = read_image_reduced(root / f, WORK_MAX_SIDE)
-            else:
-                image, scale = reduction.read(root, f)
-        except ImageReadError as exc:
-            raise ValueError(f"cannot read {root / f}: {exc.reason}") from None
-        faces.append(FaceInput(f, image, scale, np.asarray(boxes[f], np.float64)))
-    return faces
 
 
 class Aligner(Protocol):

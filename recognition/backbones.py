@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from facealign.alignment import Template, get_template
 
-from .caches import file_digest
+from .digests import file_digest
 
 if TYPE_CHECKING:
     from .backbone import Backbone

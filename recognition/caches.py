@@ -23,7 +23,6 @@ reduction's key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,8 @@ from facealign.geometry import from_resized
 from facealign.imageio import ImageReadError, read_image_reduced
 from facealign.research.parallel import parallel_map, resolve_jobs
 
+from .digests import text_digest
+
 if TYPE_CHECKING:
     from .conditions import ProbeReduction
 
@@ -45,25 +46,9 @@ __all__ = [
     "DetectionRecord",
     "DetectionCache",
     "default_cache_dir",
-    "file_digest",
-    "text_digest",
 ]
 
 _DETECTION_CHUNK = 32
-
-
-def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
-    """First ``length`` hex digits of the SHA-1 of a file's content."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
-def text_digest(text: str, length: int = 12) -> str:
-    """First ``length`` hex digits of the SHA-1 of a text (UTF-8)."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
 
 
 def default_cache_dir() -> Path:

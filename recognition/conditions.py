@@ -25,7 +25,7 @@ pixels) to ``target_iod``: decoded with the area-average reduction of
 pixel of the image's longer side. Images whose face is already that small are
 left as they are (counted). Detection and alignment then run on the reduced
 image (:class:`recognition.caches.DetectionCache` and
-:func:`recognition.aligners.read_face_inputs` take the reduction); the PCA
+:func:`recognition.face_inputs.read_face_inputs` take the reduction); the PCA
 training images are not reduced.
 """
 
@@ -43,7 +43,8 @@ from facealign.constants import WORK_MAX_SIDE
 from facealign.geometry import from_resized
 from facealign.imageio import read_image_reduced, write_bytes_atomic
 
-from .caches import file_digest, text_digest
+from .digests import file_digest, text_digest
+from .face_inputs import read_face_inputs
 
 __all__ = [
     "REFERENCE_ALIGNER",
@@ -138,8 +139,6 @@ def reference_landmarks(
         Without the ``face-recognition-models`` package (the recognition extra).
     """
     from facealign.research.peers import DlibShapePredictor
-
-    from .aligners import read_face_inputs
 
     predictor = DlibShapePredictor()
     key = f"{REFERENCE_ALIGNER}-{file_digest(predictor.model_path)}-{detections_key}"

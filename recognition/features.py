@@ -26,9 +26,10 @@ import numpy as np
 
 from facealign.imageio import write_bytes_atomic
 
-from .aligners import Aligner, get_aligner, read_face_inputs
+from .aligners import Aligner, get_aligner
 from .backbones import BackboneChoice, load_backbone
 from .caches import DetectionCache
+from .face_inputs import read_face_inputs
 
 if TYPE_CHECKING:
     from .backbone import Backbone

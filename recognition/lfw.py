@@ -43,8 +43,9 @@ from facealign.alignment import get_template
 from facealign.constants import TRAINING_DETECTOR
 from facealign.imageio import write_image_atomic
 
-from .aligners import LandmarkAligner, choose_face_boxes, read_face_inputs
+from .aligners import LandmarkAligner, choose_face_boxes
 from .caches import DetectionCache
+from .face_inputs import read_face_inputs
 from .matching import fit_pca, power_normalize, template_scores
 from .metrics import FoldAccuracy, read_lfw_pairs, verification_accuracy_10fold
 from .protocol import items_from_folders

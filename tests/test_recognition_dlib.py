@@ -119,8 +119,9 @@ def test_dlib5pt_aligner_and_backbone(photo_faces: list) -> None:
     """dlib-5pt crops on the measured template are dlib's chips; the descriptor tells the people apart."""
     import dlib
 
-    from recognition.aligners import FaceInput, LandmarkAligner, get_aligner
+    from recognition.aligners import LandmarkAligner, get_aligner
     from recognition.dlib_resnet import DlibFivePointPredictor, DlibResNetBackbone
+    from recognition.face_inputs import FaceInput
 
     backbone = DlibResNetBackbone()
     faces = [FaceInput(f"{n}.jpg", image, 1.0, box) for n, (image, box) in enumerate(photo_faces)]

@@ -23,7 +23,6 @@ from PIL import Image
 from facealign.alignment import get_template, transform_points
 from recognition.aligners import (
     BOX_MEAN_SHAPE,
-    FaceInput,
     LandmarkAligner,
     box_alignment_matrix,
     choose_face_box,
@@ -33,6 +32,7 @@ from recognition.aligners import (
 from recognition.backbone import AlexNet, AlexNetBackbone, AlexNetConfig, export_backbone, save_alexnet
 from recognition.caches import DetectionCache, DetectionRecord
 from recognition.cli import main
+from recognition.face_inputs import FaceInput
 from recognition.lfw import lfw_accuracy
 from recognition.report import format_tar
 
