@@ -103,8 +103,8 @@ def test_the_first_chunks_go_out_before_the_walk_has_finished(face_photos, clien
         (in_dir / f"f{i:02d}").mkdir(parents=True)
         (in_dir / f"f{i:02d}" / "p.jpg").symlink_to(face_photos[i % len(face_photos)])
     listed = []
-    real_list = imageio._list_folder
-    monkeypatch.setattr(imageio, "_list_folder", lambda folder: listed.append(folder) or real_list(folder))
+    real_list = imageio.walk.list_image_folder
+    monkeypatch.setattr(imageio.walk, "list_image_folder", lambda folder: listed.append(folder) or real_list(folder))
     at_submit = []
     real_submit = client.submit
 

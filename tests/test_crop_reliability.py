@@ -30,7 +30,6 @@ from conftest import Stop, child_pids, is_alive, photo_folder, stop_after, two_f
 from PIL import Image
 
 import facealign.batch as batch
-import facealign.imageio as imageio
 from facealign.batch import CropJobError, CropJobTransientError, run_crop_job
 from facealign.batch.run import _resolve_jobs
 from facealign.cli import EXIT_TEMPORARY, main
@@ -114,7 +113,7 @@ def _lock_folder(monkeypatch, name: str) -> None:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(imageio.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
 
 
 def test_broken_links_fifos_and_skips_never_stop_the_job(photos_in, tmp_path, monkeypatch) -> None:

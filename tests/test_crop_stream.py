@@ -73,7 +73,7 @@ def test_walk_images_lists_what_scan_folder_lists_in_the_same_order(tmp_path, mo
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(imageio.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     seen = []
 
     def plan(folder, scan):
@@ -111,7 +111,7 @@ def test_first_chunk_runs_before_the_walk_has_finished(tmp_path, monkeypatch) ->
         for name in ("p.jpg", "q.jpg"):
             (src / f"f{i:02d}" / name).write_bytes(b"not decoded: the chunk is faked")
     listed: list[Path] = []
-    real_list = imageio._list_folder
+    real_list = imageio.walk.list_image_folder
 
     def counted(folder):
         listed.append(folder)
@@ -126,8 +126,8 @@ def test_first_chunk_runs_before_the_walk_has_finished(tmp_path, monkeypatch) ->
         at_chunks.append((len(listed), len(pending)))
         return _ChunkResult([([], _failure(t, "no face found")) for t in tasks])
 
-    monkeypatch.setattr(imageio, "_list_folder", counted)
-    monkeypatch.setattr(batch.plan, "_list_folder", counted)
+    monkeypatch.setattr(imageio.walk, "list_image_folder", counted)
+    monkeypatch.setattr(batch.plan, "list_image_folder", counted)
     monkeypatch.setattr(batch.run, "_process_chunk", fake_chunk)
     totals = []
     summary = run_crop_job(src, out, jobs=1, chunk_size=4, progress=lambda done, total: totals.append((done, total)))
@@ -146,8 +146,8 @@ def test_first_chunk_goes_to_worker_processes_before_the_walk_has_finished(tmp_p
         (src / f"f{i:02d}").mkdir(parents=True)
         (src / f"f{i:02d}" / "p.jpg").write_bytes(b"x")
     listed: list[Path] = []
-    real_list = imageio._list_folder
-    monkeypatch.setattr(imageio, "_list_folder", lambda folder: listed.append(folder) or real_list(folder))
+    real_list = imageio.walk.list_image_folder
+    monkeypatch.setattr(imageio.walk, "list_image_folder", lambda folder: listed.append(folder) or real_list(folder))
     submitted: list[int] = []
 
     class Pool:

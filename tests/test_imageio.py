@@ -365,7 +365,7 @@ def test_write_atomic_interrupted_keeps_old_file(tmp_path: Path, monkeypatch: py
     def failing_replace(src: str, dst: str) -> None:
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(imageio.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(KeyboardInterrupt):
         write_image_atomic(target, np.zeros_like(old))
     monkeypatch.undo()

@@ -16,8 +16,8 @@ from pathlib import Path
 from ..failures import FailureKind
 from ..imageio import (
     FolderScan,
-    _list_folder,
     json_line,
+    list_image_folder,
     portable_name,
 )
 from .job import (
@@ -350,7 +350,7 @@ class _Planner:
         subfolders = list(subfolders)
         for other in others:  # listed again when the walk reaches it; twins are rare
             try:
-                _, scan = _list_folder(other)
+                _, scan = list_image_folder(other)
             except OSError:
                 continue
             images += [p for p, _, _ in scan.images]
