@@ -16,7 +16,7 @@ ground-truth MTFL points are aligned onto the chip template by a similarity
 (the frame the landmark aligners target): the two agree to about a pixel when
 the chip and the template agree.
 
-Prints the constant to paste into ``recognition/detector_aligner.py`` and writes
+Prints the constant to paste into ``recognition/dlib_resnet.py`` (``DETECTOR_CHIP_POINTS``) and writes
 the fit as JSON (``docs/recognition/retinaface_chip_template.json``).
 
 Usage::
@@ -84,7 +84,7 @@ def main() -> None:
         result = detector.detect(images[i])
         if len(result) and result.landmarks is None:
             raise SystemExit(f"detector {args.detector!r} gives no landmarks")
-        if len(result) and result.landmarks is not None:
+        if len(result):
             framed = training_boxes(args.detector, result.boxes, result.landmarks)
             overlap = _iou(boxes[i, :4], framed)
             best = int(np.argmax(overlap))

@@ -201,8 +201,8 @@ class FaceAligner(Pipeline):
             _detector(detector, min_face, det_threshold, providers),
             engine if isinstance(engine, LandmarkEngine) else LandmarkEngine(engine, providers=providers),
             get_template(template, size),
+            det_threshold,
         )
-        self.det_threshold = det_threshold
 
     def detect(self, image: ImageInput) -> Detections:
         """Face boxes and scores, largest first (see :meth:`Pipeline.detect`), of any :data:`ImageInput`.
@@ -213,10 +213,7 @@ class FaceAligner(Pipeline):
         >>> len(detections), detections.boxes.shape
         (1, (1, 4))
         """
-        detections = super().detect(to_rgb(image))
-        if self.det_threshold is None:
-            return detections
-        return detections.take(detections.scores >= np.float32(self.det_threshold))
+        return super().detect(to_rgb(image))
 
     def process(self, image: ImageInput, largest_only: bool = False) -> list[Face]:
         """Every face of an image with five landmarks and quality figures, largest first.

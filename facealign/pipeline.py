@@ -225,10 +225,14 @@ class Pipeline:
 
     engine: LandmarkPredictor
 
-    def __init__(self, detector: Detector, engine: LandmarkPredictor, template: Template) -> None:
+    def __init__(
+        self, detector: Detector, engine: LandmarkPredictor, template: Template, det_threshold: float | None = None
+    ) -> None:
         self.detector = detector
         self.engine = engine
         self.template = template
+        #: Faces the detector scores below this are dropped, whatever the detector (None: keep all).
+        self.det_threshold = det_threshold
 
     # -- detect ------------------------------------------------------------- #
 
@@ -238,7 +242,13 @@ class Pipeline:
         Raises ``ValueError`` for anything but a non-empty ``H x W x 3`` uint8 array.
         """
         check_image(image)
-        return self.detector.detect(image)
+        return self._thresholded(self.detector.detect(image))
+
+    def _thresholded(self, detections: Detections) -> Detections:
+        """``detections`` without the faces scoring below :attr:`det_threshold`."""
+        if self.det_threshold is None:
+            return detections
+        return detections.take(detections.scores >= np.float32(self.det_threshold))
 
     def _detect_decoded(self, image: np.ndarray, scale: float) -> Detections:
         """:meth:`detect` on a photo decoded at ``scale``, which a
@@ -246,7 +256,7 @@ class Pipeline:
         in pixels of the photo)."""
         if scale != 1.0 and isinstance(self.detector, PyramidDetector):
             check_image(image)
-            return self.detector.detect(image, scale)
+            return self._thresholded(self.detector.detect(image, scale))
         return self.detect(image)
 
     def crop_side(self, width: int, height: int) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..constants import DEFAULT_DETECTOR, P_FAIL_POOR
 from ..failures import RETRIED_KINDS, FailureKind
+from .outdir import JOURNAL_NAME
 
 #: Images per parallel task (the landmark network is batched across a task).
 CHUNK_SIZE: int = 32
@@ -79,7 +80,7 @@ _DROPPED_NAME = ".facealign-crop.dropped"
 #: The hidden files of the job's state in OUT_DIR (never followed when links).
 _STATE_NAMES: tuple[str, ...] = (
     _LOCK_NAME, _WORKERS_LOCK_NAME, _SETTINGS_NAME, _PENDING_NAME, _STARTED_NAME, _DROPPED_NAME,
-    ".facealign-crop.written",
+    JOURNAL_NAME,
 )  # fmt: skip
 
 

@@ -39,9 +39,7 @@ class _Lock:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise CropJobTransientError(
-                f"another crop job is writing to {str(self.path.parent)!r}; wait for it to finish, then rerun"
-            ) from None
+            raise self._busy() from None
         try:
             with _WorkersLock(self.path.parent, shared=False):
                 pass
@@ -51,6 +49,12 @@ class _Lock:
         self._handle = handle
         return self
 
+    def _busy(self) -> CropJobTransientError:
+        """The error of a second job on the same OUT_DIR (exit 75)."""
+        return CropJobTransientError(
+            f"another crop job is writing to {str(self.path.parent)!r}; wait for it to finish, then rerun"
+        )
+
     def _enter_filelock(self) -> _Lock:
         from filelock import FileLock, Timeout
 
@@ -58,9 +62,7 @@ class _Lock:
         try:
             lock.acquire()
         except Timeout:
-            raise CropJobTransientError(
-                f"another crop job is writing to {str(self.path.parent)!r}; wait for it to finish, then rerun"
-            ) from None
+            raise self._busy() from None
         try:
             with _WorkersLock(self.path.parent, shared=False):
                 pass

@@ -355,9 +355,7 @@ class Journal:
                 continue
             if stat.S_ISREG(info.st_mode):
                 items.append((output, info.st_size, None))
-        self.append(items)
-        if not items:  # the journal exists from now on
-            open_append(self.path).close()
+        self.append(items)  # opens (creates) the journal even when there is nothing to add
 
     def close(self) -> None:
         if self._handle is not None:

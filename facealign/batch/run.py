@@ -49,6 +49,7 @@ from .outdir import (
     Journal,
     check_not_link,
     commit_files,
+    digest,
     forget_journal,
     journal_of,
     open_append,
@@ -310,7 +311,10 @@ def _run_journaled(
         )
     # What made the crops, for the record (not compared on resume: a new version or
     # weights file may continue a job).
-    made_by = {"facealign_version": __version__, "weights_sha256": _sha256(shipped_runtime_weights(settings.engine))}
+    made_by = {
+        "facealign_version": __version__,
+        "weights_sha256": digest(shipped_runtime_weights(settings.engine).read_bytes()),
+    }
     _rewrite(dst / _SETTINGS_NAME, json.dumps({**wanted, **made_by}, indent=1) + "\n")
     _remove_unrecorded(dst, records.outputs, records.dropped)
     records.dropped.clear()
@@ -379,13 +383,6 @@ def _compact_journal(dst: Path, manifest_path: Path, fmt: str, journal: Journal)
     journal.close()
     _rewrite(dst / JOURNAL_NAME, "".join(json.dumps([o, size, sha]) + "\n" for o, (size, sha) in kept))
     forget_journal(dst)
-
-
-def _sha256(path: Path) -> str:
-    """The SHA-256 digest of a file, hex."""
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _commit(

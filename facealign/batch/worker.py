@@ -196,6 +196,9 @@ def _process_chunk(
             if _crop_image(item, task, settings, aligner, root, folders, done):
                 break
             item.image = None  # release the decoded pixels early
+        # One file list per result (empty for images without crops), so that a failed
+        # sync below keeps the failure records of the images after the last crop.
+        done.files.extend([[]] * (len(done.results) - len(done.files)))
         if any(done.files):
             try:
                 sync(root)  # the chunk's crops, durable at once
@@ -208,7 +211,7 @@ def _process_chunk(
                 done.stopped = done.stopped or _stop_message("cannot write the crops", exc)
     finally:
         close_folders(folders)
-    done.files.extend([[]] * (len(done.results) - len(done.files)))
+    done.files.extend([[]] * (len(done.results) - len(done.files)))  # a chunk stopped by an exception
     return done
 
 

@@ -17,7 +17,7 @@ one in the style of mobile landmark models (MobileNet-v1 blocks as in PFLD):
   input, so FC5 keeps the spatial layout (where each part of the face is), which
   global pooling would discard.
 
-At ``S = 64`` the trunk costs about 8 M multiply-adds, the 0.5.0 network's cost,
+At ``S = 64`` the network costs 9.0 M multiply-adds per face (0.5.0's wide network: 5.7 M),
 and batch norm folds into the convolutions when exported.
 
 Training (``facealign train-compact``) follows ``facealign train`` (MTFL training

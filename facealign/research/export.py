@@ -114,7 +114,7 @@ def runtime_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "trunk_onnx": np.frombuffer(trunk_onnx(state), np.uint8),
         "meta": np.array(json.dumps(dict(state.get("meta", {})), sort_keys=True)),
         "mirror_shift": np.array(float(state.get("mirror_shift", 0.0))),
-        "input_size": np.array(load_network(state)[0].input_size),
+        "input_size": np.array(int(state["mean"].shape[-1])),  # the network's input side (mean image 3 x S x S)
         # nn.Linear keeps output x input; the run time multiplies input x output.
         **_head_arrays(
             vanilla["fc5.0.weight"].t(),
