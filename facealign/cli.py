@@ -254,7 +254,7 @@ def _providers_option(f):
 
 def _check_providers(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
     """The providers of ``--providers`` that this onnxruntime has (None when not given); a
-    usage error for an unknown name, one warning line for those missing."""
+    usage error for an unknown name, one warning line for those missing (none with ``--quiet``)."""
     from .inference import available_providers, missing_providers_message, resolve_providers
 
     if not value or not value.strip():
@@ -264,7 +264,7 @@ def _check_providers(ctx: click.Context, param: click.Parameter, value: str | No
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     message = missing_providers_message(wanted)
-    if message is not None:
+    if message is not None and not ctx.params.get("quiet"):  # --quiet is eager: read already
         click.echo(f"warning: {message}", err=True)
     available = set(available_providers())
     return tuple(name for name in wanted if name in available)
@@ -347,7 +347,13 @@ def _engine_option(f):
     help="Images per task [default: 32 with --jobs, 256 with --cluster].",
 )
 @click.option(
-    "--quiet", "--silent", "-q", "quiet", is_flag=True, help="No progress bar, summary or warnings; only errors."
+    "--quiet",
+    "--silent",
+    "-q",
+    "quiet",
+    is_flag=True,
+    is_eager=True,  # read before --providers, whose missing-provider warning it silences
+    help="No progress bar, summary or warnings; only errors.",
 )
 @click.option(
     "--max-expected-error",
@@ -577,7 +583,13 @@ def _format_point(point) -> str:
     show_default=True,
     help="Worker processes, as for crop; the output is the same, in the same order.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    is_eager=True,  # read before --providers (see crop)
+    help="No progress bar (shown on a terminal's stderr) and no missing-provider warning.",
+)
 def landmarks(
     inputs: tuple[Path, ...],
     detector: str,

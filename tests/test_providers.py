@@ -95,6 +95,23 @@ def test_cli_missing_provider_says_so_once_and_runs_on_the_cpu(face_photos, how)
     assert json.loads(result.stdout)["faces"] == json.loads(default.stdout)["faces"]
 
 
+@needs_missing
+@pytest.mark.parametrize("quiet_first", [True, False])
+def test_cli_quiet_silences_the_missing_provider_warning_wherever_it_stands(face_photos, tmp_path, quiet_first) -> None:
+    """``-q`` is read before ``--providers`` (an eager option), so the warning that option
+    prints for a missing provider obeys it whatever the order on the command line."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(face_photos[0], in_dir / "a.jpg")
+    options = ["-q", "--providers", MISSING] if quiet_first else ["--providers", MISSING, "-q"]
+    crop = CliRunner().invoke(main, ["crop", str(in_dir), str(tmp_path / "out"), *options])
+    assert crop.exit_code == 0, crop.output
+    assert crop.stderr == "" and crop.stdout == ""
+    marks = CliRunner().invoke(main, ["landmarks", "--json", str(face_photos[0]), *options])
+    assert marks.exit_code == 0, marks.output
+    assert marks.stderr == "" and json.loads(marks.stdout)["faces"]
+
+
 def test_crop_resumes_with_other_providers(face_photos, tmp_path) -> None:
     in_dir = tmp_path / "in"
     in_dir.mkdir()
