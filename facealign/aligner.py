@@ -19,7 +19,6 @@ to RGB). In the examples, ``photo`` is the path of a photo with one face.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,7 +29,8 @@ import cv2
 import numpy as np
 
 from .alignment import Template, get_template
-from .detection import Detections, Detector, check_image, get_detector
+from .constants import DEFAULT_DETECTOR
+from .detection import Detections, Detector, check_image, get_detector, options_not_taken
 from .engine import DEFAULT_ENGINE, LandmarkEngine
 from .inference import resolve_providers
 from .pipeline import AlignedFace, Face, ImageFaces, Pipeline
@@ -115,22 +115,17 @@ def _detector(
     detectors); the threshold is applied by :meth:`FaceAligner.detect` in any case."""
     if det_threshold is not None and not math.isfinite(det_threshold):
         raise ValueError(f"det_threshold must be a number, got {det_threshold}")
-    options: list[dict[str, Any]] = []
+    if spec is not None and not isinstance(spec, str):
+        return get_detector(spec)
+    name = spec or DEFAULT_DETECTOR
+    # Each group of options goes to the factory whole, or not at all when it does not take it.
+    groups: list[dict[str, Any]] = []
     if det_threshold is not None:
-        options.append({"threshold": det_threshold, "rescue_threshold": None})
+        groups.append({"threshold": det_threshold, "rescue_threshold": None})
     if providers is not None:
-        options.append({"providers": providers})
-    if not isinstance(spec, str | None):
-        options = []
-    # Every combination of the options, most first: a detector that takes neither gets none.
-    for count in range(len(options), 0, -1):
-        for chosen in itertools.combinations(options, count):
-            try:
-                return get_detector(spec, min_face=min_face, **{k: v for part in chosen for k, v in part.items()})
-            except ValueError as exc:
-                if "does not take" not in str(exc):
-                    raise
-    return get_detector(spec, min_face=min_face)
+        groups.append({"providers": providers})
+    options = {k: v for group in groups if not options_not_taken(name, group) for k, v in group.items()}
+    return get_detector(name, min_face=min_face, **options)
 
 
 class FaceAligner(Pipeline):

@@ -72,6 +72,50 @@ def test_plugin_detector_and_sorting():
         DETECTORS.pop("fixed")
 
 
+def test_a_plugin_factory_gets_the_options_its_signature_takes():
+    """FaceAligner passes ``det_threshold`` (with no rescue) and ``providers`` only to a factory
+    whose signature takes them, each group whole; an option a factory does not take is named."""
+    from facealign import FaceAligner
+
+    seen: dict[str, dict] = {}
+
+    def thresholded(min_face=None, threshold=0.5, rescue_threshold=0.1):
+        seen["thresholded"] = {"threshold": threshold, "rescue_threshold": rescue_threshold}
+        return get_detector("haar")
+
+    def onnx_like(providers=None, **kwargs):
+        seen["onnx_like"] = {"providers": providers, **kwargs}
+        return get_detector("haar")
+
+    register_detector("thresholded", thresholded)
+    register_detector("onnx_like", onnx_like)
+    try:
+        FaceAligner("thresholded", det_threshold=0.7, providers="cpu")
+        assert seen["thresholded"] == {"threshold": 0.7, "rescue_threshold": None}
+        FaceAligner("onnx_like", det_threshold=0.7, providers="cpu")
+        assert seen["onnx_like"]["threshold"] == 0.7 and seen["onnx_like"]["providers"] is not None
+        with pytest.raises(ValueError, match="'thresholded' does not take providers$"):
+            get_detector("thresholded", providers="cpu")
+    finally:
+        DETECTORS.pop("thresholded")
+        DETECTORS.pop("onnx_like")
+
+
+def test_an_error_inside_a_plugin_factory_is_not_taken_for_a_refused_option():
+    """A factory that takes ``min_face`` but fails inside with a TypeError: that error reaches
+    the caller as it is (it used to read as 'does not take min_face', and FaceAligner retried)."""
+
+    def broken(min_face=None):
+        raise TypeError("unsupported operand type(s) inside the plug-in")
+
+    register_detector("broken", broken)
+    try:
+        with pytest.raises(TypeError, match="inside the plug-in"):
+            get_detector("broken", min_face=30)
+    finally:
+        DETECTORS.pop("broken")
+
+
 def test_match_detection_picks_the_box_holding_the_face():
     boxes = np.array([[0, 0, 10, 10], [20, 20, 60, 60], [15, 15, 70, 70]], float)
     pts = np.array([[38, 38], [42, 38], [40, 40], [38, 42], [42, 42]], float)

@@ -25,7 +25,8 @@ by an installed package in the entry-point group ``facealign.detectors``::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 
 from ..constants import BUILTIN_DETECTORS, DEFAULT_DETECTOR
 from .base import (
@@ -64,6 +65,7 @@ __all__ = [
     "confident_or_best",
     "get_detector",
     "nms",
+    "options_not_taken",
     "register_detector",
     "working_side",
 ]
@@ -121,23 +123,36 @@ def _factory(name: str) -> Callable[..., Detector]:
     return factory
 
 
+def options_not_taken(name: str, options: Iterable[str]) -> list[str]:
+    """The keywords of ``options`` that the factory of detector ``name`` does not take, read
+    off its signature (sorted; none for a factory with ``**kwargs`` or without a signature)."""
+    try:
+        parameters = inspect.signature(_factory(name)).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return []
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return sorted(set(options) - names)
+
+
 def get_detector(spec: str | Detector | None = None, **kwargs) -> Detector:
     """A detector from a name (built-in, registered or entry point), or ``spec`` itself.
 
     Keyword arguments go to the factory; ``min_face=None`` is dropped so that
-    each back-end keeps its own default.
+    each back-end keeps its own default. A keyword the factory does not take is
+    a ``ValueError`` (:func:`options_not_taken`); an error raised inside the
+    factory is its own.
     """
     if spec is None:
         spec = DEFAULT_DETECTOR
     kwargs = {k: v for k, v in kwargs.items() if not (k == "min_face" and v is None)}
     if isinstance(spec, str):
         factory = _factory(spec)
-        try:
-            return factory(**kwargs)
-        except TypeError as exc:
-            if kwargs:
-                raise ValueError(f"detector {spec!r} does not take {sorted(kwargs)}: {exc}") from exc
-            raise
+        refused = options_not_taken(spec, kwargs)
+        if refused:
+            raise ValueError(f"detector {spec!r} does not take {', '.join(refused)}")
+        return factory(**kwargs)
     if not isinstance(spec, Detector):
         raise TypeError(f"a detector needs a name and a detect(image) method, got {type(spec).__name__}")
     return spec
