@@ -533,14 +533,7 @@ def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, single
     from .batch import get_aligner
     from .pipeline import iter_image_faces
 
-    aligner = get_aligner(settings)
-    if single_thread:
-        import cv2
-
-        cv2.setNumThreads(1)
-        for part in (aligner.engine, aligner.detector):
-            if hasattr(part, "set_threads"):
-                part.set_threads(1)
+    aligner = get_aligner(settings, single_thread)
     items = list(iter_image_faces(aligner, paths, largest_only=largest_only))
     for item in items:
         item.image = None

@@ -41,8 +41,15 @@ if TYPE_CHECKING:  # for the annotations only
 _ALIGNERS: dict[CropSettings, FaceAligner] = {}
 
 
-def get_aligner(settings: CropSettings) -> FaceAligner:
-    """The :class:`FaceAligner` for ``settings``, built once per process."""
+def get_aligner(settings: CropSettings, single_thread: bool = False) -> FaceAligner:
+    """The :class:`FaceAligner` for ``settings``, built once per process.
+
+    With ``single_thread`` (a worker process of a job that is parallel over
+    processes), OpenCV and the networks' onnxruntime sessions (the detector's
+    and the landmark engine's) run on one thread each.
+    """
+    if single_thread:
+        _limit_threads()
     aligner = _ALIGNERS.get(settings)
     if aligner is None:
         from ..aligner import FaceAligner
@@ -57,6 +64,10 @@ def get_aligner(settings: CropSettings) -> FaceAligner:
             providers=settings.providers,
         )
         _ALIGNERS[settings] = aligner
+    if single_thread:
+        for part in (aligner.engine, aligner.detector):
+            if hasattr(part, "set_threads"):
+                part.set_threads(1)
     return aligner
 
 
@@ -178,14 +189,7 @@ def _process_chunk(
                 with open_append(Path(out_dir) / _STARTED_NAME) as started:
                     started.write(f"{chunk_index}\n".encode())
             return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
-    if single_thread:
-        _limit_threads()
-    aligner = get_aligner(settings)
-    if single_thread:
-        # onnxruntime's own thread pools (the detector's and the landmark network's)
-        aligner.engine.set_threads(1)
-        if hasattr(aligner.detector, "set_threads"):
-            aligner.detector.set_threads(1)
+    aligner = get_aligner(settings, single_thread)
     by_path = {t.path: t for t in tasks}
     done = _ChunkResult([])
     root = Path(out_dir)
@@ -294,7 +298,7 @@ def _own_worker(parent_pid: int) -> None:
 
 def _limit_threads() -> None:
     """One OpenCV thread per worker process (the job is parallel over processes; the
-    networks' onnxruntime sessions get one thread each in :func:`_process_chunk`)."""
+    networks' onnxruntime sessions get one thread each in :func:`get_aligner`)."""
     global _THREADS_LIMITED
     if not _THREADS_LIMITED:
         import cv2
