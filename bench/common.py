@@ -115,9 +115,11 @@ def sample_paths(folder: str | Path, n: int | None) -> list[Path]:
 def decode_and_detect(paths: Sequence[Path], detector) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Working-resolution images and their detected boxes, by the crop job's own decode and
     detect steps (:meth:`facealign.pipeline.Pipeline.load_and_detect`)."""
+    from facealign.alignment import get_template
     from facealign.pipeline import Pipeline
 
-    pipeline = Pipeline(detector, None, None)  # decode and detect only
+    # decode and detect only; the template sets the decoding resolution, as in the crop job
+    pipeline = Pipeline(detector, None, get_template("arcface"))
     images, boxes = [], []
     for p in paths:
         item = pipeline.load_and_detect(p)
