@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from ..constants import (  # the threshold's owner is the run time
     RIGHT_EYE,
 )
 from ..imageio import write_json  # noqa: F401  (the owner; imported here for the research modules)
+
+if TYPE_CHECKING:
+    from .data import LandmarkSet
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +176,67 @@ def plot_cumulative_error(curves: dict[str, tuple[np.ndarray, int]], path: str |
     fig.savefig(path)
 
 
+@dataclass
+class DetectedFaces:
+    """The faces of an MTFL split and what the detector found of them (see :func:`detected_faces`)."""
+
+    data: LandmarkSet  # the split's faces (points, attributes)
+    images: np.ndarray  # their images, N x H x W x 3
+    found: np.ndarray  # indices of the detected faces
+    boxes: np.ndarray  # their boxes in the training convention, len(found) x 4
+    detections: np.ndarray  # the detector's own output, N rows (NaN: missed)
+
+    @property
+    def misses(self) -> int:
+        return len(self.data) - len(self.found)
+
+
+def detected_faces(
+    mtfl_root: str | Path, cache_dir: str | Path, detector: str = DEFAULT_DETECTOR, split: str = "test"
+) -> DetectedFaces:
+    """The faces of ``split`` (``"validation"``: the fixed validation split of the training
+    faces; else an MTFL listing) with ``detector``'s boxes (cached in ``cache_dir``),
+    mapped to the training convention as ``facealign crop`` maps them."""
+    from ..reboxing import training_boxes
+    from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
+
+    if split == "validation":
+        data = load_mtfl(mtfl_root, "train")
+        data = data.subset(train_validation_split(len(data))[1])
+    else:
+        data = load_mtfl(mtfl_root, split)
+    images = data.load_images()
+    detections = cached_boxes(data, images, cache_dir, detector)
+    found = np.flatnonzero(np.isfinite(detections[:, 0]))
+    logger.info(f"{detector}: {len(found)} of {len(data)} faces detected, {len(data) - len(found)} misses")
+    points = detection_points(detections)
+    boxes = training_boxes(detector, detections[found, :4], None if points is None else points[found])
+    return DetectedFaces(data, images, found, boxes, detections)
+
+
+def score_points(
+    faces: DetectedFaces, points: np.ndarray, by: tuple[str, ...] = (), size_bins=DEFAULT_SIZE_BINS
+) -> dict:
+    """:func:`summarize` of predicted ``points`` (``len(faces.found) x 5 x 2``, image pixels), with
+    the raw per-face ``errors`` list and, for each grouping in ``by``, ``by_<grouping>``
+    (:func:`grouped_summaries`; sizes: the width of the detector's own box)."""
+    found = faces.found
+    errors = normalized_errors(points, faces.data.points[found]) if len(found) else np.zeros(0)
+    res = summarize(errors, faces.misses)
+    res["errors"] = errors.tolist()
+    for grouping in by:
+        res[f"by_{grouping}"] = grouped_summaries(
+            errors,
+            found,
+            len(faces.data),
+            grouping,
+            pose=faces.data.attributes[:, 3],
+            widths=faces.detections[found, 2] - faces.detections[found, 0],
+            size_bins=size_bins,
+        )
+    return res
+
+
 def evaluate_engines(
     engines: dict,
     mtfl_root: str | Path,
@@ -183,48 +249,20 @@ def evaluate_engines(
 ) -> dict:
     """Evaluate several :class:`~facealign.engine.LandmarkEngine` on the same detected faces.
 
-    Returns a dict ``label -> summary`` (see :func:`summarize`), each with the raw
-    per-face ``errors`` list for curves. With ``with_quality``, each also holds
-    ``quality``: the per-face quality arrays of
+    Returns a dict ``label -> summary`` (:func:`score_points`: the figures of
+    :func:`summarize`, the raw per-face ``errors`` list for curves and
+    ``by_<grouping>`` for each grouping in ``by``). With ``with_quality``, each
+    also holds ``quality``: the per-face quality arrays of
     :meth:`~facealign.engine.LandmarkEngine.predict_faces` and ``detector_score``.
-    For each grouping in ``by`` (:data:`GROUPINGS`), ``by_<grouping>`` holds
-    :func:`grouped_summaries` (sizes: the width of the detector's own box, before
-    any mapping to the training detector's convention).
     """
-    from ..reboxing import training_boxes
-    from .data import cached_boxes, detection_points, load_mtfl, train_validation_split
-
-    if split == "validation":
-        data = load_mtfl(mtfl_root, "train")
-        data = data.subset(train_validation_split(len(data))[1])
-    else:
-        data = load_mtfl(mtfl_root, split)
-    images = data.load_images()
-    detections = cached_boxes(data, images, cache_dir, detector)
-    found = np.flatnonzero(np.isfinite(detections[:, 0]))
-    misses = len(data) - len(found)
-    logger.info(f"{detector}: {len(found)} of {len(data)} faces detected, {misses} misses")
-    points = detection_points(detections)
-    boxes = training_boxes(detector, detections[found, :4], None if points is None else points[found])
+    faces = detected_faces(mtfl_root, cache_dir, detector, split)
     results = {}
     for label, engine in engines.items():
-        pred = engine.predict_faces(images, found, boxes, return_quality=with_quality)
+        pred = engine.predict_faces(faces.images, faces.found, faces.boxes, return_quality=with_quality)
         if with_quality:
             pred, quality = pred
-        errors = normalized_errors(pred, data.points[found]) if len(found) else np.zeros(0)
-        res = summarize(errors, misses)
-        res["errors"] = errors.tolist()
-        for grouping in by:
-            res[f"by_{grouping}"] = grouped_summaries(
-                errors,
-                found,
-                len(data),
-                grouping,
-                pose=data.attributes[:, 3],
-                widths=detections[found, 2] - detections[found, 0],
-                size_bins=size_bins,
-            )
+        res = score_points(faces, pred, by, size_bins)
         if with_quality:
-            res["quality"] = {**quality, "detector_score": detections[found, 4]}
+            res["quality"] = {**quality, "detector_score": faces.detections[faces.found, 4]}
         results[label] = res
     return results

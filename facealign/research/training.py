@@ -158,6 +158,37 @@ def augmented_batch(
     return crops, target
 
 
+def augmented_batches(
+    faces: PreparedFaces, cfg: TrainConfig, mean: torch.Tensor, std: torch.Tensor
+) -> Callable[[np.random.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`run_epochs`' ``batches`` of ``facealign train``: every face once per epoch, in
+    a random order, in batches of ``cfg.batch_size`` (:func:`augmented_batch`), normalised."""
+
+    def batches(rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = rng.permutation(len(faces.index))
+        for s in range(0, len(order), cfg.batch_size):
+            crops, target = augmented_batch(faces, order[s : s + cfg.batch_size], cfg, rng)
+            yield to_tensor(crops, mean, std), torch.from_numpy(target.reshape(len(crops), -1)).float()
+
+    return batches
+
+
+def one_pass_validation(
+    model: torch.nn.Module, crops: torch.Tensor, val: PreparedFaces
+) -> Callable[[], dict[str, float]]:
+    """:func:`run_epochs`' ``validate`` of ``facealign train``: the NME (%) of one pass of
+    ``model`` on the normalised ``crops`` of ``val``'s boxes."""
+    truth = to_box_coordinates(val.points, val.boxes)
+
+    def validate() -> dict[str, float]:
+        model.eval()
+        with torch.inference_mode():
+            pred = model(crops).view(-1, NUM_POINTS, 2).double().numpy()
+        return {"val_nme": float(np.mean(normalized_errors(pred, truth))) * 100}
+
+    return validate
+
+
 def mean_std_images(crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel mean and std images (``3 x 40 x 40``) of uint8 crops."""
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).double()
@@ -372,21 +403,9 @@ def train_vanilla(
     rng = np.random.default_rng(cfg.seed)
     n = len(train.index)
 
-    def batches(rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = rng.permutation(n)
-        for s in range(0, n, cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            crops, target = augmented_batch(train, idx, cfg, rng)
-            yield to_tensor(crops, mean, std), torch.from_numpy(target.reshape(len(idx), -1)).float()
-
-    def validate() -> dict[str, float]:
-        model.eval()
-        with torch.inference_mode():
-            pred = model(val_x).view(-1, NUM_POINTS, 2).double().numpy()
-        return {"val_nme": float(np.mean(normalized_errors(pred, to_box_coordinates(val.points, val.boxes)))) * 100}
-
     best, best_epoch, best_state, history = run_epochs(
-        model, opt, sched, rng, cfg.epochs, batches, interocular_loss, validate,
+        model, opt, sched, rng, cfg.epochs, augmented_batches(train, cfg, mean, std), interocular_loss,
+        one_pass_validation(model, val_x, val),
         work_dir / "vanilla-checkpoint.pt", asdict(cfg), n, resume,
     )  # fmt: skip
     model.load_state_dict(best_state)
