@@ -12,10 +12,15 @@ and alternating over ``--repeats`` rounds on the same photos (medians):
 * the plain dlib script ``bench/dlib_pipeline.py`` (web photos only: its HOG
   search with one upsampling takes minutes on a 12 MP photo);
 * the decode-only floor: one process decoding every photo with Pillow;
-* ``facealign crop --jobs 2`` (web photos), against ``--jobs 1``.
+* ``facealign crop --jobs 2`` and ``facealign crop`` with its defaults (web photos).
 
-One-process commands are pinned to one core (``taskset -c 0``), so that threads
-do not count as a win over a single-threaded peer. Photos: ``--images``
+Every command has the whole machine, as a user runs it, and its CPU time (user +
+system, with the children it waited for) is reported beside its images/s. Nothing
+is pinned: ``taskset`` does not hold onnxruntime's default thread pool, which sets
+its own thread affinities, so a pinned RetinaFace script still ran on every core
+(until 2026-12-05 this bench pinned one-process commands, and its ratios were
+against a script that used two cores while ``facealign crop --jobs 1`` used one).
+Photos: ``--images``
 celeba_wild photos (web size, at most 320 px) and ``--camera`` camera-size
 photos made by upscaling celeba_wild photos to 4,032 px (bicubic, JPEG quality
 92) in a temporary folder, deleted afterwards (never committed). On the camera
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -56,16 +62,27 @@ CAMERA_SIDE = 4032
 
 def _wall(commands: list[list[str]], one_core: bool = False, cwd: Path | None = None) -> float:
     """Seconds until every command (started together, in ``cwd``) has finished; raises on failure."""
+    return _wall_and_cpu(commands, one_core, cwd)[0]
+
+
+def _wall_and_cpu(commands: list[list[str]], one_core: bool = False, cwd: Path | None = None) -> tuple[float, float]:
+    """Wall seconds until every command (started together, in ``cwd``) has finished, and the
+    CPU seconds (user + system) of the commands and of the children they waited for; raises
+    on failure. ``one_core`` pins the commands to one core with ``taskset``: only for
+    programs that keep to their affinity (onnxruntime's default thread pool sets its own)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if one_core and shutil.which("taskset"):
         commands = [["taskset", "-c", "0", *c] for c in commands]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd) for c in commands]
     for c, p in zip(commands, procs):
         _, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"{shlex.join(c)} failed ({p.returncode}): {err.decode()[-2000:]}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def make_camera_photos(paths: list[Path], folder: Path, side: int = CAMERA_SIDE) -> Path:
@@ -87,19 +104,27 @@ def _crops(folder: Path) -> int:
 
 
 def measure_commands(in_dir: Path, n: int, work: Path, tag: str, commands: dict, repeats: int, log=print) -> dict:
-    """images/s (median over rounds) and crops written of each command of ``commands``
-    (name -> (argv builder taking OUT, one_core[, working directory]))."""
+    """images/s and CPU milliseconds per image (medians over rounds), and crops written, of each
+    command of ``commands`` (name -> (argv builder taking OUT, one_core[, working directory]))."""
     runs: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     crops: dict[str, int] = {}
     for r in range(repeats):
         for name, (build, one_core, *cwd) in commands.items():
             out = work / f"{tag}-{name}-{r}".replace(" ", "_")
-            seconds = _wall(build(out), one_core=one_core, cwd=cwd[0] if cwd else None)
+            seconds, cpu_seconds = _wall_and_cpu(build(out), one_core=one_core, cwd=cwd[0] if cwd else None)
             runs[name].append(n / seconds)
+            cpu[name].append(1000 * cpu_seconds / n)
             crops.setdefault(name, _crops(out))
             shutil.rmtree(out, ignore_errors=True)
             log(f"{tag} round {r + 1}: {name:22s} {n / seconds:7.1f} images/s ({seconds:.1f} s)")
-    return {"images": n, "images_per_s": {k: median(v) for k, v in runs.items()}, "crops": crops, "runs": runs}
+    return {
+        "images": n,
+        "images_per_s": {k: median(v) for k, v in runs.items()},
+        "cpu_ms_per_image": {k: median(v) for k, v in cpu.items()},
+        "crops": crops,
+        "runs": runs,
+    }
 
 
 def measure_against_dlib(paths: list[Path], crop_args: str = "", repeats: int = 3, log=print) -> dict:
@@ -154,30 +179,35 @@ def run(
         if web:
             in_dir = link_photos(web, work / "web")
             commands = {
-                "facealign crop --jobs 1": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]], True, here),
-                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(in_dir), str(o)]], True),
-                "dlib script": (lambda o: [[py, str(DLIB_SCRIPT), str(in_dir), str(o)]], True),
-                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(in_dir)]], True),
+                "facealign crop --jobs 1": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]], False, here),
+                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(in_dir), str(o)]], False),
+                "dlib script": (lambda o: [[py, str(DLIB_SCRIPT), str(in_dir), str(o)]], False),
+                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(in_dir)]], False),
                 "facealign crop --jobs 2": (lambda o: [[*crop, str(in_dir), str(o), "--jobs", "2", "-q"]], False, here),
+                "facealign crop (defaults)": (lambda o: [[*crop, str(in_dir), str(o), "-q"]], False, here),
             }
             if before is not None:
                 commands["before: crop --jobs 1"] = (
                     lambda o: [[*crop, str(in_dir), str(o), "--jobs", "1", "-q"]],
-                    True,
+                    False,
                     before,
                 )
             result["web"] = measure_commands(in_dir, len(web), work, "web", commands, repeats, log)
         if camera:
             cam_dir = make_camera_photos(camera, work / "camera")
             commands = {
-                "facealign crop --jobs 1": (lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]], True, here),
-                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(cam_dir), str(o)]], True),
-                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(cam_dir)]], True),
+                "facealign crop --jobs 1": (
+                    lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]],
+                    False,
+                    here,
+                ),
+                "retinaface script": (lambda o: [[py, str(RETINAFACE_SCRIPT), str(cam_dir), str(o)]], False),
+                "decode only": (lambda o: [[py, "-c", DECODE_ONLY, str(cam_dir)]], False),
             }
             if before is not None:
                 commands["before: crop --jobs 1"] = (
                     lambda o: [[*crop, str(cam_dir), str(o), "--jobs", "1", "-q"]],
-                    True,
+                    False,
                     before,
                 )
             result["camera"] = measure_commands(cam_dir, len(camera), work, "camera", commands, repeats, log)
@@ -185,7 +215,7 @@ def run(
             for m in min_faces:
                 name = f"--min-face {m:g}"
                 argv = [*crop, str(cam_dir), "--jobs", "1", "-q", "--min-face", f"{m:g}"]
-                cmd = {name: (lambda o, argv=argv: [[*argv, str(o)]], True, here)}
+                cmd = {name: (lambda o, argv=argv: [[*argv, str(o)]], False, here)}
                 table[name] = measure_commands(cam_dir, len(camera), work, "camera", cmd, 1, log)
             result["camera_min_face"] = {
                 k: {"images_per_s": v["images_per_s"][k], "crops": v["crops"][k]} for k, v in table.items()
@@ -202,8 +232,10 @@ def markdown(result: dict) -> str:
         "# `facealign crop` against the scripts a user writes instead",
         "",
         "Generated by `bench/crop_speed.py` from crop_speed.json; do not edit. Whole processes,",
-        f"start-up included, medians of {result['repeats']} alternating rounds; one-process commands",
-        "pinned to one core. Machine: "
+        f"start-up included, medians of {result['repeats']} alternating rounds; every command has the",
+        "whole machine, as a user runs it (the RetinaFace script's onnxruntime uses every core by",
+        "default; CPU is user + system time per image, so CPU / wall shows the cores used; the worker",
+        "processes of `--jobs 2` and of the defaults are not waited for, so their CPU is not counted). Machine: "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("cpu", "cores", "date")),
         "",
     ]
@@ -223,12 +255,14 @@ def markdown(result: dict) -> str:
         lines += [
             f"## {part['images']} {title}",
             "",
-            "| command | images/s | vs the RetinaFace script | crops |",
-            "|---|---|---|---|",
+            "| command | images/s | vs the RetinaFace script | CPU ms / image | crops |",
+            "|---|---|---|---|---|",
         ]
+        cpu = part.get("cpu_ms_per_image", {})
         for name, value in ips.items():
             count = "" if name == "decode only" else str(crops.get(name, ""))
-            lines.append(f"| {name} | {value:.1f} | {value / base:.2f}x | {count} |")
+            cpu_ms = f"{cpu[name]:.1f}" if name in cpu else ""
+            lines.append(f"| {name} | {value:.1f} | {value / base:.2f}x | {cpu_ms} | {count} |")
         if "facealign crop --jobs 2" in ips:
             lines += [
                 "",
