@@ -530,11 +530,12 @@ def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, single
     """The landmarked :class:`~facealign.pipeline.ImageFaces` of ``paths``, without their pixels
     (what ``facealign landmarks`` prints); in a worker process (``single_thread``) the
     networks and OpenCV run on one thread."""
-    from .batch import get_aligner
+    from .batch.worker import detection_threads, get_aligner
     from .pipeline import iter_image_faces
 
     aligner = get_aligner(settings, single_thread)
-    items = list(iter_image_faces(aligner, paths, largest_only=largest_only))
+    threads = detection_threads(aligner, single_thread)
+    items = list(iter_image_faces(aligner, paths, largest_only=largest_only, threads=threads))
     for item in items:
         item.image = None
     return items

@@ -162,3 +162,51 @@ def test_the_engines_landmarks_are_predict_many_with_quality_in_one_result(align
         assert set(result.quality) == set(QUALITY_KEYS) == set(figures)
         for key in QUALITY_KEYS:
             np.testing.assert_array_equal(result.quality[key], figures[key])
+
+
+def test_threaded_detection_yields_the_same_faces_in_the_same_order(face_photos, tmp_path) -> None:
+    """``threads=3`` decodes and detects images in threads; what comes out, and in which order,
+    is what one thread gives: the same points to the bit, failures in their place. Closing
+    the generator early returns at once (nothing waits for images never asked for)."""
+    from facealign import FaceAligner
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    paths = [*face_photos, bad, *face_photos, tmp_path / "missing.jpg", *reversed(face_photos)] * 2
+    one = list(iter_image_faces(FaceAligner(), paths))
+    three = list(iter_image_faces(FaceAligner(), paths, threads=3, batch_pixels=300_000))
+    assert [i.path for i in three] == [i.path for i in one] == [Path(p) for p in paths]
+    assert [i.error for i in three] == [i.error for i in one]
+    assert sum(i.error is not None for i in one) == 4
+    for a, b in zip(one, three):
+        assert np.array_equal(a.landmarks, b.landmarks) and np.array_equal(a.boxes, b.boxes)
+    stream = iter_image_faces(FaceAligner(), paths * 50, threads=2)
+    assert next(stream).error is None
+    stream.close()
+
+
+def test_a_detector_that_is_not_thread_safe_detects_one_image_at_a_time(face_photos) -> None:
+    """``threads`` is ignored for a detector without ``thread_safe`` (e.g. a plug-in)."""
+    import threading
+
+    from facealign import FaceAligner
+    from facealign.detection import get_detector
+
+    class Guarded:
+        name = "guarded"
+
+        def __init__(self) -> None:
+            self.inner, self.busy, self.overlaps = get_detector("retinaface"), threading.Lock(), 0
+
+        def detect(self, image):
+            if not self.busy.acquire(blocking=False):
+                self.overlaps += 1
+                self.busy.acquire()
+            try:
+                return self.inner.detect(image)
+            finally:
+                self.busy.release()
+
+    guarded = Guarded()
+    items = list(iter_image_faces(FaceAligner(guarded), list(face_photos) * 4, threads=4))
+    assert guarded.overlaps == 0 and all(len(i.boxes) == 1 for i in items)

@@ -71,6 +71,23 @@ def get_aligner(settings: CropSettings, single_thread: bool = False) -> FaceAlig
     return aligner
 
 
+def detection_threads(aligner: FaceAligner, single_thread: bool) -> int:
+    """Images this process decodes and detects at a time (the ``threads`` of
+    :func:`facealign.pipeline.iter_image_faces`): one in a worker process of a job that is
+    parallel over processes (``single_thread``) or with a detector that is not
+    ``thread_safe``; else one per CPU the process may run on, each detection then on one
+    onnxruntime thread (faster on small photos than one detection at a time on all of them:
+    ``docs/bench/crop_speed.md``)."""
+    if single_thread or not getattr(aligner.detector, "thread_safe", False):
+        return 1
+    from ..inference import available_cpus
+
+    threads = available_cpus()
+    if threads > 1 and hasattr(aligner.detector, "set_threads"):
+        aligner.detector.set_threads(1)
+    return threads
+
+
 def _round(values: np.ndarray, digits: int) -> list:
     return np.round(np.asarray(values, np.float64), digits).tolist()
 
@@ -190,12 +207,13 @@ def _process_chunk(
                     started.write(f"{chunk_index}\n".encode())
             return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
     aligner = get_aligner(settings, single_thread)
+    threads = detection_threads(aligner, single_thread)
     by_path = {t.path: t for t in tasks}
     done = _ChunkResult([])
     root = Path(out_dir)
     folders: dict[str, int] = {}
     try:
-        for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only):
+        for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=threads):
             task = by_path[str(item.path)]
             if _crop_image(item, task, settings, aligner, root, folders, done):
                 break

@@ -128,6 +128,10 @@ class RetinaFaceDetector(PyramidDetector):
     #: Candidates kept per tile before NMS (the best-scoring ones).
     top_k = 5000
 
+    #: :meth:`detect` may run from several threads at once (an onnxruntime session's
+    #: ``run`` is thread-safe; nothing else changes): see :func:`facealign.pipeline.iter_image_faces`.
+    thread_safe = True
+
     def __init__(
         self,
         min_face: float | None = None,
