@@ -308,7 +308,8 @@ def _engine_option(f):
     default="auto",
     show_default=True,
     help="Worker processes: a number, -1 for all cores, or 'auto' (one per "
-    "100 images to process, at most one per core; small jobs run in one process).",
+    "100 images to process, at most one per core; small jobs run in one process). "
+    "One process detects one image per core at a time, in threads.",
 )
 @click.option(
     "--format",
