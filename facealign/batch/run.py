@@ -220,7 +220,7 @@ def run_crop_job(
         _refuse_links(dst)
         executor.check_folders(src, dst)
         with _Lock(dst):
-            _run_locked(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
+            _run_locked(src, dst, settings, resolved, largest_only, fmt, overwrite, manifest_format,
                         chunk_size, progress, summary, start, executor, prune=prune)  # fmt: skip
     except OSError as exc:  # reading IN_DIR never raises (see scan_folder, the workers): OUT_DIR does
         where = f" {portable_name(str(exc.filename))!r}" if exc.filename else ""
@@ -232,7 +232,7 @@ def run_crop_job(
 
 
 def _run_locked(
-    src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
+    src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
     executor: ChunkExecutor, prune: bool = False,
@@ -249,7 +249,7 @@ def _run_locked(
     """
     forget_journal(dst)
     try:
-        _run_journaled(src, dst, settings, resolved, largest_only, jobs, fmt, overwrite, manifest_format,
+        _run_journaled(src, dst, settings, resolved, largest_only, fmt, overwrite, manifest_format,
                        chunk_size, progress, summary, start, executor, prune=prune)  # fmt: skip
     finally:
         forget_journal(dst)
@@ -268,7 +268,7 @@ def _refuse_links(dst: Path) -> None:
 
 
 def _run_journaled(
-    src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool, jobs: int | str | None,
+    src: Path, dst: Path, settings: CropSettings, resolved: Any, largest_only: bool,
     fmt: str | None, overwrite: bool, manifest_format: str, chunk_size: int,
     progress: Callable[[int, int], None] | None, summary: Summary, start: float,
     executor: ChunkExecutor, prune: bool = False,
