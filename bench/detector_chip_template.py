@@ -44,16 +44,6 @@ from facealign.imageio import write_json  # noqa: E402
 MATCH_IOU = 0.5
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", default="retinaface", help="a detector that gives five points")
@@ -65,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from facealign.alignment import estimate_similarity, transform_points
-    from facealign.detection import get_detector
+    from facealign.detection import box_iou, get_detector
     from facealign.reboxing import training_boxes
     from facealign.research.data import cached_boxes, load_mtfl
     from recognition.dlib_resnet import DLIB_CHIP_PADDING, DLIB_CHIP_POINTS, DLIB_CHIP_SIZE, fit_chip_template
@@ -86,7 +76,7 @@ def main() -> None:
             raise SystemExit(f"detector {args.detector!r} gives no landmarks")
         if len(result):
             framed = training_boxes(args.detector, result.boxes, result.landmarks)
-            overlap = _iou(boxes[i, :4], framed)
+            overlap = box_iou(boxes[i, :4], framed)
             best = int(np.argmax(overlap))
             if overlap[best] >= MATCH_IOU:
                 kept.append(i)

@@ -270,6 +270,13 @@ def _check_providers(ctx: click.Context, param: click.Parameter, value: str | No
     return tuple(name for name in wanted if name in available)
 
 
+def _jobs_option(help_text: str):
+    """``-j, --jobs N|auto`` (:func:`_jobs_type`), default ``auto``, with ``help_text``."""
+    return click.option(
+        "--jobs", "-j", type=_jobs_type, metavar="N|auto", default="auto", show_default=True, help=help_text
+    )
+
+
 def _engine_option(f):
     return click.option(
         "--engine",
@@ -300,16 +307,10 @@ def _engine_option(f):
     help=f"Crop side in pixels, 8 to {MAX_CROP_SIZE} [default: the template's, 112 for arcface].",
 )
 @click.option("--largest-only", is_flag=True, help="Crop only the largest face of each image.")
-@click.option(
-    "--jobs",
-    "-j",
-    type=_jobs_type,
-    metavar="N|auto",
-    default="auto",
-    show_default=True,
-    help="Worker processes: a number, -1 for all cores, or 'auto' (one per "
+@_jobs_option(
+    "Worker processes: a number, -1 for all cores, or 'auto' (one per "
     "100 images to process, at most one per core; small jobs run in one process). "
-    "One process detects one image per core at a time, in threads.",
+    "One process detects one image per core at a time, in threads (with RetinaFace, the default)."
 )
 @click.option(
     "--format",
@@ -569,15 +570,7 @@ def _format_point(point) -> str:
 @_providers_option
 @click.option("--largest-only", is_flag=True, help="Report only the largest face of each image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
-@click.option(
-    "--jobs",
-    "-j",
-    type=_jobs_type,
-    metavar="N|auto",
-    default="auto",
-    show_default=True,
-    help="Worker processes, as for crop; the output is the same, in the same order.",
-)
+@_jobs_option("Worker processes, as for crop; the output is the same, in the same order.")
 @click.option(
     "--quiet",
     "-q",

@@ -66,6 +66,7 @@ import numpy as np
 
 from facealign.alignment import WARP_VERSION, Template, warp_affine, warp_face
 from facealign.constants import ENGINES
+from facealign.detection import box_iou
 from facealign.geometry import to_resized
 
 from .caches import DetectionCache, DetectionRecord
@@ -115,17 +116,6 @@ PROTOCOL_BOX_IOU = 0.3
 # --------------------------------------------------------------------------- face boxes
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + areas - inter)
-
-
 def choose_face_box(record: DetectionRecord, protocol_box: Sequence[float] | None = None) -> tuple[np.ndarray, str]:
     """The face box of one image and where it came from.
 
@@ -152,7 +142,7 @@ def choose_face_box(record: DetectionRecord, protocol_box: Sequence[float] | Non
     if len(boxes):
         index = 0
         if protocol_box is not None:
-            overlap = _iou(np.asarray(protocol_box, np.float64), boxes)
+            overlap = box_iou(np.asarray(protocol_box, np.float64), boxes)
             if overlap.max() >= PROTOCOL_BOX_IOU:
                 index = int(np.argmax(overlap))
         return boxes[index].copy(), "detector"
@@ -534,7 +524,7 @@ class DetectorAligner:
             return None
         if record.landmarks is None:
             raise ValueError(f"detector {self.detections.detector!r} gives no landmarks; it cannot be an aligner")
-        overlap = _iou(np.asarray(box, np.float64), np.asarray(record.boxes, np.float64).reshape(-1, 4))
+        overlap = box_iou(np.asarray(box, np.float64), np.asarray(record.boxes, np.float64).reshape(-1, 4))
         best = int(np.argmax(overlap))
         return record.landmarks[best] if overlap[best] >= PROTOCOL_BOX_IOU else None
 

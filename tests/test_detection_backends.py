@@ -187,6 +187,16 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
 
 
+def test_box_iou_of_one_box_with_many():
+    """Exact fractions (to 1e-12): the same box 1, half a box shifted 1/3, disjoint 0, and a
+    box without area overlaps nothing."""
+    from facealign.detection import box_iou
+
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [3, 3, 3, 8]], float)
+    assert np.allclose(box_iou(np.array([0, 0, 10, 10.0]), boxes), [1, 1 / 3, 0, 0], atol=1e-12)
+    assert box_iou(np.array([0, 0, 10, 10.0]), np.zeros((0, 4))).shape == (0,)
+
+
 def test_detections_carry_landmarks_through_sorting():
     det = Detections(np.array([[0, 0, 10, 10], [0, 0, 50, 50]]), np.array([1.0, 0.5]), np.arange(20.0).reshape(2, 5, 2))
     ordered = det.sorted_by_area()

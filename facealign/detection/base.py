@@ -23,6 +23,7 @@ __all__ = [
     "PyramidDetector",
     "check_image",
     "confident_or_best",
+    "box_iou",
     "from_resized",
     "nms",
     "DEFAULT_MIN_FACE",
@@ -118,6 +119,19 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"empty image: {image.shape[1]} x {image.shape[0]} pixels")
 
 
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box with each of ``boxes`` (``x1, y1, x2, y2``; ``N``
+    values; boxes with no area overlap nothing)."""
+    box = np.asarray(box, np.float64).reshape(4)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = w * h
+    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Indices of the boxes kept by greedy non-maximum suppression, best score first.
 
@@ -132,17 +146,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     keep: list[int] = []
     while len(order):
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
+        order = rest[box_iou(boxes[i], boxes[rest]) <= iou_threshold]
     return np.asarray(keep, np.intp)
 
 
