@@ -86,6 +86,30 @@ def spread(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- #
 
 
+def add_dlib_training_face_options(ap: Any) -> None:
+    """The options of :func:`dlib_training_faces` on an ``argparse`` parser (and ``--out``)."""
+    ap.add_argument("--mtfl", type=Path, default=MTFL_ROOT, help="MTFL root")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="detector box cache")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N training faces")
+    ap.add_argument("--jobs", type=int, default=2, help="dlib detection processes")
+    ap.add_argument("--out", type=Path, default=None, help="write the fit as JSON")
+
+
+def dlib_training_faces(args: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The MTFL training faces (the first ``args.limit``), their images, the dlib detector's
+    boxes (cached) and the indices of the faces it found, as the chip-template fits use them."""
+    from facealign.research.data import cached_boxes, load_mtfl
+
+    data = load_mtfl(args.mtfl, "train")
+    if args.limit is not None:
+        data = data.subset(np.arange(min(args.limit, len(data))))
+    images = data.load_images()
+    boxes = cached_boxes(data, images, args.cache_dir, "dlib", jobs=args.jobs)
+    found = np.flatnonzero(np.isfinite(boxes[:, 0]))
+    print(f"{len(found)} of {len(data)} MTFL training faces found by the dlib detector", file=sys.stderr)
+    return data, images, boxes, found
+
+
 def link_photos(paths: Sequence[Path], folder: Path) -> Path:
     """``folder`` (created) holding a symbolic link to each of ``paths``: an IN_DIR without copies."""
     folder.mkdir(parents=True)

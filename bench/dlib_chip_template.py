@@ -25,29 +25,18 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.common import DEFAULT_CACHE, MTFL_ROOT  # noqa: E402
+from bench.common import add_dlib_training_face_options, dlib_training_faces  # noqa: E402
 from facealign.imageio import write_json  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mtfl", type=Path, default=MTFL_ROOT, help="MTFL root")
-    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="detector box cache")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N training faces")
-    ap.add_argument("--jobs", type=int, default=2, help="detection processes")
-    ap.add_argument("--out", type=Path, default=None, help="write the fit as JSON")
+    add_dlib_training_face_options(ap)
     args = ap.parse_args()
 
-    from facealign.research.data import cached_boxes, load_mtfl
     from recognition.dlib_resnet import DLIB_CHIP_PADDING, DLIB_CHIP_SIZE, fit_chip_template
 
-    data = load_mtfl(args.mtfl, "train")
-    if args.limit is not None:
-        data = data.subset(np.arange(min(args.limit, len(data))))
-    images = data.load_images()
-    boxes = cached_boxes(data, images, args.cache_dir, "dlib", jobs=args.jobs)
-    found = np.flatnonzero(np.isfinite(boxes[:, 0]))
-    print(f"{len(found)} of {len(data)} MTFL training faces found by the dlib detector", file=sys.stderr)
+    data, images, boxes, found = dlib_training_faces(args)
 
     def progress(done: int, total: int) -> None:
         if done % 1000 == 0 or done == total:
