@@ -41,6 +41,7 @@ __all__ = [
     "invert_affine",
     "transform_points",
     "warp_affine",
+    "warp_affines",
     "warp_face",
 ]
 
@@ -385,8 +386,9 @@ def warp_affine(
     """Warp ``image`` by the forward 2 x 3 ``matrix`` into a crop of ``size``, anti-aliased.
 
     The one warp of facealign: the landmark network's 40 x 40 input crops
-    (:func:`facealign.cropping.warp_crop`) and the aligned output crops
-    (:func:`warp_face`) both go through it. Bilinear sampling reads only the
+    (:func:`facealign.cropping.crop_faces`) and the aligned output crops
+    (:func:`warp_face`) both go through it (:func:`warp_affines` is the same
+    warp for many crops at once). Bilinear sampling reads only the
     four source pixels around each crop pixel, so a map that shrinks the image
     by more than 2x (scale below :data:`ANTIALIAS_BELOW`) would skip source
     pixels and alias; then the source region the crop reads (plus a small
@@ -411,31 +413,97 @@ def warp_affine(
     numpy.ndarray
         ``(height, width[, C])`` ``uint8`` crop.
     """
+    return warp_affines([image], _as_affine(matrix)[None], size, border_mode=border_mode)[0]
+
+
+def warp_affines(
+    images: Any,
+    matrices: np.ndarray,
+    size: int | tuple[int, int],
+    owner: np.ndarray | None = None,
+    border_mode: int = cv2.BORDER_CONSTANT,
+) -> np.ndarray:
+    """:func:`warp_affine` of ``images[owner[i]]`` by ``matrices[i]`` (``N x 2 x 3``), every crop at once.
+
+    The geometry of all crops (which need the area reduction, the region each
+    reads and the composed maps) is computed in a few array operations; each
+    crop then costs one OpenCV resize (when reduced) and one warp. A crop is
+    the same, bit for bit, whatever else is warped with it.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        ``uint8`` images, all ``(H, W)`` or all ``(H, W, C)`` with the same ``C``.
+    matrices : numpy.ndarray, shape (N, 2, 3)
+        Forward affine maps from image pixels to crop pixels (finite).
+    size : int or (width, height)
+        Crop size.
+    owner : numpy.ndarray, shape (N,), optional
+        The image of each crop; defaults to ``0..N-1`` (one matrix per image).
+    border_mode : int, optional
+        As :func:`warp_affine`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, height, width[, C])`` ``uint8`` crops.
+    """
     width, height = _as_size(size)
-    matrix = _as_affine(matrix)
-    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    if scale < ANTIALIAS_BELOW:
-        # Reduce the region that the crop reads to about twice the crop size.
-        inv = cv2.invertAffineTransform(matrix)
-        corners = np.array(
-            [[-0.5, -0.5, 1], [width - 0.5, -0.5, 1], [-0.5, height - 0.5, 1], [width - 0.5, height - 0.5, 1]]
+    m = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    if not np.all(np.isfinite(m)):
+        raise ValueError("matrix contains non-finite values")
+    n = len(m)
+    owner = np.arange(n) if owner is None else np.asarray(owner, np.intp).reshape(-1)
+    if len(owner) != n:
+        raise ValueError(f"{len(owner)} owners for {n} matrices")
+    if n == 0:
+        return np.zeros((0, height, width, 3), np.uint8)
+    first = np.asarray(images[int(owner[0])])
+    out = np.empty((n, height, width, *first.shape[2:]), np.uint8)
+    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    scale = np.sqrt(np.abs(det))
+    reduced = scale < ANTIALIAS_BELOW
+    maps = m.copy()
+    if reduced.any():
+        # The inverse map (as cv2.invertAffineTransform) takes the crop's corners to the
+        # source region it reads, plus a margin, clipped to the image.
+        r = np.flatnonzero(reduced)
+        (a, b, tx), (c, d, ty), det = m[r, 0].T, m[r, 1].T, det[r]
+        inv_det = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
+        i00, i01, i10, i11 = d * inv_det, -b * inv_det, -c * inv_det, a * inv_det
+        i02, i12 = -i00 * tx - i01 * ty, -i10 * tx - i11 * ty
+        cx = np.array([-0.5, width - 0.5, -0.5, width - 0.5])
+        cy = np.array([-0.5, -0.5, height - 0.5, height - 0.5])
+        src_x = i00[:, None] * cx + i01[:, None] * cy + i02[:, None]
+        src_y = i10[:, None] * cx + i11[:, None] * cy + i12[:, None]
+        shapes = np.array([np.shape(images[int(k)])[:2] for k in owner[r]]).reshape(-1, 2)
+        h, w = shapes[:, 0], shapes[:, 1]
+        x0 = np.clip(np.floor(src_x.min(1)) - 1, 0, w - 1).astype(np.int64)
+        y0 = np.clip(np.floor(src_y.min(1)) - 1, 0, h - 1).astype(np.int64)
+        x1 = np.clip(np.ceil(src_x.max(1)) + 2, x0 + 1, w).astype(np.int64)
+        y1 = np.clip(np.ceil(src_y.max(1)) + 2, y0 + 1, h).astype(np.int64)
+        f = 0.5 / scale[r]
+        rw = np.maximum(1, np.round((x1 - x0) / f)).astype(np.int64)
+        rh = np.maximum(1, np.round((y1 - y0) / f)).astype(np.int64)
+        # reduced pixel (u, v) <- region pixel ((u + .5) / sx - .5, ...) <- image pixel (+x0, +y0)
+        to_image = from_resized_matrix(np.stack([rw / (x1 - x0), rh / (y1 - y0)], 1))
+        to_image[:, 0, 2] += x0
+        to_image[:, 1, 2] += y0
+        maps[r] = m[r] @ to_image
+        windows = dict(zip(r.tolist(), np.stack([x0, y0, x1, y1, rw, rh], 1).tolist()))
+    else:
+        windows = {}
+    for i in range(n):
+        image = images[int(owner[i])]
+        window = windows.get(i)
+        if window is not None:
+            x0_, y0_, x1_, y1_, rw_, rh_ = window
+            image = cv2.resize(image[y0_:y1_, x0_:x1_], (rw_, rh_), interpolation=cv2.INTER_AREA)
+        crop = cv2.warpAffine(
+            image, maps[i], (width, height), flags=cv2.INTER_LINEAR, borderMode=border_mode, borderValue=0
         )
-        src = corners @ inv.T
-        h, w = image.shape[:2]
-        x0 = int(np.clip(np.floor(src[:, 0].min()) - 1, 0, w - 1))
-        y0 = int(np.clip(np.floor(src[:, 1].min()) - 1, 0, h - 1))
-        x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, w))
-        y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, h))
-        roi = image[y0:y1, x0:x1]
-        f = 0.5 / scale
-        rw, rh = max(1, round(roi.shape[1] / f)), max(1, round(roi.shape[0] / f))
-        small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
-        # small pixel (u, v) <- roi pixel ((u + .5) / fx - .5, ...) <- image pixel (+x0, +y0)
-        to_image = from_resized_matrix((rw / roi.shape[1], rh / roi.shape[0]))
-        to_image[:2, 2] += (x0, y0)
-        matrix = matrix @ to_image
-        image = small
-    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=border_mode, borderValue=0)
+        out[i] = crop.reshape(out.shape[1:])
+    return out
 
 
 def warp_face(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .alignment import warp_affine
+from .alignment import warp_affine, warp_affines
 from .constants import INPUT_SIZE
 
 
@@ -52,16 +52,10 @@ def crop_faces(images, boxes: np.ndarray, owner: np.ndarray | None = None, size:
     """Crops ``N x size x size x 3`` uint8 of ``boxes[i]`` in ``images[owner[i]]``.
 
     ``images`` is any sequence of RGB images (or an ``M x H x W x 3`` array);
-    ``owner`` defaults to ``0..N-1`` (one box per image).
+    ``owner`` defaults to ``0..N-1`` (one box per image). Every crop is
+    :func:`warp_crop`'s, all warped at once (:func:`facealign.alignment.warp_affines`).
     """
-    mats = box_matrices(boxes, size)
-    owner = np.arange(len(mats)) if owner is None else np.asarray(owner, np.intp).reshape(-1)
-    if len(owner) != len(mats):
-        raise ValueError(f"{len(owner)} owners for {len(mats)} boxes")
-    out = np.empty((len(mats), size, size, 3), np.uint8)
-    for i, (o, m) in enumerate(zip(owner, mats)):
-        out[i] = warp_crop(images[o], m, size)
-    return out
+    return warp_affines(images, box_matrices(boxes, size), size, owner, border_mode=cv2.BORDER_REPLICATE)
 
 
 def to_box_coordinates(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:

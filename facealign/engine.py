@@ -202,7 +202,9 @@ class LandmarkEngine:
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
     batch_size : int
         Crops per pass through the convolutional layers (every pass has exactly
-        this many, padded: see :meth:`features`).
+        this many, padded: see :meth:`features`). 8 runs the convolutions about 8%
+        faster per crop than 16 or more on one thread and pads fewer crops
+        (``bench/speed.py``'s batch-size sweep).
     refine : bool, optional
         Re-box before the reported pass (see the module docstring). Defaults to
         True when the weights carry a box model (``box_model``); True for weights
@@ -225,7 +227,7 @@ class LandmarkEngine:
         engine: str = DEFAULT_ENGINE,
         weights: str | Path | None = None,
         mirror: bool | None = None,
-        batch_size: int = 16,
+        batch_size: int = 8,
         refine: bool | None = None,
         threads: int | None = None,
         providers: str | Sequence[str] | None = None,

@@ -59,6 +59,17 @@ def to_resized_matrix(scale: Scale) -> np.ndarray:
 
 
 def from_resized_matrix(scale: Scale) -> np.ndarray:
-    """The 3 x 3 affine map of :func:`from_resized` (``[[1 / s, 0, 0.5 / s - 0.5], ...]``)."""
+    """The 3 x 3 affine map of :func:`from_resized` (``[[1 / s, 0, 0.5 / s - 0.5], ...]``).
+
+    ``scale`` may also be an ``(N, 2)`` array of ``(sx, sy)``: then ``N x 3 x 3`` maps.
+    """
+    values = np.asarray(scale, np.float64)
+    if values.ndim == 2 and values.shape[1] == 2:
+        sx, sy = values[:, 0], values[:, 1]
+        maps = np.zeros((len(values), 3, 3))
+        maps[:, 0, 0], maps[:, 0, 2] = 1 / sx, 0.5 / sx - 0.5
+        maps[:, 1, 1], maps[:, 1, 2] = 1 / sy, 0.5 / sy - 0.5
+        maps[:, 2, 2] = 1.0
+        return maps
     sx, sy = _xy(scale)
     return np.array([[1 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1 / sy, 0.5 / sy - 0.5], [0.0, 0.0, 1.0]])

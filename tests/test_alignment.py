@@ -397,3 +397,54 @@ def test_anti_aliased_warp_keeps_the_border_mode() -> None:
     assert crop[0, 0].tolist() == [200] * 3
     grey, _ = warp_face(image[..., 0], landmarks, template)
     assert grey.shape == (112, 112) and grey[-1, -1] == 200
+
+
+def _one_crop_oracle(image: np.ndarray, matrix: np.ndarray, size: int, border_mode: int) -> np.ndarray:
+    """The anti-aliased warp of one crop written out step by step (0.5.0's code): the oracle of
+    the vectorised geometry of warp_affines."""
+    from facealign.geometry import from_resized_matrix
+
+    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 0.5:
+        inv = cv2.invertAffineTransform(matrix)
+        corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
+        src = corners @ inv.T
+        h, w = image.shape[:2]
+        x0 = int(np.clip(np.floor(src[:, 0].min()) - 1, 0, w - 1))
+        y0 = int(np.clip(np.floor(src[:, 1].min()) - 1, 0, h - 1))
+        x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, w))
+        y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, h))
+        roi = image[y0:y1, x0:x1]
+        f = 0.5 / scale
+        rw, rh = max(1, round(roi.shape[1] / f)), max(1, round(roi.shape[0] / f))
+        small = cv2.resize(roi, (rw, rh), interpolation=cv2.INTER_AREA)
+        to_image = from_resized_matrix((rw / roi.shape[1], rh / roi.shape[0]))
+        to_image[:2, 2] += (x0, y0)
+        matrix, image = matrix @ to_image, small
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border_mode)
+
+
+@pytest.mark.parametrize("border_mode", [cv2.BORDER_CONSTANT, cv2.BORDER_REPLICATE])
+def test_many_crops_warped_at_once_equal_each_crop_warped_alone(border_mode: int) -> None:
+    """warp_affines on 60 crops of 3 images (shrunk 20x to enlarged 2x, rotated, partly outside the
+    image) against warp_affine one crop at a time and the step-by-step oracle: bit for bit (no
+    tolerance), whatever else is warped with a crop."""
+    from facealign.alignment import warp_affine, warp_affines
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((300, 420), (97, 61), (1200, 900))]
+    owner = rng.integers(0, 3, 60)
+    scales = np.exp(rng.uniform(np.log(0.05), np.log(2.0), 60))
+    maps = np.stack([_similarity(rng.uniform(-0.6, 0.6), s, *rng.uniform(-200 * s, 100, 2))[:2] for s in scales])
+    together = warp_affines(images, maps, 40, owner, border_mode=border_mode)
+    assert together.shape == (60, 40, 40, 3)
+    assert (scales < 0.5).sum() > 20 and (scales >= 0.5).sum() > 10  # both paths taken
+    for i in range(60):
+        alone = warp_affine(images[owner[i]], maps[i], 40, border_mode)
+        np.testing.assert_array_equal(together[i], alone)
+        np.testing.assert_array_equal(together[i], _one_crop_oracle(images[owner[i]], maps[i], 40, border_mode))
+    reversed_order = warp_affines(images, maps[::-1], 40, owner[::-1], border_mode=border_mode)
+    np.testing.assert_array_equal(reversed_order[::-1], together)
+    assert warp_affines(images, maps[:0], 40, owner[:0]).shape == (0, 40, 40, 3)
+    with pytest.raises(ValueError, match="owners"):
+        warp_affines(images, maps, 40, owner[:5])

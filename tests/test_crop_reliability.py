@@ -699,6 +699,46 @@ def test_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(twelve_photos, t
     assert _outputs(tmp_path / "resumed") == reference
 
 
+@pytest.mark.parametrize("lookahead_pixels", [None, 0])
+def test_one_process_detects_past_the_chunk_boundaries_a_bounded_way_ahead(
+    twelve_photos, tmp_path, monkeypatch, lookahead_pixels
+):
+    """``jobs=1`` with two detection threads and chunks of 2 (13 images): when a chunk's result
+    comes, the detection has taken the next chunks already (it does not wait at each chunk
+    boundary): all 13 images fit the default LOOKAHEAD_PIXELS; with none, at most 2 x 2 + 1
+    images past the chunk being cropped. The crops and rows are those of chunks of 32."""
+    import facealign.pipeline
+
+    run_crop_job(twelve_photos, tmp_path / "reference", jobs=1)
+    monkeypatch.setattr(batch.worker, "detection_threads", lambda aligner, single_thread: 2)
+    if lookahead_pixels is not None:
+        monkeypatch.setattr(facealign.pipeline, "LOOKAHEAD_PIXELS", lookahead_pixels)
+    real = batch.run._process_chunks_here
+    taken_at_result: list[int] = []
+
+    def spied(chunks, *args):
+        taken = []
+
+        def counted():
+            for chunk in chunks:
+                taken.append(chunk)
+                yield chunk
+
+        for tasks, result in real(counted(), *args):
+            taken_at_result.append(len(taken))
+            yield tasks, result
+
+    monkeypatch.setattr(batch.run, "_process_chunks_here", spied)
+    run_crop_job(twelve_photos, tmp_path / "out", jobs=1, chunk_size=2)
+    assert len(taken_at_result) == 7  # chunks
+    if lookahead_pixels is None:
+        assert taken_at_result == [7] * 7
+    else:
+        assert taken_at_result[0] > 1
+        assert all(taken - (k + 1) <= 3 for k, taken in enumerate(taken_at_result)), taken_at_result
+    assert _outputs(tmp_path / "out") == _outputs(tmp_path / "reference")
+
+
 def test_out_of_memory_while_decoding_is_retried_by_the_next_run(photos_in, tmp_path, monkeypatch) -> None:
     import facealign.pipeline as pipeline
 

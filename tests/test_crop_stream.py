@@ -120,15 +120,16 @@ def test_first_chunk_runs_before_the_walk_has_finished(tmp_path, monkeypatch) ->
     at_chunks: list[tuple[int, int]] = []  # (folders listed, pending lines) when each chunk runs
     out = tmp_path / "out"
 
-    def fake_chunk(tasks, settings, largest_only, out_dir, single_thread, *args):
-        pending = (out / batch.job._PENDING_NAME).read_text().splitlines()
-        assert {(t.output_stem, t.ext) for t in tasks} <= {tuple(json.loads(p)) for p in pending}  # written first
-        at_chunks.append((len(listed), len(pending)))
-        return _ChunkResult([([], _failure(t, "no face found")) for t in tasks])
+    def fake_chunks(chunks, chunk_size, settings, largest_only, out_dir):  # one process: one stream of chunks
+        for tasks in chunks:
+            pending = (out / batch.job._PENDING_NAME).read_text().splitlines()
+            assert {(t.output_stem, t.ext) for t in tasks} <= {tuple(json.loads(p)) for p in pending}  # written first
+            at_chunks.append((len(listed), len(pending)))
+            yield tasks, _ChunkResult([([], _failure(t, "no face found")) for t in tasks])
 
     monkeypatch.setattr(imageio.walk, "list_image_folder", counted)
     monkeypatch.setattr(batch.plan, "list_image_folder", counted)
-    monkeypatch.setattr(batch.run, "_process_chunk", fake_chunk)
+    monkeypatch.setattr(batch.run, "_process_chunks_here", fake_chunks)
     totals = []
     summary = run_crop_job(src, out, jobs=1, chunk_size=4, progress=lambda done, total: totals.append((done, total)))
     assert (summary.images, summary.processed, summary.failures, summary.chunks) == (80, 80, 80, 20)

@@ -73,7 +73,7 @@ from .records import (
     _rewrite,
     manifest_name,
 )
-from .worker import _ChunkResult, _process_chunk, get_aligner
+from .worker import _ChunkResult, _process_chunk, _process_chunks_here, get_aligner
 
 if TYPE_CHECKING:  # for the annotations only
     from .executor import ChunkExecutor
@@ -497,10 +497,10 @@ def _run_chunks(
     ends the job.)
     """
     n_jobs = max(1, min(n_jobs, n_images))
-    chunks = _batched(todo, balanced_chunk_size(n_images, n_jobs, chunk_size))
+    size = balanced_chunk_size(n_images, n_jobs, chunk_size)
+    chunks = _batched(todo, size)
     if n_jobs == 1:
-        for chunk in chunks:
-            yield chunk, _process_chunk(chunk, settings, largest_only, str(out_dir), False)
+        yield from _process_chunks_here(chunks, size, settings, largest_only, str(out_dir))
         return
     yield from _run_in_processes(chunks, settings, largest_only, out_dir, n_jobs)
 

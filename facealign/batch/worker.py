@@ -6,9 +6,12 @@ or in the job's own process; builds the aligner once per process (:func:`get_ali
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,12 +211,53 @@ def _process_chunk(
             return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
     aligner = get_aligner(settings, single_thread)
     threads = detection_threads(aligner, single_thread)
+    items = iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=threads)
+    return _crop_items(tasks, items, settings, aligner, Path(out_dir))
+
+
+def _process_chunks_here(
+    chunks: Iterator[list[_Task]], chunk_size: int, settings: CropSettings, largest_only: bool, out_dir: str
+) -> Iterator[tuple[list[_Task], _ChunkResult]]:
+    """:func:`_process_chunk` of each chunk of ``chunks`` in this process (a job of one process),
+    ``(tasks, result)`` in order, with one detection stream for all of them: the detection
+    threads (:func:`detection_threads`) go on with the first images of the next chunk while
+    this one's last crops are written, instead of waiting for them at every chunk boundary.
+    Chunks (``chunk_size`` images, the last one fewer) are taken from ``chunks`` only as the
+    detection reaches them (it runs at most ``2 x threads + 1`` images ahead of the image being
+    cropped); the landmark network still runs once per chunk. Stops after a chunk that stopped
+    early."""
+    aligner = get_aligner(settings)
+    threads = detection_threads(aligner, False)
+    taken: collections.deque[list[_Task]] = collections.deque()
+
+    def paths() -> Iterator[str]:
+        for chunk in chunks:
+            taken.append(chunk)
+            yield from (t.path for t in chunk)
+
+    stream = iter_image_faces(aligner, paths(), largest_only=largest_only, threads=threads, batch_images=chunk_size)
+    try:
+        while (first := next(stream, None)) is not None:
+            tasks = taken.popleft()
+            items = itertools.chain([first], itertools.islice(stream, len(tasks) - 1))
+            result = _crop_items(tasks, items, settings, aligner, Path(out_dir))
+            yield tasks, result
+            if result.stopped is not None:
+                return
+    finally:
+        stream.close()
+
+
+def _crop_items(
+    tasks: list[_Task], items: Iterator[ImageFaces], settings: CropSettings, aligner: FaceAligner, root: Path
+) -> _ChunkResult:
+    """Crop the landmarked images ``items`` of ``tasks`` (in order) and make their crops durable
+    (see :class:`_ChunkResult`)."""
     by_path = {t.path: t for t in tasks}
     done = _ChunkResult([])
-    root = Path(out_dir)
     folders: dict[str, int] = {}
     try:
-        for item in iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=threads):
+        for item in items:
             task = by_path[str(item.path)]
             if _crop_image(item, task, settings, aligner, root, folders, done):
                 break
