@@ -223,9 +223,9 @@ def _process_chunks_here(
     threads (:func:`detection_threads`) go on with the first images of the next chunk while
     this one's last crops are written, instead of waiting for them at every chunk boundary.
     Chunks (``chunk_size`` images, the last one fewer) are taken from ``chunks`` only as the
-    detection reaches them (it runs at most ``2 x threads + 1`` images ahead of the image being
-    cropped); the landmark network still runs once per chunk. Stops after a chunk that stopped
-    early."""
+    detection reaches them (it runs up to :data:`facealign.pipeline.LOOKAHEAD_PIXELS` decoded
+    pixels ahead of the image being cropped); the landmark network still runs once per chunk.
+    Stops after a chunk that stopped early."""
     aligner = get_aligner(settings)
     threads = detection_threads(aligner, False)
     taken: collections.deque[list[_Task]] = collections.deque()
