@@ -76,7 +76,7 @@ BASELINE_CONFIGS = (
     ("vanilla, no re-boxing", "vanilla", False, False),
 )
 #: Engine batch sizes (faces per network pass) of the sweep.
-SWEEP_SIZES = (64, 256, 2048)
+SWEEP_SIZES = (8, 16, 64, 256, 2048)
 
 
 def log(msg: str) -> None:

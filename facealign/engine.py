@@ -202,9 +202,11 @@ class LandmarkEngine:
         ``tcnn`` (the paper's test-time procedure) and False for ``vanilla``.
     batch_size : int
         Crops per pass through the convolutional layers (every pass has exactly
-        this many, padded: see :meth:`features`). 8 runs the convolutions about 8%
-        faster per crop than 16 or more on one thread and pads fewer crops
-        (``bench/speed.py``'s batch-size sweep).
+        this many, padded: see :meth:`features`). 8, the default, runs the
+        convolutions about 8% faster per crop than 16 on one thread (the crop job's
+        worker processes) and pads a lone face with 7 black crops instead of 15; on
+        two threads 16 to 256 are about 9% faster on large batches
+        (``bench/speed.py``'s batch-size sweep, ``docs/bench/speed.md``).
     refine : bool, optional
         Re-box before the reported pass (see the module docstring). Defaults to
         True when the weights carry a box model (``box_model``); True for weights
