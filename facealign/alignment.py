@@ -433,8 +433,9 @@ def warp_affines(
     Parameters
     ----------
     images : sequence of numpy.ndarray
-        ``uint8`` images, all ``(H, W)`` or all ``(H, W, C)`` with the same ``C``.
-    matrices : numpy.ndarray, shape (N, 2, 3)
+        Images of one type (``uint8`` for the pipeline), all ``(H, W)`` or all
+        ``(H, W, C)`` with the same ``C``.
+    matrices : numpy.ndarray, shape (N, 2, 3) or (N, 3, 3)
         Forward affine maps from image pixels to crop pixels (finite).
     size : int or (width, height)
         Crop size.
@@ -446,10 +447,17 @@ def warp_affines(
     Returns
     -------
     numpy.ndarray
-        ``(N, height, width[, C])`` ``uint8`` crops.
+        ``(N, height, width[, C])`` crops of the images' type (no ``C`` for a
+        one-channel image, as :func:`warp_affine`).
     """
     width, height = _as_size(size)
-    m = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    m = np.asarray(matrices, np.float64)
+    if m.ndim != 3 or m.shape[1:] not in ((2, 3), (3, 3)):
+        raise ValueError(f"matrices must have shape (N, 2, 3) or (N, 3, 3), got {m.shape}")
+    if m.shape[1] == 3:
+        if not np.allclose(m[:, 2], (0.0, 0.0, 1.0)):
+            raise ValueError("a (3, 3) matrix must be affine (last row 0 0 1)")
+        m = np.ascontiguousarray(m[:, :2])
     if not np.all(np.isfinite(m)):
         raise ValueError("matrix contains non-finite values")
     n = len(m)
@@ -457,9 +465,10 @@ def warp_affines(
     if len(owner) != n:
         raise ValueError(f"{len(owner)} owners for {n} matrices")
     if n == 0:
-        return np.zeros((0, height, width, 3), np.uint8)
-    first = np.asarray(images[int(owner[0])])
-    out = np.empty((n, height, width, *first.shape[2:]), np.uint8)
+        first = np.asarray(images[0]) if len(images) else np.zeros((1, 1, 3), np.uint8)
+        channels = first.shape[2:] if first.ndim == 3 and first.shape[2] > 1 else ()
+        return np.zeros((0, height, width, *channels), first.dtype)
+    out: np.ndarray | None = None
     det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
     scale = np.sqrt(np.abs(det))
     reduced = scale < ANTIALIAS_BELOW
@@ -502,8 +511,10 @@ def warp_affines(
         crop = cv2.warpAffine(
             image, maps[i], (width, height), flags=cv2.INTER_LINEAR, borderMode=border_mode, borderValue=0
         )
-        out[i] = crop.reshape(out.shape[1:])
-    return out
+        if out is None:  # OpenCV's shape and type: (h, w) for a one-channel image, its dtype
+            out = np.empty((n, *crop.shape), crop.dtype)
+        out[i] = crop
+    return cast(np.ndarray, out)
 
 
 def warp_face(

@@ -65,10 +65,9 @@ def from_resized_matrix(scale: Scale) -> np.ndarray:
     """
     values = np.asarray(scale, np.float64)
     if values.ndim == 2 and values.shape[1] == 2:
-        sx, sy = values[:, 0], values[:, 1]
         maps = np.zeros((len(values), 3, 3))
-        maps[:, 0, 0], maps[:, 0, 2] = 1 / sx, 0.5 / sx - 0.5
-        maps[:, 1, 1], maps[:, 1, 2] = 1 / sy, 0.5 / sy - 0.5
+        maps[:, 0, 0], maps[:, 0, 2] = 1 / values[:, 0], 0.5 / values[:, 0] - 0.5
+        maps[:, 1, 1], maps[:, 1, 2] = 1 / values[:, 1], 0.5 / values[:, 1] - 0.5
         maps[:, 2, 2] = 1.0
         return maps
     sx, sy = _xy(scale)

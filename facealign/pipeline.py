@@ -37,7 +37,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -57,6 +57,7 @@ from .reboxing import training_boxes
 __all__ = [
     "BATCH_PIXELS",
     "FACE_WIDTH_PER_EYE_DISTANCE",
+    "LOOKAHEAD_IMAGES",
     "LOOKAHEAD_PIXELS",
     "STAGES",
     "AlignedFace",
@@ -72,11 +73,14 @@ __all__ = [
 BATCH_PIXELS: int = 50_000_000
 
 #: Decoded pixels that the detection threads of :func:`iter_image_faces` may hold ahead of the
-#: images being landmarked and cropped (about 75 MB of RGB), counted as images as large as the
-#: largest decoded so far: 250 web photos of 320 x 320, 2 photos of 12 MP, on top of two per
-#: thread. Without this slack the threads waited while a batch of faces was landmarked and
-#: cropped: ``crop --jobs 1`` on 1,000 web photos took 12% longer with two images per thread.
+#: images being landmarked and cropped (about 75 MB of RGB): a thread starts on the next photo
+#: only below it, so the threads go on while a batch of faces is landmarked and cropped
+#: (``crop --jobs 1`` on 1,000 web photos took 12% longer with two images per thread ahead).
 LOOKAHEAD_PIXELS: int = 25_000_000
+
+#: Images at most that :func:`iter_image_faces` reads ahead of the one it yields (with threads):
+#: how far ahead of the cropping the caller's paths, a walk of the input folder, are taken.
+LOOKAHEAD_IMAGES: int = 128
 
 #: Width of a detector's face box over the face's eye distance (median 2.24 on the
 #: RetinaFace boxes of 400 celeba_wild photos): with a template's eye distance,
@@ -400,25 +404,17 @@ class Pipeline:
         timer: StageTimer | None = None,
         threads: int = 1,
         batch_images: int | None = None,
-    ) -> Iterator[ImageFaces]:
+    ) -> Generator[ImageFaces, None, None]:
         """:func:`iter_image_faces` with this pipeline."""
         load = functools.partial(self.load_and_detect, largest_only=largest_only, max_side=max_side, timer=timer)
         if not getattr(self.detector, "thread_safe", False):
             threads = 1
         pending: list[ImageFaces] = []
         held = 0
-        largest = 0  # pixels of the largest image decoded so far
-
-        def ahead() -> int:
-            return 2 * threads + (LOOKAHEAD_PIXELS // largest if largest else 0)
-
-        for item in _in_order(load, paths, threads, ahead):
+        for seen, item in enumerate(_in_order(load, paths, threads), 1):
             pending.append(item)
-            if item.image is not None:
-                pixels = item.image.shape[0] * item.image.shape[1]
-                held += pixels
-                largest = max(largest, pixels)
-            if held >= batch_pixels or (batch_images is not None and len(pending) >= batch_images):
+            held += _pixels(item)
+            if held >= batch_pixels or (batch_images is not None and seen % batch_images == 0):
                 self.add_landmarks(pending, timer)
                 yield from pending
                 pending.clear()
@@ -459,30 +455,71 @@ class Pipeline:
             yield AlignedFace(face, crop, matrix @ to_work, matrix)
 
 
+def _pixels(item: ImageFaces) -> int:
+    """Decoded pixels ``item`` holds."""
+    return 0 if item.image is None else int(item.image.shape[0] * item.image.shape[1])
+
+
 def _in_order(
     load: Callable[[str | os.PathLike[str]], ImageFaces],
     paths: Iterable[str | os.PathLike[str]],
     threads: int,
-    ahead: Callable[[], int] | None = None,
 ) -> Iterator[ImageFaces]:
-    """``load`` of each path, in order; with ``threads`` > 1, loaded in that many threads, at most
-    ``ahead()`` paths (asked again after every yield; default ``2 x threads``) ahead of the one yielded."""
+    """``load`` of each path, in order.
+
+    With ``threads`` > 1, that many paths load at a time in threads, up to
+    :data:`LOOKAHEAD_IMAGES` paths past the one yielded (``paths`` is read no
+    further ahead). A thread starts on a path only while the results loaded and
+    not yet yielded hold fewer than :data:`LOOKAHEAD_PIXELS` decoded pixels, or
+    when its path is the next to be yielded: they hold at most that many pixels
+    plus ``threads`` images, whatever the sizes that come.
+    """
     if threads <= 1:
         yield from map(load, paths)
         return
+    import threading
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    limit = ahead or (lambda: 2 * threads)
+    budget, ahead = LOOKAHEAD_PIXELS, max(2 * threads, LOOKAHEAD_IMAGES)
+    ready = threading.Condition()
+    held = 0  # pixels of the results loaded and not yet yielded
+    head = 0  # index of the next path to yield
+    closed = False
+
+    def gated(index: int, path: str | os.PathLike[str]) -> ImageFaces | None:
+        nonlocal held
+        with ready:
+            ready.wait_for(lambda: closed or held < budget or index == head)
+            if closed:
+                return None
+        item = load(path)
+        with ready:
+            held += _pixels(item)
+        return item
+
     with ThreadPoolExecutor(threads, thread_name_prefix="facealign-detect") as pool:
-        window: collections.deque[Future[ImageFaces]] = collections.deque()
+        window: collections.deque[Future[ImageFaces | None]] = collections.deque()
+
+        def next_item() -> ImageFaces:
+            nonlocal held, head
+            item = cast("ImageFaces", window.popleft().result())  # None only once closed
+            with ready:
+                held -= _pixels(item)
+                head += 1
+                ready.notify_all()
+            return item
+
         try:
-            for path in paths:
-                window.append(pool.submit(load, path))
-                while len(window) > limit():
-                    yield window.popleft().result()
+            for index, path in enumerate(paths):
+                window.append(pool.submit(gated, index, path))
+                if len(window) > ahead:
+                    yield next_item()
             while window:
-                yield window.popleft().result()
-        finally:  # stopped early: what has not started never will
+                yield next_item()
+        finally:  # stopped early: what has not started never will, what waits gives up
+            with ready:
+                closed = True
+                ready.notify_all()
             for future in window:
                 future.cancel()
 
@@ -497,7 +534,7 @@ def iter_image_faces(
     timer: StageTimer | None = None,
     threads: int = 1,
     batch_images: int | None = None,
-) -> Iterator[ImageFaces]:
+) -> Generator[ImageFaces, None, None]:
     """Decode, detect and landmark images, yielding one :class:`ImageFaces` each, in order.
 
     Each image is decoded once, at the working resolution its detector and its
@@ -506,8 +543,9 @@ def iter_image_faces(
     ``min_face`` is twice a face on the template or more; at most 4,096 pixels
     for dlib and Haar), and at most ``max_side`` pixels (longer side) when given. Images
     are detected one by one and accumulated until ``batch_pixels`` decoded
-    pixels (or ``batch_images`` images, when given) are held; then the landmark
-    network runs once on every face of the batch (:meth:`Pipeline.add_landmarks`);
+    pixels are held, and after every ``batch_images`` images when given (counted
+    from the first); then the landmark network runs once on every face of the
+    batch (:meth:`Pipeline.add_landmarks`);
     ``paths`` may be any iterable, read as the images are reached. Unreadable
     images and detector errors are reported in ``error``, never raised. ``timer`` receives the
     seconds of each stage (:data:`STAGES`; summed over threads).
@@ -515,9 +553,9 @@ def iter_image_faces(
     With ``threads`` > 1 and a detector that may run from several threads at
     once (its ``thread_safe`` attribute is true, as RetinaFace's), that many
     images are decoded and detected at a time, in threads, while the caller
-    works on the ones yielded, up to :data:`LOOKAHEAD_PIXELS` decoded pixels
-    (and two images per thread) ahead of them; the results are the same, in
-    the same order.
+    works on the ones yielded, up to :data:`LOOKAHEAD_IMAGES` images and
+    :data:`LOOKAHEAD_PIXELS` decoded pixels ahead of them; the results are the
+    same, in the same order.
     """
     return pipeline.iter_image_faces(
         paths,

@@ -448,3 +448,28 @@ def test_many_crops_warped_at_once_equal_each_crop_warped_alone(border_mode: int
     assert warp_affines(images, maps[:0], 40, owner[:0]).shape == (0, 40, 40, 3)
     with pytest.raises(ValueError, match="owners"):
         warp_affines(images, maps, 40, owner[:5])
+
+
+def test_warping_many_crops_keeps_grey_images_types_and_3x3_maps() -> None:
+    """warp_affines on grey (H, W) and (H, W, 1) images gives (N, h, w) crops as warp_affine
+    gives (h, w); float32 images stay float32; (N, 3, 3) affine maps equal their (N, 2, 3)
+    rows; malformed maps are refused with the shape in the message."""
+    from facealign.alignment import warp_affine, warp_affines
+
+    rng = np.random.default_rng(9)
+    grey = rng.integers(0, 256, (300, 200), dtype=np.uint8)
+    maps = np.stack([_similarity(0.2, s, 5.0, -3.0) for s in (0.1, 0.8)])  # reduced and plain
+    crops = warp_affines([grey], maps, 40, np.zeros(2, np.intp))
+    assert crops.shape == (2, 40, 40) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops[0], warp_affine(grey, maps[0], 40))
+    one_channel = warp_affines([grey[..., None]], maps, 40, np.zeros(2, np.intp))
+    np.testing.assert_array_equal(one_channel, crops)
+    floats = warp_affines([grey.astype(np.float32)], maps, 40, np.zeros(2, np.intp))
+    assert floats.dtype == np.float32 and np.abs(floats - crops).max() <= 1.0
+    full = np.concatenate([maps, np.tile([[[0.0, 0.0, 1.0]]], (2, 1, 1))], axis=1)
+    np.testing.assert_array_equal(warp_affines([grey], full, 40, np.zeros(2, np.intp)), crops)
+    assert warp_affines([grey], maps[:0], 40, np.zeros(0, np.intp)).shape == (0, 40, 40)
+    with pytest.raises(ValueError, match=r"\(N, 2, 3\)"):
+        warp_affines([grey], maps[0], 40)
+    with pytest.raises(ValueError, match="last row"):
+        warp_affines([grey], full * 2, 40, np.zeros(2, np.intp))

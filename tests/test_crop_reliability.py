@@ -699,20 +699,20 @@ def test_same_crops_and_rows_whatever_the_jobs_chunks_or_resume(twelve_photos, t
     assert _outputs(tmp_path / "resumed") == reference
 
 
-@pytest.mark.parametrize("lookahead_pixels", [None, 0])
+@pytest.mark.parametrize("lookahead_images", [None, 0])
 def test_one_process_detects_past_the_chunk_boundaries_a_bounded_way_ahead(
-    twelve_photos, tmp_path, monkeypatch, lookahead_pixels
+    twelve_photos, tmp_path, monkeypatch, lookahead_images
 ):
     """``jobs=1`` with two detection threads and chunks of 2 (13 images): when a chunk's result
     comes, the detection has taken the next chunks already (it does not wait at each chunk
-    boundary): all 13 images fit the default LOOKAHEAD_PIXELS; with none, at most 2 x 2 + 1
+    boundary): all 13 images under the default LOOKAHEAD_IMAGES; with none, at most 2 x 2 + 1
     images past the chunk being cropped. The crops and rows are those of chunks of 32."""
     import facealign.pipeline
 
     run_crop_job(twelve_photos, tmp_path / "reference", jobs=1)
     monkeypatch.setattr(batch.worker, "detection_threads", lambda aligner, single_thread: 2)
-    if lookahead_pixels is not None:
-        monkeypatch.setattr(facealign.pipeline, "LOOKAHEAD_PIXELS", lookahead_pixels)
+    if lookahead_images is not None:
+        monkeypatch.setattr(facealign.pipeline, "LOOKAHEAD_IMAGES", lookahead_images)
     real = batch.run._process_chunks_here
     taken_at_result: list[int] = []
 
@@ -731,12 +731,36 @@ def test_one_process_detects_past_the_chunk_boundaries_a_bounded_way_ahead(
     monkeypatch.setattr(batch.run, "_process_chunks_here", spied)
     run_crop_job(twelve_photos, tmp_path / "out", jobs=1, chunk_size=2)
     assert len(taken_at_result) == 7  # chunks
-    if lookahead_pixels is None:
+    if lookahead_images is None:
         assert taken_at_result == [7] * 7
     else:
         assert taken_at_result[0] > 1
         assert all(taken - (k + 1) <= 3 for k, taken in enumerate(taken_at_result)), taken_at_result
     assert _outputs(tmp_path / "out") == _outputs(tmp_path / "reference")
+
+
+def test_a_planning_error_in_one_process_comes_after_the_chunks_taken_before_it(twelve_photos, tmp_path, monkeypatch):
+    """``jobs=1``: the walk's planning runs while a chunk is cropped. When it fails (here OUT_DIR
+    full while planning the third chunk), the two chunks taken before are cropped and recorded
+    (4 images), no temporary is left, and then the job stops with the error; a rerun finishes."""
+    real = batch.run._batched
+
+    def failing(items, size):
+        for n, chunk in enumerate(real(items, size)):
+            if n == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            yield chunk
+
+    monkeypatch.setattr(batch.run, "_batched", failing)
+    out = tmp_path / "out"
+    with pytest.raises(CropJobTransientError, match="No space left"):
+        run_crop_job(twelve_photos, out, jobs=1, chunk_size=2)
+    rows = assert_consistent(out)
+    assert len({r["source"] for r in rows}) == 4
+    assert not list(out.rglob("*.part"))
+    monkeypatch.undo()
+    summary = run_crop_job(twelve_photos, out, jobs=1)
+    assert summary.processed == 9 and len({r["source"] for r in assert_consistent(out)}) == 13
 
 
 def test_out_of_memory_while_decoding_is_retried_by_the_next_run(photos_in, tmp_path, monkeypatch) -> None:

@@ -210,3 +210,61 @@ def test_a_detector_that_is_not_thread_safe_detects_one_image_at_a_time(face_pho
     guarded = Guarded()
     items = list(iter_image_faces(FaceAligner(guarded), list(face_photos) * 4, threads=4))
     assert guarded.overlaps == 0 and all(len(i.boxes) == 1 for i in items)
+
+
+@pytest.mark.parametrize("budget", [1_000_000, 0])
+def test_detection_threads_hold_at_most_the_lookahead_pixels_whatever_sizes_come(monkeypatch, budget) -> None:
+    """Two threads load 30 small images (100 x 100) then 30 large ones (1000 x 1000) for a slow
+    consumer: the results loaded and not yet yielded never hold more than LOOKAHEAD_PIXELS plus
+    three large images (two threads and the next to yield; no tolerance beyond that bound), and
+    they come in order. Without the budget the 30 large ones were all loaded at once (30 M
+    pixels); with a budget of 0 the images still come, one by one."""
+    import threading
+    import time
+
+    import facealign.pipeline as pipeline
+    from facealign.pipeline import ImageFaces
+
+    class AnyThread:  # a detector that may run in threads; never called (load_and_detect is faked)
+        thread_safe = True
+
+    monkeypatch.setattr(pipeline, "LOOKAHEAD_PIXELS", budget)
+    sides = [100] * 30 + [1000] * 30
+    lock, held, peak = threading.Lock(), [0], [0]
+
+    def load(self, index, **options):
+        item = ImageFaces(Path(str(index)), image=np.zeros((sides[index], sides[index], 3), np.uint8))
+        with lock:
+            held[0] += sides[index] ** 2
+            peak[0] = max(peak[0], held[0])
+        return item
+
+    monkeypatch.setattr(Pipeline, "load_and_detect", load)
+    order = []
+    for item in iter_image_faces(Pipeline(AnyThread(), None, None), range(len(sides)), threads=2, batch_images=1):
+        with lock:
+            held[0] -= item.image.shape[0] * item.image.shape[1]
+        order.append(int(str(item.path)))
+        time.sleep(0.002)  # a consumer slower than the loads
+    assert order == list(range(len(sides)))
+    assert peak[0] <= budget + 3 * 1000**2, peak[0]
+
+
+def test_landmark_batches_end_at_every_batch_images_even_after_a_pixel_flush(face_photos, monkeypatch) -> None:
+    """``batch_images=4`` with a pixel limit that flushes every two photos: no landmark batch
+    spans a multiple of 4 images (the crop job's chunks), whatever the pixel flushes."""
+    from facealign import FaceAligner
+    from facealign.imageio import read_image
+
+    ends: list[int] = []
+    real = Pipeline.add_landmarks
+
+    def recorded(self, items, timer=None):
+        ends.append((ends[-1] if ends else 0) + len(items))
+        return real(self, items, timer)
+
+    monkeypatch.setattr(Pipeline, "add_landmarks", recorded)
+    pixels = max(read_image(p).shape[0] * read_image(p).shape[1] for p in face_photos)
+    items = list(iter_image_faces(FaceAligner(), list(face_photos) * 4, batch_pixels=pixels + 1, batch_images=4))
+    assert len(items) == 12 and all(len(i.boxes) == 1 for i in items)
+    assert {4, 8, 12} <= set(ends) and len(ends) > 3, ends

@@ -482,10 +482,13 @@ def _run_chunks(
     """Yield ``(tasks, results)`` per chunk, in order, running chunks in parallel when ``n_jobs > 1``
     (:class:`LocalExecutor`).
 
-    ``todo`` is consumed a chunk at a time, as chunks are submitted (it is the
-    streaming walk, :class:`_Planner`); ``n_images``, the number of images
-    expected, sets the chunk size (:func:`balanced_chunk_size`). At most
-    :data:`LOCAL_CHUNKS_IN_FLIGHT_PER_PROCESS` chunks per process are in flight.
+    ``todo`` is consumed a chunk at a time (it is the streaming walk,
+    :class:`_Planner`): with worker processes as chunks are submitted, at most
+    :data:`LOCAL_CHUNKS_IN_FLIGHT_PER_PROCESS` chunks per process in flight; in
+    one process as its detection reaches them (:func:`_process_chunks_here`, at
+    most :data:`facealign.pipeline.LOOKAHEAD_IMAGES` images ahead of the
+    cropping). ``n_images``, the number of images expected, sets the chunk size
+    (:func:`balanced_chunk_size`).
 
     With worker processes, a worker that dies (a crash in a decoder, killed for
     memory) does not stop the job: loky then stops the other workers too, the

@@ -223,17 +223,26 @@ def _process_chunks_here(
     threads (:func:`detection_threads`) go on with the first images of the next chunk while
     this one's last crops are written, instead of waiting for them at every chunk boundary.
     Chunks (``chunk_size`` images, the last one fewer) are taken from ``chunks`` only as the
-    detection reaches them (it runs up to :data:`facealign.pipeline.LOOKAHEAD_PIXELS` decoded
-    pixels ahead of the image being cropped); the landmark network still runs once per chunk.
-    Stops after a chunk that stopped early."""
+    detection reaches them (up to :data:`facealign.pipeline.LOOKAHEAD_IMAGES` images ahead of
+    the image being cropped); the landmark network still runs once per chunk
+    (:func:`facealign.pipeline.iter_image_faces`'s ``batch_images``). Stops after a chunk that
+    stopped early; an error of ``chunks`` (the walk and its planning) is raised once the chunks
+    taken before it are given back, as it was between chunks."""
     aligner = get_aligner(settings)
     threads = detection_threads(aligner, False)
     taken: collections.deque[list[_Task]] = collections.deque()
+    planner_error: list[Exception] = []
 
     def paths() -> Iterator[str]:
-        for chunk in chunks:
-            taken.append(chunk)
-            yield from (t.path for t in chunk)
+        # The walk and its planning run here, while a chunk is being cropped: an error of
+        # theirs (OUT_DIR full while noting the pending images) ends the paths, and is
+        # raised once the chunks taken before it are cropped and given back.
+        try:
+            for chunk in chunks:
+                taken.append(chunk)
+                yield from (t.path for t in chunk)
+        except Exception as exc:
+            planner_error.append(exc)
 
     stream = iter_image_faces(aligner, paths(), largest_only=largest_only, threads=threads, batch_images=chunk_size)
     try:
@@ -246,6 +255,8 @@ def _process_chunks_here(
                 return
     finally:
         stream.close()
+    if planner_error:
+        raise planner_error[0]
 
 
 def _crop_items(
