@@ -528,19 +528,40 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start : start + size]
 
 
-def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, single_thread: bool) -> list:
+def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool) -> list:
     """The landmarked :class:`~facealign.pipeline.ImageFaces` of ``paths``, without their pixels
-    (what ``facealign landmarks`` prints); in a worker process (``single_thread``) the
-    networks and OpenCV run on one thread."""
-    from .batch.worker import detection_threads, get_aligner
+    (what ``facealign landmarks`` prints), in a worker process: the networks and OpenCV run
+    on one thread."""
+    from .batch.worker import get_aligner
     from .pipeline import iter_image_faces
 
-    aligner = get_aligner(settings, single_thread)
-    threads = detection_threads(aligner, single_thread)
-    items = list(iter_image_faces(aligner, paths, largest_only=largest_only, threads=threads))
+    items = list(iter_image_faces(get_aligner(settings, single_thread=True), paths, largest_only=largest_only))
     for item in items:
         item.image = None
     return items
+
+
+def _landmarked_here(settings: Any, paths: list[Path], largest_only: bool) -> Iterator[list]:
+    """The landmarked images of ``paths`` (as :func:`_landmark_chunk`), :data:`LANDMARKS_CHUNK`
+    at a time, in this process: one detection stream, one image per CPU at a time
+    (:func:`facealign.batch.worker.detection_threads`), which goes on past the end of a chunk
+    (as :func:`facealign.batch.worker._process_chunks_here`)."""
+    from .batch.worker import detection_threads, get_aligner
+    from .pipeline import iter_image_faces
+
+    aligner = get_aligner(settings)
+    threads = detection_threads(aligner, False)
+    chunk: list = []
+    for item in iter_image_faces(
+        aligner, paths, largest_only=largest_only, threads=threads, batch_images=LANDMARKS_CHUNK
+    ):
+        item.image = None
+        chunk.append(item)
+        if len(chunk) == LANDMARKS_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _landmarked(settings: Any, paths: list[Path], largest_only: bool, jobs: int | str) -> Iterator[list]:
@@ -549,14 +570,14 @@ def _landmarked(settings: Any, paths: list[Path], largest_only: bool, jobs: int 
     from .batch.run import _resolve_jobs
 
     n_jobs = _resolve_jobs(jobs, len(paths))
-    size = LANDMARKS_CHUNK if n_jobs == 1 else max(1, min(LANDMARKS_CHUNK, -(-len(paths) // (4 * n_jobs))))
-    chunks = list(_chunks(paths, size))
     if n_jobs == 1:
-        return (_landmark_chunk(settings, chunk, largest_only, False) for chunk in chunks)
+        return _landmarked_here(settings, paths, largest_only)
+    size = max(1, min(LANDMARKS_CHUNK, -(-len(paths) // (4 * n_jobs))))
+    chunks = list(_chunks(paths, size))
     from joblib import Parallel, delayed
 
     run = Parallel(n_jobs=n_jobs, return_as="generator")
-    return iter(run(delayed(_landmark_chunk)(settings, chunk, largest_only, True) for chunk in chunks))
+    return iter(run(delayed(_landmark_chunk)(settings, chunk, largest_only) for chunk in chunks))
 
 
 def _format_point(point) -> str:
