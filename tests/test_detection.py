@@ -171,3 +171,31 @@ def test_retinaface_finds_the_same_boxes_with_one_or_two_threads(face_photos):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.landmarks, b.landmarks)
+
+
+def test_threads_that_detect_at_once_on_a_new_retinaface_open_one_session(monkeypatch):
+    """Four threads detect at once on a detector that has not opened its onnxruntime session
+    (as the detection threads of ``crop --jobs 1`` start): the session is opened once, and
+    every thread finds the same (no) faces on a blank image."""
+    import threading
+    import time
+
+    import facealign.inference as inference
+
+    real, opened = inference.onnx_session, []
+
+    def slow_open(*args, **kwargs):  # widen the window in which a second thread could open one too
+        opened.append(threading.get_ident())
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "onnx_session", slow_open)
+    detector = get_detector("retinaface", threads=1)
+    blank = np.zeros((64, 64, 3), np.uint8)
+    found: list[int] = []
+    threads = [threading.Thread(target=lambda: found.append(len(detector.detect(blank)))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(opened) == 1 and found == [0] * 4

@@ -24,6 +24,7 @@ Conventions at this boundary:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -96,6 +97,10 @@ def _anchors(height: int, width: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
+#: Held while a detector opens its onnxruntime session (threads that detect at once open one).
+_SESSION_LOCK = threading.Lock()
+
+
 class RetinaFaceDetector(PyramidDetector):
     """RetinaFace-MobileNet-0.25 face detector with five points (see the module notes).
 
@@ -158,11 +163,16 @@ class RetinaFaceDetector(PyramidDetector):
             self._session = None
 
     def _get_session(self):
-        if self._session is None:
-            from ..inference import onnx_session
+        """The onnxruntime session, opened on first use by one thread while the others wait."""
+        session = self._session
+        if session is None:
+            with _SESSION_LOCK:
+                if self._session is None:
+                    from ..inference import onnx_session
 
-            self._session = onnx_session(load_retinaface_onnx(), self.threads, self.providers)
-        return self._session
+                    self._session = onnx_session(load_retinaface_onnx(), self.threads, self.providers)
+                session = self._session
+        return session
 
     def _detect_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         height, width = rgb.shape[:2]
