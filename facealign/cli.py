@@ -310,7 +310,8 @@ def _engine_option(f):
 @_jobs_option(
     "Worker processes: a number, -1 for all cores, or 'auto' (one per "
     "100 images to process, at most one per core; small jobs run in one process). "
-    "One process detects one image per core at a time, in threads (with RetinaFace, the default)."
+    "The processes share the cores: each detects its share of images at a time, in threads "
+    "(one per core for one process; with RetinaFace, the default)."
 )
 @click.option(
     "--format",
@@ -528,14 +529,17 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[start : start + size]
 
 
-def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool) -> list:
+def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, threads: int) -> list:
     """The landmarked :class:`~facealign.pipeline.ImageFaces` of ``paths``, without their pixels
-    (what ``facealign landmarks`` prints), in a worker process: the networks and OpenCV run
-    on one thread."""
-    from .batch.worker import get_aligner
+    (what ``facealign landmarks`` prints), in a worker process: ``threads`` images detected at
+    a time (:func:`facealign.batch.worker.worker_threads`), the networks and OpenCV on one
+    thread each."""
+    from .batch.worker import detection_threads, get_aligner
     from .pipeline import iter_image_faces
 
-    items = list(iter_image_faces(get_aligner(settings, single_thread=True), paths, largest_only=largest_only))
+    aligner = get_aligner(settings, single_thread=True)
+    at_once = detection_threads(aligner, threads)
+    items = list(iter_image_faces(aligner, paths, largest_only=largest_only, threads=at_once))
     for item in items:
         item.image = None
     return items
@@ -550,7 +554,7 @@ def _landmarked_here(settings: Any, paths: list[Path], largest_only: bool) -> It
     from .pipeline import iter_image_faces
 
     aligner = get_aligner(settings)
-    threads = detection_threads(aligner, False)
+    threads = detection_threads(aligner)
     chunk: list = []
     for item in iter_image_faces(
         aligner, paths, largest_only=largest_only, threads=threads, batch_images=LANDMARKS_CHUNK
@@ -576,8 +580,11 @@ def _landmarked(settings: Any, paths: list[Path], largest_only: bool, jobs: int 
     chunks = list(_chunks(paths, size))
     from joblib import Parallel, delayed
 
+    from .batch.worker import worker_threads
+
+    threads = worker_threads(n_jobs)
     run = Parallel(n_jobs=n_jobs, return_as="generator")
-    return iter(run(delayed(_landmark_chunk)(settings, chunk, largest_only) for chunk in chunks))
+    return iter(run(delayed(_landmark_chunk)(settings, chunk, largest_only, threads) for chunk in chunks))
 
 
 def _format_point(point) -> str:

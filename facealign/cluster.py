@@ -305,7 +305,7 @@ def _crop_chunk_on_worker(tasks: list[_Task], settings: CropSettings, largest_on
     OUT_DIR's workers lock (shared) so that no new job starts while it writes."""
     _use_worker_threads(settings)
     with _WorkersLock(Path(out_dir), shared=True):
-        return _process_chunk(tasks, settings, largest_only, out_dir, False)
+        return _process_chunk(tasks, settings, largest_only, out_dir, None)
 
 
 # --------------------------------------------------------------------------- #

@@ -710,7 +710,7 @@ def test_one_process_detects_past_the_chunk_boundaries_a_bounded_way_ahead(
     import facealign.pipeline
 
     run_crop_job(twelve_photos, tmp_path / "reference", jobs=1)
-    monkeypatch.setattr(batch.worker, "detection_threads", lambda aligner, single_thread: 2)
+    monkeypatch.setattr(batch.worker, "detection_threads", lambda aligner, threads=None: 2)
     if lookahead_images is not None:
         monkeypatch.setattr(facealign.pipeline, "LOOKAHEAD_IMAGES", lookahead_images)
     real = batch.run._process_chunks_here
@@ -761,6 +761,50 @@ def test_a_planning_error_in_one_process_comes_after_the_chunks_taken_before_it(
     monkeypatch.undo()
     summary = run_crop_job(twelve_photos, out, jobs=1)
     assert summary.processed == 9 and len({r["source"] for r in assert_consistent(out)}) == 13
+
+
+def test_worker_processes_share_the_cores_out_in_detection_threads(twelve_photos, tmp_path, monkeypatch) -> None:
+    """``jobs=2`` where the job may run on 4 CPUs: each worker process is told to detect 2
+    images at a time (its share of the cores), and the crops and rows are those of one process."""
+    import facealign.inference as inference
+
+    run_crop_job(twelve_photos, tmp_path / "one", jobs=1)
+    monkeypatch.setattr(inference, "available_cpus", lambda: 4)
+    real = batch.run._process_chunk
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def noted(tasks, settings, largest_only, out_dir, threads, *rest):  # pickled by value
+        (marks / f"{os.getpid()}-{threads}").touch()
+        return real(tasks, settings, largest_only, out_dir, threads, *rest)
+
+    monkeypatch.setattr(batch.run, "_process_chunk", noted)
+    run_crop_job(twelve_photos, tmp_path / "two", jobs=2, chunk_size=2)
+    assert {mark.name.split("-")[1] for mark in marks.iterdir()} == {"2"}
+    assert _outputs(tmp_path / "two") == _outputs(tmp_path / "one")
+
+
+def test_detection_threads_follow_the_share_and_the_detector(monkeypatch) -> None:
+    """A worker's share is the CPUs over the processes, at least one; a detector that is not
+    thread-safe detects one image at a time whatever the share."""
+    import facealign.inference as inference
+    from facealign.batch.worker import detection_threads, worker_threads
+
+    monkeypatch.setattr(inference, "available_cpus", lambda: 16)
+    assert [worker_threads(n) for n in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
+
+    class Unsafe:
+        thread_safe = False
+
+    class Aligner:
+        detector = Unsafe()
+
+    assert detection_threads(Aligner(), 8) == 1 and detection_threads(Aligner()) == 1
+    from facealign.detection import get_detector
+
+    Aligner.detector = get_detector("retinaface", threads=2)  # RetinaFace is thread-safe
+    assert detection_threads(Aligner(), 3) == 3 and detection_threads(Aligner()) == 16
+    assert Aligner.detector.threads == 1  # each detection on one onnxruntime thread
 
 
 def test_out_of_memory_while_decoding_is_retried_by_the_next_run(photos_in, tmp_path, monkeypatch) -> None:

@@ -73,7 +73,7 @@ from .records import (
     _rewrite,
     manifest_name,
 )
-from .worker import _ChunkResult, _process_chunk, _process_chunks_here, get_aligner
+from .worker import _ChunkResult, _process_chunk, _process_chunks_here, get_aligner, worker_threads
 
 if TYPE_CHECKING:  # for the annotations only
     from .executor import ChunkExecutor
@@ -568,6 +568,7 @@ def _run_in_processes(
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
     parent = os.getpid()
+    threads = worker_threads(n_jobs)
     started = out_dir / _STARTED_NAME
     _rewrite(started, "")
     numbers = itertools.count()
@@ -585,7 +586,7 @@ def _run_in_processes(
                 number = next(numbers)
                 try:
                     future = executor.submit(
-                        _process_chunk, chunk, settings, largest_only, str(out_dir), True, parent, number
+                        _process_chunk, chunk, settings, largest_only, str(out_dir), threads, parent, number
                     )
                 except BrokenProcessPool:  # a worker died since the last submit: the chunk goes out again
                     again.appendleft(chunk)
@@ -647,7 +648,7 @@ def _process_isolated(
         for task in tasks:
             executor = executor or ProcessPoolExecutor(max_workers=1)
             try:
-                result = executor.submit(_process_chunk, [task], settings, largest_only, str(out_dir), True,
+                result = executor.submit(_process_chunk, [task], settings, largest_only, str(out_dir), 1,
                                          os.getpid()).result()  # fmt: skip
             except TerminatedWorkerError:
                 reason = WORKER_DIED_REASON

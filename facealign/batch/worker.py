@@ -49,7 +49,8 @@ def get_aligner(settings: CropSettings, single_thread: bool = False) -> FaceAlig
 
     With ``single_thread`` (a worker process of a job that is parallel over
     processes), OpenCV and the networks' onnxruntime sessions (the detector's
-    and the landmark engine's) run on one thread each.
+    and the landmark engine's) run on one thread each (the worker's share of the
+    cores goes to detecting several images at a time: :func:`detection_threads`).
     """
     if single_thread:
         _limit_threads()
@@ -74,21 +75,30 @@ def get_aligner(settings: CropSettings, single_thread: bool = False) -> FaceAlig
     return aligner
 
 
-def detection_threads(aligner: FaceAligner, single_thread: bool) -> int:
+def detection_threads(aligner: FaceAligner, threads: int | None = None) -> int:
     """Images this process decodes and detects at a time (the ``threads`` of
-    :func:`facealign.pipeline.iter_image_faces`): one in a worker process of a job that is
-    parallel over processes (``single_thread``) or with a detector that is not
-    ``thread_safe``; else one per CPU the process may run on, each detection then on one
-    onnxruntime thread (faster on small photos than one detection at a time on all of them:
-    ``docs/bench/crop_speed.md``)."""
-    if single_thread or not getattr(aligner.detector, "thread_safe", False):
+    :func:`facealign.pipeline.iter_image_faces`): ``threads`` when given (a worker process of a
+    job that is parallel over processes: its share of the cores, :func:`worker_threads`), else
+    one per CPU the process may run on; one with a detector that is not ``thread_safe``. With
+    more than one, each detection runs on one onnxruntime thread (faster on small photos than
+    one detection at a time on all of them: ``docs/bench/crop_speed.md``)."""
+    if not getattr(aligner.detector, "thread_safe", False):
         return 1
-    from ..inference import available_cpus
+    if threads is None:
+        from ..inference import available_cpus
 
-    threads = available_cpus()
+        threads = available_cpus()
     if threads > 1 and hasattr(aligner.detector, "set_threads"):
         aligner.detector.set_threads(1)
-    return threads
+    return max(1, threads)
+
+
+def worker_threads(n_processes: int) -> int:
+    """Detection threads of each of ``n_processes`` worker processes: the CPUs this process may
+    run on, shared out (at least one each), so that ``--jobs N`` uses every core whatever N."""
+    from ..inference import available_cpus
+
+    return max(1, available_cpus() // max(1, n_processes))
 
 
 def _round(values: np.ndarray, digits: int) -> list:
@@ -191,11 +201,15 @@ def _process_chunk(
     settings: CropSettings,
     largest_only: bool,
     out_dir: str,
-    single_thread: bool,
+    threads: int | None,
     parent_pid: int | None = None,
     chunk_index: int | None = None,
 ) -> _ChunkResult:
     """Crop a chunk of images (see :class:`_ChunkResult`).
+
+    ``threads``: in a worker process of a job parallel over processes, the images it detects at
+    a time (:func:`worker_threads`), its networks and OpenCV then on one thread each; None in a
+    process of its own (the networks' default threads, one detection per CPU at a time).
 
     In a worker process (``parent_pid`` given) the worker first makes sure it
     dies with the job's process and holds the workers lock of ``out_dir``
@@ -208,10 +222,10 @@ def _process_chunk(
             if chunk_index is not None:
                 with open_append(Path(out_dir) / _STARTED_NAME) as started:
                     started.write(f"{chunk_index}\n".encode())
-            return _process_chunk(tasks, settings, largest_only, out_dir, single_thread)
-    aligner = get_aligner(settings, single_thread)
-    threads = detection_threads(aligner, single_thread)
-    items = iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=threads)
+            return _process_chunk(tasks, settings, largest_only, out_dir, threads)
+    aligner = get_aligner(settings, single_thread=threads is not None)
+    at_once = detection_threads(aligner, threads)
+    items = iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=at_once)
     return _crop_items(tasks, items, settings, aligner, Path(out_dir))
 
 
@@ -229,7 +243,7 @@ def _process_chunks_here(
     stopped early; an error of ``chunks`` (the walk and its planning) is raised once the chunks
     taken before it are given back, as it was between chunks."""
     aligner = get_aligner(settings)
-    threads = detection_threads(aligner, False)
+    threads = detection_threads(aligner)
     taken: collections.deque[list[_Task]] = collections.deque()
     planner_error: list[Exception] = []
 
