@@ -556,14 +556,16 @@ def _landmarked_here(settings: Any, paths: list[Path], largest_only: bool) -> It
     aligner = get_aligner(settings)
     threads = detection_threads(aligner)
     chunk: list = []
-    for item in iter_image_faces(
-        aligner, paths, largest_only=largest_only, threads=threads, batch_images=LANDMARKS_CHUNK
-    ):
-        item.image = None
-        chunk.append(item)
-        if len(chunk) == LANDMARKS_CHUNK:
-            yield chunk
-            chunk = []
+    stream = iter_image_faces(aligner, paths, largest_only=largest_only, threads=threads, batch_images=LANDMARKS_CHUNK)
+    try:
+        for item in stream:
+            item.image = None
+            chunk.append(item)
+            if len(chunk) == LANDMARKS_CHUNK:
+                yield chunk
+                chunk = []
+    finally:  # stopped early: the detection threads stop at once
+        stream.close()
     if chunk:
         yield chunk
 

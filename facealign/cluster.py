@@ -22,8 +22,9 @@ flight and the folder being planned, not a listing of IN_DIR. Workers return the
 manifest and the failures list.
 
 Each worker process builds the aligner once (:func:`facealign.batch.get_aligner`
-caches it per process) and runs OpenCV and onnxruntime with as many
-threads as the worker has (``--nthreads``; 1 in ``--cluster local:N``).
+caches it per process); each task (a worker runs ``--nthreads`` at once; 1 in
+``--cluster local:N``) detects its share of the worker's CPUs in images at a
+time, in threads, with OpenCV and onnxruntime on one thread each (:func:`_task_threads`).
 
 A worker that dies (killed, out of memory, a crashing decoder) loses its
 chunks; the scheduler runs them again on another worker. Crops are written
@@ -55,7 +56,8 @@ from .batch.locks import _WorkersLock
 from .batch.plan import _crop_files, _folder, _pending_groups, _remove_parts
 from .batch.records import _failure
 from .batch.run import _batched, balanced_chunk_size
-from .batch.worker import _ChunkResult, _process_chunk, get_aligner
+from .batch.worker import _ChunkResult, _process_chunk, get_aligner, worker_threads
+from .inference import available_cpus
 
 if TYPE_CHECKING:
     import distributed
@@ -121,7 +123,7 @@ def connect(address: str, quiet: bool = False) -> Iterator[distributed.Client]:
     local = re.fullmatch(r"local(?::(?P<n>[0-9]+))?", address)
     with _dask_logs(logging.ERROR if quiet else None):
         if local:
-            n_workers = int(local["n"]) if local["n"] else os.cpu_count() or 1
+            n_workers = int(local["n"]) if local["n"] else available_cpus()
             if n_workers < 1:
                 raise CropJobError(f"--cluster local:N needs at least one worker, got {address!r}")
             with distributed.LocalCluster(
@@ -274,38 +276,34 @@ class DaskExecutor:
 # --------------------------------------------------------------------------- #
 
 _SETUP_LOCK = threading.Lock()
-_THREADS_SET: set[CropSettings] = set()
+_TASK_THREADS: int | None = None
 
 
-def _use_worker_threads(settings: CropSettings) -> None:
-    """Build the aligner of ``settings`` in this worker process once, with OpenCV and
-    onnxruntime using as many threads as the Dask worker has."""
-    if settings in _THREADS_SET:
-        return
-    with _SETUP_LOCK:  # two tasks of a multi-threaded worker must not build it twice
-        if settings in _THREADS_SET:
-            return
-        import cv2
-        from distributed import get_worker
+def _task_threads(settings: CropSettings) -> int:
+    """Images each task of this Dask worker detects at a time: the CPUs the worker process may
+    use shared over its threads (``--nthreads`` tasks run at once; 1 in ``--cluster local:N``),
+    as local worker processes share theirs (:func:`facealign.batch.worker.worker_threads`);
+    the networks and OpenCV then run on one thread each. Builds the aligner of ``settings``
+    once per process, under a lock (two tasks of a multi-threaded worker must not build it twice)."""
+    global _TASK_THREADS
+    with _SETUP_LOCK:
+        if _TASK_THREADS is None:
+            from distributed import get_worker
 
-        worker = get_worker()
-        state = getattr(worker, "state", None)  # distributed >= 2022.11 keeps nthreads there
-        nthreads: Any = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
-        threads = max(1, int(nthreads))
-        cv2.setNumThreads(threads)
-        aligner = get_aligner(settings)
-        aligner.engine.set_threads(threads)  # onnxruntime's own thread pools
-        if hasattr(aligner.detector, "set_threads"):
-            aligner.detector.set_threads(threads)  # onnxruntime's own thread pool
-        _THREADS_SET.add(settings)
+            worker = get_worker()
+            state = getattr(worker, "state", None)  # distributed >= 2022.11 keeps nthreads there
+            nthreads: Any = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
+            _TASK_THREADS = worker_threads(max(1, int(nthreads)))
+        get_aligner(settings, single_thread=True)
+        return _TASK_THREADS
 
 
 def _crop_chunk_on_worker(tasks: list[_Task], settings: CropSettings, largest_only: bool, out_dir: str) -> _ChunkResult:
     """The Dask task: crop a chunk with :func:`facealign.batch.worker._process_chunk`, holding
     OUT_DIR's workers lock (shared) so that no new job starts while it writes."""
-    _use_worker_threads(settings)
+    threads = _task_threads(settings)
     with _WorkersLock(Path(out_dir), shared=True):
-        return _process_chunk(tasks, settings, largest_only, out_dir, None)
+        return _process_chunk(tasks, settings, largest_only, out_dir, threads)
 
 
 # --------------------------------------------------------------------------- #

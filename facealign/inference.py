@@ -3,7 +3,7 @@ and the landmark engines' convolutional layers (:mod:`facealign.engine`).
 
 One place sets how they run: the execution providers (the CPU by default), warnings only from onnxruntime's
 log, and the threads. ``threads=None`` means one intra-op thread per CPU this
-process may run on (:func:`available_cpus`: its affinity mask, so a process
+process may use (:func:`available_cpus`: its affinity mask and CPU quota, so a process
 pinned to one core by ``taskset`` or a container runs one thread, where
 onnxruntime's own default would start one per core of the machine and make
 them fight over the one core), and the pool's threads do not spin while
@@ -77,11 +77,13 @@ _WARNED: set[str] = set()
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask where the system has one, else all."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """CPUs this process may use: the fewest of the machine's, its affinity mask (``taskset``,
+    a container's cpuset) and a container's CPU quota (``docker --cpus``), as joblib's
+    ``cpu_count`` (loky's) counts them; at least one. The one count of facealign's threads and
+    worker processes."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
 
 
 def resolve_providers(providers: str | Sequence[str] | None = None) -> tuple[str, ...]:

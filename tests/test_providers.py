@@ -128,3 +128,28 @@ def test_inference_docstring_examples_run() -> None:
 
     failed, attempted = doctest.testmod(inference, report=False)
     assert attempted >= 2 and failed == 0
+
+
+@pytest.mark.skipif(not shutil.which("taskset"), reason="needs taskset (util-linux) to pin a process")
+def test_available_cpus_follow_the_affinity_mask_and_the_loky_limit() -> None:
+    """A process pinned to one core counts one CPU (as a container's cpuset gives), and
+    LOKY_MAX_CPU_COUNT (standing in for a CPU quota, which joblib reads the same way) caps the
+    count; without either, every core of this machine."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from facealign.inference import available_cpus; print(available_cpus())"
+    env = {k: v for k, v in os.environ.items() if k != "LOKY_MAX_CPU_COUNT"}
+
+    def count(*prefix: str, **extra: str) -> int:
+        out = subprocess.run(
+            [*prefix, sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    cores = len(os.sched_getaffinity(0))
+    assert count() == cores
+    assert count("taskset", "-c", "0") == 1
+    assert count(LOKY_MAX_CPU_COUNT="1") == 1

@@ -436,9 +436,9 @@ def _validate_settings(settings: CropSettings) -> Any:
 
 def _resolve_jobs(jobs: int | str | None, n_images: int) -> int:
     """Worker processes for ``n_images`` images (see ``jobs`` in :func:`run_crop_job`)."""
-    import joblib
+    from ..inference import available_cpus
 
-    cores = max(1, joblib.cpu_count())
+    cores = available_cpus()
     if jobs is None or jobs == "auto":
         return max(1, min(cores, n_images // AUTO_IMAGES_PER_PROCESS))
     if jobs == -1:
@@ -546,7 +546,9 @@ def _worker_pool(n_jobs: int) -> Any:
     ``n_jobs`` workers, with joblib's limits on the threads of native libraries in them."""
     from joblib.executor import get_memmapping_executor
 
-    threads = str(max(1, (os.cpu_count() or 1) // n_jobs))
+    from ..inference import available_cpus
+
+    threads = str(max(1, available_cpus() // n_jobs))
     env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
     if "ENABLE_IPC" not in os.environ:
         env["ENABLE_IPC"] = "1"

@@ -158,9 +158,10 @@ class RetinaFaceDetector(PyramidDetector):
 
     def set_threads(self, threads: int) -> None:
         """Use ``threads`` intra-op threads from now on."""
-        if threads != self.threads:
-            self.threads = int(threads)
-            self._session = None
+        with _SESSION_LOCK:  # not while a session is being opened with the old count
+            if threads != self.threads:
+                self.threads = int(threads)
+                self._session = None
 
     def _get_session(self):
         """The onnxruntime session, opened on first use by one thread while the others wait."""
