@@ -310,8 +310,8 @@ def _engine_option(f):
 @_jobs_option(
     "Worker processes: a number, -1 for all cores, or 'auto' (one per "
     "100 images to process, at most one per core; small jobs run in one process). "
-    "The processes share the cores: each detects its share of images at a time, in threads "
-    "(one per core for one process; with RetinaFace, the default)."
+    "The processes share the cores: each detects as many images at a time as it has cores, "
+    "in threads (with RetinaFace, the default)."
 )
 @click.option(
     "--format",
