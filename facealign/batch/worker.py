@@ -201,15 +201,14 @@ def _process_chunk(
     settings: CropSettings,
     largest_only: bool,
     out_dir: str,
-    threads: int | None,
+    threads: int,
     parent_pid: int | None = None,
     chunk_index: int | None = None,
 ) -> _ChunkResult:
-    """Crop a chunk of images (see :class:`_ChunkResult`).
-
-    ``threads``: in a worker process of a job parallel over processes, the images it detects at
-    a time (:func:`worker_threads`), its networks and OpenCV then on one thread each; None in a
-    process of its own (the networks' default threads, one detection per CPU at a time).
+    """Crop a chunk of images (see :class:`_ChunkResult`) in a worker (a local worker process or
+    a Dask task): ``threads`` images detected at a time (its share of the cores,
+    :func:`worker_threads`), the networks and OpenCV on one thread each. A job of one process
+    runs :func:`_process_chunks_here` instead.
 
     In a worker process (``parent_pid`` given) the worker first makes sure it
     dies with the job's process and holds the workers lock of ``out_dir``
@@ -223,7 +222,7 @@ def _process_chunk(
                 with open_append(Path(out_dir) / _STARTED_NAME) as started:
                     started.write(f"{chunk_index}\n".encode())
             return _process_chunk(tasks, settings, largest_only, out_dir, threads)
-    aligner = get_aligner(settings, single_thread=threads is not None)
+    aligner = get_aligner(settings, single_thread=True)
     at_once = detection_threads(aligner, threads)
     items = iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=at_once)
     return _crop_items(tasks, items, settings, aligner, Path(out_dir))
