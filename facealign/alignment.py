@@ -58,14 +58,18 @@ def _as_points(points: Any, name: str, min_points: int = 1) -> np.ndarray:
     return array
 
 
-def _as_affine(matrix: Any) -> np.ndarray:
-    """Validate a ``(2, 3)`` or ``(3, 3)`` affine matrix; return its ``(2, 3)`` part."""
+def _as_affine(matrix: Any, stacked: bool = False) -> np.ndarray:
+    """Validate a ``(2, 3)`` or ``(3, 3)`` affine matrix, or with ``stacked`` an ``(N, 2, 3)`` or
+    ``(N, 3, 3)`` stack of them; return the ``(2, 3)`` part (``(N, 2, 3)``)."""
     array = np.asarray(matrix, dtype=np.float64)
-    if array.shape == (3, 3):
-        if not np.allclose(array[2], (0.0, 0.0, 1.0)):
-            raise ValueError(f"a (3, 3) matrix must be affine (last row 0 0 1), got {array[2]}")
-        array = array[:2]
-    if array.shape != (2, 3):
+    if array.ndim != (3 if stacked else 2):
+        shapes = "(N, 2, 3) or (N, 3, 3)" if stacked else "(2, 3) or (3, 3)"
+        raise ValueError(f"matrix must have shape {shapes}, got {array.shape}")
+    if array.shape[-2:] == (3, 3):
+        if not np.allclose(array[..., 2, :], (0.0, 0.0, 1.0)):
+            raise ValueError(f"a (3, 3) matrix must be affine (last row 0 0 1), got {array[..., 2, :]}")
+        array = array[..., :2, :]
+    if array.shape[-2:] != (2, 3):
         raise ValueError(f"matrix must have shape (2, 3) or (3, 3), got {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError("matrix contains non-finite values")
@@ -451,15 +455,7 @@ def warp_affines(
         one-channel image, as :func:`warp_affine`).
     """
     width, height = _as_size(size)
-    m = np.asarray(matrices, np.float64)
-    if m.ndim != 3 or m.shape[1:] not in ((2, 3), (3, 3)):
-        raise ValueError(f"matrices must have shape (N, 2, 3) or (N, 3, 3), got {m.shape}")
-    if m.shape[1] == 3:
-        if not np.allclose(m[:, 2], (0.0, 0.0, 1.0)):
-            raise ValueError("a (3, 3) matrix must be affine (last row 0 0 1)")
-        m = np.ascontiguousarray(m[:, :2])
-    if not np.all(np.isfinite(m)):
-        raise ValueError("matrix contains non-finite values")
+    m = np.ascontiguousarray(_as_affine(matrices, stacked=True))
     n = len(m)
     owner = np.arange(n) if owner is None else np.asarray(owner, np.intp).reshape(-1)
     if len(owner) != n:

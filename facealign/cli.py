@@ -534,12 +534,9 @@ def _landmark_chunk(settings: Any, paths: list[Path], largest_only: bool, thread
     (what ``facealign landmarks`` prints), in a worker process: ``threads`` images detected at
     a time (:func:`facealign.batch.worker.worker_threads`), the networks and OpenCV on one
     thread each."""
-    from .batch.worker import detection_threads, get_aligner
-    from .pipeline import iter_image_faces
+    from .batch.worker import image_stream
 
-    aligner = get_aligner(settings, single_thread=True)
-    at_once = detection_threads(aligner, threads)
-    items = list(iter_image_faces(aligner, paths, largest_only=largest_only, threads=at_once))
+    items = list(image_stream(settings, paths, largest_only, threads))
     for item in items:
         item.image = None
     return items
@@ -550,13 +547,10 @@ def _landmarked_here(settings: Any, paths: list[Path], largest_only: bool) -> It
     at a time, in this process: one detection stream, one image per CPU at a time
     (:func:`facealign.batch.worker.detection_threads`), which goes on past the end of a chunk
     (as :func:`facealign.batch.worker._process_chunks_here`)."""
-    from .batch.worker import detection_threads, get_aligner
-    from .pipeline import iter_image_faces
+    from .batch.worker import image_stream
 
-    aligner = get_aligner(settings)
-    threads = detection_threads(aligner)
     chunk: list = []
-    stream = iter_image_faces(aligner, paths, largest_only=largest_only, threads=threads, batch_images=LANDMARKS_CHUNK)
+    stream = image_stream(settings, paths, largest_only, batch_images=LANDMARKS_CHUNK)
     try:
         for item in stream:
             item.image = None

@@ -205,7 +205,7 @@ class LandmarkEngine:
         this many, padded: see :meth:`features`). 8, the default, runs the
         convolutions about 8% faster per crop than 16 on one thread (the crop job's
         worker processes) and pads a lone face with 7 black crops instead of 15; on
-        two threads 16 to 256 are about 9% faster on large batches
+        two threads 16 to 256 are 10 to 14% faster on large batches
         (``bench/speed.py``'s batch-size sweep, ``docs/bench/speed.md``).
     refine : bool, optional
         Re-box before the reported pass (see the module docstring). Defaults to

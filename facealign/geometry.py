@@ -64,11 +64,10 @@ def from_resized_matrix(scale: Scale) -> np.ndarray:
     ``scale`` may also be an ``(N, 2)`` array of ``(sx, sy)``: then ``N x 3 x 3`` maps.
     """
     values = np.asarray(scale, np.float64)
-    if values.ndim == 2 and values.shape[1] == 2:
-        maps = np.zeros((len(values), 3, 3))
-        maps[:, 0, 0], maps[:, 0, 2] = 1 / values[:, 0], 0.5 / values[:, 0] - 0.5
-        maps[:, 1, 1], maps[:, 1, 2] = 1 / values[:, 1], 0.5 / values[:, 1] - 0.5
-        maps[:, 2, 2] = 1.0
-        return maps
-    sx, sy = _xy(scale)
-    return np.array([[1 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1 / sy, 0.5 / sy - 0.5], [0.0, 0.0, 1.0]])
+    batched = values.ndim == 2 and values.shape[1] == 2
+    s = values if batched else np.array([_xy(scale)])
+    maps = np.zeros((len(s), 3, 3))
+    maps[:, 0, 0], maps[:, 0, 2] = 1 / s[:, 0], 0.5 / s[:, 0] - 0.5
+    maps[:, 1, 1], maps[:, 1, 2] = 1 / s[:, 1], 0.5 / s[:, 1] - 0.5
+    maps[:, 2, 2] = 1.0
+    return maps if batched else maps[0]

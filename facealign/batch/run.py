@@ -546,9 +546,7 @@ def _worker_pool(n_jobs: int) -> Any:
     ``n_jobs`` workers, with joblib's limits on the threads of native libraries in them."""
     from joblib.executor import get_memmapping_executor
 
-    from ..inference import available_cpus
-
-    threads = str(max(1, available_cpus() // n_jobs))
+    threads = str(worker_threads(n_jobs))
     env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
     if "ENABLE_IPC" not in os.environ:
         env["ENABLE_IPC"] = "1"

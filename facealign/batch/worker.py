@@ -11,7 +11,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +99,28 @@ def worker_threads(n_processes: int) -> int:
     from ..inference import available_cpus
 
     return max(1, available_cpus() // max(1, n_processes))
+
+
+def image_stream(
+    settings: CropSettings,
+    paths: Iterable[str | os.PathLike[str]],
+    largest_only: bool,
+    threads: int | None = None,
+    batch_images: int | None = None,
+) -> Generator[ImageFaces, None, None]:
+    """:func:`facealign.pipeline.iter_image_faces` with the aligner of ``settings`` in this
+    process: in a worker (``threads``, its share of the cores: :func:`worker_threads`) the
+    networks and OpenCV on one thread each; in a process of its own (None) one detection per
+    CPU at a time (:func:`detection_threads`). The one set-up of the crop job's and of
+    ``facealign landmarks``'s detection."""
+    aligner = get_aligner(settings, single_thread=threads is not None)
+    return iter_image_faces(
+        aligner,
+        paths,
+        largest_only=largest_only,
+        threads=detection_threads(aligner, threads),
+        batch_images=batch_images,
+    )
 
 
 def _round(values: np.ndarray, digits: int) -> list:
@@ -222,10 +244,8 @@ def _process_chunk(
                 with open_append(Path(out_dir) / _STARTED_NAME) as started:
                     started.write(f"{chunk_index}\n".encode())
             return _process_chunk(tasks, settings, largest_only, out_dir, threads)
-    aligner = get_aligner(settings, single_thread=True)
-    at_once = detection_threads(aligner, threads)
-    items = iter_image_faces(aligner, [t.path for t in tasks], largest_only=largest_only, threads=at_once)
-    return _crop_items(tasks, items, settings, aligner, Path(out_dir))
+    items = image_stream(settings, [t.path for t in tasks], largest_only, threads)
+    return _crop_items(tasks, items, settings, get_aligner(settings), Path(out_dir))
 
 
 def _process_chunks_here(
@@ -241,8 +261,6 @@ def _process_chunks_here(
     (:func:`facealign.pipeline.iter_image_faces`'s ``batch_images``). Stops after a chunk that
     stopped early; an error of ``chunks`` (the walk and its planning) is raised once the chunks
     taken before it are given back, as it was between chunks."""
-    aligner = get_aligner(settings)
-    threads = detection_threads(aligner)
     taken: collections.deque[list[_Task]] = collections.deque()
     planner_error: list[Exception] = []
 
@@ -257,7 +275,8 @@ def _process_chunks_here(
         except Exception as exc:
             planner_error.append(exc)
 
-    stream = iter_image_faces(aligner, paths(), largest_only=largest_only, threads=threads, batch_images=chunk_size)
+    stream = image_stream(settings, paths(), largest_only, batch_images=chunk_size)
+    aligner = get_aligner(settings)
     try:
         while (first := next(stream, None)) is not None:
             tasks = taken.popleft()
